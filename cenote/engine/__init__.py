@@ -1,0 +1,1 @@
+"""Tokenising, scheduling and running batches; the async engine for the server."""

@@ -1,0 +1,129 @@
+"""The synchronous core shared by the offline ``LLM`` and the server's async engine:
+validate a request, tokenise it, schedule its batches and run them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from cenote.config import ModelConfig
+from cenote.engine.runner import ModelRunner, SequenceInput
+from cenote.engine.scheduler import schedule_batches
+from cenote.engine.tokenizer import Prompt, Tokenizer, TokenizedPrompt
+from cenote.params import PoolingParams
+
+API_NAMES = {
+    "encode": ("Pooling API", "reward"),
+    "embed": ("Embedding API", "embed"),
+    "classify": ("Classification API", "classify"),
+    "score": ("Score API", "score"),
+}
+
+
+class UnsupportedTaskError(ValueError):
+    """A pooling task the loaded model does not serve."""
+
+
+class PoolingEngine:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.tokenizer = Tokenizer(config.path, config.max_model_len, config.trust_remote_code)
+        self.runner = ModelRunner(config)
+        self.pooler = self.runner.pooler
+
+    def check_task(self, pooling_task: str) -> None:
+        if pooling_task in self.config.supported_pooling_tasks:
+            return
+        if pooling_task == "score" and self.config.task == "classify":
+            raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
+        api, task = API_NAMES.get(pooling_task, (f"{pooling_task!r}", pooling_task))
+        raise UnsupportedTaskError(
+            f"{api} is not supported by this model (its task is {self.config.task!r}). "
+            f"Try converting the model using `--task {task}` (task={task!r} offline)."
+        )
+
+    def resolve_params(
+        self,
+        pooling_task: str,
+        params: PoolingParams | Sequence[PoolingParams] | None,
+        count: int,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingParams]:
+        """One resolved ``PoolingParams`` per prompt."""
+        if params is None or isinstance(params, PoolingParams):
+            params = [params or PoolingParams()] * count
+        elif len(params) != count:
+            raise ValueError(
+                f"Got {len(params)} pooling_params for {count} prompts; give one or one each."
+            )
+        if truncate_prompt_tokens is not None:
+            params = [p.merged_over(None) for p in params]
+            for p in params:
+                p.truncate_prompt_tokens = truncate_prompt_tokens
+        resolved: dict[int, PoolingParams] = {}
+        return [resolved.setdefault(id(p), self.pooler.resolve_params(pooling_task, p))
+                for p in params]
+
+    def prepare(
+        self,
+        prompts: Sequence[Prompt],
+        pooling_task: str,
+        params: PoolingParams | Sequence[PoolingParams] | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[SequenceInput]:
+        """Validate and tokenise prompts for ``pooling_task``."""
+        self.check_task(pooling_task)
+        resolved = self.resolve_params(pooling_task, params, len(prompts), truncate_prompt_tokens)
+        tokenized = self._tokenize_grouped(
+            resolved, lambda idx, k: self.tokenizer.encode_prompts([prompts[i] for i in idx], k)
+        )
+        return [SequenceInput(t.token_ids, t.token_type_ids, p)
+                for t, p in zip(tokenized, resolved, strict=True)]
+
+    def prepare_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        params: PoolingParams | Sequence[PoolingParams] | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[SequenceInput]:
+        """Validate and tokenise text pairs for a cross-encoder."""
+        self.check_task("score")
+        resolved = self.resolve_params("score", params, len(pairs), truncate_prompt_tokens)
+        tokenized = self._tokenize_grouped(
+            resolved, lambda idx, k: self.tokenizer.encode_pairs([pairs[i] for i in idx], k)
+        )
+        return [SequenceInput(t.token_ids, t.token_type_ids, p)
+                for t, p in zip(tokenized, resolved, strict=True)]
+
+    @staticmethod
+    def _tokenize_grouped(
+        params: list[PoolingParams],
+        encode: Callable[[list[int], int | None], list[TokenizedPrompt]],
+    ) -> list[TokenizedPrompt]:
+        # Prompts are tokenised together per truncation setting (nearly always one group).
+        groups: dict[int | None, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(p.truncate_prompt_tokens, []).append(i)
+        out: list[TokenizedPrompt | None] = [None] * len(params)
+        for keep, idx in groups.items():
+            for i, tok in zip(idx, encode(idx, keep), strict=True):
+                out[i] = tok
+        return out
+
+    def run(
+        self,
+        seqs: Sequence[SequenceInput],
+        pooling_task: str,
+        on_batch_done: Callable[[int], None] | None = None,
+    ) -> list[torch.Tensor]:
+        """Run prompts in length-sorted, token-budgeted batches; outputs in input order."""
+        out: list[torch.Tensor | None] = [None] * len(seqs)
+        lengths = [len(s.token_ids) for s in seqs]
+        for batch in schedule_batches(lengths, self.config.max_num_batched_tokens):
+            results = self.runner.execute([seqs[i] for i in batch], pooling_task)
+            for i, result in zip(batch, results, strict=True):
+                out[i] = result
+            if on_batch_done is not None:
+                on_batch_done(len(batch))
+        return out

@@ -1,0 +1,42 @@
+"""Running one scheduled batch: packed tensors -> model -> pooler -> CPU tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cenote.config import ModelConfig
+from cenote.models import load_model
+from cenote.models.layers import PackedBatch
+from cenote.params import PoolingParams
+from cenote.pooling import PoolingMetadata
+
+
+@dataclass
+class SequenceInput:
+    """One tokenised prompt with its resolved pooling parameters."""
+
+    token_ids: list[int]
+    token_type_ids: list[int] | None
+    params: PoolingParams
+
+
+class ModelRunner:
+    """Owns the model and its pooler; runs batches of one pooling task."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.model, self.pooler = load_model(config)
+
+    @torch.inference_mode()
+    def execute(self, seqs: Sequence[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
+        types = None
+        if any(s.token_type_ids is not None for s in seqs):
+            types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
+        batch = PackedBatch.build([s.token_ids for s in seqs], types, self.config.device)
+        hidden = self.model(batch)
+        meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids)
+        outputs = self.pooler(hidden, meta, pooling_task, [s.params for s in seqs])
+        return [out.cpu() for out in outputs]

@@ -1,0 +1,164 @@
+"""Prompt parsing, validation and fast batched tokenisation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TokenizedPrompt:
+    token_ids: list[int]
+    token_type_ids: list[int] | None = None
+
+
+Prompt = str | dict[str, Any]
+
+
+def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """A single prompt or a list of prompts, as a list; bad types raise ``TypeError``."""
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    elif not isinstance(prompts, (list, tuple)):
+        raise TypeError(
+            "prompts must be a string, a {'prompt_token_ids': [...]} dict, or a list of those; "
+            f"got {type(prompts).__name__}."
+        )
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            continue
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            continue
+        raise TypeError(
+            f"Prompt {i} is a {type(prompt).__name__}; expected a string or a "
+            "{'prompt_token_ids': [...]} dict."
+        )
+    return list(prompts)
+
+
+def context_length_error(max_model_len: int, num_tokens: int) -> ValueError:
+    return ValueError(
+        f"This model's maximum context length is {max_model_len} tokens. However, you "
+        f"requested {num_tokens} tokens in the input. Please reduce the length of the input."
+    )
+
+
+class Tokenizer:
+    """Wraps a Hugging Face tokenizer; uses its Rust backend for batches when it has one."""
+
+    def __init__(self, path: Path, max_model_len: int, trust_remote_code: bool = False) -> None:
+        from transformers import AutoTokenizer
+
+        self.hf = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.max_model_len = max_model_len
+        self.vocab_size = len(self.hf)
+        self.backend = getattr(self.hf, "backend_tokenizer", None)
+        if self.backend is not None:
+            self.backend.no_truncation()
+            self.backend.no_padding()
+        # The backend's truncation setting is shared state; guard it.
+        self._lock = threading.Lock()
+
+    def resolve_truncation(self, truncate_prompt_tokens: int | None) -> int | None:
+        if truncate_prompt_tokens is None:
+            return None
+        if isinstance(truncate_prompt_tokens, bool) or not isinstance(truncate_prompt_tokens, int):
+            raise ValueError("truncate_prompt_tokens must be an integer.")
+        if truncate_prompt_tokens == -1:
+            return self.max_model_len
+        if truncate_prompt_tokens < 1:
+            raise ValueError("truncate_prompt_tokens must be -1 or a positive integer.")
+        if truncate_prompt_tokens > self.max_model_len:
+            raise ValueError(
+                f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than "
+                f"max_model_len ({self.max_model_len}). Please select a smaller truncation size."
+            )
+        return truncate_prompt_tokens
+
+    def encode_prompts(
+        self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None
+    ) -> list[TokenizedPrompt]:
+        """Tokenise strings, validate token-id prompts, enforce ``max_model_len``."""
+        keep = self.resolve_truncation(truncate_prompt_tokens)
+        out: list[TokenizedPrompt | None] = [None] * len(prompts)
+        texts, text_slots = [], []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                if not prompt:
+                    raise ValueError(f"Prompt {i} is an empty string; it has nothing to encode.")
+                texts.append(prompt)
+                text_slots.append(i)
+            else:
+                ids = self.validate_token_ids(prompt["prompt_token_ids"], i)
+                if keep is not None:
+                    ids = ids[-keep:]
+                out[i] = TokenizedPrompt(ids)
+        for slot, ids in zip(text_slots, self._encode_texts(texts, keep), strict=True):
+            out[slot] = TokenizedPrompt(ids)
+        for prompt in out:
+            self.check_length(len(prompt.token_ids))
+        return out
+
+    def encode_pairs(
+        self, pairs: Sequence[tuple[str, str]], truncate_prompt_tokens: int | None = None
+    ) -> list[TokenizedPrompt]:
+        """Tokenise text pairs for a cross-encoder (token type ids included)."""
+        keep = self.resolve_truncation(truncate_prompt_tokens)
+        for i, (a, b) in enumerate(pairs):
+            if not isinstance(a, str) or not isinstance(b, str):
+                raise TypeError(f"Score pair {i} must hold two strings.")
+            if not a or not b:
+                raise ValueError(f"Score pair {i} has an empty string; it has nothing to encode.")
+        if self.backend is not None:
+            encodings = self._backend_encode(list(pairs), keep)
+            out = [TokenizedPrompt(e.ids, e.type_ids) for e in encodings]
+        else:
+            kwargs = {"truncation": True, "max_length": keep} if keep else {}
+            enc = self.hf([a for a, _ in pairs], [b for _, b in pairs], **kwargs)
+            types = enc.get("token_type_ids") or [None] * len(pairs)
+            out = [TokenizedPrompt(ids, t) for ids, t in zip(enc["input_ids"], types,
+                                                              strict=True)]
+        for prompt in out:
+            self.check_length(len(prompt.token_ids))
+        return out
+
+    def validate_token_ids(self, ids: Any, index: int) -> list[int]:
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise ValueError(f"Prompt {index}: prompt_token_ids must be a non-empty list of ints.")
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise ValueError(f"Prompt {index}: token id {t!r} is not an integer.")
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(
+                    f"Prompt {index}: token id {t} is out of vocabulary "
+                    f"(valid ids are 0 to {self.vocab_size - 1})."
+                )
+        return list(ids)
+
+    def check_length(self, num_tokens: int) -> None:
+        if num_tokens > self.max_model_len:
+            raise context_length_error(self.max_model_len, num_tokens)
+
+    def _encode_texts(self, texts: list[str], keep: int | None) -> list[list[int]]:
+        if not texts:
+            return []
+        if self.backend is not None:
+            return [e.ids for e in self._backend_encode(texts, keep)]
+        kwargs = {"truncation": True, "max_length": keep} if keep else {}
+        return self.hf(texts, **kwargs)["input_ids"]
+
+    def _backend_encode(self, inputs: list, keep: int | None):
+        with self._lock:
+            if keep is None:
+                return self.backend.encode_batch(inputs, add_special_tokens=True)
+            self.backend.enable_truncation(keep, direction="left")
+            try:
+                return self.backend.encode_batch(inputs, add_special_tokens=True)
+            finally:
+                self.backend.no_truncation()
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.hf.decode(token_ids)

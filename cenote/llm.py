@@ -1,0 +1,183 @@
+"""The offline API: ``LLM(model).embed(...)`` and friends."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cenote.config import ModelConfig, PoolerConfig
+from cenote.engine.engine import PoolingEngine
+from cenote.engine.runner import SequenceInput
+from cenote.engine.tokenizer import Prompt, normalize_prompts
+from cenote.outputs import (
+    ClassificationRequestOutput,
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringRequestOutput,
+)
+from cenote.params import PoolingParams
+
+ParamsArg = PoolingParams | Sequence[PoolingParams] | None
+# Below this many prompts a progress bar is noise.
+_TQDM_MIN_PROMPTS = 64
+
+
+class LLM:
+    """A pooling model loaded for offline use.
+
+    >>> llm = LLM()  # the bundled all-MiniLM-L6-v2
+    >>> (out,) = llm.embed("Hello, my name is")
+    >>> len(out.outputs.embedding)
+    384
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        task: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_model_len: int | None = None,
+        device: str = "auto",
+        override_pooler_config: PoolerConfig | dict | None = None,
+        hf_overrides: dict[str, Any] | None = None,
+        max_num_batched_tokens: int | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+    ) -> None:
+        self.config = ModelConfig.from_args(
+            model=model,
+            task=task,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            device=device,
+            override_pooler_config=override_pooler_config,
+            hf_overrides=hf_overrides,
+            max_num_batched_tokens=max_num_batched_tokens,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+        )
+        self.engine = PoolingEngine(self.config)
+        self._request_counter = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer.hf
+
+    def encode(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: ParamsArg = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_task: str = "encode",
+    ) -> list[PoolingRequestOutput]:
+        """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt)."""
+        prompts = normalize_prompts(prompts)
+        seqs = self.engine.prepare(prompts, pooling_task, pooling_params, truncate_prompt_tokens)
+        return self._run(seqs, pooling_task, use_tqdm)
+
+    def embed(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        pooling_params: ParamsArg = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding vector per prompt."""
+        outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, pooling_task="embed")
+        return [EmbeddingRequestOutput.from_base(o) for o in outs]
+
+    def classify(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        pooling_params: ParamsArg = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[ClassificationRequestOutput]:
+        """Class probabilities per prompt."""
+        outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, pooling_task="classify")
+        return [ClassificationRequestOutput.from_base(o) for o in outs]
+
+    def reward(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        pooling_params: ParamsArg = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """Reward model outputs (the ``encode`` task of a reward model)."""
+        return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, pooling_task="encode")
+
+    def score(
+        self,
+        text_1: str | Sequence[str],
+        text_2: str | Sequence[str],
+        *,
+        pooling_params: ParamsArg = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[ScoringRequestOutput]:
+        """Relevance of each (text_1, text_2) pair: 1:1, 1:N or N:N.
+
+        Cross-encoders score each pair jointly; embedding models return the
+        cosine similarity of the two embeddings.
+        """
+        pairs = make_score_pairs(text_1, text_2)
+        if self.config.task == "classify":
+            seqs = self.engine.prepare_pairs(pairs, pooling_params, truncate_prompt_tokens)
+            outs = self._run(seqs, "score", use_tqdm)
+            return [ScoringRequestOutput.from_base(o) for o in outs]
+        self.engine.check_task("embed")
+        left = sorted(set(a for a, _ in pairs))
+        right = sorted(set(b for _, b in pairs))
+        texts = list(dict.fromkeys(left + right))
+        seqs = self.engine.prepare(texts, "embed", pooling_params, truncate_prompt_tokens)
+        vectors = self.engine.run(seqs, "embed")
+        index = {t: i for i, t in enumerate(texts)}
+        outputs = []
+        for a, b in pairs:
+            ea, eb = vectors[index[a]], vectors[index[b]]
+            score = F.cosine_similarity(ea, eb, dim=0)
+            token_ids = seqs[index[a]].token_ids + seqs[index[b]].token_ids
+            base = PoolingRequestOutput(self._next_id(), PoolingOutput(score), token_ids)
+            outputs.append(ScoringRequestOutput.from_base(base))
+        return outputs
+
+    def _next_id(self) -> str:
+        return str(next(self._request_counter))
+
+    def _run(self, seqs: list[SequenceInput], pooling_task: str,
+             use_tqdm: bool) -> list[PoolingRequestOutput]:
+        show = use_tqdm and len(seqs) >= _TQDM_MIN_PROMPTS
+        with tqdm(total=len(seqs), desc=f"Processed prompts ({pooling_task})", unit="prompt",
+                  disable=not show) as bar:
+            data = self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
+        return [PoolingRequestOutput(self._next_id(), PoolingOutput(d), s.token_ids)
+                for s, d in zip(seqs, data, strict=True)]
+
+
+def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str]
+                     ) -> list[tuple[str, str]]:
+    """Pairs for 1:1, 1:N (text_1 broadcast) or N:N (zipped) inputs."""
+    left = [text_1] if isinstance(text_1, str) else list(text_1)
+    right = [text_2] if isinstance(text_2, str) else list(text_2)
+    if not left or not right:
+        raise ValueError("Score inputs must not be empty.")
+    if len(left) == 1:
+        left = left * len(right)
+    if len(left) != len(right):
+        raise ValueError("Input lengths must be either 1:1, 1:N or N:N")
+    return list(zip(left, right, strict=True))

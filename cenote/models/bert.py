@@ -1,0 +1,178 @@
+"""BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa) on packed tokens.
+
+The matmuls see ``[num_tokens, hidden]`` with no padding; only attention lays
+sequences out apart. Query/key/value are fused into one projection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cenote.config import POSITION_OFFSET_MODEL_TYPES
+from cenote.models.layers import PackedBatch, packed_attention
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings,
+                                                config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(max(config.type_vocab_size, 1),
+                                                  config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.position_offset = 0
+        if config.model_type in POSITION_OFFSET_MODEL_TYPES:
+            self.position_offset = (config.pad_token_id if config.pad_token_id is not None
+                                    else 1) + 1
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.word_embeddings(batch.input_ids)
+        x = x + self.position_embeddings(batch.positions + self.position_offset)
+        if batch.token_type_ids is not None:
+            x = x + self.token_type_embeddings(batch.token_type_ids)
+        else:
+            x = x + self.token_type_embeddings.weight[0]
+        return self.LayerNorm(x)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.attn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(hidden, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+        attn = packed_attention(q, k, v, batch, causal=False)
+        x = self.attn_norm(x + self.attn_out(attn))
+        return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
+
+
+class BertClassifierHead(nn.Module):
+    """BERT's pooler (dense + tanh) followed by the classifier."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.pooler(x)))
+
+
+class RobertaClassifierHead(nn.Module):
+    """RoBERTa's classification head: dense + tanh + out_proj."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(torch.tanh(self.dense(x)))
+
+
+# Checkpoint name -> our name. Applied after the model prefix (bert., roberta., ...) is cut.
+_LAYER_RENAMES = [
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn_out."),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.ffn_in."),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.ffn_out."),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.ffn_norm."),
+]
+_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)")
+_IGNORED = re.compile(r"(^|\.)position_ids$|^(cls|lm_head)\.")
+_PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
+
+
+class BertFamilyModel(nn.Module):
+    """An encoder of the BERT family; ``classifier`` is set for sequence classifiers."""
+
+    def __init__(self, config, with_classifier: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.classifier: nn.Module | None = None
+        if with_classifier:
+            if config.model_type == "bert":
+                self.classifier = BertClassifierHead(config)
+            else:
+                self.classifier = RobertaClassifierHead(config)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.embeddings(batch)
+        for layer in self.layers:
+            x = layer(x, batch)
+        return x
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.named_parameters())
+        qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        loaded: set[str] = set()
+
+        def assign(name: str, tensor: torch.Tensor) -> None:
+            if name not in params:
+                raise ValueError(f"Unexpected checkpoint tensor {name!r}.")
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"Checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(params[name].shape)}.")
+            params[name].data.copy_(tensor)
+            loaded.add(name)
+
+        for raw_name, tensor in weights:
+            name = raw_name.replace(".gamma", ".weight").replace(".beta", ".bias")
+            for prefix in _PREFIXES:
+                if name.startswith(prefix):
+                    name = name[len(prefix):]
+                    break
+            if name.startswith("classifier.") or name.startswith("pooler."):
+                # Only BERT's classifier uses its pooler; an embedder uses neither.
+                if self.classifier is None or (
+                    name.startswith("pooler.") and self.config.model_type != "bert"
+                ):
+                    continue
+                if self.config.model_type == "bert":
+                    name = "classifier." + name.replace("pooler.dense.", "pooler.")
+                assign(name, tensor)
+                continue
+            if _IGNORED.search(name):
+                continue
+            match = _QKV.fullmatch(name)
+            if match:
+                layer, part, kind = match.groups()
+                qkv_parts.setdefault((layer, kind), {})[part] = tensor
+                continue
+            for pattern, replacement in _LAYER_RENAMES:
+                name = re.sub(pattern, replacement, name)
+            assign(name, tensor)
+        for (layer, kind), parts in qkv_parts.items():
+            assign(f"layers.{layer}.qkv.{kind}",
+                   torch.cat([parts["query"], parts["key"], parts["value"]]))
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ValueError(f"Checkpoint is missing tensors: {', '.join(missing[:8])}"
+                             + (" ..." if len(missing) > 8 else ""))

@@ -1,0 +1,109 @@
+"""Building blocks shared by the native models: the packed batch and attention over it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PackedBatch:
+    """A batch of sequences laid end to end: ``[num_tokens]`` tensors, no padding.
+
+    Attention needs sequences apart, so the batch also carries the indices that
+    scatter tokens into a right-padded ``[num_seqs, max_len]`` layout and back.
+    """
+
+    input_ids: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long, 0-based within each sequence
+    token_type_ids: torch.Tensor | None  # [T] long
+    seq_lens: list[int]
+    cu_seqlens: torch.Tensor  # [B + 1] long
+    max_len: int
+    padded_index: torch.Tensor | None  # [T]: slot of each token in [B * max_len]; None if no padding
+    key_padding_mask: torch.Tensor | None  # [B, 1, 1, max_len] bool, True = attend
+
+    @classmethod
+    def build(
+        cls,
+        token_ids: list[list[int]],
+        token_type_ids: list[list[int]] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> PackedBatch:
+        seq_lens = [len(ids) for ids in token_ids]
+        if not seq_lens or min(seq_lens) < 1:
+            raise ValueError("every sequence of a batch needs at least one token")
+        max_len = max(seq_lens)
+        flat = [t for ids in token_ids for t in ids]
+        input_ids = torch.tensor(flat, dtype=torch.long)
+        lens = torch.tensor(seq_lens, dtype=torch.long)
+        cu_seqlens = torch.zeros(len(seq_lens) + 1, dtype=torch.long)
+        torch.cumsum(lens, 0, out=cu_seqlens[1:])
+        starts = torch.repeat_interleave(cu_seqlens[:-1], lens)
+        positions = torch.arange(len(flat), dtype=torch.long) - starts
+        types = None
+        if token_type_ids is not None:
+            types = torch.tensor([t for ids in token_type_ids for t in ids], dtype=torch.long)
+        padded_index = mask = None
+        if min(seq_lens) != max_len:
+            seq_index = torch.repeat_interleave(torch.arange(len(seq_lens)), lens)
+            padded_index = (seq_index * max_len + positions).to(device)
+            mask = (torch.arange(max_len).unsqueeze(0) < lens.unsqueeze(1))
+            mask = mask[:, None, None, :].to(device)
+        return cls(
+            input_ids=input_ids.to(device),
+            positions=positions.to(device),
+            token_type_ids=types.to(device) if types is not None else None,
+            seq_lens=seq_lens,
+            cu_seqlens=cu_seqlens.to(device),
+            max_len=max_len,
+            padded_index=padded_index,
+            key_padding_mask=mask,
+        )
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+    def to_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, ...]`` -> ``[B, max_len, ...]`` (zeros in the padding)."""
+        if self.padded_index is None:
+            return x.view(self.num_seqs, self.max_len, *x.shape[1:])
+        out = x.new_zeros(self.num_seqs * self.max_len, *x.shape[1:])
+        out.index_copy_(0, self.padded_index, x)
+        return out.view(self.num_seqs, self.max_len, *x.shape[1:])
+
+    def from_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, max_len, ...]`` -> ``[T, ...]``."""
+        flat = x.reshape(self.num_seqs * self.max_len, *x.shape[2:])
+        if self.padded_index is None:
+            return flat
+        return flat.index_select(0, self.padded_index)
+
+
+def packed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool,
+) -> torch.Tensor:
+    """Attention within each sequence of a packed batch.
+
+    ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads, head_dim]``.
+    Returns ``[T, num_heads * head_dim]``.
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    qp = batch.to_padded(q).transpose(1, 2)
+    kp = batch.to_padded(k).transpose(1, 2)
+    vp = batch.to_padded(v).transpose(1, 2)
+    # Right padding: a causal mask already hides padded keys from every real query.
+    mask = None if causal else batch.key_padding_mask
+    out = F.scaled_dot_product_attention(
+        qp, kp, vp, attn_mask=mask, is_causal=causal and mask is None,
+        enable_gqa=kp.shape[1] != num_heads,
+    )
+    out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
+    return batch.from_padded(out)

@@ -1,0 +1,69 @@
+"""Which implementation runs which architecture, and building a loaded model."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import torch
+from torch import nn
+
+from cenote.config import BERT_FAMILY, ModelConfig
+from cenote.models.loading import iter_checkpoint
+from cenote.pooling import Pooler
+
+logger = logging.getLogger(__name__)
+
+# model_type -> "module:Class" of a native implementation.
+NATIVE_MODEL_TYPES: dict[str, str] = {
+    **{model_type: "cenote.models.bert:BertFamilyModel" for model_type in BERT_FAMILY},
+}
+
+
+def native_model_class(model_type: str) -> type[nn.Module] | None:
+    target = NATIVE_MODEL_TYPES.get(model_type)
+    if target is None:
+        return None
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def classifier_activation(config: ModelConfig) -> nn.Module | None:
+    """A Sentence-Transformers CrossEncoder's configured activation, if any."""
+    from cenote.pooling import _resolve_torch_activation
+
+    st = getattr(config.hf_config, "sentence_transformers", None) or {}
+    path = st.get("activation_fn") if isinstance(st, dict) else None
+    path = path or getattr(config.hf_config, "sbert_ce_default_activation_function", None)
+    if not path:
+        return None
+    try:
+        return _resolve_torch_activation(path)
+    except (ValueError, ImportError, AttributeError):
+        logger.warning("Ignoring the CrossEncoder activation %r; using the default.", path)
+        return None
+
+
+def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
+    """Build the model for ``config``, load its weights, and build its pooler."""
+    classify = config.task == "classify"
+    cls = native_model_class(config.model_type)
+    if cls is None:
+        from cenote.models.fallback import TransformersFallbackModel
+
+        logger.info("No native implementation for %s; using transformers.", config.architecture)
+        model = TransformersFallbackModel(config, classify=classify)
+    else:
+        model = cls(config.hf_config, with_classifier=classify)
+        model.load_weights(iter_checkpoint(config.path))
+    model = model.to(device=config.device, dtype=config.dtype).eval()
+    pooler = Pooler(
+        config,
+        classifier=getattr(model, "classifier", None),
+        token_head=getattr(model, "token_head", None),
+        classifier_activation=classifier_activation(config) if classify else None,
+    )
+    pooler = pooler.to(device=config.device).eval()
+    if pooler.dense is not None:
+        pooler.dense.to(torch.float32)
+    return model, pooler

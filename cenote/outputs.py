@@ -1,0 +1,92 @@
+"""Output classes returned by the offline API (vLLM's names and fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+
+
+@dataclass
+class PoolingOutput:
+    """Raw pooled data: ``[hidden]`` for a sequence, ``[num_tokens, hidden]`` for ALL."""
+
+    data: torch.Tensor
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> EmbeddingOutput:
+        if output.data.ndim != 1:
+            raise ValueError("pooled data should be 1-D for an embedding")
+        return cls(output.data.tolist())
+
+
+@dataclass
+class ClassificationOutput:
+    probs: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> ClassificationOutput:
+        if output.data.ndim != 1:
+            raise ValueError("pooled data should be 1-D for a classification")
+        return cls(output.data.tolist())
+
+
+@dataclass
+class ScoringOutput:
+    score: float
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> ScoringOutput:
+        data = output.data
+        if data.numel() != 1:
+            raise ValueError("pooled data should hold one value for a score")
+        return cls(float(data.reshape(()).item()))
+
+
+O = TypeVar("O")
+
+
+@dataclass
+class PoolingRequestOutput(Generic[O]):
+    """The result for one prompt."""
+
+    request_id: str
+    outputs: O
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
+    @classmethod
+    def from_base(cls, out: PoolingRequestOutput) -> EmbeddingRequestOutput:
+        return cls(
+            out.request_id, EmbeddingOutput.from_base(out.outputs), out.prompt_token_ids
+        )
+
+
+class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
+    @classmethod
+    def from_base(cls, out: PoolingRequestOutput) -> ClassificationRequestOutput:
+        return cls(
+            out.request_id, ClassificationOutput.from_base(out.outputs), out.prompt_token_ids
+        )
+
+
+class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
+    @classmethod
+    def from_base(cls, out: PoolingRequestOutput) -> ScoringRequestOutput:
+        return cls(out.request_id, ScoringOutput.from_base(out.outputs), out.prompt_token_ids)

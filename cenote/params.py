@@ -1,0 +1,97 @@
+"""Per-request pooling parameters (vLLM's ``PoolingParams``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+# Which parameters each pooling task accepts. Anything else set on a request
+# for that task is rejected with a message rather than silently ignored.
+TASK_PARAMETERS: dict[str, frozenset[str]] = {
+    "embed": frozenset({"dimensions", "normalize", "truncate_prompt_tokens"}),
+    "classify": frozenset({"activation", "truncate_prompt_tokens"}),
+    "score": frozenset({"activation", "truncate_prompt_tokens"}),
+    "encode": frozenset(
+        {
+            "dimensions",
+            "normalize",
+            "activation",
+            "truncate_prompt_tokens",
+            "step_tag_id",
+            "returned_token_ids",
+        }
+    ),
+}
+
+
+@dataclass
+class PoolingParams:
+    """Parameters of one pooling request; ``None`` means "use the model's default".
+
+    ``softmax`` is accepted as an alias of ``activation``.
+    """
+
+    dimensions: int | None = None
+    normalize: bool | None = None
+    activation: bool | None = None
+    truncate_prompt_tokens: int | None = None
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None
+
+    def __init__(
+        self,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        activation: bool | None = None,
+        softmax: bool | None = None,
+        truncate_prompt_tokens: int | None = None,
+        step_tag_id: int | None = None,
+        returned_token_ids: list[int] | None = None,
+    ) -> None:
+        if activation is not None and softmax is not None and activation != softmax:
+            raise ValueError("`softmax` is an alias of `activation`; they must agree.")
+        self.dimensions = dimensions
+        self.normalize = normalize
+        self.activation = activation if activation is not None else softmax
+        self.truncate_prompt_tokens = truncate_prompt_tokens
+        self.step_tag_id = step_tag_id
+        self.returned_token_ids = (
+            list(returned_token_ids) if returned_token_ids is not None else None
+        )
+
+    @property
+    def softmax(self) -> bool | None:
+        return self.activation
+
+    def set_fields(self) -> set[str]:
+        return {f.name for f in fields(self) if getattr(self, f.name) is not None}
+
+    def verify(self, pooling_task: str) -> None:
+        """Raise ``ValueError`` if a parameter does not belong to ``pooling_task``."""
+        allowed = TASK_PARAMETERS.get(pooling_task)
+        if allowed is None:
+            raise ValueError(f"Unknown pooling task {pooling_task!r}.")
+        extra = sorted(self.set_fields() - allowed)
+        if extra:
+            raise ValueError(
+                f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not a valid "
+                f"parameter for the {pooling_task!r} pooling task; it accepts "
+                f"{', '.join(sorted(allowed))}."
+            )
+        if self.dimensions is not None and (
+            not isinstance(self.dimensions, int) or isinstance(self.dimensions, bool)
+        ):
+            raise ValueError("dimensions must be an integer.")
+
+    def merged_over(self, defaults: PoolingParams | None) -> PoolingParams:
+        """These params with unset fields taken from ``defaults``."""
+        if defaults is None:
+            return replace(self)
+        merged = replace(defaults)
+        for name in self.set_fields():
+            setattr(merged, name, getattr(self, name))
+        return merged
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PoolingParams:
+        return cls(**values)
