@@ -37,3 +37,18 @@ def st_minilm(minilm_path):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(minilm_path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_path(minilm_path, tmp_path_factory) -> Path:
+    from tests.factories import build_cross_encoder
+
+    return build_cross_encoder(minilm_path, tmp_path_factory.mktemp("cross-encoder"))
+
+
+@pytest.fixture(scope="session")
+def classifier_path(minilm_path, tmp_path_factory) -> Path:
+    """A three-label MiniLM classifier (labels LABEL_A, LABEL_B, LABEL_C)."""
+    from tests.factories import build_minilm_classifier
+
+    return build_minilm_classifier(minilm_path, tmp_path_factory.mktemp("classifier"), 3)
