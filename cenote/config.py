@@ -199,7 +199,25 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig 
     return st
 
 
+_ST_POOLING_MODES = {
+    "cls": PoolingType.CLS,
+    "cls_token": PoolingType.CLS,
+    "mean": PoolingType.MEAN,
+    "mean_tokens": PoolingType.MEAN,
+    "lasttoken": PoolingType.LAST,
+    "last": PoolingType.LAST,
+}
+
+
 def _st_pooling_type(cfg: dict[str, Any]) -> PoolingType:
+    mode = cfg.get("pooling_mode")  # Sentence-Transformers >= 6 names the mode directly
+    if isinstance(mode, str):
+        if mode.lower() not in _ST_POOLING_MODES:
+            raise ValueError(
+                f"Sentence-Transformers pooling mode {mode!r} is not supported; "
+                "supported: cls, mean, lasttoken."
+            )
+        return _ST_POOLING_MODES[mode.lower()]
     if cfg.get("pooling_mode_cls_token"):
         return PoolingType.CLS
     if cfg.get("pooling_mode_lasttoken"):

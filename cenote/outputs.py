@@ -57,15 +57,15 @@ class ScoringOutput:
         return cls(float(data.reshape(()).item()))
 
 
-O = TypeVar("O")
+OutputT = TypeVar("OutputT")
 
 
 @dataclass
-class PoolingRequestOutput(Generic[O]):
+class PoolingRequestOutput(Generic[OutputT]):
     """The result for one prompt."""
 
     request_id: str
-    outputs: O
+    outputs: OutputT
     prompt_token_ids: list[int]
     finished: bool = True
 

@@ -10,7 +10,7 @@ import torch
 from cenote.config import ModelConfig
 from cenote.engine.runner import ModelRunner, SequenceInput
 from cenote.engine.scheduler import schedule_batches
-from cenote.engine.tokenizer import Prompt, Tokenizer, TokenizedPrompt
+from cenote.engine.tokenizer import Prompt, TokenizedPrompt, Tokenizer
 from cenote.params import PoolingParams
 
 API_NAMES = {

@@ -111,13 +111,13 @@ _PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
 class BertFamilyModel(nn.Module):
     """An encoder of the BERT family; ``classifier`` is set for sequence classifiers."""
 
-    def __init__(self, config, with_classifier: bool) -> None:
+    def __init__(self, config, task: str) -> None:
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.classifier: nn.Module | None = None
-        if with_classifier:
+        if task == "classify":
             if config.model_type == "bert":
                 self.classifier = BertClassifierHead(config)
             else:

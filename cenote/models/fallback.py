@@ -42,7 +42,8 @@ class TransformersFallbackModel(nn.Module):
                 else torch.ones_like(ids))
         kwargs = {"input_ids": ids, "attention_mask": mask}
         if batch.token_type_ids is not None and self.accepts_token_types:
-            kwargs["token_type_ids"] = batch.to_padded(batch.token_type_ids.unsqueeze(1)).squeeze(-1)
+            types = batch.to_padded(batch.token_type_ids.unsqueeze(1)).squeeze(-1)
+            kwargs["token_type_ids"] = types
         out = self.hf_model(**kwargs)
         if self.classify:
             lens = torch.tensor(batch.seq_lens, device=out.logits.device)

@@ -22,7 +22,8 @@ class PackedBatch:
     seq_lens: list[int]
     cu_seqlens: torch.Tensor  # [B + 1] long
     max_len: int
-    padded_index: torch.Tensor | None  # [T]: slot of each token in [B * max_len]; None if no padding
+    # [T]: slot of each token in the [B * max_len] padded layout; None when nothing pads.
+    padded_index: torch.Tensor | None
     key_padding_mask: torch.Tensor | None  # [B, 1, 1, max_len] bool, True = attend
 
     @classmethod
@@ -89,11 +90,13 @@ def packed_attention(
     v: torch.Tensor,
     batch: PackedBatch,
     causal: bool,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Attention within each sequence of a packed batch.
 
     ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads, head_dim]``.
-    Returns ``[T, num_heads * head_dim]``.
+    Returns ``[T, num_heads * head_dim]``. With ``sliding_window`` (causal only),
+    a query attends to at most that many keys: itself and the ones just before it.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     qp = batch.to_padded(q).transpose(1, 2)
@@ -101,6 +104,10 @@ def packed_attention(
     vp = batch.to_padded(v).transpose(1, 2)
     # Right padding: a causal mask already hides padded keys from every real query.
     mask = None if causal else batch.key_padding_mask
+    if causal and sliding_window is not None and batch.max_len > sliding_window:
+        pos = torch.arange(batch.max_len, device=q.device)
+        distance = pos.unsqueeze(1) - pos.unsqueeze(0)  # query - key
+        mask = (distance >= 0) & (distance < sliding_window)
     out = F.scaled_dot_product_attention(
         qp, kp, vp, attn_mask=mask, is_causal=causal and mask is None,
         enable_gqa=kp.shape[1] != num_heads,

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 # model_type -> "module:Class" of a native implementation.
 NATIVE_MODEL_TYPES: dict[str, str] = {
     **{model_type: "cenote.models.bert:BertFamilyModel" for model_type in BERT_FAMILY},
+    **{model_type: "cenote.models.decoder:DecoderModel"
+       for model_type in ("qwen2", "qwen3", "llama", "mistral")},
 }
 
 
@@ -54,7 +56,8 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
         logger.info("No native implementation for %s; using transformers.", config.architecture)
         model = TransformersFallbackModel(config, classify=classify)
     else:
-        model = cls(config.hf_config, with_classifier=classify)
+        # A native model builds the heads its task needs (classifier, per-token reward head).
+        model = cls(config.hf_config, task=config.task)
         model.load_weights(iter_checkpoint(config.path))
     model = model.to(device=config.device, dtype=config.dtype).eval()
     pooler = Pooler(

@@ -1,0 +1,91 @@
+"""Bad input raises a clear exception and leaves the LLM usable."""
+
+from __future__ import annotations
+
+import pytest
+
+from cenote import LLM, PoolingParams
+
+
+@pytest.fixture(autouse=True)
+def still_usable_afterwards(minilm_fp32):
+    yield
+    (out,) = minilm_fp32.embed("still works")
+    assert len(out.outputs.embedding) == 384
+
+
+@pytest.mark.parametrize("prompt", [42, None, [["nested"]], [b"bytes"], {"text": "no ids"}])
+def test_prompt_of_the_wrong_type_is_a_type_error(minilm_fp32, prompt):
+    with pytest.raises(TypeError, match="string"):
+        minilm_fp32.embed(prompt)
+
+
+def test_empty_string_is_rejected(minilm_fp32):
+    with pytest.raises(ValueError, match="empty string"):
+        minilm_fp32.embed(["fine", ""])
+
+
+def test_token_id_outside_the_vocabulary_is_rejected(minilm_fp32):
+    with pytest.raises(ValueError, match="out of vocabulary"):
+        minilm_fp32.embed({"prompt_token_ids": [101, 30522, 102]})
+
+
+@pytest.mark.parametrize("ids", [[], [101, -1], [101, 1.5], [101, "7"]])
+def test_malformed_token_ids_are_rejected(minilm_fp32, ids):
+    with pytest.raises(ValueError):
+        minilm_fp32.embed({"prompt_token_ids": ids})
+
+
+def test_input_longer_than_max_model_len_names_both_lengths(minilm_fp32):
+    with pytest.raises(ValueError) as err:
+        minilm_fp32.embed("word " * 300)
+    message = str(err.value)
+    assert "maximum context length is 256 tokens" in message
+    assert "you requested 302 tokens" in message
+
+
+def test_truncate_prompt_tokens_beyond_max_model_len_is_rejected(minilm_fp32):
+    with pytest.raises(ValueError, match="greater than max_model_len"):
+        minilm_fp32.embed("hello", truncate_prompt_tokens=1000)
+
+
+def test_dimensions_on_a_model_without_matryoshka_is_rejected(minilm_fp32):
+    with pytest.raises(ValueError) as err:
+        minilm_fp32.embed("hello", pooling_params=PoolingParams(dimensions=64))
+    assert str(err.value).endswith(
+        "does not support matryoshka representation, changing output dimensions will lead "
+        "to poor results."
+    )
+
+
+def test_dimensions_outside_the_matryoshka_list_is_rejected(minilm_path):
+    llm = LLM(str(minilm_path), hf_overrides={"matryoshka_dimensions": [128, 256]})
+    with pytest.raises(ValueError) as err:
+        llm.embed("hello", pooling_params=PoolingParams(dimensions=64))
+    assert "only supports [128, 256] matryoshka dimensions" in str(err.value)
+
+
+def test_non_positive_dimensions_are_rejected(minilm_path):
+    llm = LLM(str(minilm_path), hf_overrides={"is_matryoshka": True})
+    with pytest.raises(ValueError, match="Dimensions must be greater than 0"):
+        llm.embed("hello", pooling_params=PoolingParams(dimensions=0))
+
+
+def test_pooling_param_that_the_task_does_not_take_is_rejected(minilm_fp32):
+    with pytest.raises(ValueError, match="activation is not a valid parameter"):
+        minilm_fp32.embed("hello", pooling_params=PoolingParams(activation=True))
+
+
+def test_step_parameters_need_step_pooling(minilm_fp32):
+    with pytest.raises(ValueError, match="only allowed with STEP pooling"):
+        minilm_fp32.encode("hello", PoolingParams(step_tag_id=5))
+
+
+def test_score_with_mismatched_lengths_is_rejected(minilm_fp32):
+    with pytest.raises(ValueError, match="Input lengths must be either 1:1, 1:N or N:N"):
+        minilm_fp32.score(["a", "b"], ["c", "d", "e"])
+
+
+def test_classify_on_an_embedding_model_names_the_task(minilm_fp32):
+    with pytest.raises(ValueError, match="Classification API is not supported by this model"):
+        minilm_fp32.classify("hello")
