@@ -47,3 +47,158 @@ def build_cross_encoder(minilm_path: Path, target: Path) -> Path:
         minilm_path, target, num_labels=1, seed=1,
         sentence_transformers_activation="torch.nn.modules.activation.Sigmoid",
     )
+
+
+# Tiny random models. They reuse MiniLM's tokenizer (vocab 30522), so any text works.
+TINY_VOCAB = 30522
+TINY_BERT_FAMILY = {
+    "bert": ("BertConfig", "BertForSequenceClassification"),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification"),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification"),
+}
+TINY_DECODER_CONFIGS = {
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "llama": "LlamaConfig",
+    "mistral": "MistralConfig",
+}
+# Architecture prefix of each decoder family, e.g. "Qwen2" -> Qwen2Model.
+DECODER_PREFIXES = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama", "mistral": "Mistral"}
+
+
+def _widen_(model: torch.nn.Module, std: float) -> None:
+    """Re-draw every weight matrix with a larger spread: random tiny models at the
+    default 0.02 give near-constant outputs, where a wrong op can hide."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2 or name.endswith("bias"):
+                param.normal_(0, std)
+            else:  # norm scales: around 1, but not exactly, so a dropped scale shows
+                param.normal_(1, std)
+
+
+def build_tiny_bert_classifier(
+    minilm_path: Path, target: Path, model_type: str, num_labels: int, seed: int = 0
+) -> Path:
+    """A random 2-layer BERT/RoBERTa/XLM-R ``*ForSequenceClassification``."""
+    import transformers
+
+    config_name, model_name = TINY_BERT_FAMILY[model_type]
+    torch.manual_seed(seed)
+    id2label = {i: f"class_{i}" for i in range(num_labels)}
+    extra = {"pad_token_id": 1} if model_type != "bert" else {}
+    config = getattr(transformers, config_name)(
+        vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=160, type_vocab_size=2,
+        num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        **extra,
+    )
+    model = getattr(transformers, model_name)(config)
+    _widen_(model, 0.1)
+    model.save_pretrained(target)
+    _save_tokenizer(minilm_path, target)
+    return target
+
+
+def tiny_decoder_config(model_type: str, **overrides):
+    """A 2-layer decoder config: hidden 64, 4 query heads sharing 2 key/value heads."""
+    import transformers
+
+    values = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=256, rms_norm_eps=1e-6,
+    )
+    if model_type == "mistral":
+        values["sliding_window"] = 12  # shorter than the test texts, so the window shows
+    values.update(overrides)
+    return getattr(transformers, TINY_DECODER_CONFIGS[model_type])(**values)
+
+
+def build_tiny_decoder(
+    minilm_path: Path, target: Path, model_type: str, architecture: str, seed: int = 0,
+    **config_overrides,
+) -> Path:
+    """A random Qwen2/Qwen3/Llama/Mistral checkpoint saved as ``architecture``.
+
+    ``architecture`` is a transformers class name such as ``Qwen2Model``,
+    ``LlamaForCausalLM`` or ``MistralForSequenceClassification``.
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_decoder_config(model_type, **config_overrides)
+    model = getattr(transformers, architecture)(config)
+    _widen_(model, 0.1)
+    model.save_pretrained(target)
+    _save_tokenizer(minilm_path, target)
+    return target
+
+
+def add_tensors_to_checkpoint(folder: Path, tensors: dict[str, torch.Tensor],
+                              **config_updates) -> None:
+    """Add tensors to a folder's ``model.safetensors`` and update its ``config.json``."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "model.safetensors"
+    state = load_file(str(file))
+    state.update({name: t.contiguous() for name, t in tensors.items()})
+    save_file(state, str(file), metadata={"format": "pt"})
+    if config_updates:
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text())
+        config.update(config_updates)
+        config_file.write_text(json.dumps(config, indent=2))
+
+
+def build_tiny_qwen2_reward_model(
+    minilm_path: Path, target: Path, num_labels: int = 1, seed: int = 0
+) -> Path:
+    """A Qwen2ForRewardModel checkpoint (remote code upstream, so built by hand).
+
+    The body is a random Qwen2Model saved under ``model.``; the per-token head is
+    ``score.0`` (Linear hidden->hidden) -> ReLU -> ``score.2`` (Linear hidden->num_labels).
+    """
+    from safetensors.torch import load_file, save_file
+
+    build_tiny_decoder(minilm_path, target, "qwen2", "Qwen2Model", seed=seed)
+    file = target / "model.safetensors"
+    state = {"model." + name: t for name, t in load_file(str(file)).items()}
+    save_file(state, str(file), metadata={"format": "pt"})
+    generator = torch.Generator().manual_seed(seed + 1)
+    hidden = 64
+    head = {
+        "score.0.weight": torch.randn(hidden, hidden, generator=generator) * 0.2,
+        "score.0.bias": torch.randn(hidden, generator=generator) * 0.2,
+        "score.2.weight": torch.randn(num_labels, hidden, generator=generator) * 0.2,
+        "score.2.bias": torch.randn(num_labels, generator=generator) * 0.2,
+    }
+    add_tensors_to_checkpoint(target, head, architectures=["Qwen2ForRewardModel"],
+                              num_labels=num_labels)
+    return target
+
+
+def build_tiny_distilbert(minilm_path: Path, target: Path, num_labels: int | None = None,
+                          seed: int = 0) -> Path:
+    """A random DistilBERT (no native implementation: runs through the fallback).
+
+    With ``num_labels`` it is a ``DistilBertForSequenceClassification``, else a
+    ``DistilBertModel``.
+    """
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        DistilBertModel,
+    )
+
+    torch.manual_seed(seed)
+    kwargs = {"num_labels": num_labels} if num_labels else {}
+    config = DistilBertConfig(vocab_size=TINY_VOCAB, dim=64, n_layers=2, n_heads=4,
+                              hidden_dim=128, max_position_embeddings=160, **kwargs)
+    model = (DistilBertForSequenceClassification if num_labels else DistilBertModel)(config)
+    _widen_(model, 0.1)
+    model.save_pretrained(target)
+    _save_tokenizer(minilm_path, target)
+    return target

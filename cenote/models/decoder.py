@@ -1,0 +1,321 @@
+"""Decoder-only families (Qwen2, Qwen3, Llama, Mistral) as pooling models, on packed tokens.
+
+One pre-norm transformer covers the four families; they differ only in a few
+switches read from the Hugging Face config (projection biases, Qwen3's per-head
+q/k RMSNorm, sliding-window layers). Query/key/value and gate/up are fused
+into one projection each; ``load_weights`` maps checkpoint names explicitly.
+
+The language-model head is never built: a checkpoint becomes a pooling model.
+What sits on top of the hidden states depends on the task and architecture:
+
+- ``classify``: ``score`` (linear, no bias) on the pooled row, as in
+  ``*ForSequenceClassification``; a ``*ForCausalLM`` needs a ``score.weight``
+  in its checkpoint.
+- ``reward`` on ``*ForRewardModel``: the per-token head ``score.0`` -> ReLU ->
+  ``score.2``, applied to every token (``token_head``).
+- anything else: the bare hidden states (embed: LAST + normalise; reward on a
+  converted causal LM: ALL).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cenote.config import architecture_of
+from cenote.models.layers import PackedBatch, packed_attention
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+# rope_type values whose frequencies are fixed once the model is loaded. "dynamic"
+# only rescales beyond max_position_embeddings, which max_model_len never exceeds.
+_SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+
+
+@dataclass
+class DecoderArgs:
+    """The shape of a decoder and the switches that tell the families apart."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    hidden_act: str
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    sliding_windows: list[int | None]  # per layer; None = full causal attention
+
+    @classmethod
+    def from_hf(cls, config: Any) -> DecoderArgs:
+        model_type = config.model_type
+        num_layers = config.num_hidden_layers
+        num_heads = config.num_attention_heads
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        window = getattr(config, "sliding_window", None)
+        if model_type == "mistral":
+            windows = [window] * num_layers
+        else:
+            # Qwen2/Qwen3 name each layer's kind; sliding_window is None unless enabled.
+            kinds = getattr(config, "layer_types", None) or ["full_attention"] * num_layers
+            windows = [window if kind == "sliding_attention" else None for kind in kinds]
+        if config.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"Unsupported hidden_act {config.hidden_act!r} for {model_type}.")
+        return cls(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // num_heads,
+            rms_norm_eps=config.rms_norm_eps,
+            hidden_act=config.hidden_act,
+            # Qwen2 always has q/k/v biases and never an output bias.
+            qkv_bias=True if model_type == "qwen2" else attention_bias,
+            o_bias=False if model_type == "qwen2" else attention_bias,
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+            qk_norm=model_type == "qwen3",
+            sliding_windows=windows,
+        )
+
+
+def rope_frequencies(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
+    """Rotary inverse frequencies ``[head_dim // 2]`` and the cos/sin scale.
+
+    Scaled variants come from transformers' own ``ROPE_INIT_FUNCTIONS`` so they
+    match the reference exactly.
+    """
+    params = getattr(config, "rope_parameters", None) or {}
+    rope_type = params.get("rope_type", "default")
+    if rope_type not in _SUPPORTED_ROPE_TYPES:
+        raise ValueError(
+            f"rope_type {rope_type!r} is not supported by the native decoder; "
+            f"supported: {', '.join(_SUPPORTED_ROPE_TYPES)}."
+        )
+    if rope_type == "default":
+        base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
+        return 1.0 / (base**exponents), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    return inv_freq.float(), float(scaling)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin of each token's position, shared by every layer of a forward pass."""
+
+    def __init__(self, config: Any, head_dim: int) -> None:
+        super().__init__()
+        # A plain attribute, not a buffer: model.to(bfloat16) must not round the frequencies.
+        self.inv_freq, self.scaling = rope_frequencies(config, head_dim)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inv_freq.device != positions.device:
+            self.inv_freq = self.inv_freq.to(positions.device)
+        freqs = positions.float().unsqueeze(1) * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [T, 1, head_dim]
+        return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (``[T, heads, head_dim]``) by its positions (half-split layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In fp32, cast back before the weight: the order the reference uses.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: DecoderArgs, sliding_window: int | None) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = args.num_heads, args.num_kv_heads
+        self.head_dim = args.head_dim
+        self.sizes = [args.num_heads * args.head_dim, 2 * args.num_kv_heads * args.head_dim]
+        self.qkv = nn.Linear(args.hidden_size, sum(self.sizes), bias=args.qkv_bias)
+        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size,
+                                bias=args.o_bias)
+        self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
+        self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
+        self.sliding_window = sliding_window
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                batch: PackedBatch) -> torch.Tensor:
+        q, kv = self.qkv(x).split(self.sizes, dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k, v = kv.view(-1, 2, self.num_kv_heads, self.head_dim).unbind(1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = packed_attention(q, k, v, batch, causal=True, sliding_window=self.sliding_window)
+        return self.o_proj(out)
+
+
+class FeedForward(nn.Module):
+    """Gated MLP: ``down(act(gate(x)) * up(x))`` with gate and up fused."""
+
+    def __init__(self, args: DecoderArgs) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(args.hidden_size, 2 * args.intermediate_size,
+                                 bias=args.mlp_bias)
+        self.down = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
+        self.act = _ACTIVATIONS[args.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(self.act(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: DecoderArgs, sliding_window: int | None) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.attn = Attention(args, sliding_window)
+        self.post_attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = FeedForward(args)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                batch: PackedBatch) -> torch.Tensor:
+        x = x + self.attn(self.input_norm(x), cos, sin, batch)
+        return x + self.mlp(self.post_attn_norm(x))
+
+
+class RewardHead(nn.Module):
+    """Qwen2ForRewardModel's per-token head: Linear -> ReLU -> Linear."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+                                   nn.Linear(hidden_size, num_labels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x)
+
+
+# Checkpoint name (after the "model." prefix is cut) -> our name.
+_RENAMES = [
+    (r"layers\.(\d+)\.input_layernorm\.", r"layers.\1.input_norm."),
+    (r"layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.post_attn_norm."),
+    (r"layers\.(\d+)\.self_attn\.o_proj\.", r"layers.\1.attn.o_proj."),
+    (r"layers\.(\d+)\.self_attn\.(q|k)_norm\.", r"layers.\1.attn.\2_norm."),
+    (r"layers\.(\d+)\.mlp\.down_proj\.", r"layers.\1.mlp.down."),
+]
+# Parts of a fused projection, in the order they are concatenated.
+_FUSED = {
+    re.compile(r"layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)"): ("attn.qkv",
+                                                                            ("q", "k", "v")),
+    re.compile(r"layers\.(\d+)\.mlp\.(gate|up)_proj\.(weight|bias)"): ("mlp.gate_up",
+                                                                        ("gate", "up")),
+}
+_IGNORED = re.compile(r"^lm_head\.|rotary_emb\.inv_freq$")
+
+
+class DecoderModel(nn.Module):
+    """A Qwen2/Qwen3/Llama/Mistral decoder turned into a pooling model for ``task``."""
+
+    def __init__(self, config: Any, task: str) -> None:
+        super().__init__()
+        self.config = config
+        self.architecture = architecture_of(config)
+        args = DecoderArgs.from_hf(config)
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(args, window) for window in args.sliding_windows)
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config, args.head_dim)
+        self.classifier: nn.Module | None = None
+        self.token_head: nn.Module | None = None
+        if task == "classify":
+            self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
+        elif task == "reward" and self.architecture.endswith("ForRewardModel"):
+            self.token_head = RewardHead(args.hidden_size, config.num_labels)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.embed_tokens(batch.input_ids)
+        cos, sin = self.rotary(batch.positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, batch)
+        return self.norm(x)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors in, fusing q/k/v and gate/up; every parameter must be set."""
+        params = dict(self.named_parameters())
+        fused_parts: dict[str, dict[str, torch.Tensor]] = {}
+        fused_order: dict[str, tuple[str, ...]] = {}
+        loaded: set[str] = set()
+
+        def assign(name: str, tensor: torch.Tensor) -> None:
+            if name not in params:
+                raise ValueError(f"Unexpected checkpoint tensor {name!r} for {self.architecture}.")
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"Checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(params[name].shape)}.")
+            params[name].data.copy_(tensor)
+            loaded.add(name)
+
+        for raw_name, tensor in weights:
+            name = raw_name.removeprefix("model.")
+            if _IGNORED.search(name):
+                continue
+            if name.startswith("score."):
+                # The head belongs to one task; other tasks load the body only.
+                if self.classifier is not None and name == "score.weight":
+                    assign("classifier.weight", tensor)
+                elif self.token_head is not None:
+                    assign("token_head." + name, tensor)
+                continue
+            for pattern, (target, order) in _FUSED.items():
+                match = pattern.fullmatch(name)
+                if match:
+                    layer, part, kind = match.groups()
+                    key = f"layers.{layer}.{target}.{kind}"
+                    fused_parts.setdefault(key, {})[part] = tensor
+                    fused_order[key] = order
+                    break
+            else:
+                for pattern, replacement in _RENAMES:
+                    name = re.sub(pattern, replacement, name)
+                assign(name, tensor)
+        for key, parts in fused_parts.items():
+            order = fused_order[key]
+            missing_parts = [p for p in order if p not in parts]
+            if missing_parts:
+                raise ValueError(f"Checkpoint has only part of {key}: missing {missing_parts}.")
+            assign(key, torch.cat([parts[p] for p in order]))
+        missing = sorted(set(params) - loaded)
+        if "classifier.weight" in missing:
+            raise ValueError(
+                f"task='classify' needs a classification head, but this {self.architecture} "
+                "checkpoint has no `score.weight` tensor. Load a *ForSequenceClassification "
+                "checkpoint, or use task='embed' or 'reward'."
+            )
+        if missing:
+            raise ValueError(f"Checkpoint is missing tensors: {', '.join(missing[:8])}"
+                             + (" ..." if len(missing) > 8 else ""))
