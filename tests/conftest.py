@@ -52,3 +52,57 @@ def classifier_path(minilm_path, tmp_path_factory) -> Path:
     from tests.factories import build_minilm_classifier
 
     return build_minilm_classifier(minilm_path, tmp_path_factory.mktemp("classifier"), 3)
+
+
+def _built_once(tmp_path_factory, build):
+    """A ``get(*args, **kwargs) -> Path`` that builds each distinct checkpoint once."""
+    folders: dict[str, Path] = {}
+
+    def get(*args, **kwargs) -> Path:
+        key = repr((args, sorted(kwargs.items())))
+        if key not in folders:
+            folders[key] = build(tmp_path_factory.mktemp("tiny"), *args, **kwargs)
+        return folders[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(minilm_path, tmp_path_factory):
+    """``tiny_decoder("qwen3", "Qwen3ForSequenceClassification", num_labels=3)`` -> a folder
+    with a random 2-layer checkpoint of that architecture (built once per session)."""
+    from tests.factories import build_tiny_decoder
+
+    return _built_once(tmp_path_factory,
+                       lambda target, *a, **k: build_tiny_decoder(minilm_path, target, *a, **k))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier(minilm_path, tmp_path_factory):
+    """``tiny_bert_classifier("roberta", num_labels=3)`` -> a random
+    ``*ForSequenceClassification`` folder (built once per session)."""
+    from tests.factories import build_tiny_bert_classifier
+
+    return _built_once(
+        tmp_path_factory,
+        lambda target, *a, **k: build_tiny_bert_classifier(minilm_path, target, *a, **k))
+
+
+@pytest.fixture(scope="session")
+def qwen2_reward_model(minilm_path, tmp_path_factory):
+    """``qwen2_reward_model(num_labels=1)`` -> a hand-built Qwen2ForRewardModel folder."""
+    from tests.factories import build_tiny_qwen2_reward_model
+
+    return _built_once(
+        tmp_path_factory,
+        lambda target, *a, **k: build_tiny_qwen2_reward_model(minilm_path, target, *a, **k))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(minilm_path, tmp_path_factory):
+    """``tiny_distilbert(num_labels=None)`` -> a random DistilBERT folder (fallback model)."""
+    from tests.factories import build_tiny_distilbert
+
+    return _built_once(
+        tmp_path_factory,
+        lambda target, *a, **k: build_tiny_distilbert(minilm_path, target, *a, **k))

@@ -1,0 +1,167 @@
+"""Sequence classifiers and cross-encoders of the BERT family match their references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cenote import LLM, PoolingParams
+
+BERT_FAMILY = ["bert", "roberta", "xlm-roberta"]
+TEXTS = [
+    "hello world",
+    "a somewhat longer sentence about search engines and ranking",
+    "x",
+    "the quick brown fox jumps over the lazy dog " * 3,
+]
+QUERY = "how do search engines rank documents"
+PASSAGES = [
+    "Search engines rank documents by estimating their relevance to a query.",
+    "The recipe needs two eggs, flour and a pinch of salt.",
+    "Ranking functions such as BM25 weigh term frequency against document length.",
+    "x",
+]
+
+
+@torch.no_grad()
+def _hf_logits(path, texts, pairs_with=None) -> torch.Tensor:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    rows = []
+    for i, text in enumerate(texts):
+        inputs = tok(text, pairs_with[i], return_tensors="pt") if pairs_with else tok(
+            text, return_tensors="pt")
+        rows.append(model(**inputs).logits[0])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("family", BERT_FAMILY)
+def test_classifier_probabilities_match_transformers(family, tiny_bert_classifier):
+    path = tiny_bert_classifier(family, num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.config.task == "classify"
+    probs = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS)])
+    assert torch.allclose(probs, _hf_logits(path, TEXTS).softmax(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", BERT_FAMILY)
+def test_classifier_batch_gives_the_same_result_as_one_by_one(family, tiny_bert_classifier):
+    llm = LLM(str(tiny_bert_classifier(family, num_labels=3)), dtype="float32")
+    batched = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS)])
+    single = torch.tensor([llm.classify(t)[0].outputs.probs for t in TEXTS])
+    assert torch.allclose(batched, single, atol=1e-6)
+
+
+def test_single_label_classifier_applies_sigmoid(tiny_bert_classifier):
+    path = tiny_bert_classifier("roberta", num_labels=1)
+    llm = LLM(str(path), dtype="float32")
+    probs = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS)])
+    assert torch.allclose(probs, torch.sigmoid(_hf_logits(path, TEXTS)), atol=1e-4)
+
+
+def test_activation_false_returns_raw_logits(tiny_bert_classifier):
+    path = tiny_bert_classifier("bert", num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    outs = llm.classify(TEXTS, pooling_params=PoolingParams(activation=False))
+    logits = torch.tensor([o.outputs.probs for o in outs])
+    assert torch.allclose(logits, _hf_logits(path, TEXTS), atol=1e-4)
+
+
+def test_labels_come_from_the_config(tiny_bert_classifier):
+    llm = LLM(str(tiny_bert_classifier("xlm-roberta", num_labels=3)), dtype="float32")
+    assert llm.config.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}
+    assert llm.classify("hello")[0].outputs.num_classes == 3
+
+
+@pytest.mark.parametrize("family", BERT_FAMILY)
+def test_cross_encoder_pair_scores_match_transformers(family, tiny_bert_classifier):
+    path = tiny_bert_classifier(family, num_labels=1)
+    llm = LLM(str(path), dtype="float32")
+    scores = torch.tensor([o.outputs.score for o in llm.score(QUERY, PASSAGES)])
+    expected = torch.sigmoid(_hf_logits(path, [QUERY] * len(PASSAGES), PASSAGES))[:, 0]
+    assert torch.allclose(scores, expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(cross_encoder_path):
+    return LLM(str(cross_encoder_path), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def st_cross_encoder(cross_encoder_path):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(cross_encoder_path), device="cpu")
+
+
+def test_cross_encoder_scores_match_sentence_transformers(cross_encoder, st_cross_encoder):
+    scores = [o.outputs.score for o in cross_encoder.score(QUERY, PASSAGES)]
+    expected = st_cross_encoder.predict([(QUERY, p) for p in PASSAGES])
+    assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+
+
+def test_one_to_one_scoring_scores_the_single_pair(cross_encoder, st_cross_encoder):
+    (out,) = cross_encoder.score(QUERY, PASSAGES[0])
+    assert out.outputs.score == pytest.approx(
+        float(st_cross_encoder.predict([(QUERY, PASSAGES[0])])[0]), abs=1e-4)
+
+
+def test_n_to_n_scoring_zips_the_lists(cross_encoder, st_cross_encoder):
+    queries = [QUERY, "what goes into a cake", QUERY, "term weighting"]
+    scores = [o.outputs.score for o in cross_encoder.score(queries, PASSAGES)]
+    expected = st_cross_encoder.predict(list(zip(queries, PASSAGES, strict=True)))
+    assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+
+
+def test_score_without_activation_returns_the_raw_logit(cross_encoder, st_cross_encoder):
+    outs = cross_encoder.score(QUERY, PASSAGES, pooling_params=PoolingParams(activation=False))
+    expected = st_cross_encoder.predict([(QUERY, p) for p in PASSAGES],
+                                        activation_fn=torch.nn.Identity())
+    assert torch.allclose(torch.tensor([o.outputs.score for o in outs]),
+                          torch.tensor(expected), atol=1e-4)
+
+
+def test_cross_encoder_batch_gives_the_same_result_as_one_by_one(cross_encoder):
+    batched = [o.outputs.score for o in cross_encoder.score(QUERY, PASSAGES)]
+    single = [cross_encoder.score(QUERY, p)[0].outputs.score for p in PASSAGES]
+    assert batched == pytest.approx(single, abs=1e-6)
+
+
+def test_score_needs_a_single_label(tiny_bert_classifier):
+    llm = LLM(str(tiny_bert_classifier("bert", num_labels=3)), dtype="float32")
+    with pytest.raises(ValueError, match=r"Score API is only enabled for num_labels == 1\."):
+        llm.score(QUERY, PASSAGES)
+    assert llm.classify("still works")[0].outputs.num_classes == 3
+
+
+def test_mismatched_score_lengths_leave_the_cross_encoder_usable(cross_encoder):
+    with pytest.raises(ValueError, match="Input lengths must be either 1:1, 1:N or N:N"):
+        cross_encoder.score([QUERY, QUERY], PASSAGES)
+    assert len(cross_encoder.score(QUERY, PASSAGES)) == len(PASSAGES)
+
+
+def test_embedding_api_on_a_classifier_names_the_task_to_use(cross_encoder):
+    with pytest.raises(ValueError, match=r"Embedding API is not supported by this model.*"
+                                         r"--task embed"):
+        cross_encoder.embed("hello")
+    assert len(cross_encoder.score(QUERY, PASSAGES[:2])) == 2
+
+
+def test_encode_on_a_classifier_returns_hidden_states(tiny_bert_classifier):
+    from transformers import AutoModel, AutoTokenizer
+
+    path = tiny_bert_classifier("bert", num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    tok = AutoTokenizer.from_pretrained(path)
+    body = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    for text, out in zip(TEXTS, llm.encode(TEXTS), strict=True):
+        with torch.no_grad():
+            expected = body(**tok(text, return_tensors="pt")).last_hidden_state[0]
+        assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+
+
+def test_classify_task_on_a_checkpoint_without_a_head_fails_at_load(minilm_path):
+    with pytest.raises(ValueError, match="missing tensors: classifier"):
+        LLM(str(minilm_path), task="classify", dtype="float32")

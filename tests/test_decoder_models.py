@@ -1,0 +1,185 @@
+"""Native Qwen2 / Qwen3 / Llama / Mistral pooling models match transformers on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cenote import LLM
+from cenote.models.decoder import DecoderModel, rope_frequencies
+from tests.factories import DECODER_PREFIXES, add_tensors_to_checkpoint, tiny_decoder_config
+
+FAMILIES = ["qwen2", "qwen3", "llama", "mistral"]
+# Different lengths; the last is longer than the tiny Mistral's sliding window (12).
+TEXTS = [
+    "hello world",
+    "a somewhat longer sentence about search engines and ranking",
+    "x",
+    "the quick brown fox jumps over the lazy dog " * 3,
+]
+
+
+def _reference(path, architecture: str):
+    import transformers
+
+    return getattr(transformers, architecture).from_pretrained(path, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def _hf_hidden(model, token_ids: list[int]) -> torch.Tensor:
+    """The last layer's (normed) hidden states ``[T, hidden]`` of a base or causal-LM model."""
+    body = getattr(model, "model", model)
+    return body(input_ids=torch.tensor([token_ids])).last_hidden_state[0]
+
+
+def _assert_embeddings_match(outs, reference_rows: list[torch.Tensor]) -> None:
+    ours = torch.tensor([o.outputs.embedding for o in outs])
+    ref = F.normalize(torch.stack(reference_rows), dim=-1)
+    assert F.cosine_similarity(ours, ref).min() >= 0.9999
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bare_model_embeds_the_normalised_last_token(family, tiny_decoder):
+    arch = DECODER_PREFIXES[family] + "Model"
+    path = tiny_decoder(family, arch)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.config.task == "embed"
+    outs = llm.embed(TEXTS)
+    ref = _reference(path, arch)
+    _assert_embeddings_match(outs, [_hf_hidden(ref, o.prompt_token_ids)[-1] for o in outs])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sequence_classifier_matches_transformers(family, tiny_decoder):
+    arch = DECODER_PREFIXES[family] + "ForSequenceClassification"
+    path = tiny_decoder(family, arch, num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.config.task == "classify"
+    outs = llm.classify(TEXTS)
+    ref = _reference(path, arch)
+    for out in outs:
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([out.prompt_token_ids])).logits[0]
+        assert out.outputs.num_classes == 3
+        assert torch.allclose(torch.tensor(out.outputs.probs), logits.softmax(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_converted_to_embed_matches_transformers(family, tiny_decoder):
+    arch = DECODER_PREFIXES[family] + "ForCausalLM"
+    path = tiny_decoder(family, arch)
+    llm = LLM(str(path), task="embed", dtype="float32")
+    outs = llm.embed(TEXTS)
+    ref = _reference(path, arch)
+    _assert_embeddings_match(outs, [_hf_hidden(ref, o.prompt_token_ids)[-1] for o in outs])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_gives_the_same_result_as_one_by_one(family, tiny_decoder):
+    path = tiny_decoder(family, DECODER_PREFIXES[family] + "ForSequenceClassification",
+                        num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    batched = [o.outputs.data for o in llm.encode(TEXTS)]
+    for text, rows in zip(TEXTS, batched, strict=True):
+        (single,) = llm.encode(text)
+        assert torch.allclose(rows, single.outputs.data, atol=1e-5)
+    batched_probs = [o.outputs.probs for o in llm.classify(TEXTS)]
+    single_probs = [llm.classify(t)[0].outputs.probs for t in TEXTS]
+    assert torch.allclose(torch.tensor(batched_probs), torch.tensor(single_probs), atol=1e-6)
+
+
+def test_encode_returns_every_tokens_hidden_state(tiny_decoder):
+    path = tiny_decoder("qwen3", "Qwen3Model")
+    llm = LLM(str(path), dtype="float32")
+    ref = _reference(path, "Qwen3Model")
+    for out in llm.encode(TEXTS):
+        expected = _hf_hidden(ref, out.prompt_token_ids)
+        assert out.outputs.data.shape == expected.shape
+        assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+
+
+def test_sliding_window_attention_matches_transformers(tiny_decoder):
+    path = tiny_decoder("mistral", "MistralModel")
+    llm = LLM(str(path), dtype="float32")
+    (out,) = llm.encode(TEXTS[-1])
+    assert len(out.prompt_token_ids) > llm.config.hf_config.sliding_window
+    expected = _hf_hidden(_reference(path, "MistralModel"), out.prompt_token_ids)
+    assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+
+
+ROPE_SCALINGS = {
+    "linear": ("mistral", {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+    "llama3": ("llama", {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64}),
+    "yarn": ("qwen2", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                       "original_max_position_embeddings": 64}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ROPE_SCALINGS))
+def test_scaled_rotary_embeddings_match_transformers(kind, tiny_decoder):
+    family, rope = ROPE_SCALINGS[kind]
+    arch = DECODER_PREFIXES[family] + "Model"
+    path = tiny_decoder(family, arch, rope_parameters=rope)
+    llm = LLM(str(path), dtype="float32")
+    ref = _reference(path, arch)
+    assert ref.config.rope_parameters["rope_type"] == kind
+    for out in llm.encode(TEXTS):
+        assert torch.allclose(out.outputs.data, _hf_hidden(ref, out.prompt_token_ids),
+                              atol=1e-4)
+
+
+def test_unsupported_rope_type_is_rejected():
+    config = tiny_decoder_config("llama")
+    config.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0}
+    with pytest.raises(ValueError, match="rope_type 'longrope' is not supported"):
+        rope_frequencies(config, 16)
+
+
+def test_causal_lm_converted_to_classify_uses_the_checkpoints_score_head(tiny_decoder,
+                                                                         tmp_path):
+    import shutil
+
+    source = tiny_decoder("qwen2", "Qwen2ForCausalLM")
+    path = shutil.copytree(source, tmp_path / "with-score")
+    score = torch.randn(2, 64, generator=torch.Generator().manual_seed(5))
+    add_tensors_to_checkpoint(path, {"score.weight": score})
+    llm = LLM(str(path), task="classify", dtype="float32")
+    ref = _reference(path, "Qwen2ForCausalLM")
+    for out in llm.classify(TEXTS):
+        logits = _hf_hidden(ref, out.prompt_token_ids)[-1] @ score.T
+        assert torch.allclose(torch.tensor(out.outputs.probs), logits.softmax(-1), atol=1e-4)
+
+
+def test_causal_lm_converted_to_classify_without_a_score_head_names_it(tiny_decoder):
+    path = tiny_decoder("llama", "LlamaForCausalLM")
+    with pytest.raises(ValueError, match=r"no `score\.weight` tensor"):
+        LLM(str(path), task="classify", dtype="float32")
+
+
+def test_sequence_classifier_loaded_for_embed_drops_its_head(tiny_decoder):
+    arch = "Qwen2ForSequenceClassification"
+    path = tiny_decoder("qwen2", arch, num_labels=3)
+    llm = LLM(str(path), task="embed", dtype="float32")
+    assert llm.engine.runner.model.classifier is None
+    outs = llm.embed(TEXTS)
+    ref = _reference(path, arch)
+    _assert_embeddings_match(outs, [_hf_hidden(ref, o.prompt_token_ids)[-1] for o in outs])
+
+
+def test_default_dtype_stays_close_to_fp32(tiny_decoder):
+    path = tiny_decoder("qwen3", "Qwen3Model")
+    low = LLM(str(path))
+    full = LLM(str(path), dtype="float32")
+    a = torch.tensor([o.outputs.embedding for o in low.embed(TEXTS)])
+    b = torch.tensor([o.outputs.embedding for o in full.embed(TEXTS)])
+    assert F.cosine_similarity(a, b).min() >= 0.998
+
+
+def test_every_family_is_native():
+    from cenote.models.registry import native_model_class
+
+    assert all(native_model_class(family) is DecoderModel for family in FAMILIES)
