@@ -1,0 +1,313 @@
+"""The server's engine: continuous batching across concurrent requests.
+
+One worker thread owns the model. Requests are validated and tokenised on a
+small thread pool (never on the event loop), then their sequences wait in a
+:class:`~cenote.engine.request_queue.RequestQueue`, which packs sequences from
+all clients into shared token-budget batches. Each batch runs through the same
+``ModelRunner.execute`` as the offline API; results go back to each request's
+asyncio future, in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from cenote.config import ModelConfig
+from cenote.engine.engine import PoolingEngine
+from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
+from cenote.engine.runner import SequenceInput
+from cenote.engine.tokenizer import Prompt
+from cenote.outputs import PoolingOutput, PoolingRequestOutput, ScoringRequestOutput
+from cenote.params import PoolingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is shutting down or its worker has died; no new work is taken."""
+
+
+class BatchFailedError(RuntimeError):
+    """The model raised while running a batch that held this request's inputs."""
+
+
+@dataclass
+class BatchStats:
+    """What one executed batch did; handed to the engine's ``on_batch`` observer."""
+
+    pooling_task: str
+    num_seqs: int
+    num_tokens: int
+    seconds: float
+    num_requests: int
+
+
+@dataclass(eq=False)
+class _Request:
+    """A request in flight: its sequences, its results so far, and its future."""
+
+    seqs: list[SequenceInput]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    results: list[torch.Tensor | None] = field(init=False)
+    remaining: int = field(init=False)
+    lane: Lane | None = None
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.seqs)
+        self.remaining = len(self.seqs)
+
+    def resolve(self, value: list[torch.Tensor] | BaseException) -> None:
+        """Hand the outcome to the event loop (called from the worker thread)."""
+        self.loop.call_soon_threadsafe(_settle, self.future, value)
+
+
+def _settle(future: asyncio.Future, value: list[torch.Tensor] | BaseException) -> None:
+    # The awaiting side may have been cancelled (timeout, disconnect) meanwhile.
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+class AsyncPoolingEngine:
+    """Async front of a :class:`PoolingEngine` for many concurrent requests.
+
+    ``start()`` launches the worker; ``shutdown()`` stops it and fails whatever
+    still waits with :class:`EngineStoppedError`.
+    """
+
+    def __init__(
+        self,
+        engine: PoolingEngine,
+        *,
+        tokenizer_threads: int = 1,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.on_batch = on_batch
+        self._queue: RequestQueue[_Request] = RequestQueue(engine.config.max_num_batched_tokens)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+        self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads,
+                                                  thread_name_prefix="cenote-tokenizer")
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, **kwargs) -> AsyncPoolingEngine:
+        """Load the model described by ``config`` and wrap it."""
+        return cls(PoolingEngine(config), **kwargs)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.engine.config
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread that runs batches."""
+        if self._worker is not None:
+            raise RuntimeError("The engine is already started.")
+        self._worker = threading.Thread(target=self._work, name="cenote-engine", daemon=True)
+        self._worker.start()
+
+    def shutdown(self) -> None:
+        """Stop the worker after its current batch; fail everything still queued."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join()
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def is_running(self) -> bool:
+        """True while the worker thread is alive and taking work."""
+        return self._worker is not None and self._worker.is_alive() and not self._stopping
+
+    @property
+    def num_waiting_seqs(self) -> int:
+        """Sequences queued and not yet in a batch."""
+        return self._queue.num_waiting_seqs
+
+    @property
+    def num_waiting_tokens(self) -> int:
+        """Tokens queued and not yet in a batch."""
+        return self._queue.num_waiting_tokens
+
+    async def warmup(self) -> None:
+        """Run a tiny request so the first client does not pay one-off kernel setup."""
+        task = {"embed": "embed", "classify": "classify", "reward": "encode"}[self.config.task]
+        await self.encode(["Warm-up.", "A second, slightly longer warm-up sentence."], task)
+
+    # ---- requests --------------------------------------------------------
+
+    async def encode(
+        self,
+        prompts: Sequence[Prompt],
+        pooling_task: str,
+        params: PoolingParams | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput]:
+        """Like ``LLM.encode`` for one request; outputs in input order.
+
+        Validation errors (``ValueError``/``TypeError``, ``UnsupportedTaskError``)
+        are raised before anything is queued.
+        """
+        seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
+                                    truncate_prompt_tokens)
+        data = await self.run(seqs, pooling_task)
+        return self._outputs(seqs, data)
+
+    async def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        params: PoolingParams | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """Like ``LLM.score`` for already-paired texts.
+
+        Cross-encoders score each pair jointly; embedding models embed every
+        distinct text once and return cosine similarities.
+        """
+        if self.config.task == "classify":
+            seqs = await self._off_loop(self.engine.prepare_pairs, pairs, params,
+                                        truncate_prompt_tokens)
+            data = await self.run(seqs, "score")
+            return [ScoringRequestOutput.from_base(o) for o in self._outputs(seqs, data)]
+        self.engine.check_task("embed")
+        texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+        seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
+                                    truncate_prompt_tokens)
+        vectors = await self.run(seqs, "embed")
+        index = {t: i for i, t in enumerate(texts)}
+        request_id = self._next_request_id()
+        outputs = []
+        for k, (a, b) in enumerate(pairs):
+            ia, ib = index[a], index[b]
+            score = F.cosine_similarity(vectors[ia], vectors[ib], dim=0)
+            base = PoolingRequestOutput(f"{request_id}-{k}", PoolingOutput(score),
+                                        seqs[ia].token_ids + seqs[ib].token_ids)
+            outputs.append(ScoringRequestOutput.from_base(base))
+        return outputs
+
+    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (no length check: this is how users measure inputs)."""
+        hf = self.engine.tokenizer.hf
+        encoded = await self._off_loop(hf, text, add_special_tokens=add_special_tokens)
+        return list(encoded["input_ids"])
+
+    async def token_strings(self, token_ids: list[int]) -> list[str]:
+        """The vocabulary entry of each token id."""
+        return await self._off_loop(self.engine.tokenizer.hf.convert_ids_to_tokens, token_ids)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """Text of ``token_ids``; ids outside the vocabulary raise ``ValueError``."""
+        tokenizer = self.engine.tokenizer
+        if token_ids:
+            tokenizer.validate_token_ids(token_ids, 0)
+        return await self._off_loop(tokenizer.decode, token_ids)
+
+    async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
+        """Queue prepared sequences and wait for their outputs (input order).
+
+        If the caller is cancelled (timeout, client gone), the request's
+        sequences that have not run yet are dropped from the queue.
+        """
+        if not seqs:
+            return []
+        loop = asyncio.get_running_loop()
+        request = _Request(seqs, loop.create_future(), loop)
+        with self._cond:
+            if self._stopping or self._worker is None or not self._worker.is_alive():
+                raise EngineStoppedError("The engine is not running.")
+            request.lane = self._queue.add(request, pooling_task,
+                                           [len(s.token_ids) for s in seqs])
+            self._cond.notify()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            with self._cond:
+                self._queue.remove(request.lane)
+            raise
+
+    # ---- worker ----------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not len(self._queue):
+                    self._cond.wait()
+                if self._stopping:
+                    self._fail_waiting(EngineStoppedError("The engine is shutting down."))
+                    return
+                batch = self._queue.next_batch()
+            if batch is not None and batch.members:
+                self._execute(batch)
+
+    def _execute(self, batch: ScheduledBatch[_Request]) -> None:
+        seqs = [lane.owner.seqs[i] for lane, i in batch.members]
+        started = time.perf_counter()
+        try:
+            outputs = self.engine.runner.execute(seqs, batch.pooling_task)
+        except Exception as exc:  # a bad batch fails its own requests, never the worker
+            logger.exception("A batch of %d sequences failed", len(seqs))
+            self._fail_requests({lane.owner for lane, _ in batch.members}, exc)
+            return
+        seconds = time.perf_counter() - started
+        requests: dict[_Request, None] = {}
+        for (lane, index), output in zip(batch.members, outputs, strict=True):
+            request = lane.owner
+            request.results[index] = output
+            request.remaining -= 1
+            requests[request] = None
+        for request in requests:
+            if request.remaining == 0:
+                request.resolve(request.results)
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(batch.pooling_task, len(seqs), batch.num_tokens, seconds,
+                                     len(requests)))
+
+    def _fail_requests(self, requests: set[_Request], cause: BaseException) -> None:
+        with self._cond:
+            for request in requests:
+                self._queue.remove(request.lane)
+        for request in requests:
+            # The model's own message may hold internals; the client gets a plain one.
+            error = BatchFailedError("The model failed while running this request's batch.")
+            error.__cause__ = cause
+            request.resolve(error)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        # Called with the lock held, on shutdown.
+        for request in self._queue.clear():
+            request.resolve(exc)
+
+    # ---- helpers ---------------------------------------------------------
+
+    async def _off_loop(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+
+    def _next_request_id(self) -> str:
+        return f"{uuid.uuid4().hex[:16]}-{next(self._ids)}"
+
+    def _outputs(self, seqs: list[SequenceInput],
+                 data: list[torch.Tensor]) -> list[PoolingRequestOutput]:
+        request_id = self._next_request_id()
+        return [PoolingRequestOutput(f"{request_id}-{k}", PoolingOutput(d), s.token_ids)
+                for k, (s, d) in enumerate(zip(seqs, data, strict=True))]

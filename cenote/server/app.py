@@ -1,0 +1,81 @@
+"""The FastAPI application: routes, error handlers, auth, metrics, engine lifecycle."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cenote import __version__
+from cenote.engine.async_engine import AsyncPoolingEngine
+from cenote.server.context import ServerContext
+from cenote.server.errors import error_response, install_error_handlers
+from cenote.server.metrics import MetricsMiddleware, ServerMetrics
+from cenote.server.routes import ROUTERS
+
+logger = logging.getLogger(__name__)
+
+# Load balancers and orchestrators probe these without credentials.
+_PUBLIC_PATHS = frozenset({"/health"})
+
+
+class BearerAuthMiddleware:
+    """With ``--api-key``, every route but ``/health`` needs ``Authorization: Bearer KEY``."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == b"authorization"),
+                     b"")
+        # Constant-time comparison: response timing must not reveal the key.
+        if not hmac.compare_digest(given, self.expected):
+            response = error_response(401, "Invalid or missing API key.",
+                                      headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(
+    engine: AsyncPoolingEngine,
+    served_model_names: list[str] | None = None,
+    api_key: str | None = None,
+) -> FastAPI:
+    """The cenote HTTP app around ``engine``.
+
+    The app's lifespan starts the engine's worker (and warms the model up) and
+    shuts it down when the server stops.
+    """
+    names = list(served_model_names or [engine.config.model])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        await engine.warmup()
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    app = FastAPI(title="cenote", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible server for pooling models.")
+    metrics = ServerMetrics(engine)
+    engine.on_batch = metrics.observe_batch
+    app.state.context = ServerContext(engine, names, metrics)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # The middleware added last runs first: metrics wraps auth, so 401s are counted too.
+    if api_key:
+        app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,124 @@
+"""One error shape for every failure: ``{"object":"error","message",...,"code"}``.
+
+Exception handlers turn everything a request can raise (bad JSON, failed
+validation, unknown routes, engine errors, bugs) into that shape, so no client
+ever sees HTML, FastAPI's 422 layout or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cenote.engine.async_engine import BatchFailedError, EngineStoppedError
+from cenote.server.protocol import ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+# OpenAI-style error type names; other statuses derive theirs from the HTTP phrase.
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    413: "RequestTooLargeError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+# How many validation problems one message lists; the rest are counted.
+_MAX_LISTED_PROBLEMS = 3
+
+
+class APIError(Exception):
+    """An error with an HTTP status and a message meant for the client."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class ModelNotFoundError(APIError):
+    def __init__(self, name: str) -> None:
+        super().__init__(404, f"The model `{name}` does not exist.")
+
+
+def error_type(status: int) -> str:
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+    return "".join(word.capitalize() for word in phrase.replace("-", " ").split()) + "Error"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = ErrorResponse(message=message, type=error_type(status), code=status)
+    return Response(body.model_dump_json(), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """A short, readable summary of what was wrong with the body (never echoing input)."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if not loc and error.get("type") in ("model_attributes_type", "dict_type"):
+            problems.append("The request body must be a JSON object, sent with "
+                            "Content-Type: application/json.")
+            continue
+        if error.get("type") == "json_invalid":
+            problems.append(f"The body is not valid JSON: {error.get('ctx', {}).get('error', '')}"
+                            .rstrip(": "))
+            continue
+        where = ".".join(loc)
+        problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    problems = list(dict.fromkeys(problems))
+    message = "; ".join(problems[:_MAX_LISTED_PROBLEMS])
+    if len(problems) > _MAX_LISTED_PROBLEMS:
+        message += f" (and {len(problems) - _MAX_LISTED_PROBLEMS} more problems)"
+    return message or "The request body is invalid."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every failure the SPEC's error shape."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> Response:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(400, validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    # The engine reports a request it cannot serve (wrong task, too long, empty
+    # text, out-of-vocabulary ids, bad parameters) as ValueError or TypeError.
+    @app.exception_handler(ValueError)
+    @app.exception_handler(TypeError)
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return error_response(400, str(exc))
+
+    @app.exception_handler(EngineStoppedError)
+    async def engine_stopped(request: Request, exc: EngineStoppedError) -> Response:
+        return error_response(503, str(exc))
+
+    @app.exception_handler(BatchFailedError)
+    async def batch_failed(request: Request, exc: BatchFailedError) -> Response:
+        return error_response(500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.error("Unhandled error on %s %s", request.method, request.url.path,
+                     exc_info=exc)
+        return error_response(500, "Internal server error.")

@@ -1,0 +1,89 @@
+"""Prometheus metrics: HTTP traffic per route, and what the engine's batches do."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cenote.engine.async_engine import AsyncPoolingEngine, BatchStats
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOKEN_BUCKETS = tuple(2 ** k for k in range(3, 16))
+_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServerMetrics:
+    """The server's metrics, in a registry of their own (one per app)."""
+
+    def __init__(self, engine: AsyncPoolingEngine) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cenote_requests", "HTTP requests by route and status code.",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("cenote_request_duration_seconds",
+                                 "Time from request received to response sent, by route.",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        waiting_seqs = Gauge("cenote_queue_waiting_sequences",
+                             "Sequences queued and not yet in a batch.", registry=r)
+        waiting_seqs.set_function(lambda: engine.num_waiting_seqs)
+        waiting_tokens = Gauge("cenote_queue_waiting_tokens",
+                               "Tokens queued and not yet in a batch.", registry=r)
+        waiting_tokens.set_function(lambda: engine.num_waiting_tokens)
+        self.batch_tokens = Histogram("cenote_batch_tokens", "Tokens per executed batch.",
+                                      buckets=_TOKEN_BUCKETS, registry=r)
+        self.batch_seqs = Histogram("cenote_batch_sequences", "Sequences per executed batch.",
+                                    buckets=_COUNT_BUCKETS, registry=r)
+        self.batch_requests = Histogram(
+            "cenote_batch_requests",
+            "Requests sharing an executed batch (above 1 means continuous batching at work).",
+            buckets=_COUNT_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("cenote_batch_duration_seconds",
+                                       "Time the model took per batch.",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("cenote_tokens_processed", "Tokens run through the model.",
+                              ["pooling_task"], registry=r)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        """The engine's ``on_batch`` observer (called from its worker thread)."""
+        self.batch_tokens.observe(stats.num_tokens)
+        self.batch_seqs.observe(stats.num_seqs)
+        self.batch_requests.observe(stats.num_requests)
+        self.batch_seconds.observe(stats.seconds)
+        self.tokens.labels(stats.pooling_task).inc(stats.num_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by matched route and status, and times it.
+
+    A plain ASGI middleware (not ``BaseHTTPMiddleware``) so it adds microseconds,
+    not a task per request. Paths that match no route share one label.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)

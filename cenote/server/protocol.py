@@ -1,0 +1,226 @@
+"""Request and response bodies of the HTTP API (OpenAI, vLLM and Jina/Cohere names).
+
+Field names and defaults follow vLLM's OpenAI-compatible server so that its
+clients work unchanged. Types are strict: ``"1"`` is not a token id and
+``true`` is not a dimension.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class APIModel(BaseModel):
+    # OpenAI clients and SDK wrappers send fields of their own (e.g. ``user``
+    # extras); unknown fields are ignored as OpenAI-compatible servers do.
+    model_config = ConfigDict(extra="ignore")
+
+
+# A text, texts, one token-id prompt or several: the OpenAI ``input`` union.
+PromptInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+
+
+# ---- requests ----------------------------------------------------------
+
+
+class EmbeddingRequest(APIModel):
+    model: str | None = None
+    input: PromptInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    user: str | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+    normalize: StrictBool | None = None
+
+
+class PoolingRequest(EmbeddingRequest):
+    """``/pooling``: the same fields as embeddings; runs the ``encode`` task."""
+
+
+class ClassificationRequest(APIModel):
+    model: str | None = None
+    input: PromptInput
+    user: str | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class ScoreRequest(APIModel):
+    model: str | None = None
+    text_1: StrictStr | list[StrictStr]
+    text_2: StrictStr | list[StrictStr]
+    user: str | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class RerankRequest(APIModel):
+    model: str | None = None
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: StrictInt = Field(default=0, ge=0, description="How many results; 0 returns all.")
+    user: str | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+
+
+class TokenizeRequest(APIModel):
+    model: str | None = None
+    prompt: StrictStr
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class DetokenizeRequest(APIModel):
+    model: str | None = None
+    tokens: list[StrictInt]
+
+
+# ---- responses ---------------------------------------------------------
+
+
+class PromptTokenUsageInfo(APIModel):
+    cached_tokens: int | None = None
+
+
+class UsageInfo(APIModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: PromptTokenUsageInfo | None = None
+
+    @classmethod
+    def of_prompts(cls, num_tokens: int) -> UsageInfo:
+        return cls(prompt_tokens=num_tokens, total_tokens=num_tokens)
+
+
+class EmbeddingResponseData(APIModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(APIModel):
+    id: str = Field(default_factory=lambda: random_id("embd"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=now)
+    model: str
+    data: list[EmbeddingResponseData]
+    usage: UsageInfo
+
+
+class PoolingResponseData(APIModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[list[float]] | list[float] | str
+
+
+class PoolingResponse(APIModel):
+    id: str = Field(default_factory=lambda: random_id("pool"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=now)
+    model: str
+    data: list[PoolingResponseData]
+    usage: UsageInfo
+
+
+class ClassificationData(APIModel):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationResponse(APIModel):
+    id: str = Field(default_factory=lambda: random_id("classify"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=now)
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo
+
+
+class ScoreResponseData(APIModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(APIModel):
+    id: str = Field(default_factory=lambda: random_id("score"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=now)
+    model: str
+    data: list[ScoreResponseData]
+    usage: UsageInfo
+
+
+class RerankDocument(APIModel):
+    text: str
+
+
+class RerankResult(APIModel):
+    index: int
+    document: RerankDocument
+    relevance_score: float
+
+
+class RerankUsage(APIModel):
+    total_tokens: int
+
+
+class RerankResponse(APIModel):
+    id: str = Field(default_factory=lambda: random_id("rerank"))
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
+class ModelCard(APIModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=now)
+    owned_by: str = "cenote"
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[dict] = Field(default_factory=list)
+
+
+class ModelList(APIModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(APIModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(APIModel):
+    prompt: str
+
+
+class VersionResponse(APIModel):
+    version: str
+
+
+class ErrorResponse(APIModel):
+    """The one error shape every failure answers with."""
+
+    object: Literal["error"] = "error"
+    message: str
+    type: str
+    param: str | None = None
+    code: int

@@ -1,0 +1,92 @@
+"""``/v1/embeddings``, ``/pooling`` and ``/classify``: one output per input."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from cenote.params import PoolingParams
+from cenote.server.context import ServerContext, get_context
+from cenote.server.payloads import float_payload, prompts_from_input, render
+from cenote.server.protocol import (
+    ClassificationData,
+    ClassificationRequest,
+    ClassificationResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingResponseData,
+    PoolingRequest,
+    PoolingResponse,
+    PoolingResponseData,
+    UsageInfo,
+)
+
+router = APIRouter()
+
+
+def _params(body: EmbeddingRequest) -> PoolingParams:
+    return PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse)
+async def create_embeddings(body: EmbeddingRequest,
+                            ctx: ServerContext = Depends(get_context)) -> Response:
+    """OpenAI embeddings: one vector per input (``LLM.embed``)."""
+    model = ctx.model_name(body.model)
+    outputs = await ctx.engine.encode(prompts_from_input(body.input), "embed", _params(body),
+                                      body.truncate_prompt_tokens)
+
+    def build() -> EmbeddingResponse:
+        return EmbeddingResponse(
+            model=model,
+            data=[EmbeddingResponseData(index=i, embedding=float_payload(o.outputs.data,
+                                                                         body.encoding_format))
+                  for i, o in enumerate(outputs)],
+            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
+        )
+
+    return await render(build, len(outputs))
+
+
+@router.post("/pooling", response_model=PoolingResponse)
+async def create_pooling(body: PoolingRequest,
+                         ctx: ServerContext = Depends(get_context)) -> Response:
+    """Raw pooler output per input (``LLM.encode``): all token rows by default."""
+    model = ctx.model_name(body.model)
+    outputs = await ctx.engine.encode(prompts_from_input(body.input), "encode", _params(body),
+                                      body.truncate_prompt_tokens)
+
+    def build() -> PoolingResponse:
+        return PoolingResponse(
+            model=model,
+            data=[PoolingResponseData(index=i, data=float_payload(o.outputs.data,
+                                                                  body.encoding_format))
+                  for i, o in enumerate(outputs)],
+            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
+        )
+
+    # Token-level outputs are big even for few inputs; count rows, not inputs.
+    return await render(build, sum(o.outputs.data.shape[0] for o in outputs))
+
+
+@router.post("/classify", response_model=ClassificationResponse)
+async def create_classification(body: ClassificationRequest,
+                                ctx: ServerContext = Depends(get_context)) -> Response:
+    """Class probabilities and the most likely label per input (``LLM.classify``)."""
+    model = ctx.model_name(body.model)
+    outputs = await ctx.engine.encode(prompts_from_input(body.input), "classify", None,
+                                      body.truncate_prompt_tokens)
+    id2label = ctx.engine.config.id2label
+
+    def build() -> ClassificationResponse:
+        data = []
+        for i, o in enumerate(outputs):
+            probs = o.outputs.data.tolist()
+            best = max(range(len(probs)), key=probs.__getitem__)
+            data.append(ClassificationData(index=i, label=id2label.get(best, str(best)),
+                                           probs=probs, num_classes=len(probs)))
+        return ClassificationResponse(
+            model=model, data=data,
+            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)))
+
+    return await render(build, len(outputs))

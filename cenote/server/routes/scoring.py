@@ -1,0 +1,72 @@
+"""``/score`` and ``/rerank``: relevance of text pairs (``LLM.score``).
+
+Cross-encoders score each pair jointly; embedding models fall back to the
+cosine similarity of the two embeddings.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from cenote.llm import make_score_pairs
+from cenote.server.context import ServerContext, get_context
+from cenote.server.payloads import render
+from cenote.server.protocol import (
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResponseData,
+    UsageInfo,
+)
+
+router = APIRouter()
+
+
+@router.post("/score", response_model=ScoreResponse)
+@router.post("/v1/score", response_model=ScoreResponse)
+async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_context)) -> Response:
+    """Scores of ``text_1`` x ``text_2`` pairs: 1:1, 1:N or N:N."""
+    model = ctx.model_name(body.model)
+    pairs = make_score_pairs(body.text_1, body.text_2)
+    outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
+
+    def build() -> ScoreResponse:
+        return ScoreResponse(
+            model=model,
+            data=[ScoreResponseData(index=i, score=o.outputs.score)
+                  for i, o in enumerate(outputs)],
+            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
+        )
+
+    return await render(build, len(outputs))
+
+
+@router.post("/rerank", response_model=RerankResponse)
+@router.post("/v1/rerank", response_model=RerankResponse)
+@router.post("/v2/rerank", response_model=RerankResponse)
+async def create_rerank(body: RerankRequest,
+                        ctx: ServerContext = Depends(get_context)) -> Response:
+    """Jina/Cohere rerank: documents ordered by relevance to the query."""
+    model = ctx.model_name(body.model)
+    if not body.documents:
+        raise ValueError("documents must not be empty.")
+    pairs = [(body.query, document) for document in body.documents]
+    outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
+
+    def build() -> RerankResponse:
+        results = sorted(
+            (RerankResult(index=i, document=RerankDocument(text=body.documents[i]),
+                          relevance_score=o.outputs.score) for i, o in enumerate(outputs)),
+            key=lambda r: r.relevance_score, reverse=True)
+        if body.top_n:
+            results = results[:body.top_n]
+        return RerankResponse(
+            model=model, results=results,
+            usage=RerankUsage(total_tokens=sum(len(o.prompt_token_ids) for o in outputs)))
+
+    return await render(build, len(outputs))

@@ -1,0 +1,69 @@
+"""Everything around the model: health, version, models, metrics, (de)tokenising."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from cenote import __version__
+from cenote.server.context import ServerContext, get_context
+from cenote.server.errors import error_response
+from cenote.server.payloads import json_response
+from cenote.server.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    VersionResponse,
+)
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(ctx: ServerContext = Depends(get_context)) -> Response:
+    """200 while the engine's worker is alive; 503 once it is not."""
+    if not ctx.engine.is_running:
+        return error_response(503, "The engine is not running.")
+    return Response(status_code=200)
+
+
+@router.get("/version", response_model=VersionResponse)
+async def version() -> Response:
+    return json_response(VersionResponse(version=__version__))
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(ctx: ServerContext = Depends(get_context)) -> Response:
+    config = ctx.engine.config
+    return json_response(ModelList(data=[
+        ModelCard(id=name, root=str(config.path), max_model_len=config.max_model_len)
+        for name in ctx.served_model_names
+    ]))
+
+
+@router.get("/metrics")
+async def metrics(ctx: ServerContext = Depends(get_context)) -> Response:
+    """Prometheus text exposition."""
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, ctx: ServerContext = Depends(get_context)) -> Response:
+    """Token ids of a prompt, as the model would see it (no length limit applied)."""
+    ctx.model_name(body.model)
+    tokens = await ctx.engine.tokenize(body.prompt, body.add_special_tokens)
+    token_strs = await ctx.engine.token_strings(tokens) if body.return_token_strs else None
+    return json_response(TokenizeResponse(count=len(tokens),
+                                          max_model_len=ctx.engine.config.max_model_len,
+                                          tokens=tokens, token_strs=token_strs))
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest,
+                     ctx: ServerContext = Depends(get_context)) -> Response:
+    ctx.model_name(body.model)
+    return json_response(DetokenizeResponse(prompt=await ctx.engine.detokenize(body.tokens)))
