@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import POSITION_OFFSET_MODEL_TYPES
-from cenote.models.layers import PackedBatch, packed_attention
+from cenote.models.layers import PackedBatch, packed_qkv_attention
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -55,7 +55,6 @@ class BertLayer(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
-        self.head_dim = hidden // self.num_heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.attn_out = nn.Linear(hidden, hidden)
         self.attn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
@@ -65,8 +64,8 @@ class BertLayer(nn.Module):
         self.act = _ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        q, k, v = self.qkv(x).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-        attn = packed_attention(q, k, v, batch, causal=False)
+        attn = packed_qkv_attention(self.qkv(x), batch, self.num_heads, self.num_heads,
+                                    causal=False)
         x = self.attn_norm(x + self.attn_out(attn))
         return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 

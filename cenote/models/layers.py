@@ -114,3 +114,32 @@ def packed_attention(
     )
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
     return batch.from_padded(out)
+
+
+def packed_qkv_attention(
+    qkv: torch.Tensor,
+    batch: PackedBatch,
+    num_heads: int,
+    num_kv_heads: int,
+    causal: bool,
+) -> torch.Tensor:
+    """Attention within each sequence, from a fused ``[T, (heads + 2 * kv_heads) * head_dim]``
+    projection. Returns ``[T, heads * head_dim]``.
+
+    The fused tensor is laid out padded once (one copy instead of one per q, k, v);
+    q, k and v are then strided views of it.
+    """
+    head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
+    padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
+    padded = padded.transpose(1, 2)  # [B, h + 2kv, L, d]
+    q = padded[:, :num_heads]
+    k = padded[:, num_heads:num_heads + num_kv_heads]
+    v = padded[:, num_heads + num_kv_heads:]
+    # Right padding: a causal mask already hides padded keys from every real query.
+    mask = None if causal else batch.key_padding_mask
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=num_kv_heads != num_heads
+    )
+    out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
+    return batch.from_padded(out)

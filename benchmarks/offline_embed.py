@@ -1,0 +1,89 @@
+"""Offline embedding throughput: cenote ``LLM.embed`` vs sentence-transformers.
+
+One run, same texts, same weights (the bundled all-MiniLM-L6-v2 unless --model):
+cenote at its default settings, sentence-transformers ``encode`` in fp32 (its
+default) and in bf16. Prints texts/s, tokens/s, the speed ratios and the
+minimum cosine similarity of each system against the sentence-transformers
+fp32 reference.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/offline_embed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import english_paragraphs  # noqa: E402
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Best wall time of ``repeats`` runs (after the caller's warm-up) and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: bundled MiniLM)")
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--st-batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    from cenote import LLM
+    from cenote.config import default_model_path
+
+    model_path = str(args.model or default_model_path())
+    llm = LLM(model_path)
+    # sentence-transformers silently truncates long texts; keep only texts that fit whole.
+    tokenizer = llm.get_tokenizer()
+    texts = [t for t in english_paragraphs(args.texts + 200)
+             if len(tokenizer(t)["input_ids"]) <= llm.config.max_model_len][: args.texts]
+    print(f"{len(texts)} paragraphs, model {model_path}, torch threads "
+          f"{torch.get_num_threads()}")
+    num_tokens = sum(len(o.prompt_token_ids) for o in llm.embed(texts[:256], use_tqdm=False))
+    seconds, outs = timed(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
+    num_tokens = sum(len(o.prompt_token_ids) for o in outs)
+    cenote_vecs = torch.tensor([o.outputs.embedding for o in outs])
+    rows = [("cenote (default: " + str(llm.config.dtype).removeprefix("torch.") + ")",
+             seconds, cenote_vecs)]
+    del llm
+
+    st = SentenceTransformer(model_path, device="cpu")
+    st.encode(texts[:256], batch_size=args.st_batch_size)
+    seconds, ref = timed(lambda: st.encode(texts, batch_size=args.st_batch_size,
+                                           convert_to_tensor=True), args.repeats)
+    rows.append(("sentence-transformers fp32", seconds, ref.float()))
+    st_bf16 = st.to(torch.bfloat16)
+    st_bf16.encode(texts[:256], batch_size=args.st_batch_size)
+    seconds, vecs = timed(lambda: st_bf16.encode(texts, batch_size=args.st_batch_size,
+                                                 convert_to_tensor=True), args.repeats)
+    rows.append(("sentence-transformers bf16", seconds, vecs.float()))
+
+    print(f"\n{num_tokens} tokens in {len(texts)} texts "
+          f"({num_tokens / len(texts):.1f} tokens/text)\n")
+    print("| system | texts/s | tokens/s | vs ST fp32 | vs ST bf16 | min cosine vs ST fp32 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    st32, st16 = rows[1][1], rows[2][1]
+    for name, seconds, vecs in rows:
+        cos = F.cosine_similarity(vecs, ref.float()).min().item()
+        print(f"| {name} | {len(texts) / seconds:,.0f} | {num_tokens / seconds:,.0f} | "
+              f"{st32 / seconds:.2f}x | {st16 / seconds:.2f}x | {cos:.5f} |")
+
+
+if __name__ == "__main__":
+    main()
