@@ -1,0 +1,441 @@
+"""End to end: the real ``cenote serve`` process, driven by the openai client and httpx.
+
+Three servers start once for the module: the bundled MiniLM (no MODEL given),
+a cross-encoder (through the ``cenote`` console script) and a three-label
+classifier behind an API key with two served names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+import torch.nn.functional as F
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serving import cenote_serve
+
+API_KEY = "test-secret-key"
+CLASSIFIER_NAMES = ["my-classifier", "other-name"]
+DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map sentences to vectors.",
+    "A cat sat on the mat.",
+    "Stock markets fell sharply on Monday.",
+]
+SUBJECTS = ["The farmer", "A young pianist", "Our neighbour", "The old sailor"]
+ACTIONS = ["repaired the fence", "painted a portrait", "sold fresh bread",
+           "studied the stars", "planted tomatoes", "wrote a long letter",
+           "crossed the river", "fed the pigeons"]
+# Thirty-two distinct sentences for the concurrency test.
+CLIENT_TEXTS = [f"{s} {a} on a rainy afternoon." for s in SUBJECTS for a in ACTIONS]
+
+
+@pytest.fixture(scope="module")
+def minilm_server():
+    with cenote_serve([]) as server:  # no MODEL: the bundled all-MiniLM-L6-v2
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_server(cross_encoder_path):
+    script = Path(sys.executable).with_name("cenote")
+    command = [str(script)] if script.exists() else None
+    with cenote_serve([str(cross_encoder_path), "--dtype", "float32"], command) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def classifier_server(classifier_path):
+    args = [str(classifier_path), "--dtype", "float32", "--api-key", API_KEY,
+            "--served-model-name", *CLASSIFIER_NAMES]
+    with cenote_serve(args) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_fp32(cross_encoder_path):
+    from cenote import LLM
+
+    return LLM(str(cross_encoder_path), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def classifier_fp32(classifier_path):
+    from cenote import LLM
+
+    return LLM(str(classifier_path), dtype="float32")
+
+
+def client(server, api_key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0)
+
+
+def post(server, path: str, body, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=60)
+
+
+def assert_error(response: httpx.Response, status: int, message_part: str = "") -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"object", "message", "type", "param", "code"}
+    assert body["object"] == "error" and body["code"] == status and body["param"] is None
+    assert message_part in body["message"]
+    return body
+
+
+def cosine(a, b) -> float:
+    return F.cosine_similarity(torch.tensor(a), torch.tensor(b), dim=0).item()
+
+
+# ---- embeddings --------------------------------------------------------
+
+
+def test_openai_client_default_base64_embeddings_equal_offline(minilm_server, minilm_bf16):
+    response = client(minilm_server).embeddings.create(model=DEFAULT_NAME, input=TEXTS)
+    offline = minilm_bf16.embed(TEXTS, use_tqdm=False)
+    assert [d.index for d in response.data] == list(range(len(TEXTS)))
+    for data, ref in zip(response.data, offline, strict=True):
+        assert len(data.embedding) == 384
+        assert cosine(data.embedding, ref.outputs.embedding) >= 0.9999
+
+
+def test_openai_client_float_embeddings_equal_offline(minilm_server, minilm_bf16):
+    response = client(minilm_server).embeddings.create(model=DEFAULT_NAME, input=TEXTS[0],
+                                                       encoding_format="float")
+    (ref,) = minilm_bf16.embed(TEXTS[0], use_tqdm=False)
+    assert cosine(response.data[0].embedding, ref.outputs.embedding) >= 0.9999
+    assert response.usage.prompt_tokens == len(ref.prompt_token_ids)
+
+
+def test_base64_is_the_little_endian_float32_bytes_of_the_float_answer(minilm_server):
+    floats = post(minilm_server, "/v1/embeddings", {"input": TEXTS[1]}).json()
+    packed = post(minilm_server, "/v1/embeddings",
+                  {"input": TEXTS[1], "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.tolist() == floats["data"][0]["embedding"]
+
+
+def test_embedding_response_has_the_openai_shape(minilm_server):
+    body = post(minilm_server, "/v1/embeddings", {"input": TEXTS[:2], "user": "u-1"}).json()
+    assert body["id"].startswith("embd-")
+    assert body["object"] == "list" and body["model"] == DEFAULT_NAME
+    assert isinstance(body["created"], int)
+    assert [d["object"] for d in body["data"]] == ["embedding", "embedding"]
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == usage["total_tokens"] > 0
+    assert usage["completion_tokens"] == 0 and usage["prompt_tokens_details"] is None
+
+
+def test_token_id_inputs_embed_like_their_text(minilm_server, minilm_bf16):
+    ids = minilm_bf16.get_tokenizer()(TEXTS[2])["input_ids"]
+    by_text = client(minilm_server).embeddings.create(model=DEFAULT_NAME, input=TEXTS[2])
+    one = client(minilm_server).embeddings.create(model=DEFAULT_NAME, input=ids)
+    many = client(minilm_server).embeddings.create(model=DEFAULT_NAME, input=[ids, ids[:4]])
+    assert cosine(one.data[0].embedding, by_text.data[0].embedding) >= 0.9999
+    assert len(many.data) == 2
+    assert cosine(many.data[0].embedding, by_text.data[0].embedding) >= 0.9999
+    assert one.usage.prompt_tokens == len(ids)
+
+
+def test_normalize_false_returns_the_unnormalised_vector(minilm_server):
+    raw = post(minilm_server, "/v1/embeddings",
+               {"input": TEXTS[0], "normalize": False}).json()["data"][0]["embedding"]
+    unit = post(minilm_server, "/v1/embeddings", {"input": TEXTS[0]}).json()["data"][0][
+        "embedding"]
+    assert abs(float(np.linalg.norm(unit)) - 1) < 1e-3
+    assert abs(float(np.linalg.norm(raw)) - 1) > 0.01
+    assert cosine(raw, unit) >= 0.9999
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(minilm_server, minilm_bf16):
+    body = post(minilm_server, "/v1/embeddings",
+                {"input": TEXTS[0], "truncate_prompt_tokens": 5}).json()
+    (ref,) = minilm_bf16.embed(TEXTS[0], truncate_prompt_tokens=5, use_tqdm=False)
+    assert body["usage"]["prompt_tokens"] == 5
+    assert cosine(body["data"][0]["embedding"], ref.outputs.embedding) >= 0.9999
+
+
+def test_thirty_two_concurrent_clients_get_the_vectors_they_get_alone(minilm_server):
+    def embed(http: httpx.Client, text: str) -> list[float]:
+        return http.post("/v1/embeddings", json={"input": text}).json()["data"][0]["embedding"]
+
+    with httpx.Client(base_url=minilm_server.url, timeout=60) as http:
+        alone = [embed(http, text) for text in CLIENT_TEXTS]
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=minilm_server.url, timeout=60) as http:
+            responses = await asyncio.gather(*(
+                http.post("/v1/embeddings", json={"input": text}) for text in CLIENT_TEXTS))
+        return [r.json()["data"][0]["embedding"] for r in responses]
+
+    together = asyncio.run(all_at_once())
+    for k, vector in enumerate(together):
+        similarities = [cosine(vector, ref) for ref in alone]
+        assert similarities[k] >= 0.9999
+        assert max(range(len(alone)), key=similarities.__getitem__) == k
+
+
+# ---- /pooling, /score on an embedding model ---------------------------
+
+
+def test_pooling_returns_one_row_per_token(minilm_server):
+    body = post(minilm_server, "/pooling", {"input": TEXTS[:2]}).json()
+    assert body["id"].startswith("pool-") and body["object"] == "list"
+    total = 0
+    for item in body["data"]:
+        assert item["object"] == "pooling"
+        rows = item["data"]
+        assert all(len(row) == 384 for row in rows)
+        total += len(rows)
+    assert total == body["usage"]["prompt_tokens"]
+
+
+def test_score_on_an_embedding_model_is_cosine_similarity(minilm_server, minilm_bf16):
+    body = post(minilm_server, "/score", {"text_1": TEXTS[2], "text_2": TEXTS}).json()
+    offline = minilm_bf16.score(TEXTS[2], TEXTS, use_tqdm=False)
+    assert body["id"].startswith("score-")
+    assert [d["index"] for d in body["data"]] == list(range(len(TEXTS)))
+    assert [d["score"] for d in body["data"]] == pytest.approx(
+        [o.outputs.score for o in offline], abs=1e-3)
+    assert body["data"][2]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+# ---- errors ------------------------------------------------------------
+
+
+def test_unknown_model_is_404(minilm_server):
+    assert_error(post(minilm_server, "/v1/embeddings", {"model": "nope", "input": "x"}),
+                 404, "The model `nope` does not exist.")
+    with pytest.raises(openai.NotFoundError):
+        client(minilm_server).embeddings.create(model="nope", input="x")
+
+
+@pytest.mark.parametrize("body", [
+    {"input": 5},
+    {"text": "missing input"},
+    {"input": ["a", 3]},
+    {"input": "x", "encoding_format": "binary"},
+    {"input": "x", "dimensions": "10"},
+    ["not", "an", "object"],
+])
+def test_malformed_bodies_are_400_not_422(minilm_server, body):
+    assert_error(post(minilm_server, "/v1/embeddings", body), 400)
+
+
+def test_invalid_json_is_400(minilm_server):
+    response = httpx.post(f"{minilm_server.url}/v1/embeddings", content=b"{not json",
+                          headers={"content-type": "application/json"})
+    assert_error(response, 400, "not valid JSON")
+
+
+def test_input_longer_than_max_model_len_is_400_naming_both_lengths(minilm_server, minilm_bf16):
+    text = "word " * 300
+    num_tokens = len(minilm_bf16.get_tokenizer()(text)["input_ids"])
+    assert_error(post(minilm_server, "/v1/embeddings", {"input": text}), 400,
+                 f"This model's maximum context length is 256 tokens. However, you requested "
+                 f"{num_tokens} tokens in the input. Please reduce the length of the input.")
+
+
+def test_empty_string_is_400(minilm_server):
+    assert_error(post(minilm_server, "/v1/embeddings", {"input": ["fine", ""]}), 400,
+                 "empty string")
+
+
+def test_empty_input_list_is_400(minilm_server):
+    assert_error(post(minilm_server, "/v1/embeddings", {"input": []}), 400, "empty")
+
+
+def test_token_ids_outside_the_vocabulary_are_400(minilm_server):
+    assert_error(post(minilm_server, "/v1/embeddings", {"input": [101, 30522, 102]}), 400,
+                 "out of vocabulary")
+    assert_error(post(minilm_server, "/v1/embeddings", {"input": [[101, -1, 102]]}), 400,
+                 "out of vocabulary")
+
+
+def test_dimensions_on_a_model_without_matryoshka_is_400(minilm_server):
+    assert_error(post(minilm_server, "/v1/embeddings", {"input": "x", "dimensions": 32}), 400,
+                 f'Model "{DEFAULT_NAME}" does not support matryoshka representation, '
+                 "changing output dimensions will lead to poor results.")
+
+
+def test_a_route_the_task_does_not_support_is_400(minilm_server):
+    assert_error(post(minilm_server, "/classify", {"input": "x"}), 400,
+                 "Classification API is not supported by this model")
+
+
+def test_unknown_paths_and_methods_answer_json(minilm_server):
+    assert_error(httpx.get(f"{minilm_server.url}/v1/nothing"), 404)
+    assert_error(httpx.get(f"{minilm_server.url}/v1/embeddings"), 405)
+
+
+def test_a_body_that_is_not_declared_json_gets_a_hint(minilm_server):
+    response = httpx.post(f"{minilm_server.url}/v1/embeddings", content=b'{"input": "x"}',
+                          headers={"content-type": "text/plain"})
+    assert_error(response, 400, "Content-Type: application/json")
+
+
+# ---- the rest of the API -----------------------------------------------
+
+
+def test_models_health_version(minilm_server):
+    models = httpx.get(f"{minilm_server.url}/v1/models").json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == [DEFAULT_NAME]
+    assert models["data"][0]["max_model_len"] == 256
+    assert httpx.get(f"{minilm_server.url}/health").status_code == 200
+    from cenote import __version__
+    assert httpx.get(f"{minilm_server.url}/version").json() == {"version": __version__}
+
+
+def test_tokenize_and_detokenize_round_trip(minilm_server, minilm_bf16):
+    body = post(minilm_server, "/tokenize",
+                {"prompt": "Hello world", "return_token_strs": True}).json()
+    assert body["tokens"] == minilm_bf16.get_tokenizer()("Hello world")["input_ids"]
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 256
+    assert body["token_strs"] == ["[CLS]", "hello", "world", "[SEP]"]
+    text = post(minilm_server, "/detokenize", {"tokens": body["tokens"]}).json()["prompt"]
+    assert text == "[CLS] hello world [SEP]"
+    assert_error(post(minilm_server, "/detokenize", {"tokens": [10**6]}), 400,
+                 "out of vocabulary")
+
+
+def test_metrics_parse_as_prometheus_text(minilm_server):
+    post(minilm_server, "/v1/embeddings", {"input": TEXTS})
+    text = httpx.get(f"{minilm_server.url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = families["cenote_requests"]
+    assert any(s.labels == {"route": "/v1/embeddings", "status": "200"} and s.value >= 1
+               for s in requests.samples)
+    assert families["cenote_request_duration_seconds"].type == "histogram"
+    assert families["cenote_queue_waiting_sequences"].type == "gauge"
+    assert families["cenote_batch_tokens"].type == "histogram"
+    processed = [s.value for s in families["cenote_tokens_processed"].samples
+                 if s.name == "cenote_tokens_processed_total"]
+    assert sum(processed) > 0
+
+
+def test_server_logs_its_url_when_ready(minilm_server):
+    port = minilm_server.url.rsplit(":", 1)[1]
+    assert f"http://127.0.0.1:{port}" in minilm_server.log
+
+
+def test_serve_help_explains_every_option():
+    result = subprocess.run([sys.executable, "-m", "cenote", "serve", "--help"],
+                            capture_output=True, text=True, check=True)
+    for flag in ["--task", "--host", "--port", "--served-model-name", "--dtype",
+                 "--max-model-len", "--override-pooler-config", "--hf-overrides", "--api-key",
+                 "--max-num-batched-tokens"]:
+        assert flag in result.stdout
+
+
+# ---- cross-encoder: /score and /rerank --------------------------------
+
+QUERY = "How do plants make food?"
+DOCUMENTS = [
+    "Stock markets fell sharply on Monday.",
+    "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar.",
+    "The recipe needs two eggs and a cup of flour.",
+    "Plants make their food in the leaves using light.",
+]
+
+
+def test_cross_encoder_scores_equal_offline(cross_encoder_server, cross_encoder_fp32):
+    body = post(cross_encoder_server, "/v1/score", {"text_1": QUERY, "text_2": DOCUMENTS}).json()
+    offline = cross_encoder_fp32.score(QUERY, DOCUMENTS, use_tqdm=False)
+    assert [d["object"] for d in body["data"]] == ["score"] * len(DOCUMENTS)
+    assert [d["score"] for d in body["data"]] == pytest.approx(
+        [o.outputs.score for o in offline], abs=1e-4)
+    assert body["usage"]["prompt_tokens"] == sum(len(o.prompt_token_ids) for o in offline)
+
+
+def test_score_pairs_must_be_one_to_one_one_to_n_or_n_to_n(cross_encoder_server):
+    assert_error(post(cross_encoder_server, "/score",
+                      {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}), 400,
+                 "Input lengths must be either 1:1, 1:N or N:N")
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
+def test_rerank_sorts_documents_by_relevance(cross_encoder_server, cross_encoder_fp32, path):
+    body = post(cross_encoder_server, path, {"query": QUERY, "documents": DOCUMENTS}).json()
+    offline = [o.outputs.score for o in
+               cross_encoder_fp32.score(QUERY, DOCUMENTS, use_tqdm=False)]
+    assert body["id"].startswith("rerank-")
+    results = body["results"]
+    assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    for r in results:
+        assert r["document"] == {"text": DOCUMENTS[r["index"]]}
+        assert r["relevance_score"] == pytest.approx(offline[r["index"]], abs=1e-4)
+    assert body["usage"]["total_tokens"] > 0
+
+
+def test_rerank_top_n_keeps_the_best(cross_encoder_server):
+    full = post(cross_encoder_server, "/rerank", {"query": QUERY, "documents": DOCUMENTS})
+    top = post(cross_encoder_server, "/rerank",
+               {"query": QUERY, "documents": DOCUMENTS, "top_n": 2})
+    assert top.json()["results"] == full.json()["results"][:2]
+    assert_error(post(cross_encoder_server, "/rerank",
+                      {"query": QUERY, "documents": DOCUMENTS, "top_n": -1}), 400)
+    assert_error(post(cross_encoder_server, "/rerank", {"query": QUERY, "documents": []}), 400)
+
+
+def test_embeddings_on_a_cross_encoder_is_400(cross_encoder_server):
+    assert_error(post(cross_encoder_server, "/v1/embeddings", {"input": "x"}), 400,
+                 "Embedding API is not supported by this model")
+
+
+# ---- classifier behind an API key --------------------------------------
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_classify_returns_labels_and_probabilities(classifier_server, classifier_fp32):
+    body = post(classifier_server, "/classify", {"input": TEXTS}, AUTH).json()
+    offline = classifier_fp32.classify(TEXTS, use_tqdm=False)
+    assert body["id"].startswith("classify-") and body["model"] == CLASSIFIER_NAMES[0]
+    labels = classifier_fp32.config.id2label
+    for item, ref in zip(body["data"], offline, strict=True):
+        probs = ref.outputs.probs
+        assert item["probs"] == pytest.approx(probs, abs=1e-4)
+        assert item["num_classes"] == 3
+        assert item["label"] == labels[max(range(3), key=probs.__getitem__)]
+    assert {item["label"] for item in body["data"]} <= {"LABEL_A", "LABEL_B", "LABEL_C"}
+
+
+def test_requests_without_the_api_key_are_401(classifier_server):
+    assert_error(post(classifier_server, "/classify", {"input": "x"}), 401)
+    assert_error(post(classifier_server, "/classify", {"input": "x"},
+                      {"Authorization": "Bearer wrong"}), 401)
+    assert_error(httpx.get(f"{classifier_server.url}/v1/models"), 401)
+    assert_error(httpx.get(f"{classifier_server.url}/metrics"), 401)
+    with pytest.raises(openai.AuthenticationError):
+        client(classifier_server, "wrong").models.list()
+
+
+def test_health_needs_no_api_key(classifier_server):
+    assert httpx.get(f"{classifier_server.url}/health").status_code == 200
+
+
+def test_every_served_name_is_accepted(classifier_server):
+    models = client(classifier_server, API_KEY).models.list()
+    assert [m.id for m in models.data] == CLASSIFIER_NAMES
+    body = post(classifier_server, "/classify", {"model": "other-name", "input": "x"}, AUTH)
+    assert body.json()["model"] == "other-name"
+
+
+def test_score_needs_a_single_label_classifier(classifier_server):
+    assert_error(post(classifier_server, "/score", {"text_1": "a", "text_2": "b"}, AUTH), 400,
+                 "Score API is only enabled for num_labels == 1.")
