@@ -128,3 +128,10 @@ def test_override_beats_sentence_transformers_config(minilm_path):
         str(minilm_path), override_pooler_config=json.dumps({"pooling_type": "CLS"}))
     assert config.task_pooler("embed").pooling_type.value == "CLS"
     assert config.task_pooler("embed").defaults.normalize is True
+
+
+def test_corrupt_weights_name_the_folder(minilm_path, tmp_path):
+    shutil.copytree(minilm_path, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="Could not load the weights in .*m"):
+        LLM(str(tmp_path / "m"))
