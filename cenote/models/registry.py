@@ -58,7 +58,10 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     else:
         # A native model builds the heads its task needs (classifier, per-token reward head).
         model = cls(config.hf_config, task=config.task)
-        model.load_weights(iter_checkpoint(config.path))
+        try:
+            model.load_weights(iter_checkpoint(config.path))
+        except Exception as exc:  # safetensors, pickle and name/shape errors alike
+            raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
     model = model.to(device=config.device, dtype=config.dtype).eval()
     pooler = Pooler(
         config,
