@@ -165,3 +165,10 @@ def test_encode_on_a_classifier_returns_hidden_states(tiny_bert_classifier):
 def test_classify_task_on_a_checkpoint_without_a_head_fails_at_load(minilm_path):
     with pytest.raises(ValueError, match="missing tensors: classifier"):
         LLM(str(minilm_path), task="classify", dtype="float32")
+
+
+def test_default_dtype_scores_stay_close_to_fp32(cross_encoder_path, cross_encoder):
+    low = LLM(str(cross_encoder_path))
+    scores = torch.tensor([o.outputs.score for o in low.score(QUERY, PASSAGES)])
+    reference = torch.tensor([o.outputs.score for o in cross_encoder.score(QUERY, PASSAGES)])
+    assert torch.allclose(scores, reference, atol=5e-3)

@@ -70,6 +70,9 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
         classifier_activation=classifier_activation(config) if classify else None,
     )
     pooler = pooler.to(device=config.device).eval()
-    if pooler.dense is not None:
-        pooler.dense.to(torch.float32)
+    # Heads are tiny next to the body; running them in fp32 keeps low-precision
+    # rounding of the body from being amplified into the scores.
+    for head in (pooler.dense, pooler.classifier, pooler.token_head):
+        if head is not None:
+            head.to(torch.float32)
     return model, pooler
