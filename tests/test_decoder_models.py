@@ -183,3 +183,18 @@ def test_every_family_is_native():
     from cenote.models.registry import native_model_class
 
     assert all(native_model_class(family) is DecoderModel for family in FAMILIES)
+
+
+def test_single_label_sequence_classifier_scores_text_pairs(tiny_decoder):
+    from transformers import AutoTokenizer
+
+    arch = "Qwen3ForSequenceClassification"
+    path = tiny_decoder("qwen3", arch, num_labels=1)
+    llm = LLM(str(path), task="score", dtype="float32")
+    query, docs = TEXTS[1], TEXTS[:1] + TEXTS[2:]
+    scores = torch.tensor([o.outputs.score for o in llm.score(query, docs)])
+    tok, ref = AutoTokenizer.from_pretrained(path), _reference(path, arch)
+    with torch.no_grad():
+        logits = torch.stack([ref(input_ids=torch.tensor([tok(query, d)["input_ids"]])).logits[0, 0]
+                              for d in docs])
+    assert torch.allclose(scores, torch.sigmoid(logits), atol=1e-4)
