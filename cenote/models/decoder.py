@@ -101,8 +101,11 @@ def rope_frequencies(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
     Scaled variants come from transformers' own ``ROPE_INIT_FUNCTIONS`` so they
     match the reference exactly.
     """
-    params = getattr(config, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
+    # transformers 5 keeps everything in ``rope_parameters``; 4.x used ``rope_scaling``
+    # (with ``type`` as an older spelling of ``rope_type``) beside ``rope_theta``.
+    params = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+              or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in _SUPPORTED_ROPE_TYPES:
         raise ValueError(
             f"rope_type {rope_type!r} is not supported by the native decoder; "
