@@ -31,8 +31,18 @@ def test_a_small_request_behind_a_big_one_rides_in_the_next_batch():
     assert {lane.owner for lane, _ in first.members} == {"big"}
     queue.add("small", "embed", [8])
     second = queue.next_batch()
-    assert ("small", 0) in [(lane.owner, i) for lane, i in second.members]
+    assert [(lane.owner, i) for lane, i in second.members] == [("small", 0)]
     assert len(drain(queue)) > 5  # most of the big request was still to come
+
+
+def test_backlog_runs_between_batches_of_new_requests():
+    queue = RequestQueue(16)
+    queue.add("big", "embed", [8] * 20)
+    owners = [{lane.owner for lane, _ in queue.next_batch().members}]
+    for k in range(4):  # a new one-text request arrives before every batch
+        queue.add(f"new{k}", "embed", [8])
+        owners.append({lane.owner for lane, _ in queue.next_batch().members})
+    assert owners == [{"big"}, {"new0"}, {"big"}, {"new1", "new2"}, {"big"}]
 
 
 def test_every_batch_fits_the_budget_unless_one_sequence_alone_exceeds_it():

@@ -4,10 +4,14 @@ Each request's sequences wait in their own lane, longest first (as the offline
 scheduler orders them, so attention pads little). A batch is filled round-robin
 across the lanes of one pooling task, one sequence per lane per round, under
 the same padded-token budget as :func:`cenote.engine.scheduler.schedule_batches`.
-After every batch the lane that started it moves to the back of the line. So a
+After every batch the lane that led it moves to the back of the line.
+
+A request that has not run yet is served before any backlog, in a batch with
+other new requests only, and backlog batches alternate with such batches. So a
 request with thousands of inputs is cut into batches that interleave with
-everybody else's, and a one-text request that arrives behind it rides in the
-very next batch instead of waiting for the whole big request.
+everybody else's, and a one-text request that arrives behind it waits for the
+batch already running and then runs at once, instead of waiting for the whole
+big request.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Lane(Generic[T]):
     lengths: Sequence[int]
     waiting: deque[int] = field(init=False)
     waiting_tokens: int = field(init=False)
+    started: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.waiting = deque(sorted(range(len(self.lengths)), key=lambda i: -self.lengths[i]))
@@ -62,6 +67,8 @@ class RequestQueue(Generic[T]):
             raise ValueError("max_num_batched_tokens must be positive.")
         self.max_num_batched_tokens = max_num_batched_tokens
         self._lanes: deque[Lane[T]] = deque()
+        # True when the last batch served fresh requests while backlog waited.
+        self._backlog_skipped = False
         self.num_waiting_seqs = 0
         self.num_waiting_tokens = 0
 
@@ -99,13 +106,31 @@ class RequestQueue(Generic[T]):
     def next_batch(self) -> ScheduledBatch[T] | None:
         """The next batch to run, or ``None`` when nothing waits.
 
-        The lane at the head of the line picks the pooling task (a batch runs
-        one task); only lanes of that task join.
+        Requests that have not had a batch yet ("fresh") go first and get that
+        first batch to themselves: a one-text request then waits for the batch
+        already running plus its own short batch, not for a share of someone's
+        backlog. So that a stream of new requests cannot starve a big one, a
+        batch of backlog follows every fresh batch that made backlog wait.
+        Within the chosen group, the first lane picks the pooling task (a batch
+        runs one task) and lanes of that task fill the batch round-robin.
         """
         if not self._lanes:
             return None
-        task = self._lanes[0].pooling_task
-        lanes = [lane for lane in self._lanes if lane.pooling_task == task]
+        fresh = [lane for lane in self._lanes if not lane.started]
+        backlog = [lane for lane in self._lanes if lane.started]
+        use_fresh = bool(fresh) and not (backlog and self._backlog_skipped)
+        group = fresh if use_fresh else backlog
+        self._backlog_skipped = use_fresh and bool(backlog)
+        task = group[0].pooling_task
+        members = self._fill([lane for lane in group if lane.pooling_task == task])
+        # Round-robin: the lane that led this batch goes to the back of the line.
+        self._lanes.remove(group[0])
+        self._lanes.append(group[0])
+        self._lanes = deque(lane for lane in self._lanes if lane.waiting)
+        return ScheduledBatch(task, members)
+
+    def _fill(self, lanes: list[Lane[T]]) -> list[tuple[Lane[T], int]]:
+        """Take one sequence per lane per round while the padded size fits the budget."""
         budget = self.max_num_batched_tokens
         members: list[tuple[Lane[T], int]] = []
         longest = 0
@@ -123,12 +148,10 @@ class RequestQueue(Generic[T]):
                     continue
                 lane.waiting.popleft()
                 lane.waiting_tokens -= length
+                lane.started = True
                 members.append((lane, index))
                 longest = max(longest, length)
                 added = True
         self.num_waiting_seqs -= len(members)
         self.num_waiting_tokens -= sum(lane.lengths[i] for lane, i in members)
-        # Round-robin: the head goes to the back; lanes with nothing left leave.
-        self._lanes.rotate(-1)
-        self._lanes = deque(lane for lane in self._lanes if lane.waiting)
-        return ScheduledBatch(task, members)
+        return members
