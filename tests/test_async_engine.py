@@ -223,6 +223,30 @@ def test_tokenisation_runs_off_the_event_loop(engine, monkeypatch):
     assert threads and threads[0] is not loop_thread
 
 
+def test_a_small_request_is_tokenised_while_a_huge_one_still_is(engine, monkeypatch):
+    release = threading.Event()
+    prepare = engine.engine.prepare
+
+    def slow_for_big(prompts, *args, **kwargs):
+        if len(prompts) > 100:
+            release.wait(60)
+        return prepare(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(engine.engine, "prepare", slow_for_big)
+    huge = [f"Paragraph {i} is long enough to count as bulk work." for i in range(1000)]
+
+    async def scenario():
+        big = asyncio.ensure_future(engine.encode(huge, "embed"))
+        (small,) = await asyncio.wait_for(engine.encode(["Quick one."], "embed"), 30)
+        still_tokenising = not big.done()
+        release.set()
+        return small, still_tokenising, await big
+
+    small, still_tokenising, big = asyncio.run(scenario())
+    assert still_tokenising and small.outputs.data.shape == (384,)
+    assert len(big) == len(huge)
+
+
 def test_embedding_model_scores_are_cosine_similarities(engine, minilm_bf16):
     pairs = [("A cat sat on the mat.", "A kitten rested on the rug."),
              ("A cat sat on the mat.", "Stock markets fell sharply on Monday.")]

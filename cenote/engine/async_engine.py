@@ -33,6 +33,10 @@ from cenote.params import PoolingParams
 
 logger = logging.getLogger(__name__)
 
+# Requests up to this many characters (token ids count as 4) tokenise on the
+# small-request thread: a few thousand characters take well under a millisecond.
+_SMALL_REQUEST_CHARS = 16_384
+
 
 class EngineStoppedError(RuntimeError):
     """The engine is shutting down or its worker has died; no new work is taken."""
@@ -73,6 +77,20 @@ class _Request:
         self.loop.call_soon_threadsafe(_settle, self.future, value)
 
 
+def _size_of(items: Sequence) -> int:
+    """Characters in prompts or text pairs, to tell small requests from bulk ones."""
+    size = 0
+    for item in items:
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            ids = item.get("prompt_token_ids")
+            size += 4 * len(ids) if isinstance(ids, (list, tuple)) else 0
+        elif isinstance(item, (tuple, list)):
+            size += _size_of(item)
+    return size
+
+
 def _settle(future: asyncio.Future, value: list[torch.Tensor] | BaseException) -> None:
     # The awaiting side may have been cancelled (timeout, disconnect) meanwhile.
     if future.done():
@@ -94,7 +112,6 @@ class AsyncPoolingEngine:
         self,
         engine: PoolingEngine,
         *,
-        tokenizer_threads: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -103,8 +120,10 @@ class AsyncPoolingEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._worker: threading.Thread | None = None
-        self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads,
-                                                  thread_name_prefix="cenote-tokenizer")
+        # Two tokenising threads: small requests never queue behind the tokenising
+        # of a huge one, which would undo the fairness the batch picker gives them.
+        self._small_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize")
+        self._bulk_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize-bulk")
         self._ids = itertools.count()
 
     @classmethod
@@ -132,7 +151,8 @@ class AsyncPoolingEngine:
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join()
-        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._small_pool, self._bulk_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def is_running(self) -> bool:
@@ -169,7 +189,7 @@ class AsyncPoolingEngine:
         are raised before anything is queued.
         """
         seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
-                                    truncate_prompt_tokens)
+                                    truncate_prompt_tokens, size=_size_of(prompts))
         data = await self.run(seqs, pooling_task)
         return self._outputs(seqs, data)
 
@@ -186,13 +206,13 @@ class AsyncPoolingEngine:
         """
         if self.config.task == "classify":
             seqs = await self._off_loop(self.engine.prepare_pairs, pairs, params,
-                                        truncate_prompt_tokens)
+                                        truncate_prompt_tokens, size=_size_of(pairs))
             data = await self.run(seqs, "score")
             return [ScoringRequestOutput.from_base(o) for o in self._outputs(seqs, data)]
         self.engine.check_task("embed")
         texts = list(dict.fromkeys(t for pair in pairs for t in pair))
         seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
-                                    truncate_prompt_tokens)
+                                    truncate_prompt_tokens, size=_size_of(texts))
         vectors = await self.run(seqs, "embed")
         index = {t: i for i, t in enumerate(texts)}
         request_id = self._next_request_id()
@@ -208,7 +228,8 @@ class AsyncPoolingEngine:
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (no length check: this is how users measure inputs)."""
         hf = self.engine.tokenizer.hf
-        encoded = await self._off_loop(hf, text, add_special_tokens=add_special_tokens)
+        encoded = await self._off_loop(hf, text, add_special_tokens=add_special_tokens,
+                                       size=len(text))
         return list(encoded["input_ids"])
 
     async def token_strings(self, token_ids: list[int]) -> list[str]:
@@ -299,9 +320,11 @@ class AsyncPoolingEngine:
 
     # ---- helpers ---------------------------------------------------------
 
-    async def _off_loop(self, fn, *args, **kwargs):
+    async def _off_loop(self, fn, *args, size: int = 0, **kwargs):
+        """Run ``fn`` on a tokenising thread; ``size`` (characters) picks which one."""
+        pool = self._small_pool if size <= _SMALL_REQUEST_CHARS else self._bulk_pool
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(pool, lambda: fn(*args, **kwargs))
 
     def _next_request_id(self) -> str:
         return f"{uuid.uuid4().hex[:16]}-{next(self._ids)}"
