@@ -234,14 +234,15 @@ class AsyncPoolingEngine:
 
     async def token_strings(self, token_ids: list[int]) -> list[str]:
         """The vocabulary entry of each token id."""
-        return await self._off_loop(self.engine.tokenizer.hf.convert_ids_to_tokens, token_ids)
+        return await self._off_loop(self.engine.tokenizer.hf.convert_ids_to_tokens, token_ids,
+                                    size=4 * len(token_ids))
 
     async def detokenize(self, token_ids: list[int]) -> str:
         """Text of ``token_ids``; ids outside the vocabulary raise ``ValueError``."""
         tokenizer = self.engine.tokenizer
         if token_ids:
             tokenizer.validate_token_ids(token_ids, 0)
-        return await self._off_loop(tokenizer.decode, token_ids)
+        return await self._off_loop(tokenizer.decode, token_ids, size=4 * len(token_ids))
 
     async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         """Queue prepared sequences and wait for their outputs (input order).
