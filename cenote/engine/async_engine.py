@@ -283,26 +283,27 @@ class AsyncPoolingEngine:
 
     def _execute(self, batch: ScheduledBatch[_Request]) -> None:
         seqs = [lane.owner.seqs[i] for lane, i in batch.members]
+        requests = {lane.owner: None for lane, _ in batch.members}
         started = time.perf_counter()
         try:
             outputs = self.engine.runner.execute(seqs, batch.pooling_task)
+            for (lane, index), output in zip(batch.members, outputs, strict=True):
+                lane.owner.results[index] = output
+                lane.owner.remaining -= 1
         except Exception as exc:  # a bad batch fails its own requests, never the worker
             logger.exception("A batch of %d sequences failed", len(seqs))
-            self._fail_requests({lane.owner for lane, _ in batch.members}, exc)
+            self._fail_requests(set(requests), exc)
             return
-        seconds = time.perf_counter() - started
-        requests: dict[_Request, None] = {}
-        for (lane, index), output in zip(batch.members, outputs, strict=True):
-            request = lane.owner
-            request.results[index] = output
-            request.remaining -= 1
-            requests[request] = None
         for request in requests:
             if request.remaining == 0:
                 request.resolve(request.results)
         if self.on_batch is not None:
-            self.on_batch(BatchStats(batch.pooling_task, len(seqs), batch.num_tokens, seconds,
-                                     len(requests)))
+            stats = BatchStats(batch.pooling_task, len(seqs), batch.num_tokens,
+                               time.perf_counter() - started, len(requests))
+            try:
+                self.on_batch(stats)
+            except Exception:  # metrics must never take the worker down
+                logger.exception("The batch observer failed")
 
     def _fail_requests(self, requests: set[_Request], cause: BaseException) -> None:
         with self._cond:
