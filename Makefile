@@ -23,9 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check cenote tests benchmarks
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/offline_embed.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rerank.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve_load.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

