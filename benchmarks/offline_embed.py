@@ -61,7 +61,6 @@ def main() -> None:
     cenote_vecs = torch.tensor([o.outputs.embedding for o in outs])
     rows = [("cenote (default: " + str(llm.config.dtype).removeprefix("torch.") + ")",
              seconds, cenote_vecs)]
-    del llm
 
     st = SentenceTransformer(model_path, device="cpu")
     st.encode(texts[:256], batch_size=args.st_batch_size)
