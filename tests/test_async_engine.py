@@ -191,6 +191,33 @@ def test_shutdown_fails_the_requests_still_waiting(minilm_bf16, monkeypatch):
     assert isinstance(refused, EngineStoppedError)
 
 
+def test_the_model_is_loaded_on_the_thread_that_runs_its_batches(minilm_bf16, monkeypatch):
+    from cenote.engine import async_engine
+
+    threads = {}
+
+    def load(config):
+        threads["load"] = threading.current_thread()
+        return minilm_bf16.engine
+
+    monkeypatch.setattr(async_engine, "PoolingEngine", load)
+    execute = minilm_bf16.engine.runner.execute
+
+    def run(seqs, pooling_task):
+        threads["run"] = threading.current_thread()
+        return execute(seqs, pooling_task)
+
+    monkeypatch.setattr(minilm_bf16.engine.runner, "execute", run)
+    engine = AsyncPoolingEngine.from_config(minilm_bf16.config)
+    engine.start()
+    try:
+        asyncio.run(engine.encode(["Which thread?"], "embed"))
+    finally:
+        engine.shutdown()
+    assert threads["load"] is threads["run"]
+    assert threads["run"] is not threading.main_thread()
+
+
 def test_a_stopped_engine_refuses_new_requests(minilm_bf16):
     engine = AsyncPoolingEngine(minilm_bf16.engine)
     with pytest.raises(EngineStoppedError):

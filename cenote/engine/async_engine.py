@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,46 @@ logger = logging.getLogger(__name__)
 # Requests up to this many characters (token ids count as 4) tokenise on the
 # small-request thread: a few thousand characters take well under a millisecond.
 _SMALL_REQUEST_CHARS = 16_384
+
+
+R = TypeVar("R")
+
+
+class ModelThread:
+    """The one thread that loads the model and runs every batch.
+
+    Why one thread for both: on CPU, OpenMP keeps a team of worker threads for
+    each thread that ran a parallel region. A model loaded on the main thread
+    and run on another leaves two teams, more threads than cores, and libgomp
+    then stops spin-waiting between parallel regions: small batches ran about
+    twice as slow. A daemon thread, so a forgotten shutdown cannot hang exit.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve_calls, name="cenote-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], R]) -> Future[R]:
+        """Run ``fn`` on the model thread after the calls already submitted."""
+        future: Future[R] = Future()
+        self._calls.put((fn, future))
+        return future
+
+    def close(self) -> None:
+        """Let the thread end once the calls already submitted are done."""
+        self._calls.put(None)
+
+    def _serve_calls(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
 
 
 class EngineStoppedError(RuntimeError):
@@ -113,13 +155,15 @@ class AsyncPoolingEngine:
         engine: PoolingEngine,
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
+        model_thread: ModelThread | None = None,
     ) -> None:
         self.engine = engine
         self.on_batch = on_batch
+        self._model_thread = model_thread or ModelThread()
         self._queue: RequestQueue[_Request] = RequestQueue(engine.config.max_num_batched_tokens)
         self._cond = threading.Condition()
         self._stopping = False
-        self._worker: threading.Thread | None = None
+        self._worker: Future[None] | None = None
         # Two tokenising threads: small requests never queue behind the tokenising
         # of a huge one, which would undo the fairness the batch picker gives them.
         self._small_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize")
@@ -127,9 +171,15 @@ class AsyncPoolingEngine:
         self._ids = itertools.count()
 
     @classmethod
-    def from_config(cls, config: ModelConfig, **kwargs) -> AsyncPoolingEngine:
-        """Load the model described by ``config`` and wrap it."""
-        return cls(PoolingEngine(config), **kwargs)
+    def from_config(cls, config: ModelConfig, **kwargs: Any) -> AsyncPoolingEngine:
+        """Load the model described by ``config`` on the thread that will run it."""
+        model_thread = ModelThread()
+        try:
+            engine = model_thread.submit(lambda: PoolingEngine(config)).result()
+        except BaseException:
+            model_thread.close()
+            raise
+        return cls(engine, model_thread=model_thread, **kwargs)
 
     @property
     def config(self) -> ModelConfig:
@@ -138,26 +188,26 @@ class AsyncPoolingEngine:
     # ---- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker thread that runs batches."""
+        """Start the loop that picks and runs batches, on the model thread."""
         if self._worker is not None:
             raise RuntimeError("The engine is already started.")
-        self._worker = threading.Thread(target=self._work, name="cenote-engine", daemon=True)
-        self._worker.start()
+        self._worker = self._model_thread.submit(self._work)
 
     def shutdown(self) -> None:
-        """Stop the worker after its current batch; fail everything still queued."""
+        """Stop after the current batch; fail everything still queued."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._worker is not None:
-            self._worker.join()
+            self._worker.exception()  # waits for the loop to end (a crash was logged)
+        self._model_thread.close()
         for pool in (self._small_pool, self._bulk_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def is_running(self) -> bool:
-        """True while the worker thread is alive and taking work."""
-        return self._worker is not None and self._worker.is_alive() and not self._stopping
+        """True while the batch loop is alive and taking work."""
+        return self._worker is not None and not self._worker.done() and not self._stopping
 
     @property
     def num_waiting_seqs(self) -> int:
@@ -255,7 +305,7 @@ class AsyncPoolingEngine:
         loop = asyncio.get_running_loop()
         request = _Request(seqs, loop.create_future(), loop)
         with self._cond:
-            if self._stopping or self._worker is None or not self._worker.is_alive():
+            if not self.is_running:
                 raise EngineStoppedError("The engine is not running.")
             request.lane = self._queue.add(request, pooling_task,
                                            [len(s.token_ids) for s in seqs])
@@ -270,6 +320,16 @@ class AsyncPoolingEngine:
     # ---- worker ----------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._batch_loop()
+        except BaseException:
+            # Unreachable unless cenote has a bug; /health turns 503 and nobody hangs.
+            logger.exception("The engine's batch loop died")
+            with self._cond:
+                self._fail_waiting(EngineStoppedError("The engine stopped on an internal error."))
+            raise
+
+    def _batch_loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not len(self._queue):
