@@ -15,6 +15,7 @@ from torch import nn
 
 from cenote.config import POSITION_OFFSET_MODEL_TYPES
 from cenote.models.layers import PackedBatch, packed_qkv_attention
+from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -129,19 +130,8 @@ class BertFamilyModel(nn.Module):
         return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.named_parameters())
-        qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        loaded: set[str] = set()
-
-        def assign(name: str, tensor: torch.Tensor) -> None:
-            if name not in params:
-                raise ValueError(f"Unexpected checkpoint tensor {name!r}.")
-            if params[name].shape != tensor.shape:
-                raise ValueError(f"Checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(params[name].shape)}.")
-            params[name].data.copy_(tensor)
-            loaded.add(name)
-
+        """Copy checkpoint tensors in, fusing q/k/v; every parameter must be set."""
+        loader = ParameterLoader(self, self.config.model_type)
         for raw_name, tensor in weights:
             name = raw_name.replace(".gamma", ".weight").replace(".beta", ".bias")
             for prefix in _PREFIXES:
@@ -156,22 +146,19 @@ class BertFamilyModel(nn.Module):
                     continue
                 if self.config.model_type == "bert":
                     name = "classifier." + name.replace("pooler.dense.", "pooler.")
-                assign(name, tensor)
+                loader.assign(name, tensor)
                 continue
             if _IGNORED.search(name):
                 continue
             match = _QKV.fullmatch(name)
             if match:
                 layer, part, kind = match.groups()
-                qkv_parts.setdefault((layer, kind), {})[part] = tensor
+                loader.add_part(f"layers.{layer}.qkv.{kind}", part, ("query", "key", "value"),
+                                tensor)
                 continue
             for pattern, replacement in _LAYER_RENAMES:
                 name = re.sub(pattern, replacement, name)
-            assign(name, tensor)
-        for (layer, kind), parts in qkv_parts.items():
-            assign(f"layers.{layer}.qkv.{kind}",
-                   torch.cat([parts["query"], parts["key"], parts["value"]]))
-        missing = sorted(set(params) - loaded)
+            loader.assign(name, tensor)
+        missing = loader.finish()
         if missing:
-            raise ValueError(f"Checkpoint is missing tensors: {', '.join(missing[:8])}"
-                             + (" ..." if len(missing) > 8 else ""))
+            raise missing_tensors_error(missing)

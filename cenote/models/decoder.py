@@ -30,6 +30,7 @@ from torch import nn
 
 from cenote.config import architecture_of
 from cenote.models.layers import PackedBatch, packed_attention
+from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -269,20 +270,7 @@ class DecoderModel(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors in, fusing q/k/v and gate/up; every parameter must be set."""
-        params = dict(self.named_parameters())
-        fused_parts: dict[str, dict[str, torch.Tensor]] = {}
-        fused_order: dict[str, tuple[str, ...]] = {}
-        loaded: set[str] = set()
-
-        def assign(name: str, tensor: torch.Tensor) -> None:
-            if name not in params:
-                raise ValueError(f"Unexpected checkpoint tensor {name!r} for {self.architecture}.")
-            if params[name].shape != tensor.shape:
-                raise ValueError(f"Checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(params[name].shape)}.")
-            params[name].data.copy_(tensor)
-            loaded.add(name)
-
+        loader = ParameterLoader(self, self.architecture)
         for raw_name, tensor in weights:
             name = raw_name.removeprefix("model.")
             if _IGNORED.search(name):
@@ -290,29 +278,21 @@ class DecoderModel(nn.Module):
             if name.startswith("score."):
                 # The head belongs to one task; other tasks load the body only.
                 if self.classifier is not None and name == "score.weight":
-                    assign("classifier.weight", tensor)
+                    loader.assign("classifier.weight", tensor)
                 elif self.token_head is not None:
-                    assign("token_head." + name, tensor)
+                    loader.assign("token_head." + name, tensor)
                 continue
             for pattern, (target, order) in _FUSED.items():
                 match = pattern.fullmatch(name)
                 if match:
                     layer, part, kind = match.groups()
-                    key = f"layers.{layer}.{target}.{kind}"
-                    fused_parts.setdefault(key, {})[part] = tensor
-                    fused_order[key] = order
+                    loader.add_part(f"layers.{layer}.{target}.{kind}", part, order, tensor)
                     break
             else:
                 for pattern, replacement in _RENAMES:
                     name = re.sub(pattern, replacement, name)
-                assign(name, tensor)
-        for key, parts in fused_parts.items():
-            order = fused_order[key]
-            missing_parts = [p for p in order if p not in parts]
-            if missing_parts:
-                raise ValueError(f"Checkpoint has only part of {key}: missing {missing_parts}.")
-            assign(key, torch.cat([parts[p] for p in order]))
-        missing = sorted(set(params) - loaded)
+                loader.assign(name, tensor)
+        missing = loader.finish()
         if "classifier.weight" in missing:
             raise ValueError(
                 f"task='classify' needs a classification head, but this {self.architecture} "
@@ -320,5 +300,4 @@ class DecoderModel(nn.Module):
                 "checkpoint, or use task='embed' or 'reward'."
             )
         if missing:
-            raise ValueError(f"Checkpoint is missing tensors: {', '.join(missing[:8])}"
-                             + (" ..." if len(missing) > 8 else ""))
+            raise missing_tensors_error(missing)

@@ -47,3 +47,49 @@ def iter_checkpoint(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return dict(iter_checkpoint(folder))
+
+
+class ParameterLoader:
+    """Copies checkpoint tensors into a module's parameters by name.
+
+    Fused parameters (q/k/v, gate/up) are collected part by part and
+    concatenated in ``finish``; every shape is checked, and ``finish`` returns
+    the parameters the checkpoint never set.
+    """
+
+    def __init__(self, module: torch.nn.Module, owner: str) -> None:
+        self.params = dict(module.named_parameters())
+        self.owner = owner
+        self.loaded: set[str] = set()
+        self._parts: dict[str, dict[str, torch.Tensor]] = {}
+        self._order: dict[str, tuple[str, ...]] = {}
+
+    def assign(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self.params:
+            raise ValueError(f"Unexpected checkpoint tensor {name!r} for {self.owner}.")
+        if self.params[name].shape != tensor.shape:
+            raise ValueError(f"Checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                             f"expected {tuple(self.params[name].shape)}.")
+        self.params[name].data.copy_(tensor)
+        self.loaded.add(name)
+
+    def add_part(self, name: str, part: str, order: tuple[str, ...],
+                 tensor: torch.Tensor) -> None:
+        """One piece of the fused parameter ``name``, whose pieces stack in ``order``."""
+        self._parts.setdefault(name, {})[part] = tensor
+        self._order[name] = order
+
+    def finish(self) -> list[str]:
+        """Fuse the collected parts; return the names of parameters still unset."""
+        for name, parts in self._parts.items():
+            order = self._order[name]
+            absent = [p for p in order if p not in parts]
+            if absent:
+                raise ValueError(f"Checkpoint has only part of {name}: missing {absent}.")
+            self.assign(name, torch.cat([parts[p] for p in order]))
+        return sorted(set(self.params) - self.loaded)
+
+
+def missing_tensors_error(missing: list[str]) -> ValueError:
+    return ValueError(f"Checkpoint is missing tensors: {', '.join(missing[:8])}"
+                      + (" ..." if len(missing) > 8 else ""))
