@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -17,6 +19,8 @@ from cenote.config import TASKS
 logger = logging.getLogger("cenote")
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# Admission control: by default the queue takes this many batches' worth of tokens.
+QUEUED_BATCHES = 128
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -36,6 +40,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
 
 
@@ -88,6 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=os.environ.get("CENOTE_API_KEY"),
                        help="Require 'Authorization: Bearer KEY' on every route but /health. "
                             "Default: the CENOTE_API_KEY environment variable, else no key.")
+    limits = serve.add_argument_group(
+        "limits and operations",
+        "What the server refuses, and when it gives up. Every refusal is a JSON error.")
+    limits.add_argument("--max-request-body-bytes", type=_positive_int, default=32 * 1024 * 1024,
+                        metavar="BYTES",
+                        help="Largest request body; larger ones get 413 before they are "
+                             "parsed (declared or counted while a chunked body streams in).")
+    limits.add_argument("--max-inputs-per-request", type=_positive_int, default=2048,
+                        metavar="N",
+                        help="Most inputs in one request (texts, token-id prompts, score "
+                             "pairs, rerank documents); more get 400. 2048 is OpenAI's limit.")
+    limits.add_argument("--max-queued-tokens", type=_positive_int, default=None, metavar="N",
+                        help="Admission control: while more than N tokens wait in the queue, "
+                             "new requests get 429 with Retry-After. Default: "
+                             f"{QUEUED_BATCHES} x --max-num-batched-tokens.")
+    limits.add_argument("--request-timeout", type=_positive_float, default=120.0,
+                        metavar="SECONDS",
+                        help="A request not answered within this time gets 504, and its "
+                             "inputs that have not run yet are dropped from the queue.")
+    limits.add_argument("--engine-stall-timeout", type=_positive_float, default=120.0,
+                        metavar="SECONDS",
+                        help="/health answers 503 when the engine is busy but has not started "
+                             "or finished a batch for this long (a hung model). Raise it for "
+                             "very large models on CPU, whose one batch can take minutes.")
+    limits.add_argument("--allowed-origins", nargs="+", default=None, metavar="ORIGIN",
+                        help="Send CORS headers for these browser origins ('*' for any). "
+                             "Default: no CORS headers, so browsers refuse cross-origin calls.")
+    limits.add_argument("--log-inputs", action="store_true",
+                        help="Log each request's body (its first 4096 characters). Off by "
+                             "default: logs never hold input text.")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"],
                        help="Logging verbosity.")
@@ -100,7 +144,8 @@ def serve(args: argparse.Namespace) -> int:
     """Load the model, then serve it until interrupted."""
     from cenote.config import ModelConfig
     from cenote.engine.async_engine import AsyncPoolingEngine
-    from cenote.server.app import build_app
+    from cenote.server.app import begin_draining, build_app
+    from cenote.server.context import ServerLimits
 
     try:
         config = ModelConfig.from_args(
@@ -116,21 +161,42 @@ def serve(args: argparse.Namespace) -> int:
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     logger.info("Loading %s (task %s, %s on %s)", config.model, config.task,
                 str(config.dtype).removeprefix("torch."), config.device)
-    engine = AsyncPoolingEngine.from_config(config)
-    app = build_app(engine, served_model_names=names, api_key=args.api_key)
+    max_queued_tokens = args.max_queued_tokens or QUEUED_BATCHES * config.max_num_batched_tokens
+    engine = AsyncPoolingEngine.from_config(config, max_queued_tokens=max_queued_tokens)
+    limits = ServerLimits(max_request_body_bytes=args.max_request_body_bytes,
+                          max_inputs_per_request=args.max_inputs_per_request,
+                          request_timeout_s=args.request_timeout,
+                          engine_stall_timeout_s=args.engine_stall_timeout)
+    app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
+                    allowed_origins=args.allowed_origins, log_inputs=args.log_inputs)
+    # In-flight requests end within --request-timeout; the margin is for their answers.
     server = _Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                    log_level=args.log_level, access_log=args.access_log),
-                     names[0])
-    server.run()
+                                    log_level=args.log_level, access_log=args.access_log,
+                                    timeout_graceful_shutdown=int(args.request_timeout) + 5),
+                     names[0], on_exit=lambda: begin_draining(app))
+    # uvicorn re-raises SIGTERM to the handler found at start once it has shut down
+    # gracefully; a handler that ignores it makes a drained shutdown exit 0, not -15.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, plus one log line with the URL once it accepts connections."""
+    """uvicorn's server, plus one log line with the URL once it accepts connections,
+    and ``on_exit`` called as soon as a shutdown signal arrives (to start draining)."""
 
-    def __init__(self, config: uvicorn.Config, model_name: str) -> None:
+    def __init__(self, config: uvicorn.Config, model_name: str,
+                 on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self.model_name = model_name
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()
+        super().handle_exit(sig, frame)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -85,7 +86,19 @@ class EngineStoppedError(RuntimeError):
 
 
 class BatchFailedError(RuntimeError):
-    """The model raised while running a batch that held this request's inputs."""
+    """The model raised on one of this request's inputs, even when it ran alone."""
+
+
+class QueueFullError(RuntimeError):
+    """The queue already holds more tokens than the engine admits; come back later.
+
+    ``retry_after_s`` estimates when the queue will have room, from the recent
+    token throughput.
+    """
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -147,7 +160,10 @@ class AsyncPoolingEngine:
     """Async front of a :class:`PoolingEngine` for many concurrent requests.
 
     ``start()`` launches the worker; ``shutdown()`` stops it and fails whatever
-    still waits with :class:`EngineStoppedError`.
+    still waits with :class:`EngineStoppedError`. With ``max_queued_tokens``,
+    a request that arrives while the queue holds more tokens than that is
+    refused with :class:`QueueFullError` (admission control); one request is
+    always admitted into a queue below the cap, however big it is.
     """
 
     def __init__(
@@ -156,9 +172,11 @@ class AsyncPoolingEngine:
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
         model_thread: ModelThread | None = None,
+        max_queued_tokens: int | None = None,
     ) -> None:
         self.engine = engine
         self.on_batch = on_batch
+        self.max_queued_tokens = max_queued_tokens
         self._model_thread = model_thread or ModelThread()
         self._queue: RequestQueue[_Request] = RequestQueue(engine.config.max_num_batched_tokens)
         self._cond = threading.Condition()
@@ -169,6 +187,11 @@ class AsyncPoolingEngine:
         self._small_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize")
         self._bulk_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize-bulk")
         self._ids = itertools.count()
+        # Progress of the worker, for /health: a stuck model must not look healthy.
+        self._idle = True
+        self._last_progress = time.monotonic()
+        # Recent tokens per second (moving average), to tell refused clients when to retry.
+        self._tokens_per_s = 0.0
 
     @classmethod
     def from_config(cls, config: ModelConfig, **kwargs: Any) -> AsyncPoolingEngine:
@@ -219,6 +242,17 @@ class AsyncPoolingEngine:
         """Tokens queued and not yet in a batch."""
         return self._queue.num_waiting_tokens
 
+    @property
+    def seconds_without_progress(self) -> float:
+        """How long the worker has been busy without starting or finishing a batch.
+
+        0 while it waits for work. A value that keeps growing means the model
+        hangs (or the worker is stuck), even though the worker thread is alive.
+        """
+        if self._idle:
+            return 0.0
+        return time.monotonic() - self._last_progress
+
     async def warmup(self) -> None:
         """Run a tiny request so the first client does not pay one-off kernel setup."""
         task = {"embed": "embed", "classify": "classify", "reward": "encode"}[self.config.task]
@@ -238,6 +272,7 @@ class AsyncPoolingEngine:
         Validation errors (``ValueError``/``TypeError``, ``UnsupportedTaskError``)
         are raised before anything is queued.
         """
+        self._check_admission()
         seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
                                     truncate_prompt_tokens, size=_size_of(prompts))
         data = await self.run(seqs, pooling_task)
@@ -254,6 +289,7 @@ class AsyncPoolingEngine:
         Cross-encoders score each pair jointly; embedding models embed every
         distinct text once and return cosine similarities.
         """
+        self._check_admission()
         if self.config.task == "classify":
             seqs = await self._off_loop(self.engine.prepare_pairs, pairs, params,
                                         truncate_prompt_tokens, size=_size_of(pairs))
@@ -298,7 +334,8 @@ class AsyncPoolingEngine:
         """Queue prepared sequences and wait for their outputs (input order).
 
         If the caller is cancelled (timeout, client gone), the request's
-        sequences that have not run yet are dropped from the queue.
+        sequences that have not run yet are dropped from the queue. Raises
+        :class:`QueueFullError` when admission control refuses the request.
         """
         if not seqs:
             return []
@@ -307,6 +344,8 @@ class AsyncPoolingEngine:
         with self._cond:
             if not self.is_running:
                 raise EngineStoppedError("The engine is not running.")
+            # Checked again: the queue may have filled while this request was tokenised.
+            self._check_admission()
             request.lane = self._queue.add(request, pooling_task,
                                            [len(s.token_ids) for s in seqs])
             self._cond.notify()
@@ -333,7 +372,10 @@ class AsyncPoolingEngine:
         while True:
             with self._cond:
                 while not self._stopping and not len(self._queue):
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
+                self._last_progress = time.monotonic()
                 if self._stopping:
                     self._fail_waiting(EngineStoppedError("The engine is shutting down."))
                     return
@@ -342,38 +384,94 @@ class AsyncPoolingEngine:
                 self._execute(batch)
 
     def _execute(self, batch: ScheduledBatch[_Request]) -> None:
-        seqs = [lane.owner.seqs[i] for lane, i in batch.members]
-        requests = {lane.owner: None for lane, _ in batch.members}
         started = time.perf_counter()
-        try:
-            outputs = self.engine.runner.execute(seqs, batch.pooling_task)
-            for (lane, index), output in zip(batch.members, outputs, strict=True):
-                lane.owner.results[index] = output
-                lane.owner.remaining -= 1
-        except Exception as exc:  # a bad batch fails its own requests, never the worker
-            logger.exception("A batch of %d sequences failed", len(seqs))
-            self._fail_requests(set(requests), exc)
-            return
+        outputs = self._run_isolating_failures(batch)
+        requests = {lane.owner: None for lane, _ in batch.members}
+        # The first input of each request that failed even when run alone.
+        failed: dict[_Request, int] = {}
+        for (lane, index), output in zip(batch.members, outputs, strict=True):
+            if output is None:
+                failed.setdefault(lane.owner, index)
+                continue
+            lane.owner.results[index] = output
+            lane.owner.remaining -= 1
+        if failed:
+            self._fail_requests(failed)
         for request in requests:
-            if request.remaining == 0:
+            if request.remaining == 0 and request not in failed:
                 request.resolve(request.results)
+        seconds = time.perf_counter() - started
+        self._last_progress = time.monotonic()
+        if seconds > 0:
+            rate = batch.num_tokens / seconds
+            self._tokens_per_s = rate if not self._tokens_per_s else (
+                0.8 * self._tokens_per_s + 0.2 * rate)
         if self.on_batch is not None:
-            stats = BatchStats(batch.pooling_task, len(seqs), batch.num_tokens,
-                               time.perf_counter() - started, len(requests))
+            stats = BatchStats(batch.pooling_task, len(outputs), batch.num_tokens, seconds,
+                               len(requests))
             try:
                 self.on_batch(stats)
             except Exception:  # metrics must never take the worker down
                 logger.exception("The batch observer failed")
 
-    def _fail_requests(self, requests: set[_Request], cause: BaseException) -> None:
+    def _run_isolating_failures(
+        self, batch: ScheduledBatch[_Request]
+    ) -> list[torch.Tensor | None]:
+        """The batch's outputs in member order; ``None`` where an input made the model fail.
+
+        When the batch as a whole raises (one poisonous input, out of memory),
+        each member runs again alone, so only the inputs that fail by themselves
+        fail their requests and every other request in the batch still succeeds.
+        """
+        seqs = [lane.owner.seqs[i] for lane, i in batch.members]
+        try:
+            outputs = self.engine.runner.execute(seqs, batch.pooling_task)
+            if len(outputs) != len(seqs):
+                raise RuntimeError(f"{len(outputs)} outputs for {len(seqs)} sequences")
+            return list(outputs)
+        except Exception:  # a bad batch must never take the worker down
+            if len(seqs) == 1:
+                logger.exception("The model failed on a sequence of %d tokens",
+                                 len(seqs[0].token_ids))
+                return [None]
+            logger.exception("A batch of %d sequences failed; running each alone", len(seqs))
+        outputs: list[torch.Tensor | None] = []
+        failed: set[_Request] = set()
+        for (lane, _), seq in zip(batch.members, seqs, strict=True):
+            if lane.owner in failed:  # its request has failed already: spare the model
+                outputs.append(None)
+                continue
+            try:
+                (output,) = self.engine.runner.execute([seq], batch.pooling_task)
+            except Exception as exc:
+                logger.error("The model failed on a sequence of %d tokens alone: %s: %s",
+                             len(seq.token_ids), type(exc).__name__, exc)
+                failed.add(lane.owner)
+                output = None
+            self._last_progress = time.monotonic()
+            outputs.append(output)
+        return outputs
+
+    def _fail_requests(self, failed: dict[_Request, int]) -> None:
+        """Fail each request (the value: the index of its input that failed)."""
         with self._cond:
-            for request in requests:
+            for request in failed:
                 self._queue.remove(request.lane)
-        for request in requests:
+        for request, index in failed.items():
             # The model's own message may hold internals; the client gets a plain one.
-            error = BatchFailedError("The model failed while running this request's batch.")
-            error.__cause__ = cause
-            request.resolve(error)
+            request.resolve(BatchFailedError(
+                f"The model failed on input {index} of this request."))
+
+    def _check_admission(self) -> None:
+        """Refuse new work while the queue holds more than ``max_queued_tokens``."""
+        waiting = self._queue.num_waiting_tokens
+        if self.max_queued_tokens is None or waiting <= self.max_queued_tokens:
+            return
+        rate = self._tokens_per_s
+        retry_after = 1 if not rate else min(60, max(1, math.ceil(waiting / rate)))
+        raise QueueFullError(
+            f"The server is busy: {waiting} tokens are queued, more than the "
+            f"{self.max_queued_tokens} it admits. Retry after {retry_after} s.", retry_after)
 
     def _fail_waiting(self, exc: BaseException) -> None:
         # Called with the lock held, on shutdown.

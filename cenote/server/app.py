@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cenote import __version__
 from cenote.engine.async_engine import AsyncPoolingEngine
-from cenote.server.context import ServerContext
+from cenote.server.context import ServerContext, ServerLimits
 from cenote.server.errors import error_response, install_error_handlers
+from cenote.server.guard import RequestGuardMiddleware
 from cenote.server.metrics import MetricsMiddleware, ServerMetrics
 from cenote.server.routes import ROUTERS
 
@@ -49,11 +51,16 @@ def build_app(
     engine: AsyncPoolingEngine,
     served_model_names: list[str] | None = None,
     api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    allowed_origins: list[str] | None = None,
+    log_inputs: bool = False,
 ) -> FastAPI:
     """The cenote HTTP app around ``engine``.
 
     The app's lifespan starts the engine's worker (and warms the model up) and
-    shuts it down when the server stops.
+    shuts it down when the server stops. ``limits`` bound what one request may
+    ask; CORS headers are sent only for ``allowed_origins``; request bodies
+    are logged only with ``log_inputs``.
     """
     names = list(served_model_names or [engine.config.model])
 
@@ -70,12 +77,23 @@ def build_app(
                   description="OpenAI-compatible server for pooling models.")
     metrics = ServerMetrics(engine)
     engine.on_batch = metrics.observe_batch
-    app.state.context = ServerContext(engine, names, metrics)
+    context = ServerContext(engine, names, metrics, limits or ServerLimits())
+    app.state.context = context
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # The middleware added last runs first: metrics wraps auth, so 401s are counted too.
+    # The middleware added last runs first: metrics (counts everything) > CORS (answers
+    # preflights, which carry no key) > auth (refuses before a body is read) > guard.
+    app.add_middleware(RequestGuardMiddleware, context=context, log_inputs=log_inputs)
     if api_key:
         app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    if allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=allowed_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def begin_draining(app: FastAPI) -> None:
+    """Answer new requests with 503 (and /health with 503) while those in flight finish."""
+    app.state.context.draining = True

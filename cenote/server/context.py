@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -11,11 +11,32 @@ from cenote.server.errors import ModelNotFoundError
 from cenote.server.metrics import ServerMetrics
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the server refuses, and when it gives up; each is a ``cenote serve`` flag.
+
+    (Admission control by queued tokens belongs to the engine: see
+    ``AsyncPoolingEngine(max_queued_tokens=...)``.)
+    """
+
+    max_request_body_bytes: int = 32 * 1024 * 1024
+    """Bodies larger than this are refused with 413 before they are parsed."""
+    max_inputs_per_request: int = 2048
+    """Inputs (texts, token-id prompts, score pairs, rerank documents) per request; 400 above."""
+    request_timeout_s: float = 120.0
+    """A request still unanswered after this long gets 504 and its queued work is dropped."""
+    engine_stall_timeout_s: float = 120.0
+    """/health fails once the busy engine has not started or finished a batch for this long."""
+
+
 @dataclass
 class ServerContext:
     engine: AsyncPoolingEngine
     served_model_names: list[str]
     metrics: ServerMetrics
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    # Set on SIGTERM: new requests get 503 while those in flight finish.
+    draining: bool = False
 
     def model_name(self, requested: str | None) -> str:
         """The name to answer with; an unknown ``model`` is a 404 (OpenAI's behaviour)."""
@@ -24,6 +45,13 @@ class ServerContext:
         if requested not in self.served_model_names:
             raise ModelNotFoundError(requested)
         return requested
+
+    def check_num_inputs(self, count: int, what: str = "input") -> None:
+        """400 when a request carries more inputs than ``max_inputs_per_request``."""
+        cap = self.limits.max_inputs_per_request
+        if count > cap:
+            raise ValueError(f"{what} has {count} items; this server takes at most {cap} "
+                             "per request. Split it into several requests.")
 
 
 def get_context(request: Request) -> ServerContext:

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cenote.engine.async_engine import BatchFailedError, EngineStoppedError
+from cenote.engine.async_engine import BatchFailedError, EngineStoppedError, QueueFullError
 from cenote.server.protocol import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ _ERROR_TYPES = {
     429: "RateLimitError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
+    504: "TimeoutError",
 }
 # How many validation problems one message lists; the rest are counted.
 _MAX_LISTED_PROBLEMS = 3
@@ -112,6 +113,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineStoppedError)
     async def engine_stopped(request: Request, exc: EngineStoppedError) -> Response:
         return error_response(503, str(exc))
+
+    @app.exception_handler(QueueFullError)
+    async def queue_full(request: Request, exc: QueueFullError) -> Response:
+        return error_response(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(BatchFailedError)
     async def batch_failed(request: Request, exc: BatchFailedError) -> Response:

@@ -61,7 +61,9 @@ class MetricsMiddleware:
     """Counts every HTTP request by matched route and status, and times it.
 
     A plain ASGI middleware (not ``BaseHTTPMiddleware``) so it adds microseconds,
-    not a task per request. Paths that match no route share one label.
+    not a task per request. Paths that match no route share one label. A
+    request whose client left before any answer counts as 499 (nginx's
+    "client closed request"), not as a server error.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
@@ -73,7 +75,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status = 499
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -83,6 +85,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_and_record)
+        except BaseException:
+            if status == 499:
+                status = 500
+            raise
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status)).inc()

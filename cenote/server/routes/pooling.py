@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from cenote.engine.tokenizer import Prompt
 from cenote.params import PoolingParams
 from cenote.server.context import ServerContext, get_context
 from cenote.server.payloads import float_payload, prompts_from_input, render
@@ -28,12 +29,18 @@ def _params(body: EmbeddingRequest) -> PoolingParams:
     return PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
 
 
+def _prompts(ctx: ServerContext, body: EmbeddingRequest | ClassificationRequest) -> list[Prompt]:
+    prompts = prompts_from_input(body.input)
+    ctx.check_num_inputs(len(prompts))
+    return prompts
+
+
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest,
                             ctx: ServerContext = Depends(get_context)) -> Response:
     """OpenAI embeddings: one vector per input (``LLM.embed``)."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(prompts_from_input(body.input), "embed", _params(body),
+    outputs = await ctx.engine.encode(_prompts(ctx, body), "embed", _params(body),
                                       body.truncate_prompt_tokens)
 
     def build() -> EmbeddingResponse:
@@ -53,7 +60,7 @@ async def create_pooling(body: PoolingRequest,
                          ctx: ServerContext = Depends(get_context)) -> Response:
     """Raw pooler output per input (``LLM.encode``): all token rows by default."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(prompts_from_input(body.input), "encode", _params(body),
+    outputs = await ctx.engine.encode(_prompts(ctx, body), "encode", _params(body),
                                       body.truncate_prompt_tokens)
 
     def build() -> PoolingResponse:
@@ -74,7 +81,7 @@ async def create_classification(body: ClassificationRequest,
                                 ctx: ServerContext = Depends(get_context)) -> Response:
     """Class probabilities and the most likely label per input (``LLM.classify``)."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(prompts_from_input(body.input), "classify", None,
+    outputs = await ctx.engine.encode(_prompts(ctx, body), "classify", None,
                                       body.truncate_prompt_tokens)
     id2label = ctx.engine.config.id2label
 

@@ -33,6 +33,7 @@ async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_cont
     """Scores of ``text_1`` x ``text_2`` pairs: 1:1, 1:N or N:N."""
     model = ctx.model_name(body.model)
     pairs = make_score_pairs(body.text_1, body.text_2)
+    ctx.check_num_inputs(len(pairs), "text_1 x text_2")
     outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
 
     def build() -> ScoreResponse:
@@ -55,6 +56,7 @@ async def create_rerank(body: RerankRequest,
     model = ctx.model_name(body.model)
     if not body.documents:
         raise ValueError("documents must not be empty.")
+    ctx.check_num_inputs(len(body.documents), "documents")
     pairs = [(body.query, document) for document in body.documents]
     outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
 

@@ -25,9 +25,12 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(ctx: ServerContext = Depends(get_context)) -> Response:
-    """200 while the engine's worker is alive; 503 once it is not."""
+    """200 while the engine's worker is alive and making progress; 503 otherwise."""
     if not ctx.engine.is_running:
         return error_response(503, "The engine is not running.")
+    stalled_s = ctx.engine.seconds_without_progress
+    if stalled_s > ctx.limits.engine_stall_timeout_s:
+        return error_response(503, f"The engine has been stuck for {stalled_s:.0f} s.")
     return Response(status_code=200)
 
 
@@ -40,7 +43,8 @@ async def version() -> Response:
 async def list_models(ctx: ServerContext = Depends(get_context)) -> Response:
     config = ctx.engine.config
     return json_response(ModelList(data=[
-        ModelCard(id=name, root=str(config.path), max_model_len=config.max_model_len)
+        # root names the model, not the folder it was loaded from (no internal paths).
+        ModelCard(id=name, root=ctx.served_model_names[0], max_model_len=config.max_model_len)
         for name in ctx.served_model_names
     ]))
 
