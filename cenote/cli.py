@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,11 @@ from cenote.config import TASKS
 logger = logging.getLogger("cenote")
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# The server's batch budget on CPU when none is given. Past a few hundred tokens
+# a CPU batch costs time in proportion to its size, so bigger batches add little
+# throughput while every other client waits for them (vLLM likewise gives its
+# server and its offline class different defaults).
+CPU_SERVER_MAX_NUM_BATCHED_TOKENS = 512
 # Admission control: by default the queue takes this many batches' worth of tokens.
 QUEUED_BATCHES = 128
 
@@ -87,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
                        help="Token budget of one batch (padded size: sequences x longest). "
                             "Smaller batches answer concurrent clients sooner; larger ones "
-                            "can raise throughput. Default: the engine's default.")
+                            "can raise throughput. Default: "
+                            f"{CPU_SERVER_MAX_NUM_BATCHED_TOKENS} on CPU (or max-model-len if "
+                            "larger), the engine's default on GPU.")
     serve.add_argument("--override-pooler-config", type=_json_object, default=None,
                        metavar="JSON",
                        help="Override the default pooler, e.g. "
@@ -116,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-queued-tokens", type=_positive_int, default=None, metavar="N",
                         help="Admission control: while more than N tokens wait in the queue, "
                              "new requests get 429 with Retry-After. Default: "
-                             f"{QUEUED_BATCHES} x --max-num-batched-tokens.")
+                             f"{QUEUED_BATCHES} x --max-num-batched-tokens (on CPU without "
+                             "that flag: x the engine's own default, not the server's smaller "
+                             "one).")
     limits.add_argument("--request-timeout", type=_positive_float, default=120.0,
                         metavar="SECONDS",
                         help="A request not answered within this time gets 504, and its "
@@ -158,10 +168,15 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         logger.error("Cannot load the model: %s", exc)
         return 1
-    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
-    logger.info("Loading %s (task %s, %s on %s)", config.model, config.task,
-                str(config.dtype).removeprefix("torch."), config.device)
     max_queued_tokens = args.max_queued_tokens or QUEUED_BATCHES * config.max_num_batched_tokens
+    # After the queue cap: smaller CPU batches must not shrink how much work is admitted.
+    if args.max_num_batched_tokens is None and config.device.type == "cpu":
+        budget = max(CPU_SERVER_MAX_NUM_BATCHED_TOKENS, config.max_model_len)
+        config = dataclasses.replace(config, max_num_batched_tokens=budget)
+    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
+    logger.info("Loading %s (task %s, %s on %s, batches of up to %d tokens)", config.model,
+                config.task, str(config.dtype).removeprefix("torch."), config.device,
+                config.max_num_batched_tokens)
     engine = AsyncPoolingEngine.from_config(config, max_queued_tokens=max_queued_tokens)
     limits = ServerLimits(max_request_body_bytes=args.max_request_body_bytes,
                           max_inputs_per_request=args.max_inputs_per_request,

@@ -54,6 +54,10 @@ class ServerContext:
                              "per request. Split it into several requests.")
 
 
-def get_context(request: Request) -> ServerContext:
-    """FastAPI dependency: the app's :class:`ServerContext`."""
+async def get_context(request: Request) -> ServerContext:
+    """FastAPI dependency: the app's :class:`ServerContext`.
+
+    ``async`` on purpose: FastAPI runs plain ``def`` dependencies on its thread
+    pool, a thread hop per request for a dictionary lookup.
+    """
     return request.app.state.context
