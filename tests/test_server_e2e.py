@@ -331,6 +331,11 @@ def test_server_logs_its_url_when_ready(minilm_server):
     assert f"http://127.0.0.1:{port}" in minilm_server.log
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
+def test_the_server_runs_512_token_batches_on_cpu_by_default(minilm_server):
+    assert "batches of up to 512 tokens" in minilm_server.log
+
+
 def test_serve_help_explains_every_option():
     result = subprocess.run([sys.executable, "-m", "cenote", "serve", "--help"],
                             capture_output=True, text=True, check=True)
