@@ -30,7 +30,7 @@ from cenote.config import ModelConfig
 from cenote.engine.engine import PoolingEngine
 from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
 from cenote.engine.runner import SequenceInput
-from cenote.engine.tokenizer import Prompt
+from cenote.engine.tokenizer import Prompt, check_unicode
 from cenote.outputs import PoolingOutput, PoolingRequestOutput, ScoringRequestOutput
 from cenote.params import PoolingParams
 
@@ -313,6 +313,7 @@ class AsyncPoolingEngine:
 
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (no length check: this is how users measure inputs)."""
+        check_unicode(text, "The prompt")
         hf = self.engine.tokenizer.hf
         encoded = await self._off_loop(hf, text, add_special_tokens=add_special_tokens,
                                        size=len(text))

@@ -39,6 +39,18 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     return list(prompts)
 
 
+def check_unicode(text: str, what: str) -> None:
+    """``ValueError`` when ``text`` holds a lone surrogate (JSON's ``"\\ud800"`` can
+    carry one): it is not valid Unicode, and tokenizers cannot encode it."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode: it holds a lone surrogate at "
+                         f"character {exc.start}.") from None
+
+
 def context_length_error(max_model_len: int, num_tokens: int) -> ValueError:
     return ValueError(
         f"This model's maximum context length is {max_model_len} tokens. However, you "
@@ -89,6 +101,7 @@ class Tokenizer:
             if isinstance(prompt, str):
                 if not prompt:
                     raise ValueError(f"Prompt {i} is an empty string; it has nothing to encode.")
+                check_unicode(prompt, f"Prompt {i}")
                 texts.append(prompt)
                 text_slots.append(i)
             else:
@@ -112,6 +125,8 @@ class Tokenizer:
                 raise TypeError(f"Score pair {i} must hold two strings.")
             if not a or not b:
                 raise ValueError(f"Score pair {i} has an empty string; it has nothing to encode.")
+            check_unicode(a, f"Score pair {i}")
+            check_unicode(b, f"Score pair {i}")
         if self.backend is not None:
             encodings = self._backend_encode(list(pairs), keep)
             out = [TokenizedPrompt(e.ids, e.type_ids) for e in encodings]
