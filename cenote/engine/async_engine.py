@@ -396,13 +396,13 @@ class AsyncPoolingEngine:
                 continue
             lane.owner.results[index] = output
             lane.owner.remaining -= 1
+        self._last_progress = time.monotonic()
         if failed:
             self._fail_requests(failed)
         for request in requests:
             if request.remaining == 0 and request not in failed:
                 request.resolve(request.results)
         seconds = time.perf_counter() - started
-        self._last_progress = time.monotonic()
         if seconds > 0:
             rate = batch.num_tokens / seconds
             self._tokens_per_s = rate if not self._tokens_per_s else (
