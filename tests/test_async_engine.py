@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -272,6 +273,28 @@ def test_a_small_request_is_tokenised_while_a_huge_one_still_is(engine, monkeypa
     small, still_tokenising, big = asyncio.run(scenario())
     assert still_tokenising and small.outputs.data.shape == (384,)
     assert len(big) == len(huge)
+
+
+def test_untruncated_tokenising_does_not_wait_for_a_truncating_one(minilm_bf16):
+    tokenizer = minilm_bf16.engine.tokenizer
+    pool = ThreadPoolExecutor(1)
+    tokenizer._lock.acquire()  # as if a long truncating encode were running
+    try:
+        (prompt,) = pool.submit(tokenizer.encode_prompts, ["Not held up."]).result(10)
+    finally:
+        tokenizer._lock.release()
+        pool.shutdown()
+    assert prompt.token_ids == minilm_bf16.get_tokenizer()("Not held up.")["input_ids"]
+
+
+def test_truncation_keeps_the_last_tokens_and_does_not_leak(minilm_bf16):
+    tokenizer = minilm_bf16.engine.tokenizer
+    text = "one two three four five six seven eight"
+    (full,) = tokenizer.encode_prompts([text])
+    (cut,) = tokenizer.encode_prompts([text], 4)
+    (again,) = tokenizer.encode_prompts([text])
+    assert len(cut.token_ids) == 4 and cut.token_ids[-2] == full.token_ids[-2]
+    assert again.token_ids == full.token_ids
 
 
 def test_embedding_model_scores_are_cosine_similarities(engine, minilm_bf16):

@@ -71,7 +71,11 @@ class Tokenizer:
         if self.backend is not None:
             self.backend.no_truncation()
             self.backend.no_padding()
-        # The backend's truncation setting is shared state; guard it.
+        # Truncation is a setting of the Rust tokenizer, so truncating encodes use a
+        # copy of their own, made on first use and guarded by the lock; the shared
+        # backend never changes, so untruncated encodes (the server's usual case)
+        # run from any thread without waiting on a long encode elsewhere.
+        self._truncating_backend = None
         self._lock = threading.Lock()
 
     def resolve_truncation(self, truncate_prompt_tokens: int | None) -> int | None:
@@ -166,14 +170,13 @@ class Tokenizer:
         return self.hf(texts, **kwargs)["input_ids"]
 
     def _backend_encode(self, inputs: list, keep: int | None):
+        if keep is None:
+            return self.backend.encode_batch(inputs, add_special_tokens=True)
         with self._lock:
-            if keep is None:
-                return self.backend.encode_batch(inputs, add_special_tokens=True)
-            self.backend.enable_truncation(keep, direction="left")
-            try:
-                return self.backend.encode_batch(inputs, add_special_tokens=True)
-            finally:
-                self.backend.no_truncation()
+            if self._truncating_backend is None:
+                self._truncating_backend = type(self.backend).from_str(self.backend.to_str())
+            self._truncating_backend.enable_truncation(keep, direction="left")
+            return self._truncating_backend.encode_batch(inputs, add_special_tokens=True)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids)
