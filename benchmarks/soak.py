@@ -1,0 +1,314 @@
+"""Soak: thousands of mixed requests against one ``cenote serve``; does it stay sound?
+
+Starts ``cenote serve`` (the bundled all-MiniLM-L6-v2 unless --model), warms it
+up with the same traffic, then sends N requests from C concurrent clients:
+embeddings (one text or a batch, float or base64, token ids), /pooling,
+/tokenize + /detokenize, /score, /rerank, and about one in ten malformed on
+purpose (bad JSON, wrong types, empty or too-long text, out-of-vocabulary ids,
+too many inputs, an unknown model). Each kind has the status it should get;
+429 (admission control) is allowed for all.
+
+Reports answers by kind and status, anything unexpected (5xx, wrong status,
+dropped connections), throughput, and the server's resident memory (VmRSS)
+after warm-up, every 500 requests and at the end. Targets: nothing
+unexpected, RSS growth after warm-up under 10 %.
+
+The warm-up is long on purpose: on CPU, oneDNN caches a compiled kernel per
+matmul shape (up to 1024 of them, ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``), and
+flattened batches come in many token counts, so RSS climbs for the first
+couple of thousand requests until that cache is full, then stays flat.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/soak.py --requests 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from serve_load import corpus  # noqa: E402
+
+MODEL_NAME = "soak"
+
+
+@dataclass
+class Call:
+    """One request: its kind, route, body (JSON value or raw bytes) and expected status."""
+
+    kind: str
+    path: str
+    body: object
+    expected: int = 200
+
+
+@dataclass
+class Tally:
+    """What came back, by kind and status; unexpected answers with a sample of each."""
+
+    statuses: Counter = field(default_factory=Counter)
+    unexpected: Counter = field(default_factory=Counter)
+    samples: dict[tuple[str, str], str] = field(default_factory=dict)
+    inputs: int = 0
+
+    def record(self, call: Call, status: str, text: str) -> None:
+        self.statuses[(call.kind, status)] += 1
+        if status not in (str(call.expected), "429"):
+            self.unexpected[(call.kind, status)] += 1
+            self.samples.setdefault((call.kind, status), text[:200])
+
+
+class Workload:
+    """The request mix, drawn from real sentences and paragraphs with a fixed seed."""
+
+    def __init__(self, sentences: list[str], paragraphs: list[str], token_ids: list[list[int]],
+                 seed: int) -> None:
+        self.sentences = sentences
+        self.paragraphs = paragraphs
+        self.token_ids = token_ids
+        self.random = random.Random(seed)
+        kinds: list[tuple[Callable[[], Call], int]] = [
+            (self.embed_one_float, 25), (self.embed_one_base64, 15),
+            (self.embed_batch_base64, 15), (self.embed_batch_float, 5),
+            (self.embed_paragraphs, 4), (self.embed_token_ids, 5), (self.pooling, 5),
+            (self.tokenize, 3), (self.detokenize, 2), (self.score, 5), (self.rerank, 6),
+            (self.malformed, 10),
+        ]
+        self.makers = [maker for maker, _ in kinds]
+        self.weights = [weight for _, weight in kinds]
+
+    def next(self) -> Call:
+        return self.random.choices(self.makers, self.weights)[0]()
+
+    def _sentences(self, k: int) -> list[str]:
+        return self.random.sample(self.sentences, k)
+
+    def embed_one_float(self) -> Call:
+        return Call("embed 1 float", "/v1/embeddings",
+                    {"model": MODEL_NAME, "input": self._sentences(1)[0]})
+
+    def embed_one_base64(self) -> Call:
+        return Call("embed 1 base64", "/v1/embeddings",
+                    {"model": MODEL_NAME, "input": self._sentences(1), "encoding_format": "base64"})
+
+    def embed_batch_base64(self) -> Call:
+        return Call("embed 32 base64", "/v1/embeddings",
+                    {"input": self._sentences(32), "encoding_format": "base64"})
+
+    def embed_batch_float(self) -> Call:
+        return Call("embed 8 float", "/v1/embeddings", {"input": self._sentences(8)})
+
+    def embed_paragraphs(self) -> Call:
+        return Call("embed 64 paragraphs", "/v1/embeddings",
+                    {"input": self.random.sample(self.paragraphs, 64),
+                     "encoding_format": "base64"})
+
+    def embed_token_ids(self) -> Call:
+        return Call("embed token ids", "/v1/embeddings",
+                    {"input": self.random.sample(self.token_ids, 4)})
+
+    def pooling(self) -> Call:
+        return Call("pooling", "/pooling", {"input": self._sentences(2)})
+
+    def tokenize(self) -> Call:
+        return Call("tokenize", "/tokenize",
+                    {"prompt": self._sentences(1)[0], "return_token_strs": True})
+
+    def detokenize(self) -> Call:
+        return Call("detokenize", "/detokenize", {"tokens": self.random.choice(self.token_ids)})
+
+    def score(self) -> Call:
+        query, *docs = self._sentences(5)
+        return Call("score 1:4", "/score", {"text_1": query, "text_2": docs})
+
+    def rerank(self) -> Call:
+        query, *docs = self._sentences(9)
+        return Call("rerank 8", "/v1/rerank", {"query": query, "documents": docs, "top_n": 3})
+
+    def malformed(self) -> Call:
+        bad = self.random.choice([
+            Call("bad: not JSON", "/v1/embeddings", b'{"input": ["unclosed', 400),
+            Call("bad: invalid UTF-8", "/v1/embeddings", b'{"input": "\xff\xfe"}', 400),
+            Call("bad: wrong type", "/v1/embeddings", {"input": 5}, 400),
+            Call("bad: NaN dimensions", "/v1/embeddings", b'{"input": "a", "dimensions": NaN}',
+                 400),
+            Call("bad: empty text", "/v1/embeddings", {"input": ["fine", ""]}, 400),
+            Call("bad: too long", "/v1/embeddings", {"input": "word " * 400}, 400),
+            Call("bad: out of vocabulary", "/v1/embeddings", {"input": [101, 10**9, 102]}, 400),
+            Call("bad: too many inputs", "/v1/embeddings", {"input": ["a"] * 2049}, 400),
+            Call("bad: unknown model", "/v1/embeddings", {"model": "nope", "input": "a"}, 404),
+            Call("bad: unsupported route", "/classify", {"input": "a"}, 400),
+            Call("bad: lone surrogate", "/rerank", b'{"query": "\\ud800", "documents": ["a"]}',
+                 400),
+        ])
+        return bad
+
+
+async def drive(url: str, workload: Workload, num_requests: int, concurrency: int,
+                on_tick: Callable[[], None] = lambda: None) -> tuple[Tally, float]:
+    """Closed loop: ``concurrency`` clients send requests back to back."""
+    tally = Tally()
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        async def client() -> None:
+            while next(counter) < num_requests:
+                call = workload.next()
+                content = call.body if isinstance(call.body, bytes) else json.dumps(
+                    call.body).encode()
+                try:
+                    response = await http.post(call.path, content=content,
+                                               headers={"content-type": "application/json"})
+                except httpx.HTTPError as exc:
+                    tally.record(call, type(exc).__name__, str(exc))
+                    continue
+                tally.record(call, str(response.status_code), response.text)
+                if response.status_code == 200 and call.path == "/v1/embeddings":
+                    tally.inputs += len(response.json()["data"])
+                on_tick()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return tally, time.perf_counter() - started
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def cenote_server(model_dir: str, extra_args: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A ``cenote serve`` process (its own, so its RSS can be read), until the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "cenote", "serve", model_dir, "--host", "127.0.0.1",
+               "--port", str(port), "--served-model-name", MODEL_NAME, *extra_args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"cenote serve exited with {process.returncode}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("cenote serve did not become healthy")
+            time.sleep(0.3)
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            print(f"server exit code after SIGTERM: {process.wait(120)}")
+        except subprocess.TimeoutExpired:
+            process.kill()
+            print("server did not stop within 120 s of SIGTERM; killed")
+
+
+def print_report(tally: Tally, seconds: float, num_requests: int, rss: dict[str, float]) -> bool:
+    print(f"\n{num_requests} requests in {seconds:.1f} s: {num_requests / seconds:.1f} req/s, "
+          f"{tally.inputs / seconds:.1f} embedded inputs/s")
+    print("\n| kind | status | count |\n|---|---|---:|")
+    for (kind, status), count in sorted(tally.statuses.items()):
+        print(f"| {kind} | {status} | {count} |")
+    by_status = Counter()
+    for (_, status), count in tally.statuses.items():
+        by_status[status] += count
+    print("\nby status: " + ", ".join(f"{s}: {n}" for s, n in sorted(by_status.items())))
+    unexpected = sum(tally.unexpected.values())
+    print(f"unexpected answers: {unexpected}")
+    for (kind, status), text in tally.samples.items():
+        print(f"  {kind} -> {status} (x{tally.unexpected[(kind, status)]}): {text}")
+    growth = (rss["end"] - rss["warm"]) / rss["warm"] * 100
+    print(f"\nserver RSS: {rss['start']:.0f} MiB when ready, {rss['warm']:.0f} MiB after "
+          f"warm-up, peak {rss['peak']:.0f} MiB, {rss['end']:.0f} MiB at the end "
+          f"({growth:+.1f} % after warm-up)")
+    ok = unexpected == 0 and growth < 10
+    print(f"\ntargets: no unexpected answers ({'met' if unexpected == 0 else 'MISSED'}); "
+          f"RSS growth after warm-up < 10 % ({'met' if growth < 10 else 'MISSED'})")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: bundled MiniLM)")
+    parser.add_argument("--requests", type=int, default=4000, help="requests after warm-up")
+    parser.add_argument("--warmup-requests", type=int, default=2000,
+                        help="requests of the same mix before the RSS baseline")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    parser.add_argument("--cenote-args", default="",
+                        help="extra `cenote serve` arguments, e.g. '--max-queued-tokens 20000'")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from cenote.config import default_model_path
+
+    model_dir = str(args.model or default_model_path())
+    sentences, paragraphs = corpus(model_dir, 256)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    token_ids = [tokenizer(s)["input_ids"] for s in sentences[:200]]
+    print(f"model {model_dir}; {len(sentences)} sentences, {len(paragraphs)} paragraphs; "
+          f"{os.cpu_count()} CPUs; {args.concurrency} concurrent clients")
+    workload = Workload(sentences, paragraphs, token_ids, args.seed)
+    with cenote_server(model_dir, shlex.split(args.cenote_args)) as (url, process):
+        rss = {"start": rss_mib(process.pid)}
+        warm, _ = asyncio.run(drive(url, workload, args.warmup_requests, args.concurrency))
+        print(f"warm-up: {args.warmup_requests} requests, "
+              f"{sum(warm.unexpected.values())} unexpected")
+        rss["warm"] = rss["peak"] = rss_mib(process.pid)
+        ticks = itertools.count(1)
+        trajectory = []
+
+        def sample_rss() -> None:
+            if next(ticks) % 500 == 0:
+                trajectory.append(rss_mib(process.pid))
+                rss["peak"] = max(rss["peak"], trajectory[-1])
+
+        tally, seconds = asyncio.run(drive(url, workload, args.requests, args.concurrency,
+                                           sample_rss))
+        rss["end"] = rss_mib(process.pid)
+        rss["peak"] = max(rss["peak"], rss["end"])
+        healthy = httpx.get(f"{url}/health", timeout=10).status_code == 200
+        ok = print_report(tally, seconds, args.requests, rss)
+        print("RSS every 500 requests (MiB): " + ", ".join(f"{m:.0f}" for m in trajectory))
+        print(f"healthy at the end: {healthy}")
+    return 0 if ok and healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
