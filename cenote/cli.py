@@ -25,8 +25,12 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # throughput while every other client waits for them (vLLM likewise gives its
 # server and its offline class different defaults).
 CPU_SERVER_MAX_NUM_BATCHED_TOKENS = 512
-# Admission control: by default the queue takes this many batches' worth of tokens.
+# Admission control: by default the queue takes this many batches' worth of tokens,
 QUEUED_BATCHES = 128
+# and a request bigger than one batch waits behind at most this share of
+# --request-timeout of work: sharing the backlog with others, it then still
+# finishes in time.
+QUEUE_SHARE_OF_TIMEOUT = 0.25
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -130,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--request-timeout", type=_positive_float, default=120.0,
                         metavar="SECONDS",
                         help="A request not answered within this time gets 504, and its "
-                             "inputs that have not run yet are dropped from the queue.")
+                             "inputs that have not run yet are dropped from the queue. A "
+                             "request bigger than one batch gets 429 while the work queued "
+                             "ahead of it would take more than "
+                             f"{QUEUE_SHARE_OF_TIMEOUT:g} x this at the recent throughput.")
     limits.add_argument("--engine-stall-timeout", type=_positive_float, default=120.0,
                         metavar="SECONDS",
                         help="/health answers 503 when the engine is busy but has not started "
@@ -177,7 +184,9 @@ def serve(args: argparse.Namespace) -> int:
     logger.info("Loading %s (task %s, %s on %s, batches of up to %d tokens)", config.model,
                 config.task, str(config.dtype).removeprefix("torch."), config.device,
                 config.max_num_batched_tokens)
-    engine = AsyncPoolingEngine.from_config(config, max_queued_tokens=max_queued_tokens)
+    engine = AsyncPoolingEngine.from_config(
+        config, max_queued_tokens=max_queued_tokens,
+        max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * args.request_timeout)
     limits = ServerLimits(max_request_body_bytes=args.max_request_body_bytes,
                           max_inputs_per_request=args.max_inputs_per_request,
                           request_timeout_s=args.request_timeout,

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from prometheus_client.parser import text_string_to_metric_families
 
 from cenote import LLM
+from cenote.config import ModelConfig
 from cenote.engine.async_engine import AsyncPoolingEngine
+from cenote.engine.engine import PoolingEngine
 from cenote.server.app import begin_draining, build_app
 from cenote.server.context import ServerLimits
 from tests.serving import cenote_serve
@@ -44,15 +46,26 @@ def cross_encoder(cross_encoder_path):
     return LLM(str(cross_encoder_path), dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def small_batches(minilm_path) -> PoolingEngine:
+    """MiniLM with 64-token batches, so a request of a few texts spans several batches."""
+    return PoolingEngine(ModelConfig.from_args(model=str(minilm_path), max_model_len=32,
+                                               max_num_batched_tokens=64))
+
+
 @pytest.fixture
 def make_app(minilm_bf16):
-    """``make_app(llm=None, max_queued_tokens=None, **build_app_kwargs)`` -> (app, engine),
-    the engine started (ASGI test transports do not run the app's lifespan)."""
+    """``make_app(llm=None, core=None, max_queued_tokens=None, max_queue_seconds=None,
+    **build_app_kwargs)`` -> (app, engine), the engine started (ASGI test transports do
+    not run the app's lifespan). ``core``: a PoolingEngine to use instead of ``llm``'s."""
     engines = []
 
-    def make(llm: LLM | None = None, max_queued_tokens: int | None = None, **kwargs):
-        engine = AsyncPoolingEngine((llm or minilm_bf16).engine,
-                                    max_queued_tokens=max_queued_tokens)
+    def make(llm: LLM | None = None, core: PoolingEngine | None = None,
+             max_queued_tokens: int | None = None, max_queue_seconds: float | None = None,
+             **kwargs):
+        engine = AsyncPoolingEngine(core or (llm or minilm_bf16).engine,
+                                    max_queued_tokens=max_queued_tokens,
+                                    max_queue_seconds=max_queue_seconds)
         app = build_app(engine, **kwargs)
         engine.start()
         engines.append(engine)
@@ -119,6 +132,36 @@ def test_a_full_queue_answers_429_with_retry_after_and_admits_again_once_drained
     assert int(refused.headers["retry-after"]) >= 1
     assert [r.status_code for r in answered] == [200, 200]
     assert after.status_code == 200
+
+
+def test_a_request_bigger_than_a_batch_gets_429_while_the_queue_ahead_takes_too_long(
+        make_app, monkeypatch, small_batches):
+    # Any queued work takes "too long"; a request of one batch or less is still admitted
+    # (it runs ahead of the backlog), a bigger one is not.
+    app, engine = make_app(core=small_batches, max_queue_seconds=1e-9)
+    big = [f"Sentence number {i} of the big request." for i in range(8)]  # > 64 tokens
+
+    async def scenario():
+        async with client(app) as http:
+            # Measures the throughput; admitted, as nothing waits ahead of it.
+            alone = await http.post("/v1/embeddings", json={"input": big})
+            recorder = record(monkeypatch, engine, hold_first=True)
+            blocker = asyncio.ensure_future(engine.encode(["Hold the worker."], "embed"))
+            await asyncio.to_thread(recorder.entered.wait, 30)
+            queued = asyncio.ensure_future(engine.encode(["Waits in the queue."], "embed"))
+            await wait_until(lambda: engine.num_waiting_seqs == 1)
+            refused = await http.post("/v1/embeddings", json={"input": big})
+            small = asyncio.ensure_future(http.post("/v1/embeddings", json={"input": "Small."}))
+            await wait_until(lambda: engine.num_waiting_seqs == 2)
+            recorder.release.set()
+            await asyncio.gather(blocker, queued)
+            return alone, refused, await small
+
+    alone, refused, small = asyncio.run(scenario())
+    assert alone.status_code == 200
+    assert_error(refused, 429, "bigger than one batch")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert small.status_code == 200
 
 
 def test_a_request_past_its_timeout_gets_504_and_its_queued_work_is_dropped(

@@ -160,10 +160,15 @@ class AsyncPoolingEngine:
     """Async front of a :class:`PoolingEngine` for many concurrent requests.
 
     ``start()`` launches the worker; ``shutdown()`` stops it and fails whatever
-    still waits with :class:`EngineStoppedError`. With ``max_queued_tokens``,
-    a request that arrives while the queue holds more tokens than that is
-    refused with :class:`QueueFullError` (admission control); one request is
-    always admitted into a queue below the cap, however big it is.
+    still waits with :class:`EngineStoppedError`.
+
+    Admission control refuses a request with :class:`QueueFullError` when it
+    arrives while the queue holds more than ``max_queued_tokens`` tokens, or,
+    for a request bigger than one batch, while the work queued ahead of it
+    would take more than ``max_queue_seconds`` at the recent throughput. Small
+    requests jump ahead of the backlog, so only big ones would wait that long
+    (and time out) on a slow or overloaded machine. A request is always
+    admitted into a queue below both limits, however big it is.
     """
 
     def __init__(
@@ -173,10 +178,12 @@ class AsyncPoolingEngine:
         on_batch: Callable[[BatchStats], None] | None = None,
         model_thread: ModelThread | None = None,
         max_queued_tokens: int | None = None,
+        max_queue_seconds: float | None = None,
     ) -> None:
         self.engine = engine
         self.on_batch = on_batch
         self.max_queued_tokens = max_queued_tokens
+        self.max_queue_seconds = max_queue_seconds
         self._model_thread = model_thread or ModelThread()
         self._queue: RequestQueue[_Request] = RequestQueue(engine.config.max_num_batched_tokens)
         self._cond = threading.Condition()
@@ -190,8 +197,11 @@ class AsyncPoolingEngine:
         # Progress of the worker, for /health: a stuck model must not look healthy.
         self._idle = True
         self._last_progress = time.monotonic()
-        # Recent tokens per second (moving average), to tell refused clients when to retry.
-        self._tokens_per_s = 0.0
+        # Recent throughput, for admission control and Retry-After: decaying sums of the
+        # tokens run and the seconds it took (a ratio of sums, so that many tiny batches
+        # do not make the rate look like theirs).
+        self._recent_tokens = 0.0
+        self._recent_seconds = 0.0
 
     @classmethod
     def from_config(cls, config: ModelConfig, **kwargs: Any) -> AsyncPoolingEngine:
@@ -342,13 +352,13 @@ class AsyncPoolingEngine:
             return []
         loop = asyncio.get_running_loop()
         request = _Request(seqs, loop.create_future(), loop)
+        lengths = [len(s.token_ids) for s in seqs]
         with self._cond:
             if not self.is_running:
                 raise EngineStoppedError("The engine is not running.")
             # Checked again: the queue may have filled while this request was tokenised.
-            self._check_admission()
-            request.lane = self._queue.add(request, pooling_task,
-                                           [len(s.token_ids) for s in seqs])
+            self._check_admission(sum(lengths))
+            request.lane = self._queue.add(request, pooling_task, lengths)
             self._cond.notify()
         try:
             return await request.future
@@ -403,10 +413,8 @@ class AsyncPoolingEngine:
             if request.remaining == 0 and request not in failed:
                 request.resolve(request.results)
         seconds = time.perf_counter() - started
-        if seconds > 0:
-            rate = batch.num_tokens / seconds
-            self._tokens_per_s = rate if not self._tokens_per_s else (
-                0.8 * self._tokens_per_s + 0.2 * rate)
+        self._recent_tokens = 0.95 * self._recent_tokens + batch.num_tokens
+        self._recent_seconds = 0.95 * self._recent_seconds + seconds
         if self.on_batch is not None:
             stats = BatchStats(batch.pooling_task, len(outputs), batch.num_tokens, seconds,
                                len(requests))
@@ -463,16 +471,27 @@ class AsyncPoolingEngine:
             request.resolve(BatchFailedError(
                 f"The model failed on input {index} of this request."))
 
-    def _check_admission(self) -> None:
-        """Refuse new work while the queue holds more than ``max_queued_tokens``."""
+    def _check_admission(self, num_tokens: int = 0) -> None:
+        """Refuse new work while the queue is full (see the class docstring).
+
+        ``num_tokens``: the request's own tokens, once it is tokenised.
+        """
         waiting = self._queue.num_waiting_tokens
-        if self.max_queued_tokens is None or waiting <= self.max_queued_tokens:
+        rate = self._recent_tokens / self._recent_seconds if self._recent_seconds else 0.0
+        if self.max_queued_tokens is not None and waiting > self.max_queued_tokens:
+            reason = (f"{waiting} tokens are queued, more than the {self.max_queued_tokens} "
+                      "it admits")
+        elif (self.max_queue_seconds is not None and rate
+              and num_tokens > self._queue.max_num_batched_tokens
+              and waiting / rate > self.max_queue_seconds):
+            reason = (f"the work queued ahead of this request takes about {waiting / rate:.0f} s,"
+                      f" more than the {self.max_queue_seconds:g} s it admits for requests "
+                      "bigger than one batch")
+        else:
             return
-        rate = self._tokens_per_s
         retry_after = 1 if not rate else min(60, max(1, math.ceil(waiting / rate)))
-        raise QueueFullError(
-            f"The server is busy: {waiting} tokens are queued, more than the "
-            f"{self.max_queued_tokens} it admits. Retry after {retry_after} s.", retry_after)
+        raise QueueFullError(f"The server is busy: {reason}. Retry after {retry_after} s.",
+                             retry_after)
 
     def _fail_waiting(self, exc: BaseException) -> None:
         # Called with the lock held, on shutdown.
