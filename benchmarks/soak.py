@@ -1,7 +1,8 @@
 """Soak: thousands of mixed requests against one ``cenote serve``; does it stay sound?
 
 Starts ``cenote serve`` (the bundled all-MiniLM-L6-v2 unless --model), warms it
-up with the same traffic, then sends N requests from C concurrent clients:
+up with the same traffic until its memory settles, then sends N requests from C
+concurrent clients:
 embeddings (one text or a batch, float or base64, token ids), /pooling,
 /tokenize + /detokenize, /score, /rerank, and about one in ten malformed on
 purpose (bad JSON, wrong types, empty or too-long text, out-of-vocabulary ids,
@@ -13,10 +14,11 @@ dropped connections), throughput, and the server's resident memory (VmRSS)
 after warm-up, every 500 requests and at the end. Targets: nothing
 unexpected, RSS growth after warm-up under 10 %.
 
-The warm-up is long on purpose: on CPU, oneDNN caches a compiled kernel per
-matmul shape (up to 1024 of them, ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``), and
-flattened batches come in many token counts, so RSS climbs for the first
-couple of thousand requests until that cache is full, then stays flat.
+The warm-up runs in rounds of 500 requests until a round grows RSS by less
+than 2 %: on CPU, oneDNN caches a compiled kernel per matmul shape (up to 1024
+of them, ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and flattened batches come in
+many token counts, so RSS climbs for the first few thousand requests, until
+that cache is full, and then stays flat.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/soak.py --requests 4000
 """
@@ -48,6 +50,7 @@ sys.path.insert(0, str(HERE))
 from serve_load import corpus  # noqa: E402
 
 MODEL_NAME = "soak"
+WARMUP_ROUND = 500
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Call:
     path: str
     body: object
     expected: int = 200
+    num_inputs: int = 1
 
 
 @dataclass
@@ -111,19 +115,20 @@ class Workload:
 
     def embed_batch_base64(self) -> Call:
         return Call("embed 32 base64", "/v1/embeddings",
-                    {"input": self._sentences(32), "encoding_format": "base64"})
+                    {"input": self._sentences(32), "encoding_format": "base64"}, num_inputs=32)
 
     def embed_batch_float(self) -> Call:
-        return Call("embed 8 float", "/v1/embeddings", {"input": self._sentences(8)})
+        return Call("embed 8 float", "/v1/embeddings", {"input": self._sentences(8)},
+                    num_inputs=8)
 
     def embed_paragraphs(self) -> Call:
         return Call("embed 64 paragraphs", "/v1/embeddings",
                     {"input": self.random.sample(self.paragraphs, 64),
-                     "encoding_format": "base64"})
+                     "encoding_format": "base64"}, num_inputs=64)
 
     def embed_token_ids(self) -> Call:
         return Call("embed token ids", "/v1/embeddings",
-                    {"input": self.random.sample(self.token_ids, 4)})
+                    {"input": self.random.sample(self.token_ids, 4)}, num_inputs=4)
 
     def pooling(self) -> Call:
         return Call("pooling", "/pooling", {"input": self._sentences(2)})
@@ -182,7 +187,7 @@ async def drive(url: str, workload: Workload, num_requests: int, concurrency: in
                     continue
                 tally.record(call, str(response.status_code), response.text)
                 if response.status_code == 200 and call.path == "/v1/embeddings":
-                    tally.inputs += len(response.json()["data"])
+                    tally.inputs += call.num_inputs
                 on_tick()
 
         started = time.perf_counter()
@@ -266,8 +271,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: bundled MiniLM)")
     parser.add_argument("--requests", type=int, default=4000, help="requests after warm-up")
-    parser.add_argument("--warmup-requests", type=int, default=2000,
-                        help="requests of the same mix before the RSS baseline")
+    parser.add_argument("--max-warmup-requests", type=int, default=8000,
+                        help="warm-up stops here even if RSS still climbs")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument("--cenote-args", default="",
@@ -287,10 +292,17 @@ def main() -> int:
     workload = Workload(sentences, paragraphs, token_ids, args.seed)
     with cenote_server(model_dir, shlex.split(args.cenote_args)) as (url, process):
         rss = {"start": rss_mib(process.pid)}
-        warm, _ = asyncio.run(drive(url, workload, args.warmup_requests, args.concurrency))
-        print(f"warm-up: {args.warmup_requests} requests, "
-              f"{sum(warm.unexpected.values())} unexpected")
-        rss["warm"] = rss["peak"] = rss_mib(process.pid)
+        warm_rss, warmed, warm_unexpected = [rss["start"]], 0, 0
+        while warmed < args.max_warmup_requests:
+            warm, _ = asyncio.run(drive(url, workload, WARMUP_ROUND, args.concurrency))
+            warmed += WARMUP_ROUND
+            warm_unexpected += sum(warm.unexpected.values())
+            warm_rss.append(rss_mib(process.pid))
+            if warm_rss[-1] < 1.02 * warm_rss[-2]:
+                break
+        print(f"warm-up: {warmed} requests ({warm_unexpected} unexpected answers); RSS (MiB) "
+              + " -> ".join(f"{m:.0f}" for m in warm_rss))
+        rss["warm"] = rss["peak"] = warm_rss[-1]
         ticks = itertools.count(1)
         trajectory = []
 

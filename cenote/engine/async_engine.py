@@ -198,10 +198,12 @@ class AsyncPoolingEngine:
         self._idle = True
         self._last_progress = time.monotonic()
         # Recent throughput, for admission control and Retry-After: decaying sums of the
-        # tokens run and the seconds it took (a ratio of sums, so that many tiny batches
-        # do not make the rate look like theirs).
+        # tokens run and the busy wall time it took, from one batch's end to the next
+        # (so time lost between batches to a contended CPU or GIL counts too; a ratio
+        # of sums, so that many tiny batches do not make the rate look like theirs).
         self._recent_tokens = 0.0
         self._recent_seconds = 0.0
+        self._rate_clock = time.monotonic()
 
     @classmethod
     def from_config(cls, config: ModelConfig, **kwargs: Any) -> AsyncPoolingEngine:
@@ -385,8 +387,10 @@ class AsyncPoolingEngine:
                 while not self._stopping and not len(self._queue):
                     self._idle = True
                     self._cond.wait()
-                self._idle = False
                 self._last_progress = time.monotonic()
+                if self._idle:  # busy time starts now, for the throughput estimate
+                    self._idle = False
+                    self._rate_clock = self._last_progress
                 if self._stopping:
                     self._fail_waiting(EngineStoppedError("The engine is shutting down."))
                     return
@@ -413,8 +417,9 @@ class AsyncPoolingEngine:
             if request.remaining == 0 and request not in failed:
                 request.resolve(request.results)
         seconds = time.perf_counter() - started
+        busy_until, self._rate_clock = self._rate_clock, time.monotonic()
         self._recent_tokens = 0.95 * self._recent_tokens + batch.num_tokens
-        self._recent_seconds = 0.95 * self._recent_seconds + seconds
+        self._recent_seconds = 0.95 * self._recent_seconds + self._rate_clock - busy_until
         if self.on_batch is not None:
             stats = BatchStats(batch.pooling_task, len(outputs), batch.num_tokens, seconds,
                                len(requests))
