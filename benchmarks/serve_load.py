@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import multiprocessing
 import os
+import queue as queue_module
 import re
 import shlex
 import signal
@@ -121,6 +122,20 @@ def big_client(url: str, server: str, paragraphs: list[str], size: int,
                                   stop.is_set)))
 
 
+def result_of(process: multiprocessing.Process, queue: Queue) -> Result:
+    """The bulk client's result once its in-flight request is answered; an error if it died."""
+    while True:
+        try:
+            result = queue.get(timeout=1)
+        except queue_module.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the bulk client failed (exit code {process.exitcode}); "
+                                   "its error is printed above") from None
+            continue
+        process.join()
+        return result
+
+
 async def scenarios(url: str, server: str, args, sentences: list[str],
                     paragraphs: list[str]) -> list[Result]:
     def sentence(i: int) -> list[str]:
@@ -147,8 +162,8 @@ async def scenarios(url: str, server: str, args, sentences: list[str],
         results.append(await drive(url, sentence, args.idle_requests, 1, server,
                                    f"one client beside {args.big_inputs}-text requests"))
         stop.set()
-        results.append(await asyncio.to_thread(queue.get))  # after its in-flight request
-        process.join()
+        results.append(await asyncio.to_thread(result_of, process, queue))
+
     return results
 
 
