@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cenote.config import ModelConfig, PoolerConfig
-from cenote.engine.engine import PoolingEngine
+from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
 from cenote.engine.runner import SequenceInput
 from cenote.engine.tokenizer import Prompt, normalize_prompts
 from cenote.outputs import (
@@ -141,20 +140,10 @@ class LLM:
             outs = self._run(seqs, "score", use_tqdm)
             return [ScoringRequestOutput.from_base(o) for o in outs]
         self.engine.check_task("embed")
-        left = sorted(set(a for a, _ in pairs))
-        right = sorted(set(b for _, b in pairs))
-        texts = list(dict.fromkeys(left + right))
+        texts = score_texts(pairs)
         seqs = self.engine.prepare(texts, "embed", pooling_params, truncate_prompt_tokens)
         vectors = self.engine.run(seqs, "embed")
-        index = {t: i for i, t in enumerate(texts)}
-        outputs = []
-        for a, b in pairs:
-            ea, eb = vectors[index[a]], vectors[index[b]]
-            score = F.cosine_similarity(ea, eb, dim=0)
-            token_ids = seqs[index[a]].token_ids + seqs[index[b]].token_ids
-            base = PoolingRequestOutput(self._next_id(), PoolingOutput(score), token_ids)
-            outputs.append(ScoringRequestOutput.from_base(base))
-        return outputs
+        return cosine_scores(pairs, texts, seqs, vectors, lambda _: self._next_id())
 
     def _next_id(self) -> str:
         return str(next(self._request_counter))

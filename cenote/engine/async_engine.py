@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 
 from cenote.config import ModelConfig
-from cenote.engine.engine import PoolingEngine
+from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
 from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
 from cenote.engine.runner import SequenceInput
 from cenote.engine.tokenizer import Prompt, check_unicode
@@ -308,20 +307,12 @@ class AsyncPoolingEngine:
             data = await self.run(seqs, "score")
             return [ScoringRequestOutput.from_base(o) for o in self._outputs(seqs, data)]
         self.engine.check_task("embed")
-        texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+        texts = score_texts(pairs)
         seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
                                     truncate_prompt_tokens, size=_size_of(texts))
         vectors = await self.run(seqs, "embed")
-        index = {t: i for i, t in enumerate(texts)}
         request_id = self._next_request_id()
-        outputs = []
-        for k, (a, b) in enumerate(pairs):
-            ia, ib = index[a], index[b]
-            score = F.cosine_similarity(vectors[ia], vectors[ib], dim=0)
-            base = PoolingRequestOutput(f"{request_id}-{k}", PoolingOutput(score),
-                                        seqs[ia].token_ids + seqs[ib].token_ids)
-            outputs.append(ScoringRequestOutput.from_base(base))
-        return outputs
+        return cosine_scores(pairs, texts, seqs, vectors, lambda k: f"{request_id}-{k}")
 
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (no length check: this is how users measure inputs)."""

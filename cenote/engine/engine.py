@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from cenote.config import ModelConfig
 from cenote.engine.runner import ModelRunner, SequenceInput
 from cenote.engine.scheduler import schedule_batches
 from cenote.engine.tokenizer import Prompt, TokenizedPrompt, Tokenizer
+from cenote.outputs import PoolingOutput, PoolingRequestOutput, ScoringRequestOutput
 from cenote.params import PoolingParams
 
 API_NAMES = {
@@ -127,3 +129,27 @@ class PoolingEngine:
             if on_batch_done is not None:
                 on_batch_done(len(batch))
         return out
+
+
+def score_texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The distinct texts of ``pairs``, each embedded once for cosine scoring."""
+    return list(dict.fromkeys(t for pair in pairs for t in pair))
+
+
+def cosine_scores(
+    pairs: Sequence[tuple[str, str]],
+    texts: list[str],
+    seqs: Sequence[SequenceInput],
+    vectors: Sequence[torch.Tensor],
+    request_ids: Callable[[int], str],
+) -> list[ScoringRequestOutput]:
+    """Score each pair by the cosine similarity of its two embeddings."""
+    index = {t: i for i, t in enumerate(texts)}
+    outputs = []
+    for k, (a, b) in enumerate(pairs):
+        ia, ib = index[a], index[b]
+        score = F.cosine_similarity(vectors[ia], vectors[ib], dim=0)
+        base = PoolingRequestOutput(request_ids(k), PoolingOutput(score),
+                                    seqs[ia].token_ids + seqs[ib].token_ids)
+        outputs.append(ScoringRequestOutput.from_base(base))
+    return outputs
