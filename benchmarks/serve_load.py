@@ -28,13 +28,9 @@ import os
 import queue as queue_module
 import re
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
@@ -45,6 +41,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from corpus import english_paragraphs  # noqa: E402
+from launch import free_port, launched  # noqa: E402
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -167,40 +164,6 @@ async def scenarios(url: str, server: str, args, sentences: list[str],
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def launched(command: list[str], port: int) -> Iterator[str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:3]} exited: {process.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:3]} did not become healthy")
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def print_table(results: list[Result]) -> None:
     print("| server | scenario | inputs/request | clients | requests | req/s | inputs/s "
           "| p50 ms | p99 ms |")
@@ -211,11 +174,27 @@ def print_table(results: list[Result]) -> None:
               f"| {r.percentile_ms(50):.1f} | {r.percentile_ms(99):.1f} |")
 
 
-def print_targets(by_server: dict[str, list[Result]], args) -> None:
+def offline_inputs_per_s(model_dir: str, texts: list[str]) -> float:
+    """``LLM.embed`` on the texts of the load scenario, in this process, with the server
+    stopped: the offline throughput the server's is compared with."""
+    from cenote import LLM
+
+    llm = LLM(model_dir)
+    llm.embed(texts[:256], use_tqdm=False)
+    started = time.perf_counter()
+    llm.embed(texts, use_tqdm=False)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def print_targets(by_server: dict[str, list[Result]], args, offline: float | None) -> None:
     cenote, baseline = by_server.get("cenote"), by_server.get("sentence-transformers")
     if cenote and baseline:
         ratio = cenote[0].requests_per_s / baseline[0].requests_per_s
-        print(f"- load throughput, cenote / baseline: {ratio:.2f}x (target >= 3x)")
+        print(f"- load throughput, cenote / baseline: {ratio:.2f}x (target >= 4x)")
+    if cenote and offline:
+        print(f"- load throughput, cenote server / offline LLM.embed on the same texts: "
+              f"{cenote[0].inputs_per_s:.0f} / {offline:.0f} inputs/s = "
+              f"{cenote[0].inputs_per_s / offline:.0%} (target >= 60 % with 32-text requests)")
     for name, results in by_server.items():
         idle = results[1]
         line = f"- {name}: idle p50 {idle.percentile_ms(50):.1f} ms (target <= 10 ms)"
@@ -247,6 +226,9 @@ def main() -> None:
                         help="extra `cenote serve` arguments, e.g. '--dtype float32'")
     parser.add_argument("--servers", default="sentence-transformers,cenote",
                         help="which servers to run, comma-separated")
+    parser.add_argument("--offline", action="store_true",
+                        help="also time LLM.embed on the load scenario's texts and print the "
+                             "server's share of that throughput")
     args = parser.parse_args()
 
     from cenote.config import default_model_path
@@ -266,12 +248,19 @@ def main() -> None:
     by_server: dict[str, list[Result]] = {}
     for name in args.servers.split(","):
         port = free_port()
-        with launched(commands[name](port), port) as url:
-            by_server[name] = asyncio.run(scenarios(url, name, args, sentences, paragraphs))
+        with launched(commands[name](port), port) as server:
+            by_server[name] = asyncio.run(scenarios(server.url, name, args, sentences,
+                                                    paragraphs))
     print()
     print_table([r for results in by_server.values() for r in results])
+    offline = None
+    if args.offline:
+        k = args.inputs_per_request
+        texts = [sentences[(i * k + j) % len(sentences)]
+                 for i in range(args.requests) for j in range(k)]
+        offline = offline_inputs_per_s(model_dir, texts)
     print()
-    print_targets(by_server, args)
+    print_targets(by_server, args, offline)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,10 @@ import json
 import os
 import random
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +43,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from launch import free_port, launched  # noqa: E402
 from serve_load import corpus  # noqa: E402
 
 MODEL_NAME = "soak"
@@ -203,45 +200,6 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def cenote_server(model_dir: str, extra_args: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A ``cenote serve`` process (its own, so its RSS can be read), until the block ends."""
-    port = free_port()
-    command = [sys.executable, "-m", "cenote", "serve", model_dir, "--host", "127.0.0.1",
-               "--port", str(port), "--served-model-name", MODEL_NAME, *extra_args]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"cenote serve exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("cenote serve did not become healthy")
-            time.sleep(0.3)
-        yield url, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            print(f"server exit code after SIGTERM: {process.wait(120)}")
-        except subprocess.TimeoutExpired:
-            process.kill()
-            print("server did not stop within 120 s of SIGTERM; killed")
-
-
 def print_report(tally: Tally, seconds: float, num_requests: int, rss: dict[str, float]) -> bool:
     print(f"\n{num_requests} requests in {seconds:.1f} s: {num_requests / seconds:.1f} req/s, "
           f"{tally.inputs / seconds:.1f} embedded inputs/s")
@@ -290,7 +248,12 @@ def main() -> int:
     print(f"model {model_dir}; {len(sentences)} sentences, {len(paragraphs)} paragraphs; "
           f"{os.cpu_count()} CPUs; {args.concurrency} concurrent clients")
     workload = Workload(sentences, paragraphs, token_ids, args.seed)
-    with cenote_server(model_dir, shlex.split(args.cenote_args)) as (url, process):
+    port = free_port()
+    command = [sys.executable, "-m", "cenote", "serve", model_dir, "--host", "127.0.0.1",
+               "--port", str(port), "--served-model-name", MODEL_NAME,
+               *shlex.split(args.cenote_args)]
+    with launched(command, port) as server:
+        url, process = server.url, server.process
         rss = {"start": rss_mib(process.pid)}
         warm_rss, warmed, warm_unexpected = [rss["start"]], 0, 0
         while warmed < args.max_warmup_requests:
@@ -319,7 +282,8 @@ def main() -> int:
         ok = print_report(tally, seconds, args.requests, rss)
         print("RSS every 500 requests (MiB): " + ", ".join(f"{m:.0f}" for m in trajectory))
         print(f"healthy at the end: {healthy}")
-    return 0 if ok and healthy else 1
+    print(f"server exit code after SIGTERM: {server.exit_code}")
+    return 0 if ok and healthy and server.exit_code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "native bf16, else float32; the checkpoint's half type on CUDA.")
     serve.add_argument("--device", default="auto",
                        help="auto, cpu, or cuda[:N].")
+    serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="CPU threads for the model's matrix work. Default: one per "
+                            "core. Fewer leave cores to the HTTP and tokenising threads or "
+                            "to other replicas on the same machine.")
     serve.add_argument("--max-model-len", type=_positive_int, default=None,
                        help="Longest input in tokens; longer inputs are refused with 400. "
                             "Default: what the model supports.")
@@ -159,11 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(args: argparse.Namespace) -> int:
     """Load the model, then serve it until interrupted."""
+    import torch
+
     from cenote.config import ModelConfig
     from cenote.engine.async_engine import AsyncPoolingEngine
     from cenote.server.app import begin_draining, build_app
     from cenote.server.context import ServerLimits
 
+    if args.threads is not None:
+        # Global: the model thread picks it up at its first operation.
+        torch.set_num_threads(args.threads)
     try:
         config = ModelConfig.from_args(
             model=args.model, task=args.task, dtype=args.dtype,
@@ -181,8 +190,12 @@ def serve(args: argparse.Namespace) -> int:
         budget = max(CPU_SERVER_MAX_NUM_BATCHED_TOKENS, config.max_model_len)
         config = dataclasses.replace(config, max_num_batched_tokens=budget)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
-    logger.info("Loading %s (task %s, %s on %s, batches of up to %d tokens)", config.model,
-                config.task, str(config.dtype).removeprefix("torch."), config.device,
+    threads = ""
+    if config.device.type == "cpu":
+        count = torch.get_num_threads()
+        threads = f", {count} thread{'s' if count != 1 else ''}"
+    logger.info("Loading %s (task %s, %s on %s%s, batches of up to %d tokens)", config.model,
+                config.task, str(config.dtype).removeprefix("torch."), config.device, threads,
                 config.max_num_batched_tokens)
     engine = AsyncPoolingEngine.from_config(
         config, max_queued_tokens=max_queued_tokens,

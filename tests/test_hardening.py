@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import signal
 import socket
 import threading
@@ -464,8 +465,31 @@ def test_serve_help_documents_every_limit():
                             capture_output=True, text=True, check=True)
     for flag in ["--max-request-body-bytes", "--max-inputs-per-request", "--max-queued-tokens",
                  "--request-timeout", "--engine-stall-timeout", "--allowed-origins",
-                 "--log-inputs"]:
+                 "--log-inputs", "--threads"]:
         assert flag in result.stdout
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose_otherwise():
+    import subprocess
+    import sys
+
+    probe = "import cenote, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    default = subprocess.run([sys.executable, "-c", probe], env=env,
+                             capture_output=True, text=True, check=True)
+    assert default.stdout.strip() == "PASSIVE"
+    chosen = subprocess.run([sys.executable, "-c", probe], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "ACTIVE"
+
+
+def test_threads_flag_sets_the_model_threads():
+    with cenote_serve(["--threads", "1"]) as process:
+        response = httpx.post(f"{process.url}/v1/embeddings", json={"input": "one thread"},
+                              timeout=60)
+        assert response.status_code == 200
+        assert len(response.json()["data"][0]["embedding"]) == 384
+        assert "on cpu, 1 thread," in process.log
 
 
 def test_a_body_declared_over_the_cap_is_413(server):
