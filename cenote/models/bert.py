@@ -14,17 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import POSITION_OFFSET_MODEL_TYPES
-from cenote.models.layers import PackedBatch, packed_qkv_attention
+from cenote.models.layers import Linear, PackedBatch, packed_qkv_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
-_ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
+# hidden_act -> the name Linear fuses it under, or the function applied after it.
+_FUSED_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                      "relu": "relu"}
+_ACTIVATIONS = {"silu": F.silu, "swish": F.silu}
 
 
 class BertEmbeddings(nn.Module):
@@ -56,19 +52,25 @@ class BertLayer(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.attn_out = nn.Linear(hidden, hidden)
+        self.qkv = Linear(hidden, 3 * hidden)
+        self.attn_out = Linear(hidden, hidden)
         self.attn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.ffn_in = nn.Linear(hidden, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, hidden)
+        self.ffn_in = Linear(hidden, config.intermediate_size)
+        self.ffn_out = Linear(config.intermediate_size, hidden)
         self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.act = _ACTIVATIONS[config.hidden_act]
+        if config.hidden_act not in _FUSED_ACTIVATIONS and config.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"Unsupported hidden_act {config.hidden_act!r}.")
+        self.fused_act = _FUSED_ACTIVATIONS.get(config.hidden_act)
+        self.act = _ACTIVATIONS.get(config.hidden_act)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         attn = packed_qkv_attention(self.qkv(x), batch, self.num_heads, self.num_heads,
                                     causal=False)
-        x = self.attn_norm(x + self.attn_out(attn))
-        return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
+        x = self.attn_norm(self.attn_out.add(attn, x))
+        inner = self.ffn_in(x, self.fused_act)
+        if self.act is not None:
+            inner = self.act(inner)
+        return self.ffn_norm(self.ffn_out.add(inner, x))
 
 
 class BertClassifierHead(nn.Module):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import architecture_of
-from cenote.models.layers import PackedBatch, packed_attention
+from cenote.models.layers import Linear, PackedBatch, packed_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 _ACTIVATIONS = {
@@ -164,8 +164,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads = args.num_heads, args.num_kv_heads
         self.head_dim = args.head_dim
         self.sizes = [args.num_heads * args.head_dim, 2 * args.num_kv_heads * args.head_dim]
-        self.qkv = nn.Linear(args.hidden_size, sum(self.sizes), bias=args.qkv_bias)
-        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size,
+        self.qkv = Linear(args.hidden_size, sum(self.sizes), bias=args.qkv_bias)
+        self.o_proj = Linear(args.num_heads * args.head_dim, args.hidden_size,
                                 bias=args.o_bias)
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
@@ -188,9 +188,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, args: DecoderArgs) -> None:
         super().__init__()
-        self.gate_up = nn.Linear(args.hidden_size, 2 * args.intermediate_size,
+        self.gate_up = Linear(args.hidden_size, 2 * args.intermediate_size,
                                  bias=args.mlp_bias)
-        self.down = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
+        self.down = Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
         self.act = _ACTIVATIONS[args.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -147,3 +148,64 @@ def packed_qkv_attention(
     )
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
     return batch.from_padded(out)
+
+
+# Activations oneDNN can apply to a matmul's output in the same pass:
+# name -> (its post-op, algorithm, the same function for an unpacked layer).
+_FUSED_ACTIVATIONS = {
+    "gelu": ("gelu", "none", F.gelu),
+    "gelu_tanh": ("gelu", "tanh", lambda x: F.gelu(x, approximate="tanh")),
+    "relu": ("relu", "", F.relu),
+}
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """Whether oneDNN can hold this weight pre-laid-out: bf16 on a CPU with bf16 support."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that, once :meth:`pack` ed, multiplies with a weight kept in
+    oneDNN's own blocked layout, and can fuse an activation or a residual add.
+
+    Why: a plain bf16 ``F.linear`` on CPU lays the weight out again on every
+    call. That costs ~40 us per matmul, a third of a short sequence's forward
+    pass, and 5-10 % of a long batch's (benchmarks/README.md, "Packed
+    weights"). Packing frees the plain weight, so memory does not double.
+    """
+
+    packed: torch.Tensor | None = None
+
+    def pack(self) -> None:
+        if self.packed is None and can_pack(self.weight):
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+            self.weight = None  # the packed copy is the only one used from now on
+
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """``activation(x @ W.T + b)``; ``activation`` is a key of ``_FUSED_ACTIVATIONS``."""
+        if self.packed is None:
+            out = F.linear(x, self.weight, self.bias)
+            return _FUSED_ACTIVATIONS[activation][2](out) if activation else out
+        attr, algorithm, _ = _FUSED_ACTIVATIONS[activation] if activation else ("none", "", None)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [],
+                                                  algorithm)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
+        if self.packed is None:
+            return residual + F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias,
+                                                         "add")
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Pack every :class:`Linear` of ``model`` that can be; returns how many were."""
+    packed = 0
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.pack()
+            packed += module.packed is not None
+    return packed

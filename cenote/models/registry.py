@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cenote.config import BERT_FAMILY, ModelConfig
+from cenote.models.layers import pack_linears
 from cenote.models.loading import iter_checkpoint
 from cenote.pooling import Pooler
 
@@ -63,6 +64,7 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
         except Exception as exc:  # safetensors, pickle and name/shape errors alike
             raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
     model = model.to(device=config.device, dtype=config.dtype).eval()
+    pack_linears(model)
     pooler = Pooler(
         config,
         classifier=getattr(model, "classifier", None),

@@ -1,0 +1,84 @@
+"""The packed ``Linear``: same results as the plain layer, the plain weight freed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cenote.models.layers import Linear, can_pack, pack_linears
+
+needs_packing = pytest.mark.skipif(
+    not can_pack(torch.empty(1, dtype=torch.bfloat16)),
+    reason="oneDNN bf16 packing is not available on this CPU")
+
+REFERENCE = {
+    None: lambda x: x,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def layer_pair(in_features: int, out_features: int, bias: bool = True) -> tuple[Linear, Linear]:
+    torch.manual_seed(0)
+    plain = Linear(in_features, out_features, bias=bias).to(torch.bfloat16).eval()
+    packed = copy.deepcopy(plain)
+    packed.pack()
+    return plain, packed
+
+
+def fp32_reference(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+@needs_packing
+@pytest.mark.parametrize("activation", list(REFERENCE))
+@pytest.mark.parametrize("num_tokens", [1, 7, 300])
+def test_packed_matches_plain_and_fp32(activation, num_tokens):
+    plain, packed = layer_pair(96, 160)
+    x = torch.randn(num_tokens, 96).to(torch.bfloat16)
+    with torch.inference_mode():
+        expected = REFERENCE[activation](fp32_reference(plain, x))
+        got = packed(x, activation)
+        plain_out = plain(x, activation)
+    assert got.shape == (num_tokens, 160) and got.dtype == torch.bfloat16
+    # Both are the same bf16 matmul; they may differ by a rounding step of bf16.
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, plain_out, rtol=2e-2, atol=2e-2)
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_add_fuses_the_residual(bias):
+    plain, packed = layer_pair(64, 48, bias=bias)
+    x = torch.randn(33, 64).to(torch.bfloat16)
+    residual = torch.randn(33, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        expected = fp32_reference(plain, x) + residual.float()
+        got = packed.add(x, residual)
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, plain.add(x, residual), rtol=2e-2, atol=2e-2)
+
+
+@needs_packing
+def test_packing_frees_the_plain_weight_and_only_packs_what_it_can():
+    model = nn.Sequential(Linear(8, 8), nn.Linear(8, 8), Linear(8, 4)).to(torch.bfloat16)
+    fp32 = nn.Sequential(Linear(8, 8))
+    assert pack_linears(model) == 2
+    assert model[0].weight is None and model[0].packed is not None
+    assert model[1].weight is not None  # a plain nn.Linear is left alone
+    assert pack_linears(fp32) == 0 and fp32[0].packed is None
+
+
+def test_an_unpacked_layer_is_a_plain_linear():
+    torch.manual_seed(0)
+    layer = Linear(16, 8)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    torch.testing.assert_close(layer(x, "gelu"), F.gelu(F.linear(x, layer.weight, layer.bias)))
+    torch.testing.assert_close(layer.add(x, x[:, :8]), x[:, :8] + layer(x))
