@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 import httpx
 
+# The environment the benchmark started with, taken before it imports cenote
+# (which sets OMP_WAIT_POLICY for its own process): a baseline server runs at
+# its own defaults, and cenote sets its own.
+USER_ENV = dict(os.environ)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -39,7 +44,7 @@ def launched(command: list[str], port: int, timeout_s: float = 300) -> Iterator[
     the server); the file's tail is in the error if the server exits or never
     gets healthy. On leaving, SIGTERM, then the exit code in ``exit_code``.
     """
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(USER_ENV, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryFile() as log:
         start = time.monotonic()
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

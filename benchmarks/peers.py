@@ -39,6 +39,9 @@ TORCH_PIN = "torch==2.13.0"
 REFERENCE = "sentence-transformers fp32"
 ST_BF16 = "sentence-transformers bf16"
 PROJECT_ENV = "project"
+# The environment this script started with, before importing cenote sets
+# OMP_WAIT_POLICY in it: each peer runs at its own defaults, not at cenote's.
+USER_ENV = dict(os.environ)
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ def install_all() -> dict[str, str]:
 
 
 def _offline_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(USER_ENV)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                DO_NOT_TRACK="1", INFINITY_ANONYMOUS_USAGE_STATS="0")
     return env

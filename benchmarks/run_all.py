@@ -3,8 +3,10 @@
 1. Offline embedding throughput of cenote, sentence-transformers fp32/bf16 and
    every peer that installs here (``peers.py``: each system in its own process
    and environment, the same texts, tokens/s and min cosine vs ST fp32).
-2. ``rerank.py`` and ``serve_load.py`` when present, as subprocesses; their
-   printed tables go into the README as they are.
+2. ``rerank.py``, ``serve_load.py`` (single texts against the FastAPI +
+   sentence-transformers baseline, then 32-text requests against offline
+   ``LLM.embed``) and ``startup.py``, as subprocesses; their printed tables go
+   into the README as they are.
 
 Only the part of the README between the generated markers is rewritten; any
 hand-written text around it is kept. Raw results go to ``benchmarks/results/``.
@@ -34,7 +36,15 @@ README = HERE / "README.md"
 CHART = HERE / "throughput.png"
 RESULTS = HERE / "results"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
-SCRIPTS = {"rerank": "Cross-encoder reranking", "serve_load": "Server load"}
+# name -> (title, script, its arguments): each runs after the offline table.
+SCRIPTS = {
+    "rerank": ("Cross-encoder reranking", "rerank.py", ""),
+    "serve_load": ("Server load", "serve_load.py", ""),
+    "serve_load_batched": ("Server with 32-text requests vs offline", "serve_load.py",
+                           "--inputs-per-request 32 --requests 300 --servers cenote "
+                           "--big-inputs 0 --idle-requests 50 --offline"),
+    "startup": ("Start-up", "startup.py", ""),
+}
 README_INTRO = """# Benchmarks
 
 Everything here runs on CPU, offline, with the all-MiniLM-L6-v2 weights that the
@@ -78,15 +88,17 @@ def machine_info() -> dict[str, str]:
 
 
 def run_script(name: str, extra_args: str, timeout: float) -> ScriptRun:
-    """Run ``benchmarks/<name>.py`` with the project Python; capture its printed tables."""
-    script = HERE / f"{name}.py"
-    command = f"HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/{name}.py {extra_args}".strip()
+    """Run the script of ``SCRIPTS[name]`` with the project Python; capture its tables."""
+    _, script_name, default_args = SCRIPTS[name]
+    script = HERE / script_name
+    extra_args = f"{default_args} {extra_args}".strip()
+    command = f"HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/{script_name} {extra_args}".strip()
     run = ScriptRun(name, command)
     if not script.is_file():
-        run.error = f"benchmarks/{name}.py is not in this checkout"
+        run.error = f"benchmarks/{script_name} is not in this checkout"
         return run
     print(f"running {command} ...", flush=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(peers.USER_ENV, HF_HUB_OFFLINE="1")
     try:
         proc = subprocess.run([sys.executable, str(script), *shlex.split(extra_args)],
                               capture_output=True, text=True, timeout=timeout, env=env,
@@ -173,7 +185,7 @@ def generated_section(results: list[peers.Measurement], num_texts: int, num_toke
     if versions:
         lines += ["Versions per environment:", "", *versions, ""]
     for run in scripts:
-        lines += [f"### {SCRIPTS[run.name]} (`{run.name}.py`)", "", f"`{run.command}`", ""]
+        lines += [f"### {SCRIPTS[run.name][0]}", "", f"`{run.command}`", ""]
         if run.stdout:
             lines += [run.stdout, ""]
         if run.error:
@@ -229,7 +241,7 @@ def main() -> None:
     table = peers.markdown_table(results, num_texts, num_tokens)
     print(f"\n{table}\n", flush=True)
     extra = {"rerank": args.rerank_args, "serve_load": args.serve_load_args}
-    scripts = [run_script(name, extra[name], args.timeout)
+    scripts = [run_script(name, extra.get(name, ""), args.timeout)
                for name in SCRIPTS if name not in args.skip]
     chart = draw_chart(results, num_tokens, machine, CHART)
     write_readme(generated_section(results, num_texts, num_tokens, machine, scripts,

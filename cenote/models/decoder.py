@@ -166,7 +166,7 @@ class Attention(nn.Module):
         self.sizes = [args.num_heads * args.head_dim, 2 * args.num_kv_heads * args.head_dim]
         self.qkv = Linear(args.hidden_size, sum(self.sizes), bias=args.qkv_bias)
         self.o_proj = Linear(args.num_heads * args.head_dim, args.hidden_size,
-                                bias=args.o_bias)
+                             bias=args.o_bias)
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
         self.sliding_window = sliding_window
@@ -189,7 +189,7 @@ class FeedForward(nn.Module):
     def __init__(self, args: DecoderArgs) -> None:
         super().__init__()
         self.gate_up = Linear(args.hidden_size, 2 * args.intermediate_size,
-                                 bias=args.mlp_bias)
+                              bias=args.mlp_bias)
         self.down = Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
         self.act = _ACTIVATIONS[args.hidden_act]
 

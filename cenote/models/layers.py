@@ -173,8 +173,8 @@ class Linear(nn.Linear):
 
     Why: a plain bf16 ``F.linear`` on CPU lays the weight out again on every
     call. That costs ~40 us per matmul, a third of a short sequence's forward
-    pass, and 5-10 % of a long batch's (benchmarks/README.md, "Packed
-    weights"). Packing frees the plain weight, so memory does not double.
+    pass, and 5-10 % of a long batch's (benchmarks/README.md, "Profile and
+    packed weights"). Packing frees the plain weight, so memory does not double.
     """
 
     packed: torch.Tensor | None = None
