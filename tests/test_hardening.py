@@ -469,18 +469,21 @@ def test_serve_help_documents_every_limit():
         assert flag in result.stdout
 
 
-def test_openmp_threads_wait_passively_unless_the_user_chose_otherwise():
+def test_openmp_threads_spin_briefly_unless_the_user_chose_otherwise():
     import subprocess
     import sys
 
-    probe = "import cenote, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    default = subprocess.run([sys.executable, "-c", probe], env=env,
-                             capture_output=True, text=True, check=True)
-    assert default.stdout.strip() == "PASSIVE"
-    chosen = subprocess.run([sys.executable, "-c", probe], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
-                            capture_output=True, text=True, check=True)
-    assert chosen.stdout.strip() == "ACTIVE"
+    probe = ("import cenote, os; "
+             "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def settings(**chosen: str) -> str:
+        return subprocess.run([sys.executable, "-c", probe], env=dict(env, **chosen),
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert settings() == "None 3000"
+    assert settings(OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None"
+    assert settings(GOMP_SPINCOUNT="0") == "None 0"
 
 
 def test_threads_flag_sets_the_model_threads():

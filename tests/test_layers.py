@@ -82,3 +82,46 @@ def test_an_unpacked_layer_is_a_plain_linear():
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
     torch.testing.assert_close(layer(x, "gelu"), F.gelu(F.linear(x, layer.weight, layer.bias)))
     torch.testing.assert_close(layer.add(x, x[:, :8]), x[:, :8] + layer(x))
+
+
+def test_bucket_rows_rounds_up_to_few_shapes():
+    from cenote.models.layers import bucket_rows
+
+    assert [bucket_rows(n) for n in (1, 16, 17, 100, 512, 513, 8000)] == \
+        [16, 16, 32, 112, 512, 544, 8192]
+    for n in range(1, 9000):
+        assert n <= bucket_rows(n) <= max(n + 15, int(n * 1.07))
+    assert len({bucket_rows(n) for n in range(1, 8193)}) < 200
+
+
+def test_filler_rows_stay_out_of_the_tokens():
+    from cenote.models.layers import PackedBatch
+
+    for lens in ([3, 5, 2], [4, 4]):  # padded and unpadded attention layouts
+        ids = [[i + 1] * n for i, n in enumerate(lens)]
+        batch = PackedBatch.build(ids, bucket=True)
+        tokens = sum(lens)
+        assert (batch.num_tokens, batch.num_rows) == (tokens, 16)
+        assert batch.input_ids.shape == batch.positions.shape == (16,)
+        assert batch.input_ids[:tokens].tolist() == [t for seq in ids for t in seq]
+        x = torch.randn(16, 4)
+        x[tokens:] = float("nan")  # filler must never be read as a token
+        back = batch.from_padded(batch.to_padded(x))
+        assert back.shape == (16, 4)
+        torch.testing.assert_close(back[:tokens], x[:tokens])
+        assert torch.isfinite(back).all()
+
+
+@needs_packing
+def test_bucketed_rows_give_the_same_embeddings(minilm_path):
+    from cenote import LLM
+
+    llm = LLM(str(minilm_path), dtype="bfloat16")
+    runner = llm.engine.runner
+    assert runner.bucket_rows
+    texts = ["a", "Seventeen tokens or so in this sentence, give or take a few words here.",
+             "Short one.", "Another, slightly longer, sentence about rivers and caves."]
+    bucketed = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    runner.bucket_rows = False
+    exact = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    assert F.cosine_similarity(bucketed, exact).min() > 0.9999

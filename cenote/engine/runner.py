@@ -9,7 +9,7 @@ import torch
 
 from cenote.config import ModelConfig
 from cenote.models import load_model
-from cenote.models.layers import PackedBatch
+from cenote.models.layers import Linear, PackedBatch
 from cenote.params import PoolingParams
 from cenote.pooling import PoolingMetadata
 
@@ -29,14 +29,19 @@ class ModelRunner:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.model, self.pooler = load_model(config)
+        # Packed oneDNN matmuls cache a kernel per row count: give them few row counts.
+        self.bucket_rows = any(isinstance(m, Linear) and m.packed is not None
+                               for m in self.model.modules())
 
     @torch.inference_mode()
     def execute(self, seqs: Sequence[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         types = None
         if any(s.token_type_ids is not None for s in seqs):
             types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
-        batch = PackedBatch.build([s.token_ids for s in seqs], types, self.config.device)
-        hidden = self.model(batch)
-        meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids)
+        batch = PackedBatch.build([s.token_ids for s in seqs], types, self.config.device,
+                                  bucket=self.bucket_rows)
+        tokens = batch.num_tokens
+        hidden = self.model(batch)[:tokens]
+        meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens])
         outputs = self.pooler(hidden, meta, pooling_task, [s.params for s in seqs])
         return [out.cpu() for out in outputs]
