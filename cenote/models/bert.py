@@ -10,17 +10,15 @@ import re
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import POSITION_OFFSET_MODEL_TYPES
 from cenote.models.layers import Linear, PackedBatch, packed_qkv_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
-# hidden_act -> the name Linear fuses it under, or the function applied after it.
-_FUSED_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                      "relu": "relu"}
-_ACTIVATIONS = {"silu": F.silu, "swish": F.silu}
+# hidden_act -> the activation ``Linear`` applies to its output (fused when packed).
+_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
 class BertEmbeddings(nn.Module):
@@ -58,19 +56,15 @@ class BertLayer(nn.Module):
         self.ffn_in = Linear(hidden, config.intermediate_size)
         self.ffn_out = Linear(config.intermediate_size, hidden)
         self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        if config.hidden_act not in _FUSED_ACTIVATIONS and config.hidden_act not in _ACTIVATIONS:
+        if config.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"Unsupported hidden_act {config.hidden_act!r}.")
-        self.fused_act = _FUSED_ACTIVATIONS.get(config.hidden_act)
-        self.act = _ACTIVATIONS.get(config.hidden_act)
+        self.act = _ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         attn = packed_qkv_attention(self.qkv(x), batch, self.num_heads, self.num_heads,
                                     causal=False)
         x = self.attn_norm(self.attn_out.add(attn, x))
-        inner = self.ffn_in(x, self.fused_act)
-        if self.act is not None:
-            inner = self.act(inner)
-        return self.ffn_norm(self.ffn_out.add(inner, x))
+        return self.ffn_norm(self.ffn_out.add(self.ffn_in(x, self.act), x))
 
 
 class BertClassifierHead(nn.Module):

@@ -194,6 +194,7 @@ _FUSED_ACTIVATIONS = {
     "gelu": ("gelu", "none", F.gelu),
     "gelu_tanh": ("gelu", "tanh", lambda x: F.gelu(x, approximate="tanh")),
     "relu": ("relu", "", F.relu),
+    "silu": ("swish", "", F.silu),
 }
 
 
