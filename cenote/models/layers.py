@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cenote.models.kernels import native_attention
+
 
 @dataclass
 class PackedBatch:
@@ -140,8 +142,16 @@ def packed_attention(
     ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads, head_dim]``.
     Returns ``[T, num_heads * head_dim]``. With ``sliding_window`` (causal only),
     a query attends to at most that many keys: itself and the ones just before it.
+    The native kernel runs it when it can (bf16 on CPU); otherwise SDPA over a
+    padded layout.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
+    kernel = native_attention()
+    if kernel is not None and kernel.supports(q, head_dim, batch.max_len):
+        rows, kv_heads = q.shape[0], k.shape[1]
+        return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1),
+                      batch.cu_seqlens, rows, num_heads, kv_heads, head_dim, causal,
+                      sliding_window)
     qp = batch.to_padded(q).transpose(1, 2)
     kp = batch.to_padded(k).transpose(1, 2)
     vp = batch.to_padded(v).transpose(1, 2)
@@ -169,10 +179,16 @@ def packed_qkv_attention(
     """Attention within each sequence, from a fused ``[T, (heads + 2 * kv_heads) * head_dim]``
     projection. Returns ``[T, heads * head_dim]``.
 
-    The fused tensor is laid out padded once (one copy instead of one per q, k, v);
-    q, k and v are then strided views of it.
+    The native kernel (bf16 on CPU, see ``kernels.py``) reads q, k and v straight
+    from the fused rows. Otherwise the fused tensor is laid out padded once (one
+    copy instead of one per q, k, v) for SDPA; q, k and v are strided views of it.
     """
     head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    kernel = native_attention()
+    if kernel is not None and kernel.supports(qkv, head_dim, batch.max_len):
+        q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
+        return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch.cu_seqlens,
+                      qkv.shape[0], num_heads, num_kv_heads, head_dim, causal)
     padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
     padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
     padded = padded.transpose(1, 2)  # [B, h + 2kv, L, d]

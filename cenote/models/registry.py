@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cenote.config import BERT_FAMILY, ModelConfig
+from cenote.models.kernels import native_attention
 from cenote.models.layers import pack_linears
 from cenote.models.loading import iter_checkpoint
 from cenote.pooling import Pooler
@@ -65,6 +66,8 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
             raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
     model = model.to(device=config.device, dtype=config.dtype).eval()
     pack_linears(model)
+    if cls is not None and config.device.type == "cpu" and config.dtype == torch.bfloat16:
+        native_attention()  # built (or loaded from its cache) now, not on the first request
     pooler = Pooler(
         config,
         classifier=getattr(model, "classifier", None),

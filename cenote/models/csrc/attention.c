@@ -1,0 +1,211 @@
+/* Attention within each sequence of a packed batch, on CPU, for bf16 models.
+ *
+ * Why a kernel of our own: at the short lengths embedding models see (tens to a
+ * few hundred tokens), torch's CPU SDPA spends most of its time on per-block
+ * overhead, and it needs the batch laid out padded first. This kernel reads
+ * queries, keys and values straight from the packed [tokens, heads * dim]
+ * projection (no padding, no copies), and for each (sequence, head):
+ *   - keys are regrouped as pairs along dim, so q . k is one AVX-512 BF16 dot
+ *     product per pair (exact products, fp32 sums); without AVX512_BF16 the
+ *     same sums run as fp32 FMAs;
+ *   - the softmax runs in fp32 over exactly the keys each query may see
+ *     (causal and sliding-window masks included);
+ *   - probabilities stay fp32 for the sum over values; the result is rounded
+ *     to bf16 once, on the way out.
+ * Work is split over (sequence, head) pairs with OpenMP, in the same runtime
+ * (libgomp) torch uses. Built once per machine by cenote/models/kernels.py.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <immintrin.h>
+
+#if !defined(__AVX512F__)
+#error "needs AVX-512"
+#endif
+
+#define QB 8   /* queries per block */
+
+static inline __m512 exp512(__m512 x) {  /* exp(x) for x <= 0; Cephes polynomial, rel. err ~2e-7 */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+static inline __m512 load_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static inline void store_bf16x16(uint16_t *p, __m512 x) {
+#if defined(__AVX512BF16__)
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(x));
+#else
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+#endif
+}
+
+/* Lanes j0 + t (t < 16) with lo <= j0 + t < hi. */
+static inline __mmask16 range_mask(int64_t j0, int64_t lo, int64_t hi) {
+    int64_t a = lo - j0, b = hi - j0;
+    a = a < 0 ? 0 : a > 16 ? 16 : a;
+    b = b < 0 ? 0 : b > 16 ? 16 : b;
+    return (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+/* One (sequence, head): q rows [len, dim] at stride ld_q, etc. Buffers: kp [dim/2][lp]
+   (pairs of key values along dim), vf [lp][dim], s [QB][lp]. */
+static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64_t ld_k,
+                       const uint16_t *v, int64_t ld_v, uint16_t *out, int64_t ld_out,
+                       int64_t len, int64_t dim, float scale, int causal, int64_t window,
+                       uint32_t *kp, float *vf, float *s)
+{
+    const int64_t lp = (len + 15) & ~(int64_t)15;
+    const int64_t pairs = dim / 2;
+    for (int64_t j = 0; j < len; j++) {
+        const uint32_t *kr = (const uint32_t *)(k + j * ld_k);
+        for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = kr[p];
+        for (int64_t d = 0; d < dim; d += 16)
+            _mm512_storeu_ps(vf + j * dim + d, load_bf16x16(v + j * ld_v + d));
+    }
+    for (int64_t j = len; j < lp; j++) {
+        for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = 0;
+        for (int64_t d = 0; d < dim; d++) vf[j * dim + d] = 0.0f;
+    }
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int64_t i0 = 0; i0 < len; i0 += QB) {
+        const int nq = len - i0 < QB ? (int)(len - i0) : QB;
+        /* keys this block may see */
+        const int64_t jend = causal ? i0 + nq : len;
+        int64_t jbeg = 0;
+        if (causal && window > 0 && i0 - window + 1 > 0) jbeg = (i0 - window + 1) & ~(int64_t)15;
+        const int64_t jend_p = (jend + 15) & ~(int64_t)15;
+        /* scores: s[r][j] = scale * q_r . k_j */
+        for (int64_t j0 = jbeg; j0 < jend_p; j0 += 32) {
+            const int two = j0 + 16 < jend_p;
+            __m512 acc[QB][2];
+            for (int r = 0; r < QB; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            const uint32_t *qrow[QB];
+            for (int r = 0; r < QB; r++)
+                qrow[r] = (const uint32_t *)(q + (r < nq ? i0 + r : i0) * ld_q);
+            for (int64_t p = 0; p < pairs; p++) {
+                const __m512i k0 = _mm512_loadu_si512(kp + p * lp + j0);
+                const __m512i k1 = two ? _mm512_loadu_si512(kp + p * lp + j0 + 16) : k0;
+                for (int r = 0; r < QB; r++) {
+                    const uint32_t qpair = qrow[r][p];
+#if defined(__AVX512BF16__)
+                    const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qpair);
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)k0, qb);
+                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)k1, qb);
+#else
+                    const __m512 qlo = _mm512_castsi512_ps(_mm512_set1_epi32((int)(qpair << 16)));
+                    const __m512 qhi = _mm512_castsi512_ps(_mm512_set1_epi32((int)(qpair & 0xffff0000u)));
+                    acc[r][0] = _mm512_fmadd_ps(qlo, _mm512_castsi512_ps(_mm512_slli_epi32(k0, 16)), acc[r][0]);
+                    acc[r][0] = _mm512_fmadd_ps(qhi, _mm512_castsi512_ps(_mm512_and_si512(k0, _mm512_set1_epi32((int)0xffff0000u))), acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(qlo, _mm512_castsi512_ps(_mm512_slli_epi32(k1, 16)), acc[r][1]);
+                    acc[r][1] = _mm512_fmadd_ps(qhi, _mm512_castsi512_ps(_mm512_and_si512(k1, _mm512_set1_epi32((int)0xffff0000u))), acc[r][1]);
+#endif
+                }
+            }
+            for (int r = 0; r < nq; r++) {
+                _mm512_storeu_ps(s + r * lp + j0, _mm512_mul_ps(acc[r][0], vscale));
+                if (two) _mm512_storeu_ps(s + r * lp + j0 + 16, _mm512_mul_ps(acc[r][1], vscale));
+            }
+        }
+        /* softmax per query over its visible keys [lo, hi); zeros elsewhere in [jbeg, jend_p) */
+        float inv[QB];
+        for (int r = 0; r < nq; r++) {
+            const int64_t i = i0 + r;
+            int64_t lo = 0, hi = causal ? i + 1 : len;
+            if (causal && window > 0 && i - window + 1 > 0) lo = i - window + 1;
+            float *sr = s + r * lp;
+            __m512 vmax = _mm512_set1_ps(-INFINITY);
+            for (int64_t j0 = jbeg; j0 < jend_p; j0 += 16) {
+                const __mmask16 m = range_mask(j0, lo, hi);
+                vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_loadu_ps(sr + j0));
+            }
+            const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+            __m512 vsum = _mm512_setzero_ps();
+            for (int64_t j0 = jbeg; j0 < jend_p; j0 += 16) {
+                const __mmask16 m = range_mask(j0, lo, hi);
+                __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + j0), mx)));
+                vsum = _mm512_add_ps(vsum, e);
+                _mm512_storeu_ps(sr + j0, e);
+            }
+            inv[r] = 1.0f / _mm512_reduce_add_ps(vsum);
+        }
+        /* out[r] = sum_j p[r][j] v_j / sum */
+        for (int64_t d0 = 0; d0 < dim; d0 += 32) {
+            const int two = d0 + 16 < dim;
+            __m512 acc[QB][2];
+            for (int r = 0; r < QB; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            for (int64_t j = jbeg; j < jend; j++) {
+                const __m512 v0 = _mm512_loadu_ps(vf + j * dim + d0);
+                const __m512 v1 = two ? _mm512_loadu_ps(vf + j * dim + d0 + 16) : v0;
+                for (int r = 0; r < QB; r++) {
+                    const __m512 pr = _mm512_set1_ps(s[r * lp + j]);
+                    acc[r][0] = _mm512_fmadd_ps(pr, v0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(pr, v1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < nq; r++) {
+                const __m512 vi = _mm512_set1_ps(inv[r]);
+                uint16_t *o = out + (i0 + r) * ld_out + d0;
+                store_bf16x16(o, _mm512_mul_ps(acc[r][0], vi));
+                if (two) store_bf16x16(o + 16, _mm512_mul_ps(acc[r][1], vi));
+            }
+        }
+    }
+}
+
+/* Returns 0, -1 for an unsupported shape, -2 when a work buffer could not be allocated. */
+int cenote_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                          int64_t ld_q, int64_t ld_k, int64_t ld_v,
+                          uint16_t *out, int64_t ld_out, const int64_t *cu, int64_t num_seqs,
+                          int64_t heads, int64_t kv_heads, int64_t dim, float scale,
+                          int causal, int64_t window, int threads)
+{
+    if (dim % 16 || heads % kv_heads) return -1;
+    int64_t max_len = 0;
+    for (int64_t b = 0; b < num_seqs; b++)
+        if (cu[b + 1] - cu[b] > max_len) max_len = cu[b + 1] - cu[b];
+    const int64_t lp = (max_len + 15) & ~(int64_t)15;
+    const int64_t group = heads / kv_heads;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        const size_t floats = (size_t)(dim / 2 * lp + lp * dim + QB * lp);
+        float *buf = aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+        if (!buf) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < num_seqs * heads; item++) {
+            if (!buf) continue;
+            const int64_t b = item / heads, h = item % heads, kvh = h / group;
+            const int64_t start = cu[b];
+            attend_one(q + start * ld_q + h * dim, ld_q, k + start * ld_k + kvh * dim, ld_k,
+                       v + start * ld_v + kvh * dim, ld_v, out + start * ld_out + h * dim, ld_out,
+                       cu[b + 1] - start, dim, scale, causal, window,
+                       (uint32_t *)buf, buf + dim / 2 * lp, buf + dim / 2 * lp + lp * dim);
+        }
+        free(buf);
+    }
+    return failed ? -2 : 0;
+}

@@ -1,0 +1,210 @@
+"""Native CPU kernels: C sources in ``csrc/``, built once per machine, loaded with ctypes.
+
+The build uses the system C compiler (``$CC``, else ``cc``/``gcc``) with
+``-march=native`` and OpenMP, and is cached under ``$CENOTE_CACHE_DIR`` (default
+``~/.cache/cenote``), keyed by the source, the compiler and the CPU's feature
+flags, so a second start loads the cached library in milliseconds. When a kernel
+cannot be built or loaded (no compiler, no AVX-512, a different OpenMP runtime
+in torch), callers fall back to torch; ``CENOTE_NATIVE_KERNELS=0`` turns the
+kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).with_name("csrc")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# Longer sequences go to torch's flash attention, whose memory does not grow with length.
+MAX_NATIVE_ATTENTION_LEN = 2048
+
+_lock = threading.Lock()
+_attention: NativeAttention | None = None
+_attention_reason: str | None = None  # why there is no native attention, once tried
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("CENOTE_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cenote"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _openmp_runtimes() -> set[str]:
+    """File names of the OpenMP runtimes loaded in this process (Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    names = set()
+    for line in maps.splitlines():
+        name = line.rpartition("/")[2]
+        if name.startswith(("libgomp", "libiomp", "libomp")):
+            names.add(name)
+    return names
+
+
+def build(name: str) -> Path:
+    """Compile ``csrc/<name>.c`` into a shared library, or return the cached one.
+
+    Raises ``RuntimeError`` with the compiler's message when it cannot be built.
+    """
+    source = SOURCE_DIR / f"{name}.c"
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set CC)")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"cannot run the C compiler {compiler!r}: {exc}") from exc
+    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, " ".join(CFLAGS),
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "kernels"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / f"cenote-kernels-{os.getuid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}-{key}.so"
+    if target.exists():
+        return target
+    # Build beside the target and rename: processes starting together never see half a file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(source)],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).strip().splitlines()
+            raise RuntimeError(f"{compiler} failed: {' / '.join(message[:3])}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+class NativeAttention:
+    """``csrc/attention.c``: attention within each sequence of a packed bf16 batch."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._fn = library.cenote_attention_bf16
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._fn.restype = ctypes.c_int
+        self._fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, i64, ptr, i64,
+                             i64, i64, i64, ctypes.c_float, ctypes.c_int, i64, ctypes.c_int]
+
+    @staticmethod
+    def supports(x: torch.Tensor, head_dim: int, max_len: int) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and head_dim % 16 == 0
+                and max_len <= MAX_NATIVE_ATTENTION_LEN)
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        num_rows: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        causal: bool,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        """``q``: ``[rows, num_heads * head_dim]``, ``k``/``v``: ``[rows, num_kv_heads *
+        head_dim]`` (each row contiguous; rows may be strided views of one fused
+        projection). Rows past ``cu_seqlens[-1]`` are not read; they come back zero.
+        Returns ``[num_rows, num_heads * head_dim]``.
+        """
+        for name, t, heads in (("q", q, num_heads), ("k", k, num_kv_heads), ("v", v, num_kv_heads)):
+            if t.dtype != torch.bfloat16 or t.stride(-1) != 1 or t.shape[-1] != heads * head_dim:
+                raise ValueError(f"native attention: {name} must be bf16 [rows, "
+                                 f"{heads * head_dim}] with contiguous rows")
+        cu = cu_seqlens.contiguous()
+        if cu.dtype != torch.int64:
+            cu = cu.to(torch.int64)
+        num_tokens = int(cu[-1])
+        out = torch.empty(num_rows, num_heads * head_dim, dtype=torch.bfloat16)
+        if num_rows > num_tokens:
+            out[num_tokens:].zero_()
+        status = self._fn(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
+            out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
+            num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
+            sliding_window or 0, torch.get_num_threads(),
+        )
+        if status == -2:
+            raise MemoryError("native attention: could not allocate its work buffers")
+        if status != 0:
+            raise ValueError(f"native attention: unsupported shape (status {status})")
+        return out
+
+
+def native_attention() -> NativeAttention | None:
+    """The native attention kernel, built and loaded on first call; None when unavailable
+    (the reason is logged once)."""
+    global _attention, _attention_reason
+    if _attention is not None or _attention_reason is not None:
+        return _attention
+    with _lock:
+        if _attention is None and _attention_reason is None:
+            try:
+                _attention = NativeAttention(_load("attention"))
+                logger.info("Attention: native CPU kernel (AVX-512).")
+            except RuntimeError as exc:
+                _attention_reason = str(exc)
+                logger.info("Attention: torch SDPA (native kernel unavailable: %s).", exc)
+    return _attention
+
+
+def _load(name: str) -> ctypes.CDLL:
+    if os.environ.get("CENOTE_NATIVE_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise RuntimeError("turned off by CENOTE_NATIVE_KERNELS")
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise RuntimeError(f"needs Linux on x86-64, not {platform.system()} {platform.machine()}")
+    if "avx512f" not in _cpu_flags().split():
+        raise RuntimeError("this CPU has no AVX-512")
+    runtimes = _openmp_runtimes()
+    if not any(r.startswith("libgomp") for r in runtimes):
+        # Linking libgomp next to another OpenMP runtime would double the thread pools.
+        raise RuntimeError(f"torch does not run on libgomp here ({sorted(runtimes) or 'none'})")
+    try:
+        path = build(name)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"build failed: {exc}") from exc
+    before = _openmp_runtimes()
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise RuntimeError(f"cannot load {path}: {exc}") from exc
+    added = _openmp_runtimes() - before
+    if added:
+        # Never called, so its thread pool never starts.
+        raise RuntimeError(f"it would run a second OpenMP runtime ({sorted(added)})")
+    return library

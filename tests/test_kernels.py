@@ -1,0 +1,166 @@
+"""The native attention kernel against fp32 attention, its build cache and its fallbacks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cenote.models import kernels
+from cenote.models.layers import PackedBatch, packed_attention, packed_qkv_attention
+
+KERNEL = kernels.native_attention()
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason=f"no native attention here: "
+                                                         f"{kernels._attention_reason}")
+
+
+def reference(q, k, v, lens, causal, window=None):
+    """fp32 SDPA sequence by sequence on the same bf16 inputs: ``[T, H, D]`` each."""
+    outs, start = [], 0
+    group = q.shape[1] // k.shape[1]
+    for n in lens:
+        qs, ks, vs = (t[start:start + n].float().transpose(0, 1) for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(group, 0), vs.repeat_interleave(group, 0)
+        mask = None
+        if causal:
+            pos = torch.arange(n)
+            distance = pos[:, None] - pos[None, :]
+            mask = distance >= 0
+            if window:
+                mask &= distance < window
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(0, 1))
+        start += n
+    return torch.cat(outs).flatten(1)
+
+
+def assert_bf16_close(got, expected):
+    # The kernel computes in fp32 and rounds once: within one bf16 rounding step.
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=2 ** -8, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv_heads,dim,causal,window,lens", [
+    (12, 12, 32, False, None, [1, 2, 15, 16, 17, 33, 63, 64, 65, 300]),
+    (4, 2, 64, True, None, [1, 5, 40, 129]),
+    (4, 4, 64, True, 7, [3, 7, 8, 20, 50]),
+    (2, 1, 128, False, None, [9, 200]),
+    (3, 3, 48, True, None, [31, 2]),
+])
+def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens):
+    torch.manual_seed(0)
+    tokens = sum(lens)
+    q = torch.randn(tokens, heads, dim).to(torch.bfloat16)
+    k = torch.randn(tokens, kv_heads, dim).to(torch.bfloat16)
+    v = torch.randn(tokens, kv_heads, dim).to(torch.bfloat16)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), cu, tokens, heads, kv_heads, dim,
+                 causal, window)
+    assert_bf16_close(got, reference(q, k, v, lens, causal, window))
+
+
+@needs_kernel
+def test_reads_strided_fused_rows_and_never_filler_rows():
+    torch.manual_seed(1)
+    heads, dim, lens = 12, 32, [5, 70, 1, 33]
+    batch = PackedBatch.build([[1] * n for n in lens], bucket=True)
+    assert batch.num_rows > batch.num_tokens
+    qkv = torch.randn(batch.num_rows, 3 * heads * dim).to(torch.bfloat16)
+    qkv[batch.num_tokens:] = float("nan")  # a filler row read as a token poisons its sequence
+    with torch.inference_mode():
+        got = packed_qkv_attention(qkv, batch, heads, heads, causal=False)
+    assert got.shape == (batch.num_rows, heads * dim)
+    q, k, v = qkv[:batch.num_tokens].view(batch.num_tokens, 3, heads, dim).unbind(1)
+    assert_bf16_close(got[:batch.num_tokens], reference(q, k, v, lens, causal=False))
+    assert torch.all(got[batch.num_tokens:] == 0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 4)])
+def test_same_result_as_the_sdpa_path(monkeypatch, causal, window):
+    torch.manual_seed(2)
+    lens = [3, 17, 40]
+    batch = PackedBatch.build([[1] * n for n in lens])
+    q = torch.randn(batch.num_rows, 4, 64).to(torch.bfloat16)
+    k = torch.randn(batch.num_rows, 2, 64).to(torch.bfloat16)
+    v = torch.randn(batch.num_rows, 2, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        native = packed_attention(q, k, v, batch, causal, window)
+        monkeypatch.setattr(kernels, "_attention", None)
+        monkeypatch.setattr(kernels, "_attention_reason", "off for this test")
+        sdpa = packed_attention(q, k, v, batch, causal, window)
+    # SDPA in bf16 rounds more along the way than the kernel does.
+    torch.testing.assert_close(native.float(), sdpa.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_lengths_past_the_limit_and_fp32_go_to_sdpa():
+    x = torch.empty(4, 96, dtype=torch.bfloat16)
+    assert kernels.NativeAttention.supports(x, 32, kernels.MAX_NATIVE_ATTENTION_LEN)
+    assert not kernels.NativeAttention.supports(x, 32, kernels.MAX_NATIVE_ATTENTION_LEN + 1)
+    assert not kernels.NativeAttention.supports(x.float(), 32, 10)
+    assert not kernels.NativeAttention.supports(x, 40, 10)  # head_dim not a multiple of 16
+
+
+@needs_kernel
+def test_build_is_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("CENOTE_CACHE_DIR", str(tmp_path))
+    first = kernels.build("attention")
+    assert first.parent == tmp_path / "kernels" and first.exists()
+    built_at = first.stat().st_mtime_ns
+    start = time.perf_counter()
+    assert kernels.build("attention") == first
+    assert first.stat().st_mtime_ns == built_at
+    assert time.perf_counter() - start < 2  # no compile, just the compiler's --version
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temp left
+
+
+def test_a_failing_compiler_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("CENOTE_CACHE_DIR", str(tmp_path))
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
+                      "echo 'error: no such compiler' >&2; exit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    with pytest.raises(RuntimeError, match="no such compiler"):
+        kernels.build("attention")
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+@pytest.mark.parametrize("env", [{"CENOTE_NATIVE_KERNELS": "0"}, {"CC": "/nonexistent/cc"}])
+def test_unavailable_kernel_falls_back_to_sdpa(tmp_path, monkeypatch, env):
+    monkeypatch.setenv("CENOTE_CACHE_DIR", str(tmp_path))  # nothing cached to load
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(kernels, "_attention", None)
+    monkeypatch.setattr(kernels, "_attention_reason", None)
+    assert kernels.native_attention() is None
+    assert kernels._attention_reason
+    batch = PackedBatch.build([[1] * 5, [1] * 3])
+    qkv = torch.randn(batch.num_rows, 3 * 2 * 16).to(torch.bfloat16)
+    with torch.inference_mode():
+        out = packed_qkv_attention(qkv, batch, 2, 2, causal=False)
+    q, k, v = qkv.view(batch.num_rows, 3, 2, 16).unbind(1)
+    torch.testing.assert_close(out.float(), reference(q, k, v, [5, 3], False),
+                               rtol=2e-2, atol=2e-2)
+
+
+@needs_kernel
+def test_one_openmp_runtime_in_the_process():
+    runtimes = kernels._openmp_runtimes()
+    assert len(runtimes) == 1 and next(iter(runtimes)).startswith("libgomp")
+
+
+@needs_kernel
+def test_minilm_embeddings_same_with_and_without_the_kernel(minilm_path, monkeypatch):
+    from cenote import LLM
+
+    texts = ["a short one", "A somewhat longer sentence about the weather in the mountains.",
+             "word " * 120]
+    llm = LLM(str(minilm_path), dtype="bfloat16")
+    native = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    monkeypatch.setattr(kernels, "_attention", None)
+    monkeypatch.setattr(kernels, "_attention_reason", "off for this test")
+    sdpa = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    assert F.cosine_similarity(native, sdpa).min() > 0.9999
