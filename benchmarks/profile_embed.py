@@ -22,7 +22,7 @@ from corpus import english_paragraphs  # noqa: E402
 
 # Operator name fragments -> kind; the first match wins.
 KINDS = [
-    ("attention", ("scaled_dot_product", "flash_attention", "_softmax", "baddbmm", "bmm")),
+    ("attention", ("native_attention", "scaled_dot_product", "flash_attention", "_softmax", "baddbmm", "bmm")),
     ("matmul", ("addmm", "mm", "linear", "matmul")),
     ("activation", ("gelu", "silu", "tanh", "sigmoid")),
     ("normalisation", ("layer_norm", "rms_norm", "norm")),
@@ -71,7 +71,7 @@ def main() -> None:
     # Self time of leaf operators only: an aten op's children are counted once.
     self_us: Counter = Counter()
     for event in prof.key_averages():
-        if event.key.startswith("aten::") or event.key.startswith("mkldnn"):
+        if event.key.startswith(("aten::", "mkldnn", "cenote::")):
             self_us[event.key] += event.self_cpu_time_total
     total_ops_s = sum(self_us.values()) / 1e6
     by_kind: Counter = Counter()

@@ -5,8 +5,9 @@
    and environment, the same texts, tokens/s and min cosine vs ST fp32).
 2. ``rerank.py``, ``serve_load.py`` (single texts against the FastAPI +
    sentence-transformers baseline, then 32-text requests against offline
-   ``LLM.embed``) and ``startup.py``, as subprocesses; their printed tables go
-   into the README as they are.
+   ``LLM.embed``), ``startup.py``, ``attention.py`` (native kernel vs SDPA) and
+   ``profile_embed.py``, as subprocesses; their printed tables go into the
+   README as they are.
 
 Only the part of the README between the generated markers is rewritten; any
 hand-written text around it is kept. Raw results go to ``benchmarks/results/``.
@@ -44,6 +45,8 @@ SCRIPTS = {
                            "--inputs-per-request 32 --requests 300 --servers cenote "
                            "--big-inputs 0 --idle-requests 50 --offline"),
     "startup": ("Start-up", "startup.py", ""),
+    "attention": ("Attention kernel", "attention.py", ""),
+    "profile": ("Where the offline time goes", "profile_embed.py", ""),
 }
 README_INTRO = """# Benchmarks
 

@@ -153,12 +153,13 @@ class NativeAttention:
         out = torch.empty(num_rows, num_heads * head_dim, dtype=torch.bfloat16)
         if num_rows > num_tokens:
             out[num_tokens:].zero_()
-        status = self._fn(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
-            out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
-            num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
-            sliding_window or 0, torch.get_num_threads(),
-        )
+        with torch.profiler.record_function("cenote::native_attention"):
+            status = self._fn(
+                q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
+                out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
+                num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
+                sliding_window or 0, torch.get_num_threads(),
+            )
         if status == -2:
             raise MemoryError("native attention: could not allocate its work buffers")
         if status != 0:
