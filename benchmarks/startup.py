@@ -40,11 +40,12 @@ def main() -> int:
         port = free_port()
         command = [sys.executable, "-m", "cenote", "serve", model, "--host", "127.0.0.1",
                    "--port", str(port)]
-        with launched(command, port) as server:
+        with launched(command, port) as server, httpx.Client(timeout=60) as client:
+            # The client exists before the clock starts: building one (its TLS context)
+            # costs ~20 ms of the caller's time, not the server's.
             start = time.perf_counter()
-            response = httpx.post(f"{server.url}/v1/embeddings",
-                                  json={"input": "The first request after start-up."},
-                                  timeout=60)
+            response = client.post(f"{server.url}/v1/embeddings",
+                                   json={"input": "The first request after start-up."})
             first_ms = (time.perf_counter() - start) * 1e3
             response.raise_for_status()
         startups.append(server.startup_s)
