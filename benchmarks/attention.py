@@ -74,7 +74,7 @@ def main() -> None:
             kernels._attention = kernel if enabled else None
             kernels._attention_reason = None if enabled else "off for this comparison"
             with torch.inference_mode():
-                def call():
+                def call(qkv=qkv, batch=batch):
                     return packed_qkv_attention(qkv, batch, heads, heads, causal=False)
                 ms = best_ms(call, args.repeats)
                 error = (call()[:batch.num_tokens].float() - expected).abs().max().item()

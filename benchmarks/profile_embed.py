@@ -22,7 +22,8 @@ from corpus import english_paragraphs  # noqa: E402
 
 # Operator name fragments -> kind; the first match wins.
 KINDS = [
-    ("attention", ("native_attention", "scaled_dot_product", "flash_attention", "_softmax", "baddbmm", "bmm")),
+    ("attention", ("native_attention", "scaled_dot_product", "flash_attention", "_softmax",
+                   "baddbmm", "bmm")),
     ("matmul", ("addmm", "mm", "linear", "matmul")),
     ("activation", ("gelu", "silu", "tanh", "sigmoid")),
     ("normalisation", ("layer_norm", "rms_norm", "norm")),

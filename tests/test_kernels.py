@@ -65,6 +65,25 @@ def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens):
 
 
 @needs_kernel
+@pytest.mark.parametrize("queries", ["first", "last"])
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 6)])
+def test_only_the_pooled_queries(queries, causal, window):
+    torch.manual_seed(3)
+    heads, kv_heads, dim, lens = 4, 2, 32, [1, 9, 40, 17]
+    tokens = sum(lens)
+    q = torch.randn(tokens, heads, dim).to(torch.bfloat16)
+    k = torch.randn(tokens, kv_heads, dim).to(torch.bfloat16)
+    v = torch.randn(tokens, kv_heads, dim).to(torch.bfloat16)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), cu, 16, heads, kv_heads, dim,
+                 causal, window, queries)
+    assert got.shape == (16, heads * dim)
+    rows = cu[:-1] if queries == "first" else cu[1:] - 1
+    assert_bf16_close(got[:len(lens)], reference(q, k, v, lens, causal, window)[rows])
+    assert torch.all(got[len(lens):] == 0)
+
+
+@needs_kernel
 def test_reads_strided_fused_rows_and_never_filler_rows():
     torch.manual_seed(1)
     heads, dim, lens = 12, 32, [5, 70, 1, 33]

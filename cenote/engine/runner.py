@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-from cenote.config import ModelConfig
+from cenote.config import ModelConfig, PoolingType
 from cenote.models import load_model
 from cenote.models.layers import Linear, PackedBatch
 from cenote.params import PoolingParams
 from cenote.pooling import PoolingMetadata
+
+_POOLED_TOKEN = {PoolingType.CLS: "first", PoolingType.LAST: "last"}
 
 
 @dataclass
@@ -32,16 +34,27 @@ class ModelRunner:
         # Packed oneDNN matmuls cache a kernel per row count: give them few row counts.
         self.bucket_rows = any(isinstance(m, Linear) and m.packed is not None
                                for m in self.model.modules())
+        self.prunes_last_layer = getattr(self.model, "computes_pooled_rows_only", False)
 
     @torch.inference_mode()
     def execute(self, seqs: Sequence[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         types = None
         if any(s.token_type_ids is not None for s in seqs):
             types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
+        # A pooler that keeps one token per sequence needs only that row of the last layer.
+        pooled = None
+        if self.prunes_last_layer:
+            pooled = _POOLED_TOKEN.get(self.pooler.task_poolers[pooling_task].pooling_type)
         batch = PackedBatch.build([s.token_ids for s in seqs], types, self.config.device,
-                                  bucket=self.bucket_rows)
-        tokens = batch.num_tokens
-        hidden = self.model(batch)[:tokens]
-        meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens])
+                                  bucket=self.bucket_rows, pooled=pooled)
+        if pooled is None:
+            tokens = batch.num_tokens
+            hidden = self.model(batch)[:tokens]
+            meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens])
+        else:  # row b is sequence b's pooled token: hand the pooler one-token sequences
+            count = batch.num_seqs
+            hidden = self.model(batch)[:count]
+            meta = PoolingMetadata([1] * count, torch.arange(count + 1, device=hidden.device),
+                                   batch.input_ids[batch.pooled_rows[:count]])
         outputs = self.pooler(hidden, meta, pooling_task, [s.params for s in seqs])
         return [out.cpu() for out in outputs]

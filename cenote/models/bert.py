@@ -60,9 +60,14 @@ class BertLayer(nn.Module):
             raise ValueError(f"Unsupported hidden_act {config.hidden_act!r}.")
         self.act = _ACTIVATIONS[config.hidden_act]
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: PackedBatch,
+                pooled_only: bool = False) -> torch.Tensor:
+        """``pooled_only``: every row serves as key and value, but only the rows of
+        ``batch.pooled_rows`` are computed past attention (and returned)."""
         attn = packed_qkv_attention(self.qkv(x), batch, self.num_heads, self.num_heads,
-                                    causal=False)
+                                    causal=False, pooled_only=pooled_only)
+        if pooled_only:
+            x = x[batch.pooled_rows]
         x = self.attn_norm(self.attn_out.add(attn, x))
         return self.ffn_norm(self.ffn_out.add(self.ffn_in(x, self.act), x))
 
@@ -105,7 +110,13 @@ _PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
 
 
 class BertFamilyModel(nn.Module):
-    """An encoder of the BERT family; ``classifier`` is set for sequence classifiers."""
+    """An encoder of the BERT family; ``classifier`` is set for sequence classifiers.
+
+    With ``batch.pooled`` set, the last layer runs for the pooled rows only and the
+    output has the rows of ``batch.pooled_rows``.
+    """
+
+    computes_pooled_rows_only = True
 
     def __init__(self, config, task: str) -> None:
         super().__init__()
@@ -121,8 +132,9 @@ class BertFamilyModel(nn.Module):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embeddings(batch)
-        for layer in self.layers:
-            x = layer(x, batch)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, batch, pooled_only=i == last and batch.pooled is not None)
         return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

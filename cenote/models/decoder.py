@@ -172,14 +172,15 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                batch: PackedBatch) -> torch.Tensor:
+                batch: PackedBatch, pooled_only: bool = False) -> torch.Tensor:
         q, kv = self.qkv(x).split(self.sizes, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k, v = kv.view(-1, 2, self.num_kv_heads, self.head_dim).unbind(1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = packed_attention(q, k, v, batch, causal=True, sliding_window=self.sliding_window)
+        out = packed_attention(q, k, v, batch, causal=True, sliding_window=self.sliding_window,
+                               pooled_only=pooled_only)
         return self.o_proj(out)
 
 
@@ -207,8 +208,12 @@ class DecoderLayer(nn.Module):
         self.mlp = FeedForward(args)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                batch: PackedBatch) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), cos, sin, batch)
+                batch: PackedBatch, pooled_only: bool = False) -> torch.Tensor:
+        """``pooled_only``: as ``BertLayer``'s."""
+        attn = self.attn(self.input_norm(x), cos, sin, batch, pooled_only)
+        if pooled_only:
+            x = x[batch.pooled_rows]
+        x = x + attn
         return x + self.mlp(self.post_attn_norm(x))
 
 
@@ -243,7 +248,13 @@ _IGNORED = re.compile(r"^lm_head\.|rotary_emb\.inv_freq$")
 
 
 class DecoderModel(nn.Module):
-    """A Qwen2/Qwen3/Llama/Mistral decoder turned into a pooling model for ``task``."""
+    """A Qwen2/Qwen3/Llama/Mistral decoder turned into a pooling model for ``task``.
+
+    With ``batch.pooled`` set, the last layer runs for the pooled rows only (as in
+    ``BertFamilyModel``).
+    """
+
+    computes_pooled_rows_only = True
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()
@@ -264,8 +275,9 @@ class DecoderModel(nn.Module):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embed_tokens(batch.input_ids)
         cos, sin = self.rotary(batch.positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, batch)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, batch, pooled_only=i == last and batch.pooled is not None)
         return self.norm(x)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -31,6 +31,8 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 # Longer sequences go to torch's flash attention, whose memory does not grow with length.
 MAX_NATIVE_ATTENTION_LEN = 2048
 
+_QUERY_MODES = {None: 0, "first": 1, "last": 2}
+
 _lock = threading.Lock()
 _attention: NativeAttention | None = None
 _attention_reason: str | None = None  # why there is no native attention, once tried
@@ -116,8 +118,8 @@ class NativeAttention:
         self._fn = library.cenote_attention_bf16
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         self._fn.restype = ctypes.c_int
-        self._fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, i64, ptr, i64,
-                             i64, i64, i64, ctypes.c_float, ctypes.c_int, i64, ctypes.c_int]
+        self._fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, i64, ptr, i64, i64, i64, i64,
+                             ctypes.c_float, ctypes.c_int, i64, ctypes.c_int, ctypes.c_int]
 
     @staticmethod
     def supports(x: torch.Tensor, head_dim: int, max_len: int) -> bool:
@@ -130,17 +132,22 @@ class NativeAttention:
         k: torch.Tensor,
         v: torch.Tensor,
         cu_seqlens: torch.Tensor,
-        num_rows: int,
+        out_rows: int,
         num_heads: int,
         num_kv_heads: int,
         head_dim: int,
         causal: bool,
         sliding_window: int | None = None,
+        queries: str | None = None,
     ) -> torch.Tensor:
         """``q``: ``[rows, num_heads * head_dim]``, ``k``/``v``: ``[rows, num_kv_heads *
         head_dim]`` (each row contiguous; rows may be strided views of one fused
-        projection). Rows past ``cu_seqlens[-1]`` are not read; they come back zero.
-        Returns ``[num_rows, num_heads * head_dim]``.
+        projection); rows past ``cu_seqlens[-1]`` are not read.
+
+        ``queries``: None, every token is a query and out row t is token t's;
+        ``"first"``/``"last"``, only each sequence's first/last token is, and out
+        row b is sequence b's. Returns ``[out_rows, num_heads * head_dim]``; the
+        rows past the written ones are zero.
         """
         for name, t, heads in (("q", q, num_heads), ("k", k, num_kv_heads), ("v", v, num_kv_heads)):
             if t.dtype != torch.bfloat16 or t.stride(-1) != 1 or t.shape[-1] != heads * head_dim:
@@ -149,16 +156,19 @@ class NativeAttention:
         cu = cu_seqlens.contiguous()
         if cu.dtype != torch.int64:
             cu = cu.to(torch.int64)
-        num_tokens = int(cu[-1])
-        out = torch.empty(num_rows, num_heads * head_dim, dtype=torch.bfloat16)
-        if num_rows > num_tokens:
-            out[num_tokens:].zero_()
+        mode = _QUERY_MODES[queries]
+        written = int(cu[-1]) if mode == 0 else cu.numel() - 1
+        if out_rows < written:
+            raise ValueError(f"native attention: {written} output rows do not fit in {out_rows}")
+        out = torch.empty(out_rows, num_heads * head_dim, dtype=torch.bfloat16)
+        if out_rows > written:
+            out[written:].zero_()
         with torch.profiler.record_function("cenote::native_attention"):
             status = self._fn(
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
                 out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
                 num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
-                sliding_window or 0, torch.get_num_threads(),
+                sliding_window or 0, mode, torch.get_num_threads(),
             )
         if status == -2:
             raise MemoryError("native attention: could not allocate its work buffers")

@@ -35,6 +35,11 @@ class PackedBatch:
     # [R]: the padded slot each row is read back from (filler rows read slot 0);
     # None when it would be the identity.
     row_index: torch.Tensor | None
+    # "first"/"last": the caller pools only each sequence's first/last token, so the
+    # last layer computes just those rows (see ``pooled_rows``); None: every row.
+    pooled: str | None = None
+    # [P >= B]: the row of each sequence's pooled token, then filler (row 0).
+    pooled_rows: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -43,8 +48,13 @@ class PackedBatch:
         token_type_ids: list[list[int]] | None = None,
         device: torch.device | str = "cpu",
         bucket: bool = False,
+        pooled: str | None = None,
     ) -> PackedBatch:
-        """``bucket``: add filler rows up to ``bucket_rows(T)``."""
+        """``bucket``: add filler rows up to ``bucket_rows(T)`` (and pooled rows up to
+        ``bucket_rows(B)``). ``pooled``: "first" or "last" when only that token of
+        each sequence is needed from the last layer."""
+        if pooled not in (None, "first", "last"):
+            raise ValueError(f"pooled must be None, 'first' or 'last', not {pooled!r}")
         seq_lens = [len(ids) for ids in token_ids]
         if not seq_lens or min(seq_lens) < 1:
             raise ValueError("every sequence of a batch needs at least one token")
@@ -80,6 +90,13 @@ class PackedBatch:
                 np.concatenate([slots, np.zeros(filler, dtype=np.int64)])).to(device)
         else:
             row_index = padded_index
+        pooled_rows = None
+        if pooled is not None:
+            picked = cu_seqlens[:-1] if pooled == "first" else cu_seqlens[1:] - 1
+            count = bucket_rows(len(seq_lens)) if bucket else len(seq_lens)
+            pooled_rows = torch.from_numpy(
+                np.concatenate([picked, np.zeros(count - len(seq_lens), dtype=np.int64)])
+            ).to(device)
         return cls(
             input_ids=input_ids.to(device),
             positions=torch.from_numpy(positions).to(device),
@@ -92,6 +109,8 @@ class PackedBatch:
             num_tokens=num_tokens,
             num_rows=num_rows,
             row_index=row_index,
+            pooled=pooled,
+            pooled_rows=pooled_rows,
         )
 
     @property
@@ -136,12 +155,14 @@ def packed_attention(
     batch: PackedBatch,
     causal: bool,
     sliding_window: int | None = None,
+    pooled_only: bool = False,
 ) -> torch.Tensor:
     """Attention within each sequence of a packed batch.
 
     ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads, head_dim]``.
-    Returns ``[T, num_heads * head_dim]``. With ``sliding_window`` (causal only),
-    a query attends to at most that many keys: itself and the ones just before it.
+    Returns ``[T, num_heads * head_dim]``, or with ``pooled_only`` just the rows
+    of ``batch.pooled_rows``. With ``sliding_window`` (causal only), a query
+    attends to at most that many keys: itself and the ones just before it.
     The native kernel runs it when it can (bf16 on CPU); otherwise SDPA over a
     padded layout.
     """
@@ -149,9 +170,10 @@ def packed_attention(
     kernel = native_attention()
     if kernel is not None and kernel.supports(q, head_dim, batch.max_len):
         rows, kv_heads = q.shape[0], k.shape[1]
+        out_rows, queries = _kernel_outputs(batch, rows, pooled_only)
         return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1),
-                      batch.cu_seqlens, rows, num_heads, kv_heads, head_dim, causal,
-                      sliding_window)
+                      batch.cu_seqlens, out_rows, num_heads, kv_heads, head_dim, causal,
+                      sliding_window, queries)
     qp = batch.to_padded(q).transpose(1, 2)
     kp = batch.to_padded(k).transpose(1, 2)
     vp = batch.to_padded(v).transpose(1, 2)
@@ -166,7 +188,8 @@ def packed_attention(
         enable_gqa=kp.shape[1] != num_heads,
     )
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
-    return batch.from_padded(out)
+    out = batch.from_padded(out)
+    return out[batch.pooled_rows] if pooled_only else out
 
 
 def packed_qkv_attention(
@@ -175,9 +198,11 @@ def packed_qkv_attention(
     num_heads: int,
     num_kv_heads: int,
     causal: bool,
+    pooled_only: bool = False,
 ) -> torch.Tensor:
     """Attention within each sequence, from a fused ``[T, (heads + 2 * kv_heads) * head_dim]``
-    projection. Returns ``[T, heads * head_dim]``.
+    projection. Returns ``[T, heads * head_dim]``, or with ``pooled_only`` just the
+    rows of ``batch.pooled_rows``.
 
     The native kernel (bf16 on CPU, see ``kernels.py``) reads q, k and v straight
     from the fused rows. Otherwise the fused tensor is laid out padded once (one
@@ -187,8 +212,9 @@ def packed_qkv_attention(
     kernel = native_attention()
     if kernel is not None and kernel.supports(qkv, head_dim, batch.max_len):
         q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
+        out_rows, queries = _kernel_outputs(batch, qkv.shape[0], pooled_only)
         return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch.cu_seqlens,
-                      qkv.shape[0], num_heads, num_kv_heads, head_dim, causal)
+                      out_rows, num_heads, num_kv_heads, head_dim, causal, queries=queries)
     padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
     padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
     padded = padded.transpose(1, 2)  # [B, h + 2kv, L, d]
@@ -201,7 +227,17 @@ def packed_qkv_attention(
         q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=num_kv_heads != num_heads
     )
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
-    return batch.from_padded(out)
+    out = batch.from_padded(out)
+    return out[batch.pooled_rows] if pooled_only else out
+
+
+def _kernel_outputs(batch: PackedBatch, rows: int, pooled_only: bool) -> tuple[int, str | None]:
+    """The native kernel's output rows and query selection for this call."""
+    if not pooled_only:
+        return rows, None
+    if batch.pooled is None:
+        raise ValueError("pooled_only needs a batch built with pooled='first' or 'last'")
+    return len(batch.pooled_rows), batch.pooled
 
 
 # Activations oneDNN can apply to a matmul's output in the same pass:

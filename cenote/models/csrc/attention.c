@@ -68,12 +68,13 @@ static inline __mmask16 range_mask(int64_t j0, int64_t lo, int64_t hi) {
     return (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
 }
 
-/* One (sequence, head): q rows [len, dim] at stride ld_q, etc. Buffers: kp [dim/2][lp]
+/* One (sequence, head): q rows [len, dim] at stride ld_q, etc.; the queries
+   i_begin <= i < i_end go to out rows i - i_begin. Buffers: kp [dim/2][lp]
    (pairs of key values along dim), vf [lp][dim], s [QB][lp]. */
 static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64_t ld_k,
                        const uint16_t *v, int64_t ld_v, uint16_t *out, int64_t ld_out,
-                       int64_t len, int64_t dim, float scale, int causal, int64_t window,
-                       uint32_t *kp, float *vf, float *s)
+                       int64_t len, int64_t i_begin, int64_t i_end, int64_t dim, float scale,
+                       int causal, int64_t window, uint32_t *kp, float *vf, float *s)
 {
     const int64_t lp = (len + 15) & ~(int64_t)15;
     const int64_t pairs = dim / 2;
@@ -88,8 +89,8 @@ static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64
         for (int64_t d = 0; d < dim; d++) vf[j * dim + d] = 0.0f;
     }
     const __m512 vscale = _mm512_set1_ps(scale);
-    for (int64_t i0 = 0; i0 < len; i0 += QB) {
-        const int nq = len - i0 < QB ? (int)(len - i0) : QB;
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += QB) {
+        const int nq = i_end - i0 < QB ? (int)(i_end - i0) : QB;
         /* keys this block may see */
         const int64_t jend = causal ? i0 + nq : len;
         int64_t jbeg = 0;
@@ -165,7 +166,7 @@ static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64
             }
             for (int r = 0; r < nq; r++) {
                 const __m512 vi = _mm512_set1_ps(inv[r]);
-                uint16_t *o = out + (i0 + r) * ld_out + d0;
+                uint16_t *o = out + (i0 + r - i_begin) * ld_out + d0;
                 store_bf16x16(o, _mm512_mul_ps(acc[r][0], vi));
                 if (two) store_bf16x16(o + 16, _mm512_mul_ps(acc[r][1], vi));
             }
@@ -173,14 +174,18 @@ static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64
     }
 }
 
-/* Returns 0, -1 for an unsupported shape, -2 when a work buffer could not be allocated. */
+/* query_mode 0: every token is a query, out has a row per token (the rows of q).
+   1 or 2: only each sequence's first or last token is, out row b is sequence b's
+   (what CLS or LAST pooling keeps of a last layer).
+   Returns 0, -1 for an unsupported shape or mode, -2 when a work buffer could
+   not be allocated. */
 int cenote_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                           int64_t ld_q, int64_t ld_k, int64_t ld_v,
                           uint16_t *out, int64_t ld_out, const int64_t *cu, int64_t num_seqs,
                           int64_t heads, int64_t kv_heads, int64_t dim, float scale,
-                          int causal, int64_t window, int threads)
+                          int causal, int64_t window, int query_mode, int threads)
 {
-    if (dim % 16 || heads % kv_heads) return -1;
+    if (dim % 16 || heads % kv_heads || query_mode < 0 || query_mode > 2) return -1;
     int64_t max_len = 0;
     for (int64_t b = 0; b < num_seqs; b++)
         if (cu[b + 1] - cu[b] > max_len) max_len = cu[b + 1] - cu[b];
@@ -199,10 +204,13 @@ int cenote_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *
         for (int64_t item = 0; item < num_seqs * heads; item++) {
             if (!buf) continue;
             const int64_t b = item / heads, h = item % heads, kvh = h / group;
-            const int64_t start = cu[b];
+            const int64_t start = cu[b], len = cu[b + 1] - start;
+            const int64_t i_begin = query_mode == 2 ? len - 1 : 0;
+            const int64_t i_end = query_mode == 1 ? 1 : len;
+            const int64_t out_row = query_mode == 0 ? start : b;
             attend_one(q + start * ld_q + h * dim, ld_q, k + start * ld_k + kvh * dim, ld_k,
-                       v + start * ld_v + kvh * dim, ld_v, out + start * ld_out + h * dim, ld_out,
-                       cu[b + 1] - start, dim, scale, causal, window,
+                       v + start * ld_v + kvh * dim, ld_v, out + out_row * ld_out + h * dim,
+                       ld_out, len, i_begin, i_end, dim, scale, causal, window,
                        (uint32_t *)buf, buf + dim / 2 * lp, buf + dim / 2 * lp + lp * dim);
         }
         free(buf);
