@@ -69,11 +69,27 @@ def test_packed_add_fuses_the_residual(bias):
 @needs_packing
 def test_packing_frees_the_plain_weight_and_only_packs_what_it_can():
     model = nn.Sequential(Linear(8, 8), nn.Linear(8, 8), Linear(8, 4)).to(torch.bfloat16)
-    fp32 = nn.Sequential(Linear(8, 8))
     assert pack_linears(model) == 2
     assert model[0].weight is None and model[0].packed is not None
     assert model[1].weight is not None  # a plain nn.Linear is left alone
-    assert pack_linears(fp32) == 0 and fp32[0].packed is None
+    assert pack_linears(nn.Sequential(Linear(8, 8))) == 1  # fp32 packs too
+    fp64 = nn.Sequential(Linear(8, 8)).to(torch.float64)
+    assert pack_linears(fp64) == 0 and fp64[0].packed is None
+
+
+@pytest.mark.skipif(not can_pack(torch.empty(1)), reason="no oneDNN on this CPU")
+@pytest.mark.parametrize("activation", list(REFERENCE))
+def test_packed_fp32_matches_plain(activation):
+    torch.manual_seed(0)
+    plain = Linear(96, 160).eval()
+    packed = copy.deepcopy(plain)
+    packed.pack()
+    x, residual = torch.randn(37, 96), torch.randn(37, 160)
+    with torch.inference_mode():
+        expected = REFERENCE[activation](fp32_reference(plain, x))
+        torch.testing.assert_close(packed(x, activation), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed.add(x, residual), plain.add(x, residual),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_an_unpacked_layer_is_a_plain_linear():

@@ -32,6 +32,7 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MAX_NATIVE_ATTENTION_LEN = 2048
 
 _QUERY_MODES = {None: 0, "first": 1, "last": 2}
+_DTYPES = (torch.bfloat16, torch.float32)
 
 _lock = threading.Lock()
 _attention: NativeAttention | None = None
@@ -112,18 +113,19 @@ def build(name: str) -> Path:
 
 
 class NativeAttention:
-    """``csrc/attention.c``: attention within each sequence of a packed bf16 batch."""
+    """``csrc/attention.c``: attention within each sequence of a packed bf16 or fp32 batch."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._fn = library.cenote_attention_bf16
+        self._fn = library.cenote_attention
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, i64, ptr, i64, i64, i64, i64,
-                             ctypes.c_float, ctypes.c_int, i64, ctypes.c_int, ctypes.c_int]
+                             ctypes.c_float, ctypes.c_int, i64, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int]
 
     @staticmethod
     def supports(x: torch.Tensor, head_dim: int, max_len: int) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and head_dim % 16 == 0
+        return (x.device.type == "cpu" and x.dtype in _DTYPES and head_dim % 16 == 0
                 and max_len <= MAX_NATIVE_ATTENTION_LEN)
 
     def __call__(
@@ -149,10 +151,12 @@ class NativeAttention:
         row b is sequence b's. Returns ``[out_rows, num_heads * head_dim]``; the
         rows past the written ones are zero.
         """
+        dtype = q.dtype
         for name, t, heads in (("q", q, num_heads), ("k", k, num_kv_heads), ("v", v, num_kv_heads)):
-            if t.dtype != torch.bfloat16 or t.stride(-1) != 1 or t.shape[-1] != heads * head_dim:
-                raise ValueError(f"native attention: {name} must be bf16 [rows, "
-                                 f"{heads * head_dim}] with contiguous rows")
+            if (dtype not in _DTYPES or t.dtype != dtype or t.stride(-1) != 1
+                    or t.shape[-1] != heads * head_dim):
+                raise ValueError(f"native attention: q, k and v must be bf16 or fp32, all the "
+                                 f"same; {name} [rows, {heads * head_dim}] with contiguous rows")
         cu = cu_seqlens.contiguous()
         if cu.dtype != torch.int64:
             cu = cu.to(torch.int64)
@@ -160,7 +164,7 @@ class NativeAttention:
         written = int(cu[-1]) if mode == 0 else cu.numel() - 1
         if out_rows < written:
             raise ValueError(f"native attention: {written} output rows do not fit in {out_rows}")
-        out = torch.empty(out_rows, num_heads * head_dim, dtype=torch.bfloat16)
+        out = torch.empty(out_rows, num_heads * head_dim, dtype=dtype)
         if out_rows > written:
             out[written:].zero_()
         with torch.profiler.record_function("cenote::native_attention"):
@@ -168,7 +172,7 @@ class NativeAttention:
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
                 out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
                 num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
-                sliding_window or 0, mode, torch.get_num_threads(),
+                sliding_window or 0, mode, int(dtype == torch.float32), torch.get_num_threads(),
             )
         if status == -2:
             raise MemoryError("native attention: could not allocate its work buffers")

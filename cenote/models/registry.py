@@ -66,7 +66,7 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
             raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
     model = model.to(device=config.device, dtype=config.dtype).eval()
     pack_linears(model)
-    if cls is not None and config.device.type == "cpu" and config.dtype == torch.bfloat16:
+    if cls is not None and config.device.type == "cpu":
         native_attention()  # built (or loaded from its cache) now, not on the first request
     pooler = Pooler(
         config,

@@ -1,20 +1,19 @@
-/* Attention within each sequence of a packed batch, on CPU, for bf16 models.
+/* Attention within each sequence of a packed batch, on CPU, for bf16 and fp32 models.
  *
  * Why a kernel of our own: at the short lengths embedding models see (tens to a
  * few hundred tokens), torch's CPU SDPA spends most of its time on per-block
  * overhead, and it needs the batch laid out padded first. This kernel reads
  * queries, keys and values straight from the packed [tokens, heads * dim]
  * projection (no padding, no copies), and for each (sequence, head):
- *   - keys are regrouped as pairs along dim, so q . k is one AVX-512 BF16 dot
- *     product per pair (exact products, fp32 sums); without AVX512_BF16 the
- *     same sums run as fp32 FMAs;
+ *   - bf16: keys are regrouped as pairs along dim, so q . k is one AVX-512 BF16
+ *     dot product per pair (exact products, fp32 sums); without AVX512_BF16 the
+ *     same sums run as fp32 FMAs. fp32: keys transposed, fp32 FMAs;
  *   - the softmax runs in fp32 over exactly the keys each query may see
  *     (causal and sliding-window masks included);
- *   - probabilities stay fp32 for the sum over values; the result is rounded
- *     to bf16 once, on the way out.
+ *   - probabilities stay fp32 for the sum over values; a bf16 result is rounded
+ *     once, on the way out.
  * Work is split over (sequence, head) pairs with OpenMP, in the same runtime
- * (libgomp) torch uses. Built once per machine by cenote/models/kernels.py.
- */
+ * (libgomp) torch uses. Built once per machine by cenote/models/kernels.py. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,21 +70,33 @@ static inline __mmask16 range_mask(int64_t j0, int64_t lo, int64_t hi) {
 /* One (sequence, head): q rows [len, dim] at stride ld_q, etc.; the queries
    i_begin <= i < i_end go to out rows i - i_begin. Buffers: kp [dim/2][lp]
    (pairs of key values along dim), vf [lp][dim], s [QB][lp]. */
-static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64_t ld_k,
-                       const uint16_t *v, int64_t ld_v, uint16_t *out, int64_t ld_out,
+static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_k,
+                       const void *v_, int64_t ld_v, void *out_, int64_t ld_out,
                        int64_t len, int64_t i_begin, int64_t i_end, int64_t dim, float scale,
-                       int causal, int64_t window, uint32_t *kp, float *vf, float *s)
+                       int causal, int64_t window, int fp32, uint32_t *kp, float *vf, float *s)
 {
+    const uint16_t *q = q_, *k = k_, *v = v_;
+    const float *qf = q_, *kf = k_, *vf32 = v_;
     const int64_t lp = (len + 15) & ~(int64_t)15;
     const int64_t pairs = dim / 2;
+    float *kt = (float *)kp;  /* fp32: keys transposed, [dim][lp] */
     for (int64_t j = 0; j < len; j++) {
-        const uint32_t *kr = (const uint32_t *)(k + j * ld_k);
-        for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = kr[p];
-        for (int64_t d = 0; d < dim; d += 16)
-            _mm512_storeu_ps(vf + j * dim + d, load_bf16x16(v + j * ld_v + d));
+        if (fp32) {
+            for (int64_t d = 0; d < dim; d++) kt[d * lp + j] = kf[j * ld_k + d];
+            for (int64_t d = 0; d < dim; d += 16)
+                _mm512_storeu_ps(vf + j * dim + d, _mm512_loadu_ps(vf32 + j * ld_v + d));
+        } else {
+            const uint32_t *kr = (const uint32_t *)(k + j * ld_k);
+            for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = kr[p];
+            for (int64_t d = 0; d < dim; d += 16)
+                _mm512_storeu_ps(vf + j * dim + d, load_bf16x16(v + j * ld_v + d));
+        }
     }
     for (int64_t j = len; j < lp; j++) {
-        for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = 0;
+        if (fp32)
+            for (int64_t d = 0; d < dim; d++) kt[d * lp + j] = 0.0f;
+        else
+            for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = 0;
         for (int64_t d = 0; d < dim; d++) vf[j * dim + d] = 0.0f;
     }
     const __m512 vscale = _mm512_set1_ps(scale);
@@ -101,10 +112,23 @@ static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64
             const int two = j0 + 16 < jend_p;
             __m512 acc[QB][2];
             for (int r = 0; r < QB; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            if (fp32) {
+                const float *qrow[QB];
+                for (int r = 0; r < QB; r++) qrow[r] = qf + (r < nq ? i0 + r : i0) * ld_q;
+                for (int64_t d = 0; d < dim; d++) {
+                    const __m512 k0 = _mm512_loadu_ps(kt + d * lp + j0);
+                    const __m512 k1 = two ? _mm512_loadu_ps(kt + d * lp + j0 + 16) : k0;
+                    for (int r = 0; r < QB; r++) {
+                        const __m512 qd = _mm512_set1_ps(qrow[r][d]);
+                        acc[r][0] = _mm512_fmadd_ps(qd, k0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(qd, k1, acc[r][1]);
+                    }
+                }
+            }
             const uint32_t *qrow[QB];
             for (int r = 0; r < QB; r++)
                 qrow[r] = (const uint32_t *)(q + (r < nq ? i0 + r : i0) * ld_q);
-            for (int64_t p = 0; p < pairs; p++) {
+            for (int64_t p = 0; p < (fp32 ? 0 : pairs); p++) {
                 const __m512i k0 = _mm512_loadu_si512(kp + p * lp + j0);
                 const __m512i k1 = two ? _mm512_loadu_si512(kp + p * lp + j0 + 16) : k0;
                 for (int r = 0; r < QB; r++) {
@@ -166,9 +190,16 @@ static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64
             }
             for (int r = 0; r < nq; r++) {
                 const __m512 vi = _mm512_set1_ps(inv[r]);
-                uint16_t *o = out + (i0 + r - i_begin) * ld_out + d0;
-                store_bf16x16(o, _mm512_mul_ps(acc[r][0], vi));
-                if (two) store_bf16x16(o + 16, _mm512_mul_ps(acc[r][1], vi));
+                const int64_t at = (i0 + r - i_begin) * ld_out + d0;
+                if (fp32) {
+                    float *o = (float *)out_ + at;
+                    _mm512_storeu_ps(o, _mm512_mul_ps(acc[r][0], vi));
+                    if (two) _mm512_storeu_ps(o + 16, _mm512_mul_ps(acc[r][1], vi));
+                } else {
+                    uint16_t *o = (uint16_t *)out_ + at;
+                    store_bf16x16(o, _mm512_mul_ps(acc[r][0], vi));
+                    if (two) store_bf16x16(o + 16, _mm512_mul_ps(acc[r][1], vi));
+                }
             }
         }
     }
@@ -179,12 +210,13 @@ static void attend_one(const uint16_t *q, int64_t ld_q, const uint16_t *k, int64
    (what CLS or LAST pooling keeps of a last layer).
    Returns 0, -1 for an unsupported shape or mode, -2 when a work buffer could
    not be allocated. */
-int cenote_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                          int64_t ld_q, int64_t ld_k, int64_t ld_v,
-                          uint16_t *out, int64_t ld_out, const int64_t *cu, int64_t num_seqs,
-                          int64_t heads, int64_t kv_heads, int64_t dim, float scale,
-                          int causal, int64_t window, int query_mode, int threads)
+int cenote_attention(const void *q, const void *k, const void *v,
+                     int64_t ld_q, int64_t ld_k, int64_t ld_v,
+                     void *out, int64_t ld_out, const int64_t *cu, int64_t num_seqs,
+                     int64_t heads, int64_t kv_heads, int64_t dim, float scale,
+                     int causal, int64_t window, int query_mode, int fp32, int threads)
 {
+    const size_t es = fp32 ? 4 : 2;  /* bytes per element of q, k, v and out */
     if (dim % 16 || heads % kv_heads || query_mode < 0 || query_mode > 2) return -1;
     int64_t max_len = 0;
     for (int64_t b = 0; b < num_seqs; b++)
@@ -194,7 +226,7 @@ int cenote_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *
     int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
-        const size_t floats = (size_t)(dim / 2 * lp + lp * dim + QB * lp);
+        const size_t floats = (size_t)(dim * lp + lp * dim + QB * lp);
         float *buf = aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
         if (!buf) {
             #pragma omp atomic write
@@ -208,10 +240,12 @@ int cenote_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *
             const int64_t i_begin = query_mode == 2 ? len - 1 : 0;
             const int64_t i_end = query_mode == 1 ? 1 : len;
             const int64_t out_row = query_mode == 0 ? start : b;
-            attend_one(q + start * ld_q + h * dim, ld_q, k + start * ld_k + kvh * dim, ld_k,
-                       v + start * ld_v + kvh * dim, ld_v, out + out_row * ld_out + h * dim,
-                       ld_out, len, i_begin, i_end, dim, scale, causal, window,
-                       (uint32_t *)buf, buf + dim / 2 * lp, buf + dim / 2 * lp + lp * dim);
+            attend_one((const char *)q + (start * ld_q + h * dim) * es, ld_q,
+                       (const char *)k + (start * ld_k + kvh * dim) * es, ld_k,
+                       (const char *)v + (start * ld_v + kvh * dim) * es, ld_v,
+                       (char *)out + (out_row * ld_out + h * dim) * es, ld_out,
+                       len, i_begin, i_end, dim, scale, causal, window, fp32,
+                       (uint32_t *)buf, buf + dim * lp, buf + dim * lp + lp * dim);
         }
         free(buf);
     }
