@@ -43,7 +43,10 @@ def cache_dir() -> Path:
     configured = os.environ.get("CENOTE_CACHE_DIR")
     if configured:
         return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home directory to be found
+        base = tempfile.gettempdir()
     return Path(base) / "cenote"
 
 
