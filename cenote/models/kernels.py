@@ -158,7 +158,8 @@ class NativeAttention:
         for name, t, heads in (("q", q, num_heads), ("k", k, num_kv_heads), ("v", v, num_kv_heads)):
             if (dtype not in _DTYPES or t.dtype != dtype or t.stride(-1) != 1
                     or t.shape[-1] != heads * head_dim):
-                raise ValueError(f"native attention: q, k and v must be bf16 or fp32, all the "
+                # A caller's bug, not a client's: RuntimeError, so a server answers 500.
+                raise RuntimeError(f"native attention: q, k and v must be bf16 or fp32, all the "
                                  f"same; {name} [rows, {heads * head_dim}] with contiguous rows")
         cu = cu_seqlens.contiguous()
         if cu.dtype != torch.int64:
@@ -166,7 +167,7 @@ class NativeAttention:
         mode = _QUERY_MODES[queries]
         written = int(cu[-1]) if mode == 0 else cu.numel() - 1
         if out_rows < written:
-            raise ValueError(f"native attention: {written} output rows do not fit in {out_rows}")
+            raise RuntimeError(f"native attention: {written} output rows do not fit in {out_rows}")
         out = torch.empty(out_rows, num_heads * head_dim, dtype=dtype)
         if out_rows > written:
             out[written:].zero_()
@@ -180,7 +181,7 @@ class NativeAttention:
         if status == -2:
             raise MemoryError("native attention: could not allocate its work buffers")
         if status != 0:
-            raise ValueError(f"native attention: unsupported shape (status {status})")
+            raise RuntimeError(f"native attention: unsupported shape (status {status})")
         return out
 
 
