@@ -27,6 +27,7 @@ import torch
 
 from cenote.config import ModelConfig
 from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
+from cenote.engine.memory import HeapTrimmer
 from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
 from cenote.engine.runner import SequenceInput
 from cenote.engine.tokenizer import Prompt, check_unicode
@@ -184,6 +185,7 @@ class AsyncPoolingEngine:
         self.max_queued_tokens = max_queued_tokens
         self.max_queue_seconds = max_queue_seconds
         self._model_thread = model_thread or ModelThread()
+        self._heap = HeapTrimmer()  # keeps a long-running server's RSS from creeping up
         self._queue: RequestQueue[_Request] = RequestQueue(engine.config.max_num_batched_tokens)
         self._cond = threading.Condition()
         self._stopping = False
@@ -388,6 +390,7 @@ class AsyncPoolingEngine:
                 batch = self._queue.next_batch()
             if batch is not None and batch.members:
                 self._execute(batch)
+                self._heap.maybe_trim()
 
     def _execute(self, batch: ScheduledBatch[_Request]) -> None:
         started = time.perf_counter()

@@ -124,7 +124,10 @@ class NativeAttention:
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, i64, ptr, i64, i64, i64, i64,
                              ctypes.c_float, ctypes.c_int, i64, ctypes.c_int, ctypes.c_int,
-                             ctypes.c_int]
+                             ptr, i64, ctypes.c_int]
+        self._workspace = library.cenote_attention_workspace
+        self._workspace.restype = i64
+        self._workspace.argtypes = [i64, i64]
 
     @staticmethod
     def supports(x: torch.Tensor, head_dim: int, max_len: int) -> bool:
@@ -171,17 +174,23 @@ class NativeAttention:
         out = torch.empty(out_rows, num_heads * head_dim, dtype=dtype)
         if out_rows > written:
             out[written:].zero_()
+        # Work space from torch, on this thread: the kernel's OpenMP threads never allocate.
+        threads = torch.get_num_threads()
+        longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+        per_thread = self._workspace(longest, head_dim)
+        workspace = torch.empty(threads * per_thread + 16, dtype=torch.float32)
+        skip = (-workspace.data_ptr() // 4) % 16  # to a 64-byte boundary
         with torch.profiler.record_function("cenote::native_attention"):
             status = self._fn(
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
                 out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
                 num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
-                sliding_window or 0, mode, int(dtype == torch.float32), torch.get_num_threads(),
+                sliding_window or 0, mode, int(dtype == torch.float32),
+                workspace.data_ptr() + 4 * skip, workspace.numel() - skip, threads,
             )
-        if status == -2:
-            raise MemoryError("native attention: could not allocate its work buffers")
         if status != 0:
-            raise RuntimeError(f"native attention: unsupported shape (status {status})")
+            raise RuntimeError(f"native attention: unsupported shape or work space "
+                               f"(status {status})")
         return out
 
 

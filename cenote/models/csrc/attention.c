@@ -15,9 +15,8 @@
  * Work is split over (sequence, head) pairs with OpenMP, in the same runtime
  * (libgomp) torch uses. Built once per machine by cenote/models/kernels.py. */
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 #include <math.h>
+#include <omp.h>
 #include <immintrin.h>
 
 #if !defined(__AVX512F__)
@@ -205,36 +204,42 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
     }
 }
 
+/* Floats of work space one thread needs for sequences of up to max_len tokens:
+   keys [dim][lp], values [lp][dim], scores [QB][lp], rounded to 64 bytes. */
+int64_t cenote_attention_workspace(int64_t max_len, int64_t dim)
+{
+    const int64_t lp = (max_len + 15) & ~(int64_t)15;
+    return (dim * lp + lp * dim + QB * lp + 15) & ~(int64_t)15;
+}
+
 /* query_mode 0: every token is a query, out has a row per token (the rows of q).
    1 or 2: only each sequence's first or last token is, out row b is sequence b's
    (what CLS or LAST pooling keeps of a last layer).
-   Returns 0, -1 for an unsupported shape or mode, -2 when a work buffer could
-   not be allocated. */
+   workspace: threads * cenote_attention_workspace(longest sequence, dim) floats,
+   64-byte aligned, allocated by the caller (so that the OpenMP threads never
+   allocate). Returns 0, or -1 for an unsupported shape, mode or work space. */
 int cenote_attention(const void *q, const void *k, const void *v,
                      int64_t ld_q, int64_t ld_k, int64_t ld_v,
                      void *out, int64_t ld_out, const int64_t *cu, int64_t num_seqs,
                      int64_t heads, int64_t kv_heads, int64_t dim, float scale,
-                     int causal, int64_t window, int query_mode, int fp32, int threads)
+                     int causal, int64_t window, int query_mode, int fp32,
+                     float *workspace, int64_t workspace_floats, int threads)
 {
     const size_t es = fp32 ? 4 : 2;  /* bytes per element of q, k, v and out */
-    if (dim % 16 || heads % kv_heads || query_mode < 0 || query_mode > 2) return -1;
+    if (dim % 16 || heads % kv_heads || query_mode < 0 || query_mode > 2 || threads < 1)
+        return -1;
     int64_t max_len = 0;
     for (int64_t b = 0; b < num_seqs; b++)
         if (cu[b + 1] - cu[b] > max_len) max_len = cu[b + 1] - cu[b];
     const int64_t lp = (max_len + 15) & ~(int64_t)15;
+    const int64_t per_thread = cenote_attention_workspace(max_len, dim);
+    if (workspace_floats < per_thread * threads || ((uintptr_t)workspace & 63)) return -1;
     const int64_t group = heads / kv_heads;
-    int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
-        const size_t floats = (size_t)(dim * lp + lp * dim + QB * lp);
-        float *buf = aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
-        if (!buf) {
-            #pragma omp atomic write
-            failed = 1;
-        }
+        float *buf = workspace + per_thread * omp_get_thread_num();
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < num_seqs * heads; item++) {
-            if (!buf) continue;
             const int64_t b = item / heads, h = item % heads, kvh = h / group;
             const int64_t start = cu[b], len = cu[b + 1] - start;
             const int64_t i_begin = query_mode == 2 ? len - 1 : 0;
@@ -247,7 +252,6 @@ int cenote_attention(const void *q, const void *k, const void *v,
                        len, i_begin, i_end, dim, scale, causal, window, fp32,
                        (uint32_t *)buf, buf + dim * lp, buf + dim * lp + lp * dim);
         }
-        free(buf);
     }
-    return failed ? -2 : 0;
+    return 0;
 }
