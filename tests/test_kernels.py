@@ -61,8 +61,8 @@ def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens, dtyp
     q = torch.randn(tokens, heads, dim).to(dtype)
     k = torch.randn(tokens, kv_heads, dim).to(dtype)
     v = torch.randn(tokens, kv_heads, dim).to(dtype)
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
-    got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), cu, tokens, heads, kv_heads, dim,
+    batch = PackedBatch.build([[1] * n for n in lens])
+    got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), batch, heads, kv_heads, dim,
                  causal, window)
     assert_close(got, reference(q, k, v, lens, causal, window), dtype)
 
@@ -78,9 +78,10 @@ def test_only_the_pooled_queries(queries, causal, window, dtype):
     q = torch.randn(tokens, heads, dim).to(dtype)
     k = torch.randn(tokens, kv_heads, dim).to(dtype)
     v = torch.randn(tokens, kv_heads, dim).to(dtype)
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
-    got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), cu, 16, heads, kv_heads, dim,
-                 causal, window, queries)
+    batch = PackedBatch.build([[1] * n for n in lens], bucket=True, pooled=queries)
+    cu = batch.cu_seqlens
+    got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), batch, heads, kv_heads, dim,
+                 causal, window, pooled_only=True)
     assert got.shape == (16, heads * dim)
     rows = cu[:-1] if queries == "first" else cu[1:] - 1
     assert_close(got[:len(lens)], reference(q, k, v, lens, causal, window)[rows], dtype)

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import time
-
-logger = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 5.0
 

@@ -21,8 +21,12 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from cenote.models.layers import PackedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 # Longer sequences go to torch's flash attention, whose memory does not grow with length.
 MAX_NATIVE_ATTENTION_LEN = 2048
 
-_QUERY_MODES = {None: 0, "first": 1, "last": 2}
+_QUERY_MODES = {"first": 1, "last": 2}  # PackedBatch.pooled -> the kernel's query_mode
 _DTYPES = (torch.bfloat16, torch.float32)
 
 _lock = threading.Lock()
@@ -139,23 +143,22 @@ class NativeAttention:
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        out_rows: int,
+        batch: PackedBatch,
         num_heads: int,
         num_kv_heads: int,
         head_dim: int,
         causal: bool,
         sliding_window: int | None = None,
-        queries: str | None = None,
+        pooled_only: bool = False,
     ) -> torch.Tensor:
         """``q``: ``[rows, num_heads * head_dim]``, ``k``/``v``: ``[rows, num_kv_heads *
         head_dim]`` (each row contiguous; rows may be strided views of one fused
-        projection); rows past ``cu_seqlens[-1]`` are not read.
+        projection); rows past ``batch.num_tokens`` are not read.
 
-        ``queries``: None, every token is a query and out row t is token t's;
-        ``"first"``/``"last"``, only each sequence's first/last token is, and out
-        row b is sequence b's. Returns ``[out_rows, num_heads * head_dim]``; the
-        rows past the written ones are zero.
+        Returns ``[rows, num_heads * head_dim]``, row t token t's; with ``pooled_only``
+        ``[len(batch.pooled_rows), num_heads * head_dim]``, row b the pooled token of
+        sequence b (only those queries are computed). Rows past the written ones
+        are zero.
         """
         dtype = q.dtype
         for name, t, heads in (("q", q, num_heads), ("k", k, num_kv_heads), ("v", v, num_kv_heads)):
@@ -163,27 +166,27 @@ class NativeAttention:
                     or t.shape[-1] != heads * head_dim):
                 # A caller's bug, not a client's: RuntimeError, so a server answers 500.
                 raise RuntimeError(f"native attention: q, k and v must be bf16 or fp32, all the "
-                                 f"same; {name} [rows, {heads * head_dim}] with contiguous rows")
-        cu = cu_seqlens.contiguous()
-        if cu.dtype != torch.int64:
-            cu = cu.to(torch.int64)
-        mode = _QUERY_MODES[queries]
-        written = int(cu[-1]) if mode == 0 else cu.numel() - 1
-        if out_rows < written:
-            raise RuntimeError(f"native attention: {written} output rows do not fit in {out_rows}")
+                                   f"same; {name} [rows, {heads * head_dim}] with contiguous rows")
+        if pooled_only:
+            if batch.pooled is None:
+                raise RuntimeError("pooled_only needs a batch built with pooled='first' or 'last'")
+            mode, out_rows, written = _QUERY_MODES[batch.pooled], len(batch.pooled_rows), \
+                batch.num_seqs
+        else:
+            mode, out_rows, written = 0, q.shape[0], batch.num_tokens
         out = torch.empty(out_rows, num_heads * head_dim, dtype=dtype)
         if out_rows > written:
             out[written:].zero_()
         # Work space from torch, on this thread: the kernel's OpenMP threads never allocate.
         threads = torch.get_num_threads()
-        longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
-        per_thread = self._workspace(longest, head_dim)
+        per_thread = self._workspace(batch.max_len, head_dim)
         workspace = torch.empty(threads * per_thread + 16, dtype=torch.float32)
         skip = (-workspace.data_ptr() // 4) % 16  # to a 64-byte boundary
+        cu = batch.cu_seqlens
         with torch.profiler.record_function("cenote::native_attention"):
             status = self._fn(
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
-                out.data_ptr(), out.stride(0), cu.data_ptr(), cu.numel() - 1,
+                out.data_ptr(), out.stride(0), cu.data_ptr(), batch.num_seqs,
                 num_heads, num_kv_heads, head_dim, head_dim ** -0.5, int(causal),
                 sliding_window or 0, mode, int(dtype == torch.float32),
                 workspace.data_ptr() + 4 * skip, workspace.numel() - skip, threads,

@@ -170,10 +170,8 @@ def packed_attention(
     kernel = native_attention()
     if kernel is not None and kernel.supports(q, head_dim, batch.max_len):
         rows, kv_heads = q.shape[0], k.shape[1]
-        out_rows, queries = _kernel_outputs(batch, rows, pooled_only)
-        return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1),
-                      batch.cu_seqlens, out_rows, num_heads, kv_heads, head_dim, causal,
-                      sliding_window, queries)
+        return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1), batch,
+                      num_heads, kv_heads, head_dim, causal, sliding_window, pooled_only)
     qp = batch.to_padded(q).transpose(1, 2)
     kp = batch.to_padded(k).transpose(1, 2)
     vp = batch.to_padded(v).transpose(1, 2)
@@ -212,9 +210,8 @@ def packed_qkv_attention(
     kernel = native_attention()
     if kernel is not None and kernel.supports(qkv, head_dim, batch.max_len):
         q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
-        out_rows, queries = _kernel_outputs(batch, qkv.shape[0], pooled_only)
-        return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch.cu_seqlens,
-                      out_rows, num_heads, num_kv_heads, head_dim, causal, queries=queries)
+        return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch, num_heads,
+                      num_kv_heads, head_dim, causal, pooled_only=pooled_only)
     padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
     padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
     padded = padded.transpose(1, 2)  # [B, h + 2kv, L, d]
@@ -229,15 +226,6 @@ def packed_qkv_attention(
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
     out = batch.from_padded(out)
     return out[batch.pooled_rows] if pooled_only else out
-
-
-def _kernel_outputs(batch: PackedBatch, rows: int, pooled_only: bool) -> tuple[int, str | None]:
-    """The native kernel's output rows and query selection for this call."""
-    if not pooled_only:
-        return rows, None
-    if batch.pooled is None:
-        raise ValueError("pooled_only needs a batch built with pooled='first' or 'last'")
-    return len(batch.pooled_rows), batch.pooled
 
 
 # Activations oneDNN can apply to a matmul's output in the same pass:

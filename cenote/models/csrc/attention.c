@@ -123,27 +123,28 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
                         acc[r][1] = _mm512_fmadd_ps(qd, k1, acc[r][1]);
                     }
                 }
-            }
-            const uint32_t *qrow[QB];
-            for (int r = 0; r < QB; r++)
-                qrow[r] = (const uint32_t *)(q + (r < nq ? i0 + r : i0) * ld_q);
-            for (int64_t p = 0; p < (fp32 ? 0 : pairs); p++) {
-                const __m512i k0 = _mm512_loadu_si512(kp + p * lp + j0);
-                const __m512i k1 = two ? _mm512_loadu_si512(kp + p * lp + j0 + 16) : k0;
-                for (int r = 0; r < QB; r++) {
-                    const uint32_t qpair = qrow[r][p];
+            } else {
+                const uint32_t *qrow[QB];
+                for (int r = 0; r < QB; r++)
+                    qrow[r] = (const uint32_t *)(q + (r < nq ? i0 + r : i0) * ld_q);
+                for (int64_t p = 0; p < pairs; p++) {
+                    const __m512i k0 = _mm512_loadu_si512(kp + p * lp + j0);
+                    const __m512i k1 = two ? _mm512_loadu_si512(kp + p * lp + j0 + 16) : k0;
+                    for (int r = 0; r < QB; r++) {
+                        const uint32_t qpair = qrow[r][p];
 #if defined(__AVX512BF16__)
-                    const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qpair);
-                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)k0, qb);
-                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)k1, qb);
+                        const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qpair);
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)k0, qb);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)k1, qb);
 #else
-                    const __m512 qlo = _mm512_castsi512_ps(_mm512_set1_epi32((int)(qpair << 16)));
-                    const __m512 qhi = _mm512_castsi512_ps(_mm512_set1_epi32((int)(qpair & 0xffff0000u)));
-                    acc[r][0] = _mm512_fmadd_ps(qlo, _mm512_castsi512_ps(_mm512_slli_epi32(k0, 16)), acc[r][0]);
-                    acc[r][0] = _mm512_fmadd_ps(qhi, _mm512_castsi512_ps(_mm512_and_si512(k0, _mm512_set1_epi32((int)0xffff0000u))), acc[r][0]);
-                    acc[r][1] = _mm512_fmadd_ps(qlo, _mm512_castsi512_ps(_mm512_slli_epi32(k1, 16)), acc[r][1]);
-                    acc[r][1] = _mm512_fmadd_ps(qhi, _mm512_castsi512_ps(_mm512_and_si512(k1, _mm512_set1_epi32((int)0xffff0000u))), acc[r][1]);
+                        const __m512 qlo = _mm512_castsi512_ps(_mm512_set1_epi32((int)(qpair << 16)));
+                        const __m512 qhi = _mm512_castsi512_ps(_mm512_set1_epi32((int)(qpair & 0xffff0000u)));
+                        acc[r][0] = _mm512_fmadd_ps(qlo, _mm512_castsi512_ps(_mm512_slli_epi32(k0, 16)), acc[r][0]);
+                        acc[r][0] = _mm512_fmadd_ps(qhi, _mm512_castsi512_ps(_mm512_and_si512(k0, _mm512_set1_epi32((int)0xffff0000u))), acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(qlo, _mm512_castsi512_ps(_mm512_slli_epi32(k1, 16)), acc[r][1]);
+                        acc[r][1] = _mm512_fmadd_ps(qhi, _mm512_castsi512_ps(_mm512_and_si512(k1, _mm512_set1_epi32((int)0xffff0000u))), acc[r][1]);
 #endif
+                    }
                 }
             }
             for (int r = 0; r < nq; r++) {
