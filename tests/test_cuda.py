@@ -36,3 +36,63 @@ def test_cuda_cross_encoder_scores_match_cpu_fp32(cross_encoder_path):
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(minilm_path):
     with pytest.raises(ValueError, match="CUDA is not available"):
         LLM(str(minilm_path), device="cuda")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal,window,kv_heads", [
+    (False, None, 4), (True, None, 4), (True, None, 2), (True, 5, 2)])
+def test_flash_varlen_matches_padded_sdpa(dtype, causal, window, kv_heads, monkeypatch):
+    from cenote.models import layers
+
+    lens = [1, 7, 19, 33, 4]
+    batch = layers.PackedBatch.build([[1] * n for n in lens], device="cuda", pooled="last")
+    tokens, heads, dim = sum(lens), 4, 32
+    torch.manual_seed(0)
+    q = torch.randn(tokens, heads, dim, device="cuda", dtype=dtype)
+    k = torch.randn(tokens, kv_heads, dim, device="cuda", dtype=dtype)
+    v = torch.randn(tokens, kv_heads, dim, device="cuda", dtype=dtype)
+    assert layers.flash_varlen_supported(q, batch)
+    flash = layers.packed_attention(q, k, v, batch, causal, window)
+    flash_pooled = layers.packed_attention(q, k, v, batch, causal, window, pooled_only=True)
+    monkeypatch.setattr(layers, "_flash_varlen_failed", True)  # the padded SDPA path
+    padded = layers.packed_attention(q, k, v, batch, causal, window)
+    assert not layers.flash_varlen_supported(q, batch)
+    torch.testing.assert_close(flash.float(), padded.float(), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(flash_pooled, flash[batch.pooled_rows])
+
+
+@requires_cuda
+def test_flash_varlen_reads_fused_qkv_rows(monkeypatch):
+    from cenote.models import layers
+
+    lens = [3, 11, 6]
+    batch = layers.PackedBatch.build([[1] * n for n in lens], device="cuda")
+    qkv = torch.randn(sum(lens), (4 + 2 * 2) * 16, device="cuda", dtype=torch.float16)
+    flash = layers.packed_qkv_attention(qkv, batch, 4, 2, causal=True)
+    monkeypatch.setattr(layers, "_flash_varlen_failed", True)
+    padded = layers.packed_qkv_attention(qkv, batch, 4, 2, causal=True)
+    torch.testing.assert_close(flash.float(), padded.float(), atol=2e-3, rtol=2e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("model_type,architecture", [
+    ("qwen3", "Qwen3Model"), ("mistral", "MistralModel")])
+def test_cuda_decoder_embeddings_match_cpu_fp32(tiny_decoder, model_type, architecture):
+    path = str(tiny_decoder(model_type, architecture))
+    texts = TEXTS + ["one two three four five six seven eight nine ten eleven twelve " * 2]
+    gpu = torch.tensor([o.outputs.embedding
+                        for o in LLM(path, device="cuda", dtype="bfloat16").embed(texts)])
+    cpu = torch.tensor([o.outputs.embedding
+                        for o in LLM(path, dtype="float32").embed(texts)])
+    assert F.cosine_similarity(gpu, cpu).min() >= 0.995
+
+
+@requires_cuda
+def test_cuda_token_embeddings_come_back_whole(minilm_path, minilm_fp32):
+    gpu = LLM(str(minilm_path), device="cuda").encode(TEXTS, use_tqdm=False)
+    cpu = minilm_fp32.encode(TEXTS, use_tqdm=False)
+    for ours, ref in zip(gpu, cpu, strict=True):
+        assert ours.outputs.data.device.type == "cpu"
+        assert ours.outputs.data.shape == ref.outputs.data.shape
+        assert F.cosine_similarity(ours.outputs.data.float(), ref.outputs.data).min() >= 0.99

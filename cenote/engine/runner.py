@@ -57,4 +57,17 @@ class ModelRunner:
             meta = PoolingMetadata([1] * count, torch.arange(count + 1, device=hidden.device),
                                    batch.input_ids[batch.pooled_rows[:count]])
         outputs = self.pooler(hidden, meta, pooling_task, [s.params for s in seqs])
+        return outputs_to_cpu(outputs)
+
+
+def outputs_to_cpu(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The batch's outputs on the CPU, in one device-to-host copy (one per output
+    would wait for the device once per sequence)."""
+    if not outputs or all(out.device.type == "cpu" for out in outputs):
+        return list(outputs)
+    if len({out.dtype for out in outputs}) > 1:
         return [out.cpu() for out in outputs]
+    flat = torch.cat([out.reshape(-1) for out in outputs]).cpu()
+    return [part.view(out.shape)
+            for part, out in zip(flat.split([out.numel() for out in outputs]), outputs,
+                                 strict=True)]

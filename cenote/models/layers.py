@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.models.kernels import native_attention
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,6 +121,11 @@ class PackedBatch:
     def num_seqs(self) -> int:
         return len(self.seq_lens)
 
+    @functools.cached_property
+    def cu_seqlens_i32(self) -> torch.Tensor:
+        """``cu_seqlens`` as int32, the type flash attention takes (made once per batch)."""
+        return self.cu_seqlens.to(torch.int32)
+
     def to_padded(self, x: torch.Tensor) -> torch.Tensor:
         """``[R or T, ...]`` -> ``[B, max_len, ...]`` (zeros in the padding; filler rows
         are left out)."""
@@ -172,6 +181,9 @@ def packed_attention(
         rows, kv_heads = q.shape[0], k.shape[1]
         return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1), batch,
                       num_heads, kv_heads, head_dim, causal, sliding_window, pooled_only)
+    if flash_varlen_supported(q, batch):
+        out = flash_varlen_attention(q, k, v, batch, causal, sliding_window)
+        return out[batch.pooled_rows] if pooled_only else out
     qp = batch.to_padded(q).transpose(1, 2)
     kp = batch.to_padded(k).transpose(1, 2)
     vp = batch.to_padded(v).transpose(1, 2)
@@ -188,6 +200,47 @@ def packed_attention(
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
     out = batch.from_padded(out)
     return out[batch.pooled_rows] if pooled_only else out
+
+
+# CUDA: flash attention over the packed rows (cu_seqlens), no padded copies.
+_flash_varlen_failed = False
+
+
+def flash_varlen_supported(q: torch.Tensor, batch: PackedBatch) -> bool:
+    """Whether ``flash_varlen_attention`` can run ``q`` (``[T, heads, head_dim]``):
+    fp16/bf16 on an Ampere or newer GPU, head_dim a multiple of 8 up to 256, no
+    filler rows."""
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and not _flash_varlen_failed and batch.num_rows == batch.num_tokens
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+            and torch.backends.cuda.flash_sdp_enabled()
+            and torch.cuda.get_device_capability(q.device) >= (8, 0))
+
+
+def flash_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Flash attention within each sequence of the packed ``[T, heads, head_dim]``
+    q and ``[T, kv_heads, head_dim]`` k, v (GQA when kv_heads < heads); returns
+    ``[T, heads * head_dim]``. Falls back to SDPA for good if torch's kernel refuses."""
+    global _flash_varlen_failed
+    window = {}
+    if causal and sliding_window is not None and batch.max_len > sliding_window:
+        window = {"window_size_left": sliding_window - 1, "window_size_right": 0}
+    cu = batch.cu_seqlens_i32
+    try:
+        out = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, batch.max_len, batch.max_len, 0.0, causal, False, **window)[0]
+    except RuntimeError as exc:
+        logger.warning("Attention: flash varlen kernel unavailable (%s); using SDPA.", exc)
+        _flash_varlen_failed = True
+        return packed_attention(q, k, v, batch, causal, sliding_window)
+    return out.reshape(q.shape[0], -1)
 
 
 def packed_qkv_attention(
@@ -212,6 +265,12 @@ def packed_qkv_attention(
         q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
         return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch, num_heads,
                       num_kv_heads, head_dim, causal, pooled_only=pooled_only)
+    if flash_varlen_supported(qkv.view(qkv.shape[0], -1, head_dim), batch):
+        fused = qkv.view(qkv.shape[0], num_heads + 2 * num_kv_heads, head_dim)
+        out = flash_varlen_attention(fused[:, :num_heads],
+                                     fused[:, num_heads:num_heads + num_kv_heads],
+                                     fused[:, num_heads + num_kv_heads:], batch, causal)
+        return out[batch.pooled_rows] if pooled_only else out
     padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
     padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
     padded = padded.transpose(1, 2)  # [B, h + 2kv, L, d]
