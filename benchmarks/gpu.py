@@ -124,7 +124,8 @@ def embed_section(args, device, model_path: str) -> None:
         attention_section(device, st_token_lengths(model_path, texts))
 
     st_dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    for label, dtype in st_dtypes.items():
+    for label in args.st_dtypes.split(","):
+        dtype = st_dtypes[label]
         st = SentenceTransformer(model_path, device=str(device)).to(dtype)
         for batch_size in (int(b) for b in args.st_batch_sizes.split(",")):
             st.encode(texts[:512], batch_size=batch_size)
@@ -286,6 +287,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="8192,32768",
                         help="cenote max_num_batched_tokens values (comma-separated)")
     parser.add_argument("--st-batch-sizes", default="32,256")
+    parser.add_argument("--st-dtypes", default="fp32,fp16,bf16")
     parser.add_argument("--passages", type=int, default=1000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip", default="", help="embed and/or rerank, comma-separated")

