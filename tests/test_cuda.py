@@ -96,3 +96,24 @@ def test_cuda_token_embeddings_come_back_whole(minilm_path, minilm_fp32):
         assert ours.outputs.data.device.type == "cpu"
         assert ours.outputs.data.shape == ref.outputs.data.shape
         assert F.cosine_similarity(ours.outputs.data.float(), ref.outputs.data).min() >= 0.99
+
+
+def test_a_refusing_flash_kernel_falls_back_to_sdpa_for_good(monkeypatch, caplog):
+    """Runs anywhere: torch's flash op refuses CPU tensors, like a GPU build without it."""
+    from cenote.models import layers
+
+    monkeypatch.setattr(layers, "native_attention", lambda: None)
+    monkeypatch.setattr(layers, "_flash_varlen_failed", False)
+    monkeypatch.setattr(layers, "flash_varlen_supported",
+                        lambda q, batch: not layers._flash_varlen_failed)
+    batch = layers.PackedBatch.build([[1] * 5, [1] * 9])
+    q, k, v = (torch.randn(14, 4, 16) for _ in range(3))
+    with caplog.at_level("WARNING", logger="cenote.models.layers"):
+        out = layers.packed_attention(q, k, v, batch, causal=False)
+    assert layers._flash_varlen_failed
+    assert "flash varlen kernel unavailable" in caplog.text
+    torch.testing.assert_close(out, layers.packed_attention(q, k, v, batch, causal=False))
+    ref = torch.cat([F.scaled_dot_product_attention(
+        q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)
+    ).transpose(0, 1).reshape(b - a, -1) for a, b in ((0, 5), (5, 14))])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

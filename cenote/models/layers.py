@@ -214,7 +214,12 @@ def flash_varlen_supported(q: torch.Tensor, batch: PackedBatch) -> bool:
             and not _flash_varlen_failed and batch.num_rows == batch.num_tokens
             and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
             and torch.backends.cuda.flash_sdp_enabled()
-            and torch.cuda.get_device_capability(q.device) >= (8, 0))
+            and _cuda_capability(q.device.index) >= (8, 0))
+
+
+@functools.cache
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def flash_varlen_attention(
@@ -236,6 +241,8 @@ def flash_varlen_attention(
     try:
         out = torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, batch.max_len, batch.max_len, 0.0, causal, False, **window)[0]
+    except torch.OutOfMemoryError:
+        raise
     except RuntimeError as exc:
         logger.warning("Attention: flash varlen kernel unavailable (%s); using SDPA.", exc)
         _flash_varlen_failed = True
