@@ -199,3 +199,54 @@ def test_minilm_embeddings_same_with_and_without_the_kernel(minilm_path, monkeyp
     monkeypatch.setattr(kernels, "_attention_reason", "off for this test")
     sdpa = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
     assert F.cosine_similarity(native, sdpa).min() > min_cosine
+
+
+@needs_kernel
+@pytest.mark.parametrize("kernel_s,sdpa_s,kept", [
+    (0.002, 0.006, True),    # the kernel faster: kept
+    (0.002, 0.0019, True),   # SDPA ahead by less than 10 %: the kernel stays
+    (0.006, 0.002, False),   # SDPA clearly faster (as it may be with AMX): SDPA from now on
+])
+def test_model_load_keeps_the_faster_attention(minilm_path, monkeypatch, caplog,
+                                               kernel_s, sdpa_s, kept):
+    from cenote import LLM
+    from cenote.models import layers
+
+    kernel = kernels.native_attention()
+    monkeypatch.setattr(kernels, "_attention", kernel)
+    monkeypatch.setattr(kernels, "_attention_reason", None)
+    asked = []
+
+    def timed(*shape, **kwargs):
+        asked.append(shape)
+        return kernel_s, sdpa_s
+
+    monkeypatch.setattr(layers, "time_cpu_attention", timed)
+    with caplog.at_level("INFO", logger="cenote.models"):
+        llm = LLM(str(minilm_path), dtype="bfloat16")
+    assert asked == [(12, 12, 32, torch.bfloat16, False)]  # MiniLM: 12 heads of 32
+    assert (kernels.native_attention() is kernel) is kept
+    assert ("kept" if kept else "measured faster than the native kernel") in caplog.text
+    # Either way the model still embeds correctly.
+    out = llm.embed(["a test of the attention choice"], use_tqdm=False)[0].outputs.embedding
+    assert abs(sum(x * x for x in out) - 1) < 1e-3
+
+
+def test_the_real_check_times_both_paths():
+    from cenote.models import layers
+
+    if kernels.native_attention() is None:
+        with pytest.raises(RuntimeError, match="not available"):
+            layers.time_cpu_attention(4, 2, 32, torch.bfloat16, True)
+        return
+    native_s, sdpa_s = layers.time_cpu_attention(4, 2, 32, torch.bfloat16, True, repeats=1)
+    assert 0 < native_s < 5 and 0 < sdpa_s < 5
+
+
+def test_forced_kernels_are_not_measured(monkeypatch):
+    from cenote.models import layers
+
+    monkeypatch.setenv("CENOTE_NATIVE_KERNELS", "1")
+    monkeypatch.setattr(layers, "time_cpu_attention",
+                        lambda *a, **k: pytest.fail("measured although forced"))
+    layers.settle_cpu_attention(12, 12, 32, torch.bfloat16, causal=False)

@@ -123,6 +123,9 @@ class BertFamilyModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        heads = config.num_attention_heads
+        # (heads, kv_heads, head_dim, causal): what the load-time attention check runs.
+        self.attention_shape = (heads, heads, config.hidden_size // heads, False)
         self.classifier: nn.Module | None = None
         if task == "classify":
             if config.model_type == "bert":

@@ -265,6 +265,7 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(args, window) for window in args.sliding_windows)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.rotary = RotaryEmbedding(config, args.head_dim)
+        self.attention_shape = (args.num_heads, args.num_kv_heads, args.head_dim, True)
         self.classifier: nn.Module | None = None
         self.token_head: nn.Module | None = None
         if task == "classify":

@@ -5,8 +5,10 @@ The build uses the system C compiler (``$CC``, else ``cc``/``gcc``) with
 ``~/.cache/cenote``), keyed by the source, the compiler and the CPU's feature
 flags, so a second start loads the cached library in milliseconds. When a kernel
 cannot be built or loaded (no compiler, no AVX-512, a different OpenMP runtime
-in torch), callers fall back to torch; ``CENOTE_NATIVE_KERNELS=0`` turns the
-kernels off.
+in torch), callers fall back to torch. ``CENOTE_NATIVE_KERNELS``: ``0`` turns
+the kernels off; ``auto`` (the default) lets a model's load measure the
+attention kernel against SDPA and keep the faster (``layers.settle_cpu_attention``);
+``1`` keeps the kernel unmeasured.
 """
 
 from __future__ import annotations
@@ -214,8 +216,25 @@ def native_attention() -> NativeAttention | None:
     return _attention
 
 
+def decline_native_attention(reason: str) -> None:
+    """Run attention on SDPA from now on in this process (``reason`` is logged)."""
+    global _attention, _attention_reason
+    with _lock:
+        _attention, _attention_reason = None, reason
+    logger.info("Attention: torch SDPA (%s).", reason)
+
+
+def _kernels_setting() -> str:
+    return os.environ.get("CENOTE_NATIVE_KERNELS", "auto").strip().lower()
+
+
+def native_kernels_forced() -> bool:
+    """``CENOTE_NATIVE_KERNELS=1``: use the kernels wherever they build, unmeasured."""
+    return _kernels_setting() in ("1", "true", "yes", "on")
+
+
 def _load(name: str) -> ctypes.CDLL:
-    if os.environ.get("CENOTE_NATIVE_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _kernels_setting() in ("0", "false", "no", "off"):
         raise RuntimeError("turned off by CENOTE_NATIVE_KERNELS")
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise RuntimeError(f"needs Linux on x86-64, not {platform.system()} {platform.machine()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cenote.models.kernels import native_attention
+from cenote.models.kernels import (
+    decline_native_attention,
+    native_attention,
+    native_kernels_forced,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +188,22 @@ def packed_attention(
                       num_heads, kv_heads, head_dim, causal, sliding_window, pooled_only)
     if flash_varlen_supported(q, batch):
         out = flash_varlen_attention(q, k, v, batch, causal, sliding_window)
-        return out[batch.pooled_rows] if pooled_only else out
+    else:
+        out = padded_sdpa_attention(q, k, v, batch, causal, sliding_window)
+    return out[batch.pooled_rows] if pooled_only else out
+
+
+def padded_sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """torch's SDPA over the padded ``[B, heads, max_len, head_dim]`` layout (two
+    copies: packed -> padded -> packed); returns ``[R, heads * head_dim]``."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
     qp = batch.to_padded(q).transpose(1, 2)
     kp = batch.to_padded(k).transpose(1, 2)
     vp = batch.to_padded(v).transpose(1, 2)
@@ -198,8 +218,63 @@ def packed_attention(
         enable_gqa=kp.shape[1] != num_heads,
     )
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
-    out = batch.from_padded(out)
-    return out[batch.pooled_rows] if pooled_only else out
+    return batch.from_padded(out)
+
+
+# The load-time check of the native kernel against SDPA: 16 sequences of 96 to 126
+# tokens, 1,776 in all; like the scheduler's batches (sorted by length, so little
+# padding for SDPA), at a length between short queries and long passages.
+_CHECK_LENGTHS = [96 + 2 * i for i in range(16)]
+
+
+def time_cpu_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                       causal: bool, repeats: int = 3) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of the native kernel and of padded SDPA on one test
+    batch of this model's attention shape (the two alternate, so both see the same
+    machine load)."""
+    kernel = native_attention()
+    if kernel is None:
+        raise RuntimeError("the native attention kernel is not available")
+    batch = PackedBatch.build([[0] * n for n in _CHECK_LENGTHS])
+    generator = torch.Generator().manual_seed(0)
+    rows = batch.num_tokens
+    q = torch.randn(rows, num_heads, head_dim, generator=generator).to(dtype)
+    k, v = (torch.randn(rows, num_kv_heads, head_dim, generator=generator).to(dtype)
+            for _ in range(2))
+    runs = {
+        "kernel": lambda: kernel(q.view(rows, -1), k.view(rows, -1), v.view(rows, -1), batch,
+                                 num_heads, num_kv_heads, head_dim, causal),
+        "sdpa": lambda: padded_sdpa_attention(q, k, v, batch, causal),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats + 1):  # the first round warms both up
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["kernel"], best["sdpa"]
+
+
+def settle_cpu_attention(num_heads: int, num_kv_heads: int, head_dim: int,
+                         dtype: torch.dtype, causal: bool) -> None:
+    """At model load on CPU: keep the native kernel only if it beats SDPA here.
+
+    It does by 2-3x on AVX-512 CPUs without AMX (benchmarks/README.md, "Native
+    attention kernel"); on CPUs whose matrix units serve SDPA's matmuls (AMX) that
+    is not a given, so it is measured (~40 ms) rather than assumed. SDPA must win
+    by 10 % to be chosen. ``CENOTE_NATIVE_KERNELS=1`` keeps the kernel unmeasured.
+    """
+    kernel = native_attention()
+    if (kernel is None or native_kernels_forced() or head_dim % 16
+            or dtype not in (torch.bfloat16, torch.float32)):
+        return
+    kernel_s, sdpa_s = time_cpu_attention(num_heads, num_kv_heads, head_dim, dtype, causal)
+    timing = (f"{kernel_s * 1e3:.2f} ms native vs {sdpa_s * 1e3:.2f} ms SDPA on a "
+              f"{len(_CHECK_LENGTHS)}-sequence test batch")
+    if sdpa_s < 0.9 * kernel_s:
+        decline_native_attention(f"measured faster than the native kernel here: {timing}")
+    else:
+        logger.info("Attention: native CPU kernel kept (%s).", timing)
 
 
 # CUDA: flash attention over the packed rows (cu_seqlens), no padded copies.
