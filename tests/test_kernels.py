@@ -250,3 +250,69 @@ def test_forced_kernels_are_not_measured(monkeypatch):
     monkeypatch.setattr(layers, "time_cpu_attention",
                         lambda *a, **k: pytest.fail("measured although forced"))
     layers.settle_cpu_attention(12, 12, 32, torch.bfloat16, causal=False)
+
+
+NORM = kernels.native_layer_norm()
+needs_norm = pytest.mark.skipif(NORM is None, reason=f"no native layer norm here: "
+                                                     f"{kernels._norm_reason}")
+
+
+@needs_norm
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,width", [(1, 384), (7, 768), (300, 1024), (40, 1536), (5000, 384)])
+def test_layer_norm_matches_torch(dtype, rows, width):
+    from cenote.models.layers import LayerNorm
+
+    torch.manual_seed(rows)
+    norm = LayerNorm(width, eps=1e-12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    norm = norm.to(dtype)
+    # Rows with a large mean, as residual streams have: the variance is taken around it.
+    x = (torch.randn(rows, width) * 3 + 40).to(dtype)
+    expected = F.layer_norm(x.float(), (width,), norm.weight.float(), norm.bias.float(), 1e-12)
+    with torch.inference_mode():
+        got = norm(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    else:  # one rounding to bf16 (plus fp32 noise where w * x_hat + b cancels to ~0)
+        torch.testing.assert_close(got.float(), expected, atol=1e-3, rtol=2 ** -8)
+        torch.testing.assert_close(got, F.layer_norm(x, (width,), norm.weight, norm.bias, 1e-12),
+                                   atol=1e-3, rtol=2 ** -7)
+
+
+@needs_norm
+def test_layer_norm_reads_strided_rows_and_follows_weight_changes():
+    from cenote.models.layers import LayerNorm
+
+    norm = LayerNorm(32)
+    wide = torch.randn(6, 96)
+    x = wide[:, 32:64]  # rows 96 apart
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), F.layer_norm(x, (32,)), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        norm.weight.mul_(2)  # in place: the kernel's fp32 copy must follow
+        norm.bias.add_(1)
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), F.layer_norm(x, (32,)) * 2 + 1, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_norm_shapes_the_kernel_does_not_take_go_to_torch(monkeypatch):
+    from cenote.models.layers import LayerNorm
+
+    class Refuse:
+        def supports(self, x):
+            return kernels.NativeLayerNorm.supports(x)
+
+        def __call__(self, *args):
+            raise AssertionError("the kernel was called")
+
+    monkeypatch.setattr("cenote.models.layers.native_layer_norm", lambda: Refuse())
+    for x, norm in ((torch.randn(2, 3, 32), LayerNorm(32)),  # 3-D
+                    (torch.randn(4, 24), LayerNorm(24)),  # width not a multiple of 16
+                    (torch.randn(4, 32).half(), LayerNorm(32).half()),  # fp16
+                    (torch.randn(4, 32), LayerNorm(32, elementwise_affine=False))):
+        torch.testing.assert_close(norm(x).float(), F.layer_norm(x.float(), x.shape[-1:]),
+                                   atol=2e-3, rtol=2e-3)

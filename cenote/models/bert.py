@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cenote.config import POSITION_OFFSET_MODEL_TYPES
-from cenote.models.layers import Linear, PackedBatch, packed_qkv_attention
+from cenote.models.layers import LayerNorm, Linear, PackedBatch, packed_qkv_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 # hidden_act -> the activation ``Linear`` applies to its output (fused when packed).
@@ -29,7 +29,7 @@ class BertEmbeddings(nn.Module):
                                                 config.hidden_size)
         self.token_type_embeddings = nn.Embedding(max(config.type_vocab_size, 1),
                                                   config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_offset = 0
         if config.model_type in POSITION_OFFSET_MODEL_TYPES:
             self.position_offset = (config.pad_token_id if config.pad_token_id is not None
@@ -52,10 +52,10 @@ class BertLayer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.qkv = Linear(hidden, 3 * hidden)
         self.attn_out = Linear(hidden, hidden)
-        self.attn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.attn_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
         self.ffn_in = Linear(hidden, config.intermediate_size)
         self.ffn_out = Linear(config.intermediate_size, hidden)
-        self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.ffn_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
         if config.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"Unsupported hidden_act {config.hidden_act!r}.")
         self.act = _ACTIVATIONS[config.hidden_act]

@@ -13,6 +13,7 @@ attention kernel against SDPA and keep the faster (``layers.settle_cpu_attention
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -43,6 +44,8 @@ _DTYPES = (torch.bfloat16, torch.float32)
 _lock = threading.Lock()
 _attention: NativeAttention | None = None
 _attention_reason: str | None = None  # why there is no native attention, once tried
+_norm: NativeLayerNorm | None = None
+_norm_reason: str | None = None
 
 
 def cache_dir() -> Path:
@@ -185,7 +188,7 @@ class NativeAttention:
         workspace = torch.empty(threads * per_thread + 16, dtype=torch.float32)
         skip = (-workspace.data_ptr() // 4) % 16  # to a 64-byte boundary
         cu = batch.cu_seqlens
-        with torch.profiler.record_function("cenote::native_attention"):
+        with _profiled("cenote::native_attention"):
             status = self._fn(
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), k.stride(0), v.stride(0),
                 out.data_ptr(), out.stride(0), cu.data_ptr(), batch.num_seqs,
@@ -214,6 +217,61 @@ def native_attention() -> NativeAttention | None:
                 _attention_reason = str(exc)
                 logger.info("Attention: torch SDPA (native kernel unavailable: %s).", exc)
     return _attention
+
+
+class NativeLayerNorm:
+    """``csrc/norm.c``: LayerNorm over the rows of a bf16 or fp32 ``[rows, n]`` tensor."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._fn = library.cenote_layer_norm
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._fn.restype = ctypes.c_int
+        self._fn.argtypes = [ptr, i64, ptr, i64, ptr, ptr, i64, i64, ctypes.c_float,
+                             ctypes.c_int, ctypes.c_int]
+
+    @staticmethod
+    def supports(x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 2
+                and x.stride(-1) == 1 and x.shape[-1] % 16 == 0)
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+        """``x``: ``[rows, n]`` (rows may be strided); ``weight``, ``bias``: ``[n]`` fp32."""
+        if not self.supports(x) or any(t.dtype != torch.float32 or t.shape != x.shape[-1:]
+                                       or not t.is_contiguous() for t in (weight, bias)):
+            raise RuntimeError("native layer norm: x [rows, n] bf16/fp32 with n % 16 == 0 and "
+                               "contiguous rows; weight and bias [n] fp32")
+        out = torch.empty(x.shape, dtype=x.dtype)
+        with _profiled("cenote::native_layer_norm"):
+            status = self._fn(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0),
+                              weight.data_ptr(), bias.data_ptr(), x.shape[0], x.shape[1], eps,
+                              int(x.dtype == torch.float32), torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"native layer norm: unsupported shape (status {status})")
+        return out
+
+
+def _profiled(name: str):
+    """A named range for torch.profiler around a kernel call, only while one records
+    (``record_function`` costs ~6 us per call even with no profiler running)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
+
+
+def native_layer_norm() -> NativeLayerNorm | None:
+    """The native LayerNorm kernel, built and loaded on first call; None when unavailable."""
+    global _norm, _norm_reason
+    if _norm is not None or _norm_reason is not None:
+        return _norm
+    with _lock:
+        if _norm is None and _norm_reason is None:
+            try:
+                _norm = NativeLayerNorm(_load("norm"))
+            except RuntimeError as exc:
+                _norm_reason = str(exc)
+                logger.info("LayerNorm: torch (native kernel unavailable: %s).", exc)
+    return _norm
 
 
 def decline_native_attention(reason: str) -> None:
