@@ -17,8 +17,6 @@
 #error "needs AVX-512"
 #endif
 
-#define REG_N 512  /* widths up to this keep a whole row in 32 zmm registers */
-
 static inline __m512 load16(const void *p, int64_t at, int fp32) {
     if (fp32) return _mm512_loadu_ps((const float *)p + at);
     return _mm512_castsi512_ps(_mm512_slli_epi32(
@@ -52,20 +50,6 @@ int cenote_layer_norm(const void *x, int64_t ld_x, void *y, int64_t ld_y,
     for (int64_t r = 0; r < rows; r++) {
         const char *xr = (const char *)x + r * ld_x * es;
         char *yr = (char *)y + r * ld_y * es;
-        if (n <= REG_N) {  /* the row stays in registers: one load, one store */
-            __m512 v[REG_N / 16];
-            const int64_t nv = n / 16;
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t i = 0; i < nv; i++) { v[i] = load16(xr, 16 * i, fp32); acc = _mm512_add_ps(acc, v[i]); }
-            const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) * inv_n);
-            __m512 sq = _mm512_setzero_ps();
-            for (int64_t i = 0; i < nv; i++) { v[i] = _mm512_sub_ps(v[i], mean); sq = _mm512_fmadd_ps(v[i], v[i], sq); }
-            const __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) * inv_n + eps));
-            for (int64_t i = 0; i < nv; i++)
-                store16(yr, 16 * i, _mm512_fmadd_ps(_mm512_mul_ps(v[i], rstd), _mm512_loadu_ps(w + 16 * i),
-                                                    _mm512_loadu_ps(b + 16 * i)), fp32);
-            continue;
-        }
         __m512 acc = _mm512_setzero_ps();
         for (int64_t d = 0; d < n; d += 16) acc = _mm512_add_ps(acc, load16(xr, d, fp32));
         const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) * inv_n);
