@@ -252,7 +252,7 @@ def test_forced_kernels_are_not_measured(monkeypatch):
     layers.settle_cpu_attention(12, 12, 32, torch.bfloat16, causal=False)
 
 
-NORM = kernels.native_layer_norm()
+NORM = kernels.native_norm()
 needs_norm = pytest.mark.skipif(NORM is None, reason=f"no native layer norm here: "
                                                      f"{kernels._norm_reason}")
 
@@ -304,15 +304,61 @@ def test_layer_norm_shapes_the_kernel_does_not_take_go_to_torch(monkeypatch):
 
     class Refuse:
         def supports(self, x):
-            return kernels.NativeLayerNorm.supports(x)
+            return kernels.NativeNorm.supports(x)
 
-        def __call__(self, *args):
+        def layer_norm(self, *args):
             raise AssertionError("the kernel was called")
 
-    monkeypatch.setattr("cenote.models.layers.native_layer_norm", lambda: Refuse())
+    monkeypatch.setattr("cenote.models.layers.native_norm", lambda: Refuse())
     for x, norm in ((torch.randn(2, 3, 32), LayerNorm(32)),  # 3-D
                     (torch.randn(4, 24), LayerNorm(24)),  # width not a multiple of 16
                     (torch.randn(4, 32).half(), LayerNorm(32).half()),  # fp16
                     (torch.randn(4, 32), LayerNorm(32, elementwise_affine=False))):
         torch.testing.assert_close(norm(x).float(), F.layer_norm(x.float(), x.shape[-1:]),
                                    atol=2e-3, rtol=2e-3)
+
+
+def rms_reference(x, weight, eps):
+    """The decoders' RMSNorm as transformers writes it."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@needs_norm
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 64), (37, 896), (300, 1024), (5, 16, 128)])
+def test_rms_norm_matches_the_reference(dtype, shape):
+    from cenote.models.decoder import RMSNorm
+
+    torch.manual_seed(len(shape))
+    norm = RMSNorm(shape[-1], 1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    norm = norm.to(dtype)
+    x = (torch.randn(*shape) * 4 + 1).to(dtype)
+    with torch.inference_mode():
+        got = norm(x)
+    expected = rms_reference(x, norm.weight, 1e-6)
+    assert got.dtype == dtype and got.shape == x.shape
+    # fp32: rounding-level differences; bf16: the same two roundings, so at most an ulp
+    # where the fp32 sums differ in the last bit.
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=2 ** -7)
+    torch.testing.assert_close(got, expected, **tol)
+    if dtype == torch.bfloat16:
+        assert (got != expected).float().mean() < 0.01  # nearly all bit-identical
+
+
+@needs_norm
+def test_rms_norm_per_head_on_strided_fused_rows():
+    """q_norm/k_norm: each head of each token, read from the fused qkv projection."""
+    from cenote.models.decoder import RMSNorm
+
+    norm = RMSNorm(32, 1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    qkv = torch.randn(9, (4 + 2 * 2) * 32)
+    q = qkv[:, :4 * 32].view(9, 4, 32)  # rows 256 apart, heads contiguous
+    with torch.inference_mode():
+        got = norm(q)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, rms_reference(q, norm.weight, 1e-6), atol=1e-5, rtol=1e-5)

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import architecture_of
-from cenote.models.layers import Linear, PackedBatch, packed_attention
+from cenote.models.kernels import native_norm
+from cenote.models.layers import Linear, PackedBatch, fp32_copies, packed_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 _ACTIVATIONS = {
@@ -152,6 +153,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = native_norm() if x.device.type == "cpu" else None
+        if (kernel is not None and kernel.supports(x) and self.weight.dtype == x.dtype
+                and x.shape[-1] == self.weight.shape[0]):
+            # One pass, the same two roundings as below (csrc/norm.c).
+            return kernel.rms_norm(x, *fp32_copies(self, self.weight), self.eps)
         # In fp32, cast back before the weight: the order the reference uses.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)

@@ -44,7 +44,7 @@ _DTYPES = (torch.bfloat16, torch.float32)
 _lock = threading.Lock()
 _attention: NativeAttention | None = None
 _attention_reason: str | None = None  # why there is no native attention, once tried
-_norm: NativeLayerNorm | None = None
+_norm: NativeNorm | None = None
 _norm_reason: str | None = None
 
 
@@ -219,35 +219,62 @@ def native_attention() -> NativeAttention | None:
     return _attention
 
 
-class NativeLayerNorm:
-    """``csrc/norm.c``: LayerNorm over the rows of a bf16 or fp32 ``[rows, n]`` tensor."""
+class NativeNorm:
+    """``csrc/norm.c``: LayerNorm and RMSNorm over the rows of bf16 or fp32 activations."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._fn = library.cenote_layer_norm
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        self._fn.restype = ctypes.c_int
-        self._fn.argtypes = [ptr, i64, ptr, i64, ptr, ptr, i64, i64, ctypes.c_float,
-                             ctypes.c_int, ctypes.c_int]
+        i64, ptr, f32, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+        self._layer = library.cenote_layer_norm
+        self._layer.restype = cint
+        self._layer.argtypes = [ptr, i64, ptr, i64, ptr, ptr, i64, i64, f32, cint, cint]
+        self._rms = library.cenote_rms_norm
+        self._rms.restype = cint
+        self._rms.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, f32, cint, cint]
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 2
-                and x.stride(-1) == 1 and x.shape[-1] % 16 == 0)
+        """2-D or 3-D bf16/fp32 on CPU, last dim a multiple of 16 and contiguous with
+        the one before it (rows may be strided)."""
+        return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() in (2, 3)
+                and x.shape[-1] % 16 == 0 and x.stride(-1) == 1
+                and (x.dim() == 2 or x.stride(1) == x.shape[-1]))
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                 eps: float) -> torch.Tensor:
-        """``x``: ``[rows, n]`` (rows may be strided); ``weight``, ``bias``: ``[n]`` fp32."""
-        if not self.supports(x) or any(t.dtype != torch.float32 or t.shape != x.shape[-1:]
-                                       or not t.is_contiguous() for t in (weight, bias)):
-            raise RuntimeError("native layer norm: x [rows, n] bf16/fp32 with n % 16 == 0 and "
-                               "contiguous rows; weight and bias [n] fp32")
+    @staticmethod
+    def _check(x: torch.Tensor, *params: torch.Tensor) -> None:
+        if not NativeNorm.supports(x) or any(
+                t.dtype != torch.float32 or t.shape != x.shape[-1:] or not t.is_contiguous()
+                for t in params):
+            raise RuntimeError("native norm: x [rows, (groups,) n] bf16/fp32 with n % 16 == 0 "
+                               "and contiguous rows; weight (and bias) [n] fp32")
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float) -> torch.Tensor:
+        """``x``: ``[rows, n]``; ``weight``, ``bias``: ``[n]`` fp32."""
+        self._check(x, weight, bias)
+        if x.dim() != 2:
+            raise RuntimeError("native layer norm: x must be [rows, n]")
         out = torch.empty(x.shape, dtype=x.dtype)
         with _profiled("cenote::native_layer_norm"):
-            status = self._fn(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0),
-                              weight.data_ptr(), bias.data_ptr(), x.shape[0], x.shape[1], eps,
-                              int(x.dtype == torch.float32), torch.get_num_threads())
+            status = self._layer(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0),
+                                 weight.data_ptr(), bias.data_ptr(), x.shape[0], x.shape[1],
+                                 eps, int(x.dtype == torch.float32), torch.get_num_threads())
         if status != 0:
             raise RuntimeError(f"native layer norm: unsupported shape (status {status})")
+        return out
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """``x``: ``[rows, n]`` or ``[rows, groups, n]`` (each n-vector normalised);
+        ``weight``: ``[n]`` fp32 (the model's weight, exact in fp32). Returns a new
+        contiguous tensor of ``x``'s shape and type."""
+        self._check(x, weight)
+        groups = x.shape[1] if x.dim() == 3 else 1
+        out = torch.empty(x.shape, dtype=x.dtype)
+        with _profiled("cenote::native_rms_norm"):
+            status = self._rms(x.data_ptr(), x.stride(0), out.data_ptr(), weight.data_ptr(),
+                               x.shape[0], groups, x.shape[-1], eps,
+                               int(x.dtype == torch.float32), torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"native rms norm: unsupported shape (status {status})")
         return out
 
 
@@ -259,18 +286,19 @@ def _profiled(name: str):
     return contextlib.nullcontext()
 
 
-def native_layer_norm() -> NativeLayerNorm | None:
-    """The native LayerNorm kernel, built and loaded on first call; None when unavailable."""
+def native_norm() -> NativeNorm | None:
+    """The native LayerNorm/RMSNorm kernels, built and loaded on first call; None when
+    unavailable (the reason is logged once)."""
     global _norm, _norm_reason
     if _norm is not None or _norm_reason is not None:
         return _norm
     with _lock:
         if _norm is None and _norm_reason is None:
             try:
-                _norm = NativeLayerNorm(_load("norm"))
+                _norm = NativeNorm(_load("norm"))
             except RuntimeError as exc:
                 _norm_reason = str(exc)
-                logger.info("LayerNorm: torch (native kernel unavailable: %s).", exc)
+                logger.info("Norms: torch (native kernel unavailable: %s).", exc)
     return _norm
 
 

@@ -17,7 +17,7 @@ from cenote.models.kernels import (
     decline_native_attention,
     native_attention,
     native_kernels_forced,
-    native_layer_norm,
+    native_norm,
 )
 
 logger = logging.getLogger(__name__)
@@ -370,27 +370,28 @@ def packed_qkv_attention(
     return out[batch.pooled_rows] if pooled_only else out
 
 
+def fp32_copies(module: nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """fp32 copies of ``module``'s (bf16) parameters for the native norms, cached on the
+    module and made again only when a parameter changes (``to()``, in-place edits)."""
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    cached = module.__dict__.get("_fp32_copies")
+    if cached is None or cached[0] != key:
+        cached = (key, tuple(t.detach().float().contiguous() for t in tensors))
+        module.__dict__["_fp32_copies"] = cached
+    return cached[1]
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` that runs the native kernel (``csrc/norm.c``) on CPU rows:
     1.4-1.9x torch's at embedding widths, the same results (fp32 arithmetic, one
     rounding). Anything the kernel does not take goes to torch."""
 
-    _weights32: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = native_layer_norm() if x.device.type == "cpu" else None
-        if (kernel is None or not kernel.supports(x) or self.weight is None
+        kernel = native_norm() if x.device.type == "cpu" else None
+        if (kernel is None or x.dim() != 2 or not kernel.supports(x) or self.weight is None
                 or self.bias is None or x.shape[-1:] != self.normalized_shape):
             return super().forward(x)
-        return kernel(x, *self._fp32_affine(), self.eps)
-
-    def _fp32_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # fp32 copies of the (bf16) weight and bias, made again only when they change.
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (self.weight, self.bias))
-        if self._weights32 is None or self._weights32[0] != key:
-            self._weights32 = (key, self.weight.detach().float().contiguous(),
-                               self.bias.detach().float().contiguous())
-        return self._weights32[1], self._weights32[2]
+        return kernel.layer_norm(x, *fp32_copies(self, self.weight, self.bias), self.eps)
 
 
 # Activations oneDNN can apply to a matmul's output in the same pass:
