@@ -198,3 +198,18 @@ def test_single_label_sequence_classifier_scores_text_pairs(tiny_decoder):
         logits = torch.stack([ref(input_ids=torch.tensor([tok(query, d)["input_ids"]])).logits[0, 0]
                               for d in docs])
     assert torch.allclose(scores, torch.sigmoid(logits), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_wide_heads_match_transformers(family, tiny_decoder):
+    """head_dim 64: the width where the native RMSNorm and rotary kernels take over."""
+    arch = DECODER_PREFIXES[family] + "Model"
+    path = tiny_decoder(family, arch, hidden_size=128, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=64)
+    ref = _reference(path, arch)
+    outs = LLM(str(path), dtype="float32").embed(TEXTS)
+    reference_rows = [_hf_hidden(ref, o.prompt_token_ids)[-1] for o in outs]
+    _assert_embeddings_match(outs, reference_rows)
+    bf16 = torch.tensor([o.outputs.embedding
+                         for o in LLM(str(path), dtype="bfloat16").embed(TEXTS)])
+    assert F.cosine_similarity(bf16, F.normalize(torch.stack(reference_rows), dim=-1)).min() > 0.999

@@ -252,12 +252,12 @@ def test_forced_kernels_are_not_measured(monkeypatch):
     layers.settle_cpu_attention(12, 12, 32, torch.bfloat16, causal=False)
 
 
-NORM = kernels.native_norm()
-needs_norm = pytest.mark.skipif(NORM is None, reason=f"no native layer norm here: "
-                                                     f"{kernels._norm_reason}")
+ROWWISE = kernels.native_rowwise()
+needs_rowwise = pytest.mark.skipif(ROWWISE is None, reason=f"no native layer norm here: "
+                                                     f"{kernels._rowwise_reason}")
 
 
-@needs_norm
+@needs_rowwise
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows,width", [(1, 384), (7, 768), (300, 1024), (40, 1536), (5000, 384)])
 def test_layer_norm_matches_torch(dtype, rows, width):
@@ -283,7 +283,7 @@ def test_layer_norm_matches_torch(dtype, rows, width):
                                    atol=1e-3, rtol=2 ** -7)
 
 
-@needs_norm
+@needs_rowwise
 def test_layer_norm_reads_strided_rows_and_follows_weight_changes():
     from cenote.models.layers import LayerNorm
 
@@ -304,12 +304,12 @@ def test_layer_norm_shapes_the_kernel_does_not_take_go_to_torch(monkeypatch):
 
     class Refuse:
         def supports(self, x):
-            return kernels.NativeNorm.supports(x)
+            return kernels.NativeRowwise.supports(x)
 
         def layer_norm(self, *args):
             raise AssertionError("the kernel was called")
 
-    monkeypatch.setattr("cenote.models.layers.native_norm", lambda: Refuse())
+    monkeypatch.setattr("cenote.models.layers.native_rowwise", lambda: Refuse())
     for x, norm in ((torch.randn(2, 3, 32), LayerNorm(32)),  # 3-D
                     (torch.randn(4, 24), LayerNorm(24)),  # width not a multiple of 16
                     (torch.randn(4, 32).half(), LayerNorm(32).half()),  # fp16
@@ -324,7 +324,7 @@ def rms_reference(x, weight, eps):
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-@needs_norm
+@needs_rowwise
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(1, 64), (37, 896), (300, 1024), (5, 16, 128)])
 def test_rms_norm_matches_the_reference(dtype, shape):
@@ -348,7 +348,7 @@ def test_rms_norm_matches_the_reference(dtype, shape):
         assert (got != expected).float().mean() < 0.01  # nearly all bit-identical
 
 
-@needs_norm
+@needs_rowwise
 def test_rms_norm_per_head_on_strided_fused_rows():
     """q_norm/k_norm: each head of each token, read from the fused qkv projection."""
     from cenote.models.decoder import RMSNorm
@@ -362,3 +362,29 @@ def test_rms_norm_per_head_on_strided_fused_rows():
         got = norm(q)
     assert got.is_contiguous()
     torch.testing.assert_close(got, rms_reference(q, norm.weight, 1e-6), atol=1e-5, rtol=1e-5)
+
+
+def rotary_reference(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@needs_rowwise
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,heads,dim", [(1, 1, 32), (13, 4, 64), (300, 16, 128)])
+def test_rotary_matches_the_reference(dtype, rows, heads, dim):
+    from cenote.models.decoder import apply_rotary
+
+    torch.manual_seed(rows)
+    angles = torch.rand(rows, 1, dim // 2) * 50
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    fused = (torch.randn(rows, 3 * heads * dim) * 3).to(dtype)
+    x = fused[:, heads * dim:2 * heads * dim].view(rows, heads, dim)  # strided, as k is
+    got = apply_rotary(x, cos, sin)
+    assert got.is_contiguous() and got.dtype == dtype
+    expected = rotary_reference(x, cos, sin)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    else:  # the reference's three bf16 roundings, reproduced
+        assert torch.equal(got, expected)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import architecture_of
-from cenote.models.kernels import native_norm
+from cenote.models.kernels import native_rowwise
 from cenote.models.layers import Linear, PackedBatch, fp32_copies, packed_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
@@ -142,6 +142,11 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (``[T, heads, head_dim]``) by its positions (half-split layout)."""
+    kernel = native_rowwise() if x.device.type == "cpu" else None
+    if (kernel is not None and kernel.supports(x) and x.dim() == 3 and x.shape[-1] % 32 == 0
+            and cos.dtype == sin.dtype == x.dtype and cos.is_contiguous()
+            and sin.is_contiguous()):
+        return kernel.rotary(x, cos, sin)  # one pass, the same roundings as below
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -153,10 +158,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = native_norm() if x.device.type == "cpu" else None
+        kernel = native_rowwise() if x.device.type == "cpu" else None
         if (kernel is not None and kernel.supports(x) and self.weight.dtype == x.dtype
                 and x.shape[-1] == self.weight.shape[0]):
-            # One pass, the same two roundings as below (csrc/norm.c).
+            # One pass, the same two roundings as below (csrc/rowwise.c).
             return kernel.rms_norm(x, *fp32_copies(self, self.weight), self.eps)
         # In fp32, cast back before the weight: the order the reference uses.
         x32 = x.float()

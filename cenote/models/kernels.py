@@ -44,8 +44,8 @@ _DTYPES = (torch.bfloat16, torch.float32)
 _lock = threading.Lock()
 _attention: NativeAttention | None = None
 _attention_reason: str | None = None  # why there is no native attention, once tried
-_norm: NativeNorm | None = None
-_norm_reason: str | None = None
+_rowwise: NativeRowwise | None = None
+_rowwise_reason: str | None = None
 
 
 def cache_dir() -> Path:
@@ -219,8 +219,9 @@ def native_attention() -> NativeAttention | None:
     return _attention
 
 
-class NativeNorm:
-    """``csrc/norm.c``: LayerNorm and RMSNorm over the rows of bf16 or fp32 activations."""
+class NativeRowwise:
+    """``csrc/rowwise.c``: LayerNorm, RMSNorm and the rotary embedding over the rows of
+    bf16 or fp32 activations."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, ptr, f32, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
@@ -230,6 +231,9 @@ class NativeNorm:
         self._rms = library.cenote_rms_norm
         self._rms.restype = cint
         self._rms.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, f32, cint, cint]
+        self._rotary = library.cenote_rotary
+        self._rotary.restype = cint
+        self._rotary.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, cint, cint]
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
@@ -241,7 +245,7 @@ class NativeNorm:
 
     @staticmethod
     def _check(x: torch.Tensor, *params: torch.Tensor) -> None:
-        if not NativeNorm.supports(x) or any(
+        if not NativeRowwise.supports(x) or any(
                 t.dtype != torch.float32 or t.shape != x.shape[-1:] or not t.is_contiguous()
                 for t in params):
             raise RuntimeError("native norm: x [rows, (groups,) n] bf16/fp32 with n % 16 == 0 "
@@ -277,6 +281,23 @@ class NativeNorm:
             raise RuntimeError(f"native rms norm: unsupported shape (status {status})")
         return out
 
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[rows, heads, n]`` (n a multiple of 32); ``cos``, ``sin``: ``[rows, 1,
+        n]`` contiguous, of ``x``'s type. Returns a new contiguous ``[rows, heads, n]``."""
+        if (not self.supports(x) or x.dim() != 3 or x.shape[-1] % 32
+                or any(t.dtype != x.dtype or t.shape != (x.shape[0], 1, x.shape[-1])
+                       or not t.is_contiguous() for t in (cos, sin))):
+            raise RuntimeError("native rotary: x [rows, heads, n] with n % 32 == 0; cos and "
+                               "sin [rows, 1, n] contiguous, of x's type")
+        out = torch.empty(x.shape, dtype=x.dtype)
+        with _profiled("cenote::native_rotary"):
+            status = self._rotary(x.data_ptr(), x.stride(0), out.data_ptr(), cos.data_ptr(),
+                                  sin.data_ptr(), x.shape[0], x.shape[1], x.shape[2],
+                                  int(x.dtype == torch.float32), torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"native rotary: unsupported shape (status {status})")
+        return out
+
 
 def _profiled(name: str):
     """A named range for torch.profiler around a kernel call, only while one records
@@ -286,20 +307,20 @@ def _profiled(name: str):
     return contextlib.nullcontext()
 
 
-def native_norm() -> NativeNorm | None:
+def native_rowwise() -> NativeRowwise | None:
     """The native LayerNorm/RMSNorm kernels, built and loaded on first call; None when
     unavailable (the reason is logged once)."""
-    global _norm, _norm_reason
-    if _norm is not None or _norm_reason is not None:
-        return _norm
+    global _rowwise, _rowwise_reason
+    if _rowwise is not None or _rowwise_reason is not None:
+        return _rowwise
     with _lock:
-        if _norm is None and _norm_reason is None:
+        if _rowwise is None and _rowwise_reason is None:
             try:
-                _norm = NativeNorm(_load("norm"))
+                _rowwise = NativeRowwise(_load("rowwise"))
             except RuntimeError as exc:
-                _norm_reason = str(exc)
+                _rowwise_reason = str(exc)
                 logger.info("Norms: torch (native kernel unavailable: %s).", exc)
-    return _norm
+    return _rowwise
 
 
 def decline_native_attention(reason: str) -> None:

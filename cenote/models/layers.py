@@ -17,7 +17,7 @@ from cenote.models.kernels import (
     decline_native_attention,
     native_attention,
     native_kernels_forced,
-    native_norm,
+    native_rowwise,
 )
 
 logger = logging.getLogger(__name__)
@@ -382,12 +382,12 @@ def fp32_copies(module: nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` that runs the native kernel (``csrc/norm.c``) on CPU rows:
+    """``nn.LayerNorm`` that runs the native kernel (``csrc/rowwise.c``) on CPU rows:
     1.4-1.9x torch's at embedding widths, the same results (fp32 arithmetic, one
     rounding). Anything the kernel does not take goes to torch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = native_norm() if x.device.type == "cpu" else None
+        kernel = native_rowwise() if x.device.type == "cpu" else None
         if (kernel is None or x.dim() != 2 or not kernel.supports(x) or self.weight is None
                 or self.bias is None or x.shape[-1:] != self.normalized_shape):
             return super().forward(x)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cenote.config import BERT_FAMILY, ModelConfig
-from cenote.models.kernels import native_attention, native_norm
+from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import pack_linears, settle_cpu_attention
 from cenote.models.loading import iter_checkpoint
 from cenote.pooling import Pooler
@@ -68,7 +68,7 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     pack_linears(model)
     if cls is not None and config.device.type == "cpu":
         native_attention()  # built (or loaded from its cache) now, not on the first request
-        native_norm()
+        native_rowwise()
         settle_cpu_attention(*model.attention_shape[:3], config.dtype,
                              causal=model.attention_shape[3])
     pooler = Pooler(
