@@ -5,7 +5,8 @@
    and environment, the same texts, tokens/s and min cosine vs ST fp32).
 2. ``rerank.py``, ``serve_load.py`` (single texts against the FastAPI +
    sentence-transformers baseline, then 32-text requests against offline
-   ``LLM.embed``), ``startup.py``, ``attention.py`` (native kernel vs SDPA) and
+   ``LLM.embed``), ``startup.py``, ``attention.py`` (native kernel vs SDPA),
+   ``decoder_embed.py`` (a Qwen3-shaped embedder vs transformers) and
    ``profile_embed.py``, as subprocesses; their printed tables go into the
    README as they are.
 
@@ -46,6 +47,7 @@ SCRIPTS = {
                            "--big-inputs 0 --idle-requests 50 --offline"),
     "startup": ("Start-up", "startup.py", ""),
     "attention": ("Attention kernel", "attention.py", ""),
+    "decoder": ("Decoder embedder (Qwen3 shape) vs transformers", "decoder_embed.py", ""),
     "profile": ("Where the offline time goes", "profile_embed.py", ""),
 }
 README_INTRO = """# Benchmarks
