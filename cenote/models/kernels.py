@@ -302,14 +302,15 @@ class NativeRowwise:
 def _profiled(name: str):
     """A named range for torch.profiler around a kernel call, only while one records
     (``record_function`` costs ~6 us per call even with no profiler running)."""
-    if torch.autograd.profiler._is_profiler_enabled:
+    # A private flag of torch's (2.x); were it gone, always name the range, as before.
+    if getattr(torch.autograd.profiler, "_is_profiler_enabled", True):
         return torch.profiler.record_function(name)
     return contextlib.nullcontext()
 
 
 def native_rowwise() -> NativeRowwise | None:
-    """The native LayerNorm/RMSNorm kernels, built and loaded on first call; None when
-    unavailable (the reason is logged once)."""
+    """The native row-wise kernels (LayerNorm, RMSNorm, rotary), built and loaded on
+    first call; None when unavailable (the reason is logged once)."""
     global _rowwise, _rowwise_reason
     if _rowwise is not None or _rowwise_reason is not None:
         return _rowwise
@@ -319,7 +320,7 @@ def native_rowwise() -> NativeRowwise | None:
                 _rowwise = NativeRowwise(_load("rowwise"))
             except RuntimeError as exc:
                 _rowwise_reason = str(exc)
-                logger.info("Norms: torch (native kernel unavailable: %s).", exc)
+                logger.info("Norms and rotary: torch (native kernels unavailable: %s).", exc)
     return _rowwise
 
 
