@@ -263,7 +263,8 @@ def settle_cpu_attention(num_heads: int, num_kv_heads: int, head_dim: int,
     It does by 2-3x on AVX-512 CPUs without AMX (benchmarks/README.md, "Native
     attention kernel"); on CPUs whose matrix units serve SDPA's matmuls (AMX) that
     is not a given, so it is measured (~40 ms) rather than assumed. SDPA must win
-    by 10 % to be chosen. ``CENOTE_NATIVE_KERNELS=1`` keeps the kernel unmeasured.
+    by 10 % to be chosen, and the choice holds for the whole process (every model
+    loaded after it). ``CENOTE_NATIVE_KERNELS=1`` keeps the kernel unmeasured.
     """
     kernel = native_attention()
     if (kernel is None or native_kernels_forced() or head_dim % 16
