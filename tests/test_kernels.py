@@ -388,3 +388,19 @@ def test_rotary_matches_the_reference(dtype, rows, heads, dim):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     else:  # the reference's three bf16 roundings, reproduced
         assert torch.equal(got, expected)
+
+
+def test_a_model_loaded_under_inference_mode_embeds(minilm_path, tiny_decoder):
+    """Its parameters are inference tensors, which keep no version counter."""
+    from cenote import LLM
+
+    with torch.inference_mode():
+        bert = LLM(str(minilm_path))
+        decoder = LLM(str(tiny_decoder("qwen3", "Qwen3Model", hidden_size=128,
+                                       num_attention_heads=4, num_key_value_heads=2,
+                                       head_dim=64)))
+        inside = [llm.embed(["hello there"], use_tqdm=False)[0].outputs.embedding
+                  for llm in (bert, decoder)]
+    outside = [llm.embed(["hello there"], use_tqdm=False)[0].outputs.embedding
+               for llm in (bert, decoder)]
+    assert inside == outside and len(inside[0]) == 384

@@ -374,7 +374,9 @@ def packed_qkv_attention(
 def fp32_copies(module: nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """fp32 copies of ``module``'s (bf16) parameters for the native norms, cached on the
     module and made again only when a parameter changes (``to()``, in-place edits)."""
-    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    # Inference tensors (a model loaded under torch.inference_mode) keep no version.
+    key = tuple((t.data_ptr(), t.dtype, None if t.is_inference() else t._version)
+                for t in tensors)
     cached = module.__dict__.get("_fp32_copies")
     if cached is None or cached[0] != key:
         cached = (key, tuple(t.detach().float().contiguous() for t in tensors))
