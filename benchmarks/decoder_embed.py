@@ -81,7 +81,7 @@ def main() -> None:
                 seconds, outs = best_of(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
             finally:
                 kernels._rowwise, kernels._rowwise_reason = rowwise, None
-            rows.append(("cenote, row-wise kernels off (torch RMSNorm and rotary)", seconds,
+            rows.append(("cenote, row-wise kernels off (torch RMSNorm, rotary, SiLU gate)", seconds,
                          torch.tensor([o.outputs.embedding for o in outs])))
 
         for dtype in (torch.bfloat16, torch.float32):

@@ -404,3 +404,24 @@ def test_a_model_loaded_under_inference_mode_embeds(minilm_path, tiny_decoder):
     outside = [llm.embed(["hello there"], use_tqdm=False)[0].outputs.embedding
                for llm in (bert, decoder)]
     assert inside == outside and len(inside[0]) == 384
+
+
+@needs_rowwise
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,width", [(1, 16), (9, 96), (400, 3072)])
+def test_silu_gate_matches_the_reference(dtype, rows, width):
+    torch.manual_seed(rows)
+    x = (torch.randn(rows, 2 * width) * 6).to(dtype)  # past +-20: exp must not overflow
+    x[0, :3] = torch.tensor([-100.0, 0.0, 100.0], dtype=dtype)
+    got = kernels.native_rowwise().silu_mul(x)
+    gate, up = x.chunk(2, dim=-1)
+    expected = F.silu(gate) * up
+    assert got.shape == (rows, width) and got.dtype == dtype and torch.isfinite(got).all()
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    else:  # the reference's two roundings; an ulp apart at most where exp differs
+        # (atol: silu(-100) is ~1e-42 exactly, ~1e-36 with exp's input clamped at -87)
+        torch.testing.assert_close(got, expected, atol=1e-30, rtol=2 ** -7)
+        differs = got != expected
+        differs[0, :3] = False  # the planted extremes, checked above
+        assert differs.float().mean() < 0.01

@@ -97,8 +97,9 @@ def build(name: str) -> Path:
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"cannot run the C compiler {compiler!r}: {exc}") from exc
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, " ".join(CFLAGS),
-                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    headers = [h.read_text() for h in sorted(SOURCE_DIR.glob("*.h"))]  # simd.h
+    key = hashlib.sha256("\0".join([source.read_text(), *headers, compiler, version,
+                                    " ".join(CFLAGS), _cpu_flags()]).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -220,8 +221,8 @@ def native_attention() -> NativeAttention | None:
 
 
 class NativeRowwise:
-    """``csrc/rowwise.c``: LayerNorm, RMSNorm and the rotary embedding over the rows of
-    bf16 or fp32 activations."""
+    """``csrc/rowwise.c``: LayerNorm, RMSNorm, the rotary embedding and the gated MLP's
+    activation over the rows of bf16 or fp32 activations."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, ptr, f32, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
@@ -234,6 +235,9 @@ class NativeRowwise:
         self._rotary = library.cenote_rotary
         self._rotary.restype = cint
         self._rotary.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, cint, cint]
+        self._silu_mul = library.cenote_silu_mul
+        self._silu_mul.restype = cint
+        self._silu_mul.argtypes = [ptr, i64, ptr, i64, i64, cint, cint]
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
@@ -298,6 +302,21 @@ class NativeRowwise:
             raise RuntimeError(f"native rotary: unsupported shape (status {status})")
         return out
 
+    def silu_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[rows, 2n]``, the fused gate and up projections; returns
+        ``silu(x[:, :n]) * x[:, n:]`` as a new ``[rows, n]``."""
+        if not self.supports(x) or x.dim() != 2 or x.shape[-1] % 32:
+            raise RuntimeError("native silu_mul: x [rows, 2n] bf16/fp32 with n % 16 == 0 "
+                               "and contiguous rows")
+        n = x.shape[-1] // 2
+        out = torch.empty(x.shape[0], n, dtype=x.dtype)
+        with _profiled("cenote::native_silu_mul"):
+            status = self._silu_mul(x.data_ptr(), x.stride(0), out.data_ptr(), x.shape[0], n,
+                                    int(x.dtype == torch.float32), torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"native silu_mul: unsupported shape (status {status})")
+        return out
+
 
 def _profiled(name: str):
     """A named range for torch.profiler around a kernel call, only while one records
@@ -309,8 +328,8 @@ def _profiled(name: str):
 
 
 def native_rowwise() -> NativeRowwise | None:
-    """The native row-wise kernels (LayerNorm, RMSNorm, rotary), built and loaded on
-    first call; None when unavailable (the reason is logged once)."""
+    """The native row-wise kernels (LayerNorm, RMSNorm, rotary, SiLU gate), built and
+    loaded on first call; None when unavailable (the reason is logged once)."""
     global _rowwise, _rowwise_reason
     if _rowwise is not None or _rowwise_reason is not None:
         return _rowwise
