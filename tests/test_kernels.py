@@ -309,7 +309,7 @@ def test_layer_norm_shapes_the_kernel_does_not_take_go_to_torch(monkeypatch):
         def layer_norm(self, *args):
             raise AssertionError("the kernel was called")
 
-    monkeypatch.setattr("cenote.models.layers.native_rowwise", lambda: Refuse())
+    monkeypatch.setattr(kernels, "native_rowwise", lambda: Refuse())
     for x, norm in ((torch.randn(2, 3, 32), LayerNorm(32)),  # 3-D
                     (torch.randn(4, 24), LayerNorm(24)),  # width not a multiple of 16
                     (torch.randn(4, 32).half(), LayerNorm(32).half()),  # fp16

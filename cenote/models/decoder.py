@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cenote.config import architecture_of
-from cenote.models.kernels import native_rowwise
+from cenote.models.kernels import rowwise_for
 from cenote.models.layers import Linear, PackedBatch, fp32_copies, packed_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
@@ -142,8 +142,8 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (``[T, heads, head_dim]``) by its positions (half-split layout)."""
-    kernel = native_rowwise() if x.device.type == "cpu" else None
-    if (kernel is not None and kernel.supports(x) and x.dim() == 3 and x.shape[-1] % 32 == 0
+    kernel = rowwise_for(x)
+    if (kernel is not None and x.dim() == 3 and x.shape[-1] % 32 == 0
             and cos.dtype == sin.dtype == x.dtype and cos.is_contiguous()
             and sin.is_contiguous()):
         return kernel.rotary(x, cos, sin)  # one pass, the same roundings as below
@@ -158,8 +158,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = native_rowwise() if x.device.type == "cpu" else None
-        if (kernel is not None and kernel.supports(x) and self.weight.dtype == x.dtype
+        kernel = rowwise_for(x)
+        if (kernel is not None and self.weight.dtype == x.dtype
                 and x.shape[-1] == self.weight.shape[0]):
             # One pass, the same two roundings as below (csrc/rowwise.c).
             return kernel.rms_norm(x, *fp32_copies(self, self.weight), self.eps)
@@ -207,9 +207,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up(x)
-        kernel = native_rowwise() if gate_up.device.type == "cpu" else None
-        if (self.act is F.silu and kernel is not None and kernel.supports(gate_up)
-                and gate_up.dim() == 2 and gate_up.shape[-1] % 32 == 0):
+        kernel = rowwise_for(gate_up) if self.act is F.silu else None
+        if kernel is not None and gate_up.dim() == 2 and gate_up.shape[-1] % 32 == 0:
             return self.down(kernel.silu_mul(gate_up))  # one pass, the same two roundings
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down(self.act(gate) * up)

@@ -343,6 +343,15 @@ def native_rowwise() -> NativeRowwise | None:
     return _rowwise
 
 
+def rowwise_for(x: torch.Tensor) -> NativeRowwise | None:
+    """The row-wise kernels if they can take ``x`` (see ``NativeRowwise.supports``), else
+    None: the one check the layers make before a native norm, rotary or gate."""
+    if x.device.type != "cpu":
+        return None
+    kernel = native_rowwise()
+    return kernel if kernel is not None and kernel.supports(x) else None
+
+
 def decline_native_attention(reason: str) -> None:
     """Run attention on SDPA from now on in this process (``reason`` is logged)."""
     global _attention, _attention_reason

@@ -17,7 +17,7 @@ from cenote.models.kernels import (
     decline_native_attention,
     native_attention,
     native_kernels_forced,
-    native_rowwise,
+    rowwise_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -349,11 +349,10 @@ def packed_qkv_attention(
         q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
         return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch, num_heads,
                       num_kv_heads, head_dim, causal, pooled_only=pooled_only)
-    if flash_varlen_supported(qkv.view(qkv.shape[0], -1, head_dim), batch):
-        fused = qkv.view(qkv.shape[0], num_heads + 2 * num_kv_heads, head_dim)
-        out = flash_varlen_attention(fused[:, :num_heads],
-                                     fused[:, num_heads:num_heads + num_kv_heads],
-                                     fused[:, num_heads + num_kv_heads:], batch, causal)
+    fused = qkv.view(qkv.shape[0], num_heads + 2 * num_kv_heads, head_dim)
+    if flash_varlen_supported(fused, batch):
+        q, k, v = fused.split([num_heads, num_kv_heads, num_kv_heads], dim=1)
+        out = flash_varlen_attention(q, k, v, batch, causal)
         return out[batch.pooled_rows] if pooled_only else out
     padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
     padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
@@ -390,9 +389,9 @@ class LayerNorm(nn.LayerNorm):
     rounding). Anything the kernel does not take goes to torch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = native_rowwise() if x.device.type == "cpu" else None
-        if (kernel is None or x.dim() != 2 or not kernel.supports(x) or self.weight is None
-                or self.bias is None or x.shape[-1:] != self.normalized_shape):
+        kernel = rowwise_for(x)
+        if (kernel is None or x.dim() != 2 or self.weight is None or self.bias is None
+                or x.shape[-1:] != self.normalized_shape):
             return super().forward(x)
         return kernel.layer_norm(x, *fp32_copies(self, self.weight, self.bias), self.eps)
 
