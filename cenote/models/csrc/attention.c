@@ -20,6 +20,30 @@
 #include "simd.h"
 
 #define QB 8   /* queries per block */
+/* bf16 models on CPUs with AVX512_BF16: probabilities rounded to bf16 for the sum
+   over values, which then runs as bf16 dot products over pairs of keys. */
+#if defined(__AVX512BF16__)
+#define BF16_PV 1
+#else
+#define BF16_PV 0
+#endif
+
+/* 2^t for t <= 0 (the scores are kept in base 2: scale * log2(e) folds into the
+   score scale): 2^n * P(f) with n = round(t), f = t - n in [-1/2, 1/2] and P a
+   degree-5 fit of 2^f (relative error 2.4e-7, as good as fp32's own exp); t is
+   clamped at -126 so that no result is subnormal. */
+static inline __m512 exp2_nonpositive(__m512 t) {
+    t = _mm512_max_ps(t, _mm512_set1_ps(-126.0f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 y = _mm512_set1_ps(1.327647245e-3f);
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.675541893e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.550713092e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.402212024e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931469440e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.000000119f));
+    return _mm512_scalef_ps(y, n);
+}
 
 /* Lanes j0 + t (t < 16) with lo <= j0 + t < hi. */
 static inline __mmask16 range_mask(int64_t j0, int64_t lo, int64_t hi) {
@@ -27,6 +51,53 @@ static inline __mmask16 range_mask(int64_t j0, int64_t lo, int64_t hi) {
     a = a < 0 ? 0 : a > 16 ? 16 : a;
     b = b < 0 ? 0 : b > 16 ? 16 : b;
     return (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+/* 16 x 16 transpose of 32-bit elements: r[i] lane c becomes r[c] lane i. */
+static inline void transpose16x16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {  /* rows i, i+1 interleaved within 128-bit lanes */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int m = 0; m < 16; m += 4) {  /* r[m + c] lane L: column 4L + c, rows m..m+3 */
+        r[m] = _mm512_unpacklo_epi64(t[m], t[m + 2]);
+        r[m + 1] = _mm512_unpackhi_epi64(t[m], t[m + 2]);
+        r[m + 2] = _mm512_unpacklo_epi64(t[m + 1], t[m + 3]);
+        r[m + 3] = _mm512_unpackhi_epi64(t[m + 1], t[m + 3]);
+    }
+    for (int c = 0; c < 4; c++) {  /* 4 x 4 transpose of 128-bit lanes */
+        const __m512i x0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44);
+        const __m512i x1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xee);
+        const __m512i y0 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+        const __m512i y1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xee);
+        t[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+        t[8 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* dst[c * lp + j] = element c of source row j (32-bit elements, rows ld bytes
+   apart) for c < cols, j < lp; rows past `rows` read as zero. In 16 x 16 blocks
+   transposed in registers: a source row is one vector load, many in flight (the
+   rows are strided through a projection that is mostly not in cache). */
+static void transpose32(const void *src, int64_t ld, int64_t rows, int64_t cols,
+                        uint32_t *dst, int64_t lp)
+{
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+        const int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
+        const __mmask16 cm = (__mmask16)((1u << nc) - 1u);
+        for (int64_t j0 = 0; j0 < lp; j0 += 16) {
+            __m512i r[16];
+            for (int t = 0; t < 16; t++)
+                r[t] = j0 + t < rows ? _mm512_maskz_loadu_epi32(
+                           cm, (const char *)src + (j0 + t) * ld + c0 * 4) : _mm512_setzero_si512();
+            transpose16x16(r);
+            for (int64_t t = 0; t < nc; t++) _mm512_storeu_si512(dst + (c0 + t) * lp + j0, r[t]);
+        }
+    }
 }
 
 /* One (sequence, head): q rows [len, dim] at stride ld_q, etc.; the queries
@@ -41,27 +112,40 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
     const float *qf = q_, *kf = k_, *vf32 = v_;
     const int64_t lp = (len + 15) & ~(int64_t)15;
     const int64_t pairs = dim / 2;
-    float *kt = (float *)kp;  /* fp32: keys transposed, [dim][lp] */
-    for (int64_t j = 0; j < len; j++) {
-        if (fp32) {
-            for (int64_t d = 0; d < dim; d++) kt[d * lp + j] = kf[j * ld_k + d];
+    const float *kt = (const float *)kp;
+    /* the rows of this head are strided through a projection mostly not in cache:
+       ask for the values and queries now, the keys' loads below are in flight too */
+    const int64_t es = fp32 ? 4 : 2;
+    for (int64_t j = 0; j < len; j++)
+        for (int64_t d = 0; d < dim * es; d += 64)
+            _mm_prefetch((const char *)v_ + j * ld_v * es + d, _MM_HINT_T1);
+    for (int64_t i = i_begin; i < i_end; i++)
+        for (int64_t d = 0; d < dim * es; d += 64)
+            _mm_prefetch((const char *)q_ + i * ld_q * es + d, _MM_HINT_T1);
+    /* keys, transposed: kp[p][j] = the pair (k[j][2p], k[j][2p + 1]); fp32: kt[d][j] */
+    if (fp32) transpose32(kf, ld_k * 4, len, dim, kp, lp);
+    else transpose32(k, ld_k * 2, len, pairs, kp, lp);
+    if (fp32 || !BF16_PV) {  /* values widened to fp32, zero past len */
+        for (int64_t j = 0; j < lp; j++)
             for (int64_t d = 0; d < dim; d += 16)
-                _mm512_storeu_ps(vf + j * dim + d, _mm512_loadu_ps(vf32 + j * ld_v + d));
-        } else {
-            const uint32_t *kr = (const uint32_t *)(k + j * ld_k);
-            for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = kr[p];
-            for (int64_t d = 0; d < dim; d += 16)
-                _mm512_storeu_ps(vf + j * dim + d, load_bf16x16(v + j * ld_v + d));
-        }
+                _mm512_storeu_ps(vf + j * dim + d, j >= len ? _mm512_setzero_ps()
+                                 : fp32 ? _mm512_loadu_ps(vf32 + j * ld_v + d)
+                                 : load_bf16x16(v + j * ld_v + d));
     }
-    for (int64_t j = len; j < lp; j++) {
-        if (fp32)
-            for (int64_t d = 0; d < dim; d++) kt[d * lp + j] = 0.0f;
-        else
-            for (int64_t p = 0; p < pairs; p++) kp[p * lp + j] = 0;
-        for (int64_t d = 0; d < dim; d++) vf[j * dim + d] = 0.0f;
+#if BF16_PV
+    else {  /* values as pairs of keys: vp[j/2][d] = (v[j][d], v[j + 1][d]), zero past len */
+        uint32_t *vp = (uint32_t *)vf;
+        for (int64_t j = 0; j < lp; j += 2)
+            for (int64_t d = 0; d < dim; d += 16) {
+                const __m256i zero = _mm256_setzero_si256();
+                const __m256i a = j < len ? _mm256_loadu_si256((const __m256i *)(v + j * ld_v + d)) : zero;
+                const __m256i b = j + 1 < len ? _mm256_loadu_si256((const __m256i *)(v + (j + 1) * ld_v + d)) : zero;
+                _mm512_storeu_si512(vp + (j / 2) * dim + d, _mm512_or_si512(
+                    _mm512_cvtepu16_epi32(a), _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
+            }
     }
-    const __m512 vscale = _mm512_set1_ps(scale);
+#endif
+    const __m512 vscale = _mm512_set1_ps(scale * 1.44269504088896341f);  /* base-2 scores */
     for (int64_t i0 = i_begin; i0 < i_end; i0 += QB) {
         const int nq = i_end - i0 < QB ? (int)(i_end - i0) : QB;
         /* keys this block may see */
@@ -69,7 +153,7 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
         int64_t jbeg = 0;
         if (causal && window > 0 && i0 - window + 1 > 0) jbeg = (i0 - window + 1) & ~(int64_t)15;
         const int64_t jend_p = (jend + 15) & ~(int64_t)15;
-        /* scores: s[r][j] = scale * q_r . k_j */
+        /* scores, in base 2: s[r][j] = log2(e) * scale * q_r . k_j */
         for (int64_t j0 = jbeg; j0 < jend_p; j0 += 32) {
             const int two = j0 + 16 < jend_p;
             __m512 acc[QB][2];
@@ -131,8 +215,14 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
             __m512 vsum = _mm512_setzero_ps();
             for (int64_t j0 = jbeg; j0 < jend_p; j0 += 16) {
                 const __mmask16 m = range_mask(j0, lo, hi);
-                __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + j0), mx)));
+                __m512 e = _mm512_maskz_mov_ps(m, exp2_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sr + j0), mx)));
                 vsum = _mm512_add_ps(vsum, e);
+#if BF16_PV
+                /* bf16 probabilities, in place: element j at byte 2j of the row (the
+                   fp32 chunk at 4 * j0 is read before anything at or past it is written) */
+                if (!fp32) store_bf16x16((uint16_t *)sr + j0, e);
+                else
+#endif
                 _mm512_storeu_ps(sr + j0, e);
             }
             inv[r] = 1.0f / _mm512_reduce_add_ps(vsum);
@@ -142,6 +232,20 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
             const int two = d0 + 16 < dim;
             __m512 acc[QB][2];
             for (int r = 0; r < QB; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+#if BF16_PV
+            if (!fp32) {
+                const uint32_t *vp = (const uint32_t *)vf;
+                for (int64_t jp = jbeg / 2; jp < (jend + 1) / 2; jp++) {
+                    const __m512i v0 = _mm512_loadu_si512(vp + jp * dim + d0);
+                    const __m512i v1 = two ? _mm512_loadu_si512(vp + jp * dim + d0 + 16) : v0;
+                    for (int r = 0; r < QB; r++) {
+                        const __m512bh pr = (__m512bh)_mm512_set1_epi32(((const int32_t *)(s + r * lp))[jp]);
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)v0, pr);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)v1, pr);
+                    }
+                }
+            } else
+#endif
             for (int64_t j = jbeg; j < jend; j++) {
                 const __m512 v0 = _mm512_loadu_ps(vf + j * dim + d0);
                 const __m512 v1 = two ? _mm512_loadu_ps(vf + j * dim + d0 + 16) : v0;
