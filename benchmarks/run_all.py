@@ -160,7 +160,7 @@ def _versions_lines(results: list[peers.Measurement]) -> list[str]:
 
 def generated_section(results: list[peers.Measurement], num_texts: int, num_tokens: int,
                       machine: dict[str, str], scripts: list[ScriptRun], command: str,
-                      chart: bool, repeats: int) -> str:
+                      chart: bool, repeats: int, rounds: int) -> str:
     """The README text between the markers."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -176,8 +176,9 @@ def generated_section(results: list[peers.Measurement], num_texts: int, num_toke
         f"(`corpus.py`), each within the model's 256 tokens; {num_tokens} tokens "
         f"({num_tokens / max(num_texts, 1):.1f} per text) counted with the MiniLM tokenizer, "
         "special tokens included.",
-        f"- Each system runs in its own process at its default settings: one warm-up on "
-        f"{min(num_texts, 256)} texts, then the best of {repeats} timed passes over all texts.",
+        f"- Each system runs at its default settings in its own process: one warm-up on "
+        f"{min(num_texts, 256)} texts, then {repeats} timed pass{'es' if repeats > 1 else ''} "
+        f"over all texts; the systems run {rounds} times in turn and each keeps its best pass.",
         "",
         "### Offline embedding",
         "",
@@ -225,7 +226,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2000, help="paragraphs to embed")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes per system")
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes per process")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="processes per system, run in turn with the others")
     parser.add_argument("--no-install", action="store_true",
                         help="do not create or update the peer venvs")
     parser.add_argument("--skip", action="append", default=[], choices=list(SCRIPTS),
@@ -242,7 +245,7 @@ def main() -> None:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
     results, num_texts, num_tokens = peers.run_systems(
         args.texts, RESULTS / "peers", args.repeats, timeout=args.timeout,
-        install=not args.no_install)
+        install=not args.no_install, rounds=args.rounds)
     table = peers.markdown_table(results, num_texts, num_tokens)
     print(f"\n{table}\n", flush=True)
     extra = {"rerank": args.rerank_args, "serve_load": args.serve_load_args}
@@ -250,7 +253,7 @@ def main() -> None:
                for name in SCRIPTS if name not in args.skip]
     chart = draw_chart(results, num_tokens, machine, CHART)
     write_readme(generated_section(results, num_texts, num_tokens, machine, scripts,
-                                   command, chart, args.repeats))
+                                   command, chart, args.repeats, args.rounds))
     (RESULTS / "run_all.json").write_text(json.dumps({
         "machine": machine, "texts": num_texts, "tokens": num_tokens,
         "systems": [{"label": r.label, "environment": r.environment, "seconds": r.seconds,
