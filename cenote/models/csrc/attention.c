@@ -153,6 +153,15 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
         int64_t jbeg = 0;
         if (causal && window > 0 && i0 - window + 1 > 0) jbeg = (i0 - window + 1) & ~(int64_t)15;
         const int64_t jend_p = (jend + 15) & ~(int64_t)15;
+        /* each query's visible keys [lo, hi), and the running max of its scores there */
+        int64_t lo[QB], hi[QB];
+        __m512 vmax[QB];
+        for (int r = 0; r < nq; r++) {
+            const int64_t i = i0 + r;
+            lo[r] = causal && window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+            hi[r] = causal ? i + 1 : len;
+            vmax[r] = _mm512_set1_ps(-INFINITY);
+        }
         /* scores, in base 2: s[r][j] = log2(e) * scale * q_r . k_j */
         for (int64_t j0 = jbeg; j0 < jend_p; j0 += 32) {
             const int two = j0 + 16 < jend_p;
@@ -195,26 +204,25 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
                 }
             }
             for (int r = 0; r < nq; r++) {
-                _mm512_storeu_ps(s + r * lp + j0, _mm512_mul_ps(acc[r][0], vscale));
-                if (two) _mm512_storeu_ps(s + r * lp + j0 + 16, _mm512_mul_ps(acc[r][1], vscale));
+                const __m512 s0 = _mm512_mul_ps(acc[r][0], vscale);
+                _mm512_storeu_ps(s + r * lp + j0, s0);
+                vmax[r] = _mm512_mask_max_ps(vmax[r], range_mask(j0, lo[r], hi[r]), vmax[r], s0);
+                if (two) {
+                    const __m512 s1 = _mm512_mul_ps(acc[r][1], vscale);
+                    _mm512_storeu_ps(s + r * lp + j0 + 16, s1);
+                    vmax[r] = _mm512_mask_max_ps(vmax[r], range_mask(j0 + 16, lo[r], hi[r]),
+                                                 vmax[r], s1);
+                }
             }
         }
         /* softmax per query over its visible keys [lo, hi); zeros elsewhere in [jbeg, jend_p) */
         float inv[QB];
         for (int r = 0; r < nq; r++) {
-            const int64_t i = i0 + r;
-            int64_t lo = 0, hi = causal ? i + 1 : len;
-            if (causal && window > 0 && i - window + 1 > 0) lo = i - window + 1;
             float *sr = s + r * lp;
-            __m512 vmax = _mm512_set1_ps(-INFINITY);
-            for (int64_t j0 = jbeg; j0 < jend_p; j0 += 16) {
-                const __mmask16 m = range_mask(j0, lo, hi);
-                vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_loadu_ps(sr + j0));
-            }
-            const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+            const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r]));
             __m512 vsum = _mm512_setzero_ps();
             for (int64_t j0 = jbeg; j0 < jend_p; j0 += 16) {
-                const __mmask16 m = range_mask(j0, lo, hi);
+                const __mmask16 m = range_mask(j0, lo[r], hi[r]);
                 __m512 e = _mm512_maskz_mov_ps(m, exp2_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sr + j0), mx)));
                 vsum = _mm512_add_ps(vsum, e);
 #if BF16_PV
