@@ -314,7 +314,9 @@ int cenote_attention(const void *q, const void *k, const void *v,
     #pragma omp parallel num_threads(threads)
     {
         float *buf = workspace + per_thread * omp_get_thread_num();
-        #pragma omp for schedule(dynamic, 1)
+        /* guided: each thread takes runs of neighbouring heads, whose rows share cache
+           lines' neighbours (dynamic, 1 alternated them between the cores: ~5% slower) */
+        #pragma omp for schedule(guided)
         for (int64_t item = 0; item < num_seqs * heads; item++) {
             const int64_t b = item / heads, h = item % heads, kvh = h / group;
             const int64_t start = cu[b], len = cu[b + 1] - start;
