@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cenote import LLM
+from cenote.models.kernels import native_attention
 from cenote.models.layers import PackedBatch
 
 TEXTS = ["hello world", "a somewhat longer sentence about search engines and ranking", "x",
@@ -62,6 +63,23 @@ def test_cross_encoder_scores_unchanged(cross_encoder_path, dtype):
                                                                        use_tqdm=False)]))
     atol = 1e-5 if dtype == "float32" else 2e-2
     torch.testing.assert_close(pruned, full, rtol=0, atol=atol)
+
+
+@pytest.mark.skipif(native_attention() is None, reason="needs the native attention kernel")
+def test_last_layer_projects_queries_for_the_pooled_rows_only(cross_encoder_path, monkeypatch):
+    llm = LLM(str(cross_encoder_path))
+    last = llm.engine.runner.model.layers[-1]
+    query_rows, project_queries = [], last.q_only.forward
+
+    def spy(x, *args):
+        query_rows.append(x.shape[0])
+        return project_queries(x, *args)
+
+    monkeypatch.setattr(last.q_only, "forward", spy)
+    monkeypatch.setattr(last.qkv, "forward", lambda *args: pytest.fail("fused q/k/v projected"))
+    outs = llm.score("a query", TEXTS, use_tqdm=False)
+    tokens = sum(len(o.prompt_token_ids) for o in outs)
+    assert len(query_rows) == 1 and len(TEXTS) <= query_rows[0] < tokens
 
 
 @pytest.mark.parametrize("family,dtype", [("qwen3", "float32"), ("qwen3", "bfloat16"),

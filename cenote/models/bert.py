@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from cenote.config import POSITION_OFFSET_MODEL_TYPES
-from cenote.models.layers import LayerNorm, Linear, PackedBatch, packed_qkv_attention
+from cenote.models.layers import (
+    LayerNorm,
+    Linear,
+    PackedBatch,
+    packed_qkv_attention,
+    pooled_query_attention,
+)
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 # hidden_act -> the activation ``Linear`` applies to its output (fused when packed).
@@ -59,13 +65,33 @@ class BertLayer(nn.Module):
         if config.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"Unsupported hidden_act {config.hidden_act!r}.")
         self.act = _ACTIVATIONS[config.hidden_act]
+        # The query and key/value projections apart (see split_qkv), last layer only.
+        self.q_only: Linear | None = None
+        self.kv_only: Linear | None = None
+
+    def split_qkv(self) -> None:
+        """Also keep the query and the key/value rows of ``qkv`` as projections of their
+        own, for pooled-only passes (queries for the pooled rows alone). Before packing."""
+        hidden = self.attn_out.in_features
+        self.q_only = Linear(self.qkv.in_features, hidden)
+        self.kv_only = Linear(self.qkv.in_features, self.qkv.out_features - hidden)
+        with torch.no_grad():
+            for part, rows in ((self.q_only, slice(None, hidden)),
+                               (self.kv_only, slice(hidden, None))):
+                part.weight.copy_(self.qkv.weight[rows])
+                part.bias.copy_(self.qkv.bias[rows])
 
     def forward(self, x: torch.Tensor, batch: PackedBatch,
                 pooled_only: bool = False) -> torch.Tensor:
         """``pooled_only``: every row serves as key and value, but only the rows of
         ``batch.pooled_rows`` are computed past attention (and returned)."""
-        attn = packed_qkv_attention(self.qkv(x), batch, self.num_heads, self.num_heads,
-                                    causal=False, pooled_only=pooled_only)
+        attn = None
+        if pooled_only and self.q_only is not None:
+            attn = pooled_query_attention(self.q_only, self.kv_only, x, batch,
+                                          self.num_heads, self.num_heads, causal=False)
+        if attn is None:
+            attn = packed_qkv_attention(self.qkv(x), batch, self.num_heads, self.num_heads,
+                                        causal=False, pooled_only=pooled_only)
         if pooled_only:
             x = x[batch.pooled_rows]
         x = self.attn_norm(self.attn_out.add(attn, x))
@@ -173,3 +199,4 @@ class BertFamilyModel(nn.Module):
         missing = loader.finish()
         if missing:
             raise missing_tensors_error(missing)
+        self.layers[-1].split_qkv()  # the layer that runs pooled-only

@@ -370,6 +370,33 @@ def packed_qkv_attention(
     return out[batch.pooled_rows] if pooled_only else out
 
 
+def pooled_query_attention(
+    q_proj: Linear,
+    kv_proj: Linear,
+    x: torch.Tensor,
+    batch: PackedBatch,
+    num_heads: int,
+    num_kv_heads: int,
+    causal: bool,
+) -> torch.Tensor | None:
+    """``packed_qkv_attention(..., pooled_only=True)`` with the queries projected for the
+    pooled rows alone (``q_proj``) and keys and values for every row (``kv_proj``):
+    a last layer's query projection is 1/3 of its QKV matmul, and only the pooled
+    rows' queries are used. Native CPU kernel only; None elsewhere (the caller then
+    projects q, k and v together)."""
+    head_dim = q_proj.out_features // num_heads
+    kernel = native_attention()
+    if kernel is None or not kernel.supports(x, head_dim, batch.max_len):
+        return None
+    kv = kv_proj(x)
+    # The kernel reads sequence b's query from its pooled token's row; no other row.
+    q = x.new_empty(x.shape[0], q_proj.out_features)
+    q[batch.pooled_rows] = q_proj(x[batch.pooled_rows])
+    k_end = num_kv_heads * head_dim
+    return kernel(q, kv[:, :k_end], kv[:, k_end:], batch, num_heads, num_kv_heads, head_dim,
+                  causal, pooled_only=True)
+
+
 def fp32_copies(module: nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """fp32 copies of ``module``'s (bf16) parameters for the native norms, cached on the
     module and made again only when a parameter changes (``to()``, in-place edits)."""
