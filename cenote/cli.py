@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="Address to listen on.")
     serve.add_argument("--port", type=int, default=8000, help="Port to listen on.")
     serve.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
-                       help="Name(s) clients pass as `model`; the first is reported in "
-                            "responses. Default: MODEL as given.")
+                       help="Name(s) clients may pass as `model`; a response names the "
+                            "model its request asked for (the first name when it gave none), "
+                            "and error messages use the first. Default: MODEL as given.")
     serve.add_argument("--dtype", default="auto",
                        choices=["auto", "float32", "bfloat16", "float16"],
                        help="Weight and activation precision. auto: bfloat16 on CPUs with "
@@ -190,6 +191,7 @@ def serve(args: argparse.Namespace) -> int:
         budget = max(CPU_SERVER_MAX_NUM_BATCHED_TOKENS, config.max_model_len)
         config = dataclasses.replace(config, max_num_batched_tokens=budget)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
+    config = dataclasses.replace(config, served_model_name=names[0])
     threads = ""
     if config.device.type == "cpu":
         count = torch.get_num_threads()
@@ -244,9 +246,23 @@ class _Server(uvicorn.Server):
                         self.model_name, url, url)
 
 
+def dashed_options(argv: Sequence[str]) -> list[str]:
+    """``--hf_overrides`` read as ``--hf-overrides``: vLLM takes either spelling of
+    every option, and its docs use both."""
+    out, options_done = [], False
+    for arg in argv:
+        if arg == "--":
+            options_done = True
+        elif not options_done and arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cenote`` console script."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(dashed_options(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":

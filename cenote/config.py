@@ -325,6 +325,8 @@ class ModelConfig:
     st_config: SentenceTransformersConfig | None
     override_pooler_config: PoolerConfig | None
     trust_remote_code: bool = False
+    # The name messages give the model: the server's first --served-model-name.
+    served_model_name: str | None = None
 
     @classmethod
     def from_args(
@@ -379,6 +381,10 @@ class ModelConfig:
             override_pooler_config=PoolerConfig.coerce(override_pooler_config),
             trust_remote_code=trust_remote_code,
         )
+
+    @property
+    def display_name(self) -> str:
+        return self.served_model_name or self.model
 
     @property
     def model_type(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,16 @@ from cenote.outputs import (
 from cenote.params import PoolingParams
 
 ParamsArg = PoolingParams | Sequence[PoolingParams] | None
+# vLLM engine arguments that vLLM code passes to LLM() and that mean nothing here
+# (CUDA graphs, the KV cache, sampling seeds, parallelism of one): accepted and
+# logged, so that switching stays one import. Anything else is a TypeError.
+IGNORED_VLLM_ARGS = frozenset({
+    "seed", "enforce_eager", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",
+    "max_num_seqs", "max_seq_len_to_capture", "disable_log_stats", "disable_custom_all_reduce",
+    "enable_prefix_caching", "block_size", "kv_cache_dtype", "compilation_config",
+    "tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
+})
+logger = logging.getLogger(__name__)
 # Below this many prompts a progress bar is noise.
 _TQDM_MIN_PROMPTS = 64
 
@@ -49,7 +60,18 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        **vllm_engine_args: Any,
     ) -> None:
+        unknown = sorted(set(vllm_engine_args) - IGNORED_VLLM_ARGS)
+        if unknown:
+            raise TypeError(f"LLM() got an unexpected keyword argument {unknown[0]!r}")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if vllm_engine_args.get(name, 1) != 1:
+                raise ValueError(f"{name}={vllm_engine_args[name]}: cenote runs a model on "
+                                 "one device.")
+        if vllm_engine_args:
+            logger.info("Ignoring vLLM engine arguments that do not apply here: %s",
+                        ", ".join(sorted(vllm_engine_args)))
         self.config = ModelConfig.from_args(
             model=model,
             task=task,
@@ -158,13 +180,19 @@ class LLM:
                 for s, d in zip(seqs, data, strict=True)]
 
 
-def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str]
-                     ) -> list[tuple[str, str]]:
-    """Pairs for 1:1, 1:N (text_1 broadcast) or N:N (zipped) inputs."""
+def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
+                     names: tuple[str, str] = ("text_1", "text_2")) -> list[tuple[str, str]]:
+    """Pairs for 1:1, 1:N (text_1 broadcast) or N:N (zipped) inputs; ``names`` are the
+    two sides' names in error messages."""
     left = [text_1] if isinstance(text_1, str) else list(text_1)
     right = [text_2] if isinstance(text_2, str) else list(text_2)
     if not left or not right:
         raise ValueError("Score inputs must not be empty.")
+    for side, texts, name in ((text_1, left, names[0]), (text_2, right, names[1])):
+        for i, text in enumerate(texts):
+            if text == "":  # named here: the embedding fallback numbers texts its own way
+                where = name if isinstance(side, str) else f"{name}[{i}]"
+                raise ValueError(f"{where} is an empty string; it has nothing to encode.")
     if len(left) == 1:
         left = left * len(right)
     if len(left) != len(right):

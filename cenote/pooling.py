@@ -140,7 +140,7 @@ class Pooler(nn.Module):
         return merged
 
     def _verify_dimensions(self, dimensions: int) -> None:
-        name = self.config.model
+        name = self.config.display_name
         if not self.config.is_matryoshka:
             raise ValueError(
                 f'Model "{name}" does not support matryoshka representation, '

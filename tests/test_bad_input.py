@@ -25,6 +25,13 @@ def test_empty_string_is_rejected(minilm_fp32):
         minilm_fp32.embed(["fine", ""])
 
 
+def test_empty_score_text_is_named_by_its_side_and_position(minilm_fp32):
+    with pytest.raises(ValueError, match=r"^text_2\[1\] is an empty string"):
+        minilm_fp32.score("a query", ["fine", ""])
+    with pytest.raises(ValueError, match=r"^text_1 is an empty string"):
+        minilm_fp32.score("", ["fine"])
+
+
 def test_token_id_outside_the_vocabulary_is_rejected(minilm_fp32):
     with pytest.raises(ValueError, match="out of vocabulary"):
         minilm_fp32.embed({"prompt_token_ids": [101, 30522, 102]})
@@ -89,3 +96,18 @@ def test_score_with_mismatched_lengths_is_rejected(minilm_fp32):
 def test_classify_on_an_embedding_model_names_the_task(minilm_fp32):
     with pytest.raises(ValueError, match="Classification API is not supported by this model"):
         minilm_fp32.classify("hello")
+
+
+def test_an_unknown_pooling_task_is_named_as_such(minilm_fp32):
+    with pytest.raises(ValueError, match="Unknown pooling task 'bogus'"):
+        minilm_fp32.encode("hello", pooling_task="bogus")
+
+
+def test_vllm_engine_arguments_that_do_not_apply_are_accepted(minilm_path):
+    llm = LLM(str(minilm_path), dtype="float32", seed=0, enforce_eager=True,
+              gpu_memory_utilization=0.5, tensor_parallel_size=1)
+    assert len(llm.embed("hi", use_tqdm=False)[0].outputs.embedding) == 384
+    with pytest.raises(TypeError, match="unexpected keyword argument 'not_an_option'"):
+        LLM(str(minilm_path), not_an_option=1)
+    with pytest.raises(ValueError, match="one device"):
+        LLM(str(minilm_path), tensor_parallel_size=2)

@@ -142,6 +142,15 @@ def test_truncate_prompt_tokens_on_text_keeps_special_tokens(minilm_fp32):
     assert tok.decode(out.prompt_token_ids[1:-1]) == "five six seven"
 
 
+@pytest.mark.parametrize("keep", [1, 2])
+def test_truncate_prompt_tokens_down_to_the_special_tokens(minilm_fp32, keep):
+    # 2 keeps [CLS] [SEP] and no text. Below that the tokenizer truncates nothing at
+    # all (it cannot drop the tokens it adds); the prompt still ends up `keep` long.
+    tok = minilm_fp32.get_tokenizer()
+    (out,) = minilm_fp32.embed("what is a cat", truncate_prompt_tokens=keep)
+    assert out.prompt_token_ids == [tok.cls_token_id, tok.sep_token_id][-keep:]
+
+
 def test_truncate_prompt_tokens_minus_one_means_max_model_len(minilm_fp32):
     (out,) = minilm_fp32.embed("word " * 600, truncate_prompt_tokens=-1)
     assert len(out.prompt_token_ids) == minilm_fp32.config.max_model_len == 256

@@ -57,8 +57,9 @@ def cross_encoder_server(cross_encoder_path):
 
 @pytest.fixture(scope="module")
 def classifier_server(classifier_path):
-    args = [str(classifier_path), "--dtype", "float32", "--api-key", API_KEY,
-            "--served-model-name", *CLASSIFIER_NAMES]
+    # vLLM's underscore spellings of two options: accepted as the dashed ones.
+    args = [str(classifier_path), "--dtype", "float32", f"--api_key={API_KEY}",
+            "--served_model_name", *CLASSIFIER_NAMES]
     with cenote_serve(args) as server:
         yield server
 
@@ -253,6 +254,11 @@ def test_empty_string_is_400(minilm_server):
                  "empty string")
 
 
+def test_empty_rerank_document_is_named_by_its_index(minilm_server):
+    assert_error(post(minilm_server, "/rerank", {"query": "q", "documents": ["a", ""]}), 400,
+                 "documents[1] is an empty string")
+
+
 def test_empty_input_list_is_400(minilm_server):
     assert_error(post(minilm_server, "/v1/embeddings", {"input": []}), 400, "empty")
 
@@ -284,6 +290,14 @@ def test_a_body_that_is_not_declared_json_gets_a_hint(minilm_server):
     response = httpx.post(f"{minilm_server.url}/v1/embeddings", content=b'{"input": "x"}',
                           headers={"content-type": "text/plain"})
     assert_error(response, 400, "Content-Type: application/json")
+
+
+def test_a_body_without_content_type_is_read_as_json(minilm_server):
+    # What `requests.post(url, data=json.dumps(body))` sends; vLLM's server takes it.
+    response = httpx.post(f"{minilm_server.url}/v1/embeddings", content=b'{"input": "x"}')
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"][0]["embedding"]) == 384
 
 
 # ---- the rest of the API -----------------------------------------------
@@ -343,6 +357,15 @@ def test_serve_help_explains_every_option():
                  "--max-model-len", "--override-pooler-config", "--hf-overrides", "--api-key",
                  "--max-num-batched-tokens"]:
         assert flag in result.stdout
+
+
+def test_options_may_be_spelt_with_underscores_as_in_vllm():
+    from cenote.cli import dashed_options
+
+    assert dashed_options(["serve", "my_model", "--hf_overrides", '{"a_b": 1}',
+                           "--max_model_len=128", "--", "--not_an_option"]) == [
+        "serve", "my_model", "--hf-overrides", '{"a_b": 1}', "--max-model-len=128", "--",
+        "--not_an_option"]
 
 
 # ---- cross-encoder: /score and /rerank --------------------------------
@@ -418,6 +441,27 @@ def test_classify_returns_labels_and_probabilities(classifier_server, classifier
         assert item["num_classes"] == 3
         assert item["label"] == labels[max(range(3), key=probs.__getitem__)]
     assert {item["label"] for item in body["data"]} <= {"LABEL_A", "LABEL_B", "LABEL_C"}
+
+
+def test_classify_activation_false_gives_the_logits(classifier_server, classifier_fp32):
+    from cenote import PoolingParams
+
+    offline = classifier_fp32.classify(TEXTS[:2], pooling_params=PoolingParams(activation=False),
+                                       use_tqdm=False)
+    for field in ("activation", "softmax"):
+        body = post(classifier_server, "/classify", {"input": TEXTS[:2], field: False},
+                    AUTH).json()
+        for item, ref in zip(body["data"], offline, strict=True):
+            assert item["probs"] == pytest.approx(ref.outputs.probs, abs=1e-4)
+            assert abs(sum(item["probs"]) - 1) > 1e-3  # logits, not probabilities
+    assert_error(post(classifier_server, "/classify",
+                      {"input": "x", "activation": True, "softmax": False}, AUTH), 400, "alias")
+
+
+def test_messages_name_the_first_served_name(classifier_server):
+    response = post(classifier_server, "/pooling",
+                    {"model": CLASSIFIER_NAMES[1], "input": "x", "dimensions": 4}, AUTH)
+    assert_error(response, 400, f'Model "{CLASSIFIER_NAMES[0]}" does not support matryoshka')
 
 
 def test_requests_without_the_api_key_are_401(classifier_server):

@@ -37,9 +37,12 @@ class PoolingEngine:
     def check_task(self, pooling_task: str) -> None:
         if pooling_task in self.config.supported_pooling_tasks:
             return
+        if pooling_task not in API_NAMES:
+            raise ValueError(f"Unknown pooling task {pooling_task!r}; the pooling tasks are "
+                             f"{', '.join(API_NAMES)}.")
         if pooling_task == "score" and self.config.task == "classify":
             raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
-        api, task = API_NAMES.get(pooling_task, (f"{pooling_task!r}", pooling_task))
+        api, task = API_NAMES[pooling_task]
         raise UnsupportedTaskError(
             f"{api} is not supported by this model (its task is {self.config.task!r}). "
             f"Try converting the model using `--task {task}` (task={task!r} offline)."

@@ -110,9 +110,7 @@ class Tokenizer:
                 text_slots.append(i)
             else:
                 ids = self.validate_token_ids(prompt["prompt_token_ids"], i)
-                if keep is not None:
-                    ids = ids[-keep:]
-                out[i] = TokenizedPrompt(ids)
+                out[i] = TokenizedPrompt(keep_last(ids, keep))
         for slot, ids in zip(text_slots, self._encode_texts(texts, keep), strict=True):
             out[slot] = TokenizedPrompt(ids)
         for prompt in out:
@@ -133,13 +131,14 @@ class Tokenizer:
             check_unicode(b, f"Score pair {i}")
         if self.backend is not None:
             encodings = self._backend_encode(list(pairs), keep)
-            out = [TokenizedPrompt(e.ids, e.type_ids) for e in encodings]
+            out = [TokenizedPrompt(keep_last(e.ids, keep), keep_last(e.type_ids, keep))
+                   for e in encodings]
         else:
             kwargs = {"truncation": True, "max_length": keep} if keep else {}
             enc = self.hf([a for a, _ in pairs], [b for _, b in pairs], **kwargs)
             types = enc.get("token_type_ids") or [None] * len(pairs)
-            out = [TokenizedPrompt(ids, t) for ids, t in zip(enc["input_ids"], types,
-                                                              strict=True)]
+            out = [TokenizedPrompt(keep_last(ids, keep), keep_last(t, keep))
+                   for ids, t in zip(enc["input_ids"], types, strict=True)]
         for prompt in out:
             self.check_length(len(prompt.token_ids))
         return out
@@ -165,9 +164,11 @@ class Tokenizer:
         if not texts:
             return []
         if self.backend is not None:
-            return [e.ids for e in self._backend_encode(texts, keep)]
-        kwargs = {"truncation": True, "max_length": keep} if keep else {}
-        return self.hf(texts, **kwargs)["input_ids"]
+            encoded = [e.ids for e in self._backend_encode(texts, keep)]
+        else:
+            kwargs = {"truncation": True, "max_length": keep} if keep else {}
+            encoded = self.hf(texts, **kwargs)["input_ids"]
+        return [keep_last(ids, keep) for ids in encoded]
 
     def _backend_encode(self, inputs: list, keep: int | None):
         if keep is None:
@@ -180,6 +181,15 @@ class Tokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids)
+
+
+def keep_last(ids: list[int] | None, keep: int | None) -> list[int] | None:
+    """The last ``keep`` of ``ids``. After the tokenizer's own (left) truncation this
+    matters only when ``keep`` is below the special tokens it adds: it then truncates
+    nothing, and the prompt is cut to its last ``keep`` tokens here instead."""
+    if ids is None or keep is None or len(ids) <= keep:
+        return ids
+    return list(ids[-keep:])
 
 
 def _encode_batch(backend, inputs: list):

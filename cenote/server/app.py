@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,14 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
 
+# A body sent without a Content-Type header is read as JSON, as FastAPI did before its
+# strict_content_type option (and as vLLM's server does): `requests.post(url,
+# data=json.dumps(...))` sends none. A non-JSON Content-Type is still refused.
+_LENIENT_CONTENT_TYPE = ({"strict_content_type": False}
+                         if "strict_content_type" in inspect.signature(FastAPI).parameters
+                         else {})
+
+
 def build_app(
     engine: AsyncPoolingEngine,
     served_model_names: list[str] | None = None,
@@ -74,7 +83,8 @@ def build_app(
             engine.shutdown()
 
     app = FastAPI(title="cenote", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible server for pooling models.")
+                  description="OpenAI-compatible server for pooling models.",
+                  **_LENIENT_CONTENT_TYPE)
     metrics = ServerMetrics(engine)
     engine.on_batch = metrics.observe_batch
     context = ServerContext(engine, names, metrics, limits or ServerLimits())

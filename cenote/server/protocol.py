@@ -54,6 +54,9 @@ class ClassificationRequest(APIModel):
     input: PromptInput
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
+    # false: the raw logits instead of probabilities. ``softmax`` is its older alias.
+    activation: StrictBool | None = None
+    softmax: StrictBool | None = None
 
 
 class ScoreRequest(APIModel):

@@ -81,7 +81,8 @@ async def create_classification(body: ClassificationRequest,
                                 ctx: ServerContext = Depends(get_context)) -> Response:
     """Class probabilities and the most likely label per input (``LLM.classify``)."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(_prompts(ctx, body), "classify", None,
+    params = PoolingParams(activation=body.activation, softmax=body.softmax)
+    outputs = await ctx.engine.encode(_prompts(ctx, body), "classify", params,
                                       body.truncate_prompt_tokens)
     id2label = ctx.engine.config.id2label
 

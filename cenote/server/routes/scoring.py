@@ -57,7 +57,7 @@ async def create_rerank(body: RerankRequest,
     if not body.documents:
         raise ValueError("documents must not be empty.")
     ctx.check_num_inputs(len(body.documents), "documents")
-    pairs = [(body.query, document) for document in body.documents]
+    pairs = make_score_pairs(body.query, body.documents, names=("query", "documents"))
     outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
 
     def build() -> RerankResponse:
