@@ -183,6 +183,16 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
                 const uint32_t *qrow[QB];
                 for (int r = 0; r < QB; r++)
                     qrow[r] = (const uint32_t *)(q + (r < nq ? i0 + r : i0) * ld_q);
+#if defined(__AVX512BF16__)
+                if (!two)  /* 16 keys left: half the work of the loop below */
+                    for (int64_t p = 0; p < pairs; p++) {
+                        const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kp + p * lp + j0);
+                        for (int r = 0; r < QB; r++)
+                            acc[r][0] = _mm512_dpbf16_ps(
+                                acc[r][0], k0, (__m512bh)_mm512_set1_epi32((int)qrow[r][p]));
+                    }
+                else
+#endif
                 for (int64_t p = 0; p < pairs; p++) {
                     const __m512i k0 = _mm512_loadu_si512(kp + p * lp + j0);
                     const __m512i k1 = two ? _mm512_loadu_si512(kp + p * lp + j0 + 16) : k0;
