@@ -199,9 +199,13 @@ def serve(args: argparse.Namespace) -> int:
     logger.info("Loading %s (task %s, %s on %s%s, batches of up to %d tokens)", config.model,
                 config.task, str(config.dtype).removeprefix("torch."), config.device, threads,
                 config.max_num_batched_tokens)
-    engine = AsyncPoolingEngine.from_config(
-        config, max_queued_tokens=max_queued_tokens,
-        max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * args.request_timeout)
+    try:
+        engine = AsyncPoolingEngine.from_config(
+            config, max_queued_tokens=max_queued_tokens,
+            max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * args.request_timeout)
+    except (ValueError, OSError) as exc:  # weights that do not load, a pooler that cannot work
+        logger.error("Cannot load the model: %s", exc)
+        return 1
     limits = ServerLimits(max_request_body_bytes=args.max_request_body_bytes,
                           max_inputs_per_request=args.max_inputs_per_request,
                           request_timeout_s=args.request_timeout,

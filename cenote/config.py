@@ -47,6 +47,20 @@ class PoolerConfig:
     returned_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("normalize", "activation", "softmax"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"override_pooler_config {name} must be true or false, "
+                                 f"not {getattr(self, name)!r}.")
+        for name in ("dimensions", "step_tag_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"override_pooler_config {name} must be an integer, "
+                                 f"not {value!r}.")
+        ids = self.returned_token_ids
+        if ids is not None and (not isinstance(ids, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise ValueError("override_pooler_config returned_token_ids must be a list of "
+                             f"integers, not {ids!r}.")
         if self.pooling_type is not None:
             name = str(self.pooling_type).upper()
             if name not in PoolingType.__members__:
@@ -145,7 +159,7 @@ def resolve_model_path(model: str | os.PathLike | None, revision: str | None = N
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
         raise ModelNotFoundError(
             f"Model {name!r} is not a local folder and is not in the Hugging Face hub cache "
-            f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); "
+            f"({_hub_cache_dir()}); "
             "HF_HUB_OFFLINE is set, so it was not downloaded."
         )
     try:
@@ -352,8 +366,18 @@ class ModelConfig:
             raise ModelNotFoundError(
                 f"Could not read the model config in {str(path)!r}: {exc}"
             ) from exc
+        if isinstance(hf_overrides, str):  # JSON, as --hf-overrides takes it
+            hf_overrides = json.loads(hf_overrides)
+        if hf_overrides is not None and not isinstance(hf_overrides, dict):
+            raise ValueError(f"hf_overrides must be a dict (or its JSON), not "
+                             f"{type(hf_overrides).__name__}.")
         for key, value in (hf_overrides or {}).items():
             setattr(hf_config, key, value)
+        dims = getattr(hf_config, "matryoshka_dimensions", None)
+        if dims is not None and (not isinstance(dims, (list, tuple)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+            raise ValueError(f"matryoshka_dimensions must be a list of positive integers, "
+                             f"not {dims!r}.")
         architecture = architecture_of(hf_config)
         st_config = read_sentence_transformers_config(path)
         is_cross_encoder = architecture.endswith("ForSequenceClassification")
@@ -457,22 +481,37 @@ class ModelConfig:
         return TaskPooler(pooling_type, defaults)
 
 
+def _hub_cache_dir() -> str:
+    """Where huggingface_hub looks (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/...)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
 def derive_max_model_len(
     hf_config: Any, st_config: SentenceTransformersConfig | None, user_value: int | None
 ) -> int:
-    """The smallest of the model's positions, ST's max_seq_length and the user's value."""
-    candidates: list[int] = []
+    """The model's limit (the smaller of its positions and ST's max_seq_length), or the
+    user's value when it is within that limit; beyond it is an error, as in vLLM."""
+    limits: list[tuple[int, str]] = []
     positions = getattr(hf_config, "max_position_embeddings", None)
     if positions:
         if getattr(hf_config, "model_type", "") in POSITION_OFFSET_MODEL_TYPES:
             positions -= (getattr(hf_config, "pad_token_id", 1) or 1) + 1
-        candidates.append(int(positions))
+        limits.append((int(positions), "its max_position_embeddings"))
     if st_config is not None and st_config.max_seq_length:
-        candidates.append(int(st_config.max_seq_length))
-    if user_value is not None:
-        if user_value < 1:
-            raise ValueError(f"max_model_len must be positive, got {user_value}.")
-        candidates.append(int(user_value))
-    if not candidates:
-        raise ValueError("Cannot tell the model's maximum length; pass max_model_len.")
-    return min(candidates)
+        limits.append((int(st_config.max_seq_length),
+                       "its Sentence-Transformers max_seq_length"))
+    if user_value is not None and user_value < 1:
+        raise ValueError(f"max_model_len must be positive, got {user_value}.")
+    if not limits:
+        if user_value is None:
+            raise ValueError("Cannot tell the model's maximum length; pass max_model_len.")
+        return int(user_value)
+    limit, source = min(limits)
+    if user_value is None:
+        return limit
+    if user_value > limit:
+        raise ValueError(f"max_model_len ({user_value}) is greater than the model's maximum "
+                         f"length ({limit}, from {source}); use at most {limit}.")
+    return int(user_value)

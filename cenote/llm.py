@@ -161,7 +161,8 @@ class LLM:
             seqs = self.engine.prepare_pairs(pairs, pooling_params, truncate_prompt_tokens)
             outs = self._run(seqs, "score", use_tqdm)
             return [ScoringRequestOutput.from_base(o) for o in outs]
-        self.engine.check_task("embed")
+        # Embedding models score by cosine; any other task (reward) has no Score API.
+        self.engine.check_task("embed" if self.config.task == "embed" else "score")
         texts = score_texts(pairs)
         seqs = self.engine.prepare(texts, "embed", pooling_params, truncate_prompt_tokens)
         vectors = self.engine.run(seqs, "embed")

@@ -50,6 +50,10 @@ def select_tokens(
     return list(hidden.split(meta.seq_lens))
 
 
+# Poolers that give one row per sequence: what embed and classify need.
+ONE_ROW_POOLING = (PoolingType.CLS, PoolingType.MEAN, PoolingType.LAST)
+
+
 def _resolve_torch_activation(path: str) -> nn.Module:
     """An activation named by its dotted path, e.g. ``torch.nn.modules.activation.Tanh``."""
     if not path.startswith("torch."):
@@ -122,6 +126,22 @@ class Pooler(nn.Module):
         self.classifier_activation = classifier_activation
         self.task_poolers = {task: config.task_pooler(task)
                              for task in config.supported_pooling_tasks}
+        self._check_task_poolers()
+
+    def _check_task_poolers(self) -> None:
+        """Refuse at load time a pooler configuration (``override_pooler_config``, the
+        Sentence-Transformers config) that every request would fail on."""
+        for task, task_pooler in self.task_poolers.items():
+            if task != "encode" and task_pooler.pooling_type not in ONE_ROW_POOLING:
+                raise ValueError(
+                    f"Pooling type {task_pooler.pooling_type.value} gives "
+                    f"{'one row per token' if task_pooler.pooling_type is PoolingType.ALL else 'the step rows'}"
+                    f"; the {task!r} task needs one vector per input: use "
+                    f"{', '.join(t.value for t in ONE_ROW_POOLING)}.")
+            try:
+                self.resolve_params(task, None)
+            except ValueError as exc:
+                raise ValueError(f"The model's {task!r} pooler: {exc}") from exc
 
     def resolve_params(self, pooling_task: str, params: PoolingParams | None) -> PoolingParams:
         """Validate ``params`` for the task and fill unset fields from the defaults."""
@@ -131,6 +151,8 @@ class Pooler(nn.Module):
         merged = params.merged_over(task_pooler.defaults)
         if pooling_task in ("embed", "encode") and merged.dimensions is not None:
             self._verify_dimensions(merged.dimensions)
+        if merged.returned_token_ids is not None:
+            self._check_returned_token_ids(merged.returned_token_ids)
         stepwise = merged.step_tag_id is not None or merged.returned_token_ids is not None
         if stepwise and task_pooler.pooling_type is not PoolingType.STEP:
             raise ValueError(
@@ -138,6 +160,15 @@ class Pooler(nn.Module):
                 f"(this model's {pooling_task!r} pooler uses {task_pooler.pooling_type.value})."
             )
         return merged
+
+    def _check_returned_token_ids(self, ids: Sequence[int]) -> None:
+        width = (getattr(self.token_head, "out_features", None) if self.token_head is not None
+                 else getattr(self.config.hf_config, "hidden_size", None))
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0 or (
+                    width is not None and i >= width):
+                raise ValueError(f"returned_token_ids: {i!r} is not a column of this model's "
+                                 f"output (0 to {width - 1 if width else '?'}).")
 
     def _verify_dimensions(self, dimensions: int) -> None:
         name = self.config.display_name

@@ -313,3 +313,15 @@ def test_batch_observer_sees_every_batch(engine):
     asyncio.run(engine.encode(TEXTS, "embed"))
     assert sum(s.num_seqs for s in seen) == len(TEXTS)
     assert all(s.pooling_task == "embed" and s.num_tokens > 0 for s in seen)
+
+
+def test_warmup_fits_however_small_max_model_len_is(minilm_path):
+    # The server warms up before its first request; a 12-token sentence must not stop
+    # a model served with --max-model-len 4 from starting.
+    engine = AsyncPoolingEngine(PoolingEngine(ModelConfig.from_args(
+        model=str(minilm_path), dtype="float32", max_model_len=4)))
+    engine.start()
+    try:
+        asyncio.run(engine.warmup())
+    finally:
+        engine.shutdown()

@@ -62,6 +62,13 @@ def test_max_model_len_is_the_smallest_limit(minilm_path):
     assert ModelConfig.from_args(str(minilm_path), max_model_len=100).max_model_len == 100
 
 
+def test_max_model_len_beyond_the_models_limit_is_an_error(minilm_path):
+    # MiniLM has 512 positions but was trained to 256 (its max_seq_length), as vLLM reads it.
+    with pytest.raises(ValueError, match=r"max_model_len \(512\) is greater than the model's "
+                                         r"maximum length \(256, from its Sentence-Transformers"):
+        ModelConfig.from_args(str(minilm_path), max_model_len=512)
+
+
 def test_roberta_positions_exclude_the_padding_offset():
     from transformers import RobertaConfig
 
@@ -135,3 +142,43 @@ def test_corrupt_weights_name_the_folder(minilm_path, tmp_path):
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="Could not load the weights in .*m"):
         LLM(str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"normalize": "false"}, "normalize must be true or false"),
+    ({"dimensions": "16"}, "dimensions must be an integer"),
+    ({"returned_token_ids": 3}, "returned_token_ids must be a list"),
+])
+def test_pooler_config_fields_of_the_wrong_type_are_rejected(override, message):
+    with pytest.raises(ValueError, match=message):
+        PoolerConfig.coerce(override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"pooling_type": "ALL"}, "one row per token; the 'embed' task needs one vector"),
+    ({"pooling_type": "STEP"}, "the 'embed' task needs one vector per input"),
+    ({"dimensions": 16}, "does not support matryoshka"),
+])
+def test_an_embedding_pooler_that_cannot_work_fails_at_load(minilm_path, override, message):
+    from cenote import LLM
+
+    with pytest.raises(ValueError, match=message):
+        LLM(str(minilm_path), dtype="float32", override_pooler_config=override)
+
+
+def test_hf_overrides_as_json_and_checked(minilm_path):
+    config = ModelConfig.from_args(str(minilm_path), hf_overrides='{"is_matryoshka": true}')
+    assert config.is_matryoshka
+    with pytest.raises(ValueError, match="matryoshka_dimensions must be a list"):
+        ModelConfig.from_args(str(minilm_path), hf_overrides={"matryoshka_dimensions": 16})
+    with pytest.raises(ValueError, match="hf_overrides must be a dict"):
+        ModelConfig.from_args(str(minilm_path), hf_overrides=["is_matryoshka"])
+
+
+def test_an_uncached_hub_id_names_the_cache_searched(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(Exception, match=str(tmp_path / "hub")):
+        ModelConfig.from_args("acme/not-cached")

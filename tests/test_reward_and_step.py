@@ -142,5 +142,21 @@ def test_unsupported_method_on_a_reward_model_names_the_task(qwen2_reward_model,
 
 def test_score_on_a_reward_model_names_the_task(qwen2_reward_model):
     llm = LLM(str(qwen2_reward_model(num_labels=1)), dtype="float32")
-    with pytest.raises(ValueError, match="is not supported by this model"):
+    with pytest.raises(ValueError, match="Score API is not supported by this model"):
         llm.score("a", "b")
+
+
+@pytest.mark.parametrize("ids", [[2], [-1], [0, 5]])
+def test_returned_token_ids_outside_the_heads_columns_are_rejected(step_reward_model, ids):
+    _, llm = step_reward_model
+    with pytest.raises(ValueError, match=r"returned_token_ids: .* \(0 to 1\)"):
+        llm.reward(STEP_PROMPT, pooling_params=PoolingParams(returned_token_ids=ids))
+
+
+def test_a_pooler_override_that_cannot_work_fails_at_load(qwen2_reward_model):
+    path = str(qwen2_reward_model(num_labels=2))
+    with pytest.raises(ValueError, match="returned_token_ids: 3 is not a column"):
+        LLM(path, dtype="float32", override_pooler_config={
+            "pooling_type": "STEP", "returned_token_ids": [3]})
+    with pytest.raises(ValueError, match="only allowed with STEP pooling"):
+        LLM(path, dtype="float32", override_pooler_config={"step_tag_id": STEP_TAG})

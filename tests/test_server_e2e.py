@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -357,6 +358,19 @@ def test_serve_help_explains_every_option():
                  "--max-model-len", "--override-pooler-config", "--hf-overrides", "--api-key",
                  "--max-num-batched-tokens"]:
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--override-pooler-config", '{"pooling_type": "ALL"}'], "needs one vector per input"),
+    (["--max-model-len", "100000"], "greater than the model's maximum length"),
+])
+def test_a_model_that_cannot_be_served_as_asked_exits_with_one_line(args, message):
+    result = subprocess.run([sys.executable, "-m", "cenote", "serve", "--port", "0", *args],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "Cannot load the model" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_options_may_be_spelt_with_underscores_as_in_vllm():

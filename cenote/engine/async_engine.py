@@ -269,7 +269,9 @@ class AsyncPoolingEngine:
     async def warmup(self) -> None:
         """Run a tiny request so the first client does not pay one-off kernel setup."""
         task = {"embed": "embed", "classify": "classify", "reward": "encode"}[self.config.task]
-        await self.encode(["Warm-up.", "A second, slightly longer warm-up sentence."], task)
+        # Cut to max_model_len (-1), however small it was set.
+        await self.encode(["Warm-up.", "A second, slightly longer warm-up sentence."], task,
+                          truncate_prompt_tokens=-1)
 
     # ---- requests --------------------------------------------------------
 
@@ -308,7 +310,8 @@ class AsyncPoolingEngine:
                                         truncate_prompt_tokens, size=_size_of(pairs))
             data = await self.run(seqs, "score")
             return [ScoringRequestOutput.from_base(o) for o in self._outputs(seqs, data)]
-        self.engine.check_task("embed")
+        # Embedding models score by cosine; any other task (reward) has no Score API.
+        self.engine.check_task("embed" if self.config.task == "embed" else "score")
         texts = score_texts(pairs)
         seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
                                     truncate_prompt_tokens, size=_size_of(texts))

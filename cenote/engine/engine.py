@@ -153,7 +153,8 @@ def cosine_scores(
     outputs = []
     for k, (a, b) in enumerate(pairs):
         ia, ib = index[a], index[b]
-        score = F.cosine_similarity(vectors[ia], vectors[ib], dim=0)
+        # Clamped: rounding can put parallel vectors at 1.0000002.
+        score = F.cosine_similarity(vectors[ia], vectors[ib], dim=0).clamp(-1.0, 1.0)
         base = PoolingRequestOutput(request_ids(k), PoolingOutput(score),
                                     seqs[ia].token_ids + seqs[ib].token_ids)
         outputs.append(ScoringRequestOutput.from_base(base))

@@ -237,6 +237,7 @@ class RewardHead(nn.Module):
 
     def __init__(self, hidden_size: int, num_labels: int) -> None:
         super().__init__()
+        self.out_features = num_labels
         self.score = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
                                    nn.Linear(hidden_size, num_labels))
 
