@@ -1,6 +1,7 @@
 """Cross-encoder reranking throughput: cenote ``LLM.score`` vs sentence-transformers.
 
-One query against N real English passages (default 1000), same weights: the MiniLM body with a one-label head (``tests/factories.py``
+One query against N real English passages (default 1000), same weights: the
+MiniLM body with a one-label head (``tests/factories.py``
 ``build_cross_encoder``), built into a temporary folder. sentence-transformers
 runs ``CrossEncoder.predict`` at its defaults (fp32, batch size 32); cenote runs
 at its default dtype (bf16 on CPUs with native bf16) and in fp32. Prints

@@ -132,12 +132,12 @@ class Pooler(nn.Module):
         """Refuse at load time a pooler configuration (``override_pooler_config``, the
         Sentence-Transformers config) that every request would fail on."""
         for task, task_pooler in self.task_poolers.items():
-            if task != "encode" and task_pooler.pooling_type not in ONE_ROW_POOLING:
+            kind = task_pooler.pooling_type
+            if task != "encode" and kind not in ONE_ROW_POOLING:
+                rows = "one row per token" if kind is PoolingType.ALL else "the step rows"
                 raise ValueError(
-                    f"Pooling type {task_pooler.pooling_type.value} gives "
-                    f"{'one row per token' if task_pooler.pooling_type is PoolingType.ALL else 'the step rows'}"
-                    f"; the {task!r} task needs one vector per input: use "
-                    f"{', '.join(t.value for t in ONE_ROW_POOLING)}.")
+                    f"Pooling type {kind.value} gives {rows}; the {task!r} task needs one "
+                    f"vector per input: use {', '.join(t.value for t in ONE_ROW_POOLING)}.")
             try:
                 self.resolve_params(task, None)
             except ValueError as exc:

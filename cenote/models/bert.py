@@ -72,14 +72,15 @@ class BertLayer(nn.Module):
     def split_qkv(self) -> None:
         """Also keep the query and the key/value rows of ``qkv`` as projections of their
         own, for pooled-only passes (queries for the pooled rows alone). Before packing."""
-        hidden = self.attn_out.in_features
-        self.q_only = Linear(self.qkv.in_features, hidden)
-        self.kv_only = Linear(self.qkv.in_features, self.qkv.out_features - hidden)
+        hidden, bias = self.attn_out.in_features, self.qkv.bias is not None
+        self.q_only = Linear(self.qkv.in_features, hidden, bias=bias)
+        self.kv_only = Linear(self.qkv.in_features, self.qkv.out_features - hidden, bias=bias)
         with torch.no_grad():
             for part, rows in ((self.q_only, slice(None, hidden)),
                                (self.kv_only, slice(hidden, None))):
                 part.weight.copy_(self.qkv.weight[rows])
-                part.bias.copy_(self.qkv.bias[rows])
+                if bias:
+                    part.bias.copy_(self.qkv.bias[rows])
 
     def forward(self, x: torch.Tensor, batch: PackedBatch,
                 pooled_only: bool = False) -> torch.Tensor:
