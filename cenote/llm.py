@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from cenote.config import ModelConfig, PoolerConfig
 from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
 from cenote.engine.runner import SequenceInput
-from cenote.engine.tokenizer import Prompt, normalize_prompts
+from cenote.engine.tokenizer import Prompt, check_unicode, normalize_prompts
 from cenote.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -165,7 +165,7 @@ class LLM:
         self.engine.check_task("embed" if self.config.task == "embed" else "score")
         texts = score_texts(pairs)
         seqs = self.engine.prepare(texts, "embed", pooling_params, truncate_prompt_tokens)
-        vectors = self.engine.run(seqs, "embed")
+        vectors = self._run_data(seqs, "embed", use_tqdm)
         return cosine_scores(pairs, texts, seqs, vectors, lambda _: self._next_id())
 
     def _next_id(self) -> str:
@@ -173,12 +173,16 @@ class LLM:
 
     def _run(self, seqs: list[SequenceInput], pooling_task: str,
              use_tqdm: bool) -> list[PoolingRequestOutput]:
+        data = self._run_data(seqs, pooling_task, use_tqdm)
+        return [PoolingRequestOutput(self._next_id(), PoolingOutput(d), s.token_ids)
+                for s, d in zip(seqs, data, strict=True)]
+
+    def _run_data(self, seqs: list[SequenceInput], pooling_task: str,
+                  use_tqdm: bool) -> list[torch.Tensor]:
         show = use_tqdm and len(seqs) >= _TQDM_MIN_PROMPTS
         with tqdm(total=len(seqs), desc=f"Processed prompts ({pooling_task})", unit="prompt",
                   disable=not show) as bar:
-            data = self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
-        return [PoolingRequestOutput(self._next_id(), PoolingOutput(d), s.token_ids)
-                for s, d in zip(seqs, data, strict=True)]
+            return self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
 
 
 def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
@@ -191,9 +195,12 @@ def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
         raise ValueError("Score inputs must not be empty.")
     for side, texts, name in ((text_1, left, names[0]), (text_2, right, names[1])):
         for i, text in enumerate(texts):
-            if text == "":  # named here: the embedding fallback numbers texts its own way
-                where = name if isinstance(side, str) else f"{name}[{i}]"
+            # Named here: the embedding fallback numbers the texts its own way.
+            where = name if isinstance(side, str) else f"{name}[{i}]"
+            if text == "":
                 raise ValueError(f"{where} is an empty string; it has nothing to encode.")
+            if isinstance(text, str):
+                check_unicode(text, where)
     if len(left) == 1:
         left = left * len(right)
     if len(left) != len(right):

@@ -23,6 +23,9 @@ class EmbeddingOutput:
     def hidden_size(self) -> int:
         return len(self.embedding)
 
+    def __repr__(self) -> str:  # as vLLM's: not hundreds of floats
+        return f"EmbeddingOutput(hidden_size={self.hidden_size})"
+
     @classmethod
     def from_base(cls, output: PoolingOutput) -> EmbeddingOutput:
         if output.data.ndim != 1:
@@ -37,6 +40,9 @@ class ClassificationOutput:
     @property
     def num_classes(self) -> int:
         return len(self.probs)
+
+    def __repr__(self) -> str:
+        return f"ClassificationOutput(num_classes={self.num_classes})"
 
     @classmethod
     def from_base(cls, output: PoolingOutput) -> ClassificationOutput:

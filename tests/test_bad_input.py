@@ -111,3 +111,16 @@ def test_vllm_engine_arguments_that_do_not_apply_are_accepted(minilm_path):
         LLM(str(minilm_path), not_an_option=1)
     with pytest.raises(ValueError, match="one device"):
         LLM(str(minilm_path), tensor_parallel_size=2)
+
+
+def test_score_by_cosine_shows_a_progress_bar_on_long_runs(minilm_fp32, capsys):
+    minilm_fp32.score("a query", [f"document number {i}" for i in range(70)])
+    assert "Processed prompts (embed)" in capsys.readouterr().err
+    minilm_fp32.score("a query", [f"document number {i}" for i in range(70)], use_tqdm=False)
+    assert "Processed prompts" not in capsys.readouterr().err
+
+
+def test_outputs_print_short(minilm_fp32):
+    (out,) = minilm_fp32.embed("hello", use_tqdm=False)
+    assert repr(out.outputs) == "EmbeddingOutput(hidden_size=384)"
+    assert len(repr(out)) < 300

@@ -260,6 +260,19 @@ def test_empty_rerank_document_is_named_by_its_index(minilm_server):
                  "documents[1] is an empty string")
 
 
+def test_texts_that_are_not_unicode_are_named_by_their_place(minilm_server):
+    def raw(path, body: str):  # JSON's "\ud800" is a lone surrogate
+        return httpx.post(f"{minilm_server.url}{path}", content=body.encode(),
+                          headers={"content-type": "application/json"})
+
+    assert_error(raw("/score", '{"text_1": "q", "text_2": ["ok", "\\ud800"]}'), 400,
+                 "text_2[1] is not valid Unicode")
+    assert_error(raw("/rerank", '{"query": "\\ud800", "documents": ["ok"]}'), 400,
+                 "query is not valid Unicode")
+    assert_error(raw("/v1/embeddings", '{"model": "\\ud800", "input": "x"}'), 404,
+                 "does not exist")
+
+
 def test_empty_input_list_is_400(minilm_server):
     assert_error(post(minilm_server, "/v1/embeddings", {"input": []}), 400, "empty")
 
@@ -309,6 +322,8 @@ def test_models_health_version(minilm_server):
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == [DEFAULT_NAME]
     assert models["data"][0]["max_model_len"] == 256
+    (permission,) = models["data"][0]["permission"]  # vLLM lists one; clients index it
+    assert permission["object"] == "model_permission" and permission["allow_view"] is True
     assert httpx.get(f"{minilm_server.url}/health").status_code == 200
     from cenote import __version__
     assert httpx.get(f"{minilm_server.url}/version").json() == {"version": __version__}
@@ -339,6 +354,8 @@ def test_metrics_parse_as_prometheus_text(minilm_server):
     processed = [s.value for s in families["cenote_tokens_processed"].samples
                  if s.name == "cenote_tokens_processed_total"]
     assert sum(processed) > 0
+    # The process's own metrics, as a default Prometheus registry has them.
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
 
 
 def test_server_logs_its_url_when_ready(minilm_server):

@@ -47,7 +47,9 @@ class APIError(Exception):
 
 class ModelNotFoundError(APIError):
     def __init__(self, name: str) -> None:
-        super().__init__(404, f"The model `{name}` does not exist.")
+        # A lone surrogate (JSON's "\ud800") could not be written back as UTF-8.
+        shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
+        super().__init__(404, f"The model `{shown}` does not exist.")
 
 
 def error_type(status: int) -> str:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cenote.engine.async_engine import AsyncPoolingEngine, BatchStats
@@ -20,6 +29,10 @@ class ServerMetrics:
     def __init__(self, engine: AsyncPoolingEngine) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's memory, CPU time, open files and GC, as on a default registry.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter("cenote_requests", "HTTP requests by route and status code.",
                                 ["route", "status"], registry=r)
         self.latency = Histogram("cenote_request_duration_seconds",

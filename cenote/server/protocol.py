@@ -188,6 +188,23 @@ class RerankResponse(APIModel):
     results: list[RerankResult]
 
 
+class ModelPermission(APIModel):
+    """What vLLM's /v1/models lists per model (clients may read ``permission[0]``)."""
+
+    id: str = Field(default_factory=lambda: random_id("modelperm"))
+    object: Literal["model_permission"] = "model_permission"
+    created: int = Field(default_factory=now)
+    allow_create_engine: bool = False
+    allow_sampling: bool = False
+    allow_logprobs: bool = False
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
 class ModelCard(APIModel):
     id: str
     object: Literal["model"] = "model"
@@ -196,7 +213,7 @@ class ModelCard(APIModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
-    permission: list[dict] = Field(default_factory=list)
+    permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
 class ModelList(APIModel):
