@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -212,6 +213,11 @@ def serve(args: argparse.Namespace) -> int:
                           engine_stall_timeout_s=args.engine_stall_timeout)
     app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs)
+    # The start-up heap (torch, transformers, the model: ~200k objects) lives as long as
+    # the process; out of the cyclic GC's sight, a full collection costs microseconds
+    # instead of ~100 ms landing on whichever request triggered it.
+    gc.collect()
+    gc.freeze()
     # In-flight requests end within --request-timeout; the margin is for their answers.
     server = _Server(uvicorn.Config(app, host=args.host, port=args.port,
                                     log_level=args.log_level, access_log=args.access_log,
