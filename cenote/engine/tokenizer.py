@@ -168,7 +168,7 @@ class Tokenizer:
         else:
             kwargs = {"truncation": True, "max_length": keep} if keep else {}
             encoded = self.hf(texts, **kwargs)["input_ids"]
-        return [keep_last(ids, keep) for ids in encoded]
+        return encoded if keep is None else [keep_last(ids, keep) for ids in encoded]
 
     def _backend_encode(self, inputs: list, keep: int | None):
         if keep is None:

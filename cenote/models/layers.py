@@ -204,10 +204,21 @@ def padded_sdpa_attention(
 ) -> torch.Tensor:
     """torch's SDPA over the padded ``[B, heads, max_len, head_dim]`` layout (two
     copies: packed -> padded -> packed); returns ``[R, heads * head_dim]``."""
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    qp = batch.to_padded(q).transpose(1, 2)
-    kp = batch.to_padded(k).transpose(1, 2)
-    vp = batch.to_padded(v).transpose(1, 2)
+    return _sdpa_on_padded(*(batch.to_padded(t).transpose(1, 2) for t in (q, k, v)), batch,
+                           causal, sliding_window)
+
+
+def _sdpa_on_padded(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    causal: bool,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """SDPA on padded ``[B, heads, max_len, head_dim]`` q and ``[B, kv_heads, ...]`` k, v;
+    returns the packed ``[R, heads * head_dim]``."""
+    num_heads, head_dim = q.shape[1], q.shape[3]
     # Right padding: a causal mask already hides padded keys from every real query.
     mask = None if causal else batch.key_padding_mask
     if causal and sliding_window is not None and batch.max_len > sliding_window:
@@ -215,8 +226,8 @@ def padded_sdpa_attention(
         distance = pos.unsqueeze(1) - pos.unsqueeze(0)  # query - key
         mask = (distance >= 0) & (distance < sliding_window)
     out = F.scaled_dot_product_attention(
-        qp, kp, vp, attn_mask=mask, is_causal=causal and mask is None,
-        enable_gqa=kp.shape[1] != num_heads,
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+        enable_gqa=k.shape[1] != num_heads,
     )
     out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
     return batch.from_padded(out)
@@ -357,16 +368,8 @@ def packed_qkv_attention(
     padded = batch.to_padded(qkv)  # [B, L, (h + 2kv) * d]
     padded = padded.view(batch.num_seqs, batch.max_len, num_heads + 2 * num_kv_heads, head_dim)
     padded = padded.transpose(1, 2)  # [B, h + 2kv, L, d]
-    q = padded[:, :num_heads]
-    k = padded[:, num_heads:num_heads + num_kv_heads]
-    v = padded[:, num_heads + num_kv_heads:]
-    # Right padding: a causal mask already hides padded keys from every real query.
-    mask = None if causal else batch.key_padding_mask
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=num_kv_heads != num_heads
-    )
-    out = out.transpose(1, 2).reshape(batch.num_seqs, batch.max_len, num_heads * head_dim)
-    out = batch.from_padded(out)
+    q, k, v = padded.split([num_heads, num_kv_heads, num_kv_heads], dim=1)
+    out = _sdpa_on_padded(q, k, v, batch, causal)
     return out[batch.pooled_rows] if pooled_only else out
 
 
