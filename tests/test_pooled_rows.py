@@ -67,6 +67,7 @@ def test_cross_encoder_scores_unchanged(cross_encoder_path, dtype):
 
 @pytest.mark.skipif(native_attention() is None, reason="needs the native attention kernel")
 def test_last_layer_projects_queries_for_the_pooled_rows_only(cross_encoder_path, monkeypatch):
+    monkeypatch.setenv("CENOTE_NATIVE_KERNELS", "1")  # the kernel, whatever a timing says
     llm = LLM(str(cross_encoder_path))
     last = llm.engine.runner.model.layers[-1]
     query_rows, project_queries = [], last.q_only.forward

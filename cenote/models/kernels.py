@@ -59,7 +59,8 @@ def cache_dir() -> Path:
     return Path(base) / "cenote"
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
+    """The CPU feature flags of /proc/cpuinfo (space-separated; empty where unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -99,7 +100,7 @@ def build(name: str) -> Path:
         raise RuntimeError(f"cannot run the C compiler {compiler!r}: {exc}") from exc
     headers = [h.read_text() for h in sorted(SOURCE_DIR.glob("*.h"))]  # simd.h
     key = hashlib.sha256("\0".join([source.read_text(), *headers, compiler, version,
-                                    " ".join(CFLAGS), _cpu_flags()]).encode()).hexdigest()[:16]
+                                    " ".join(CFLAGS), cpu_flags()]).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -374,7 +375,7 @@ def _load(name: str) -> ctypes.CDLL:
         raise RuntimeError("turned off by CENOTE_NATIVE_KERNELS")
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise RuntimeError(f"needs Linux on x86-64, not {platform.system()} {platform.machine()}")
-    if "avx512f" not in _cpu_flags().split():
+    if "avx512f" not in cpu_flags().split():
         raise RuntimeError("this CPU has no AVX-512")
     runtimes = _openmp_runtimes()
     if not any(r.startswith("libgomp") for r in runtimes):
