@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from cenote.params import PoolingParams
+from cenote.params import PoolingParams, one_activation
 
 TASKS = ("auto", "embed", "classify", "score", "reward")
 BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
@@ -45,9 +45,10 @@ class PoolerConfig:
     softmax: bool | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
+    use_activation: bool | None = None  # vLLM's current name for ``activation``
 
     def __post_init__(self) -> None:
-        for name in ("normalize", "activation", "softmax"):
+        for name in ("normalize", "activation", "softmax", "use_activation"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"override_pooler_config {name} must be true or false, "
                                  f"not {getattr(self, name)!r}.")
@@ -69,11 +70,9 @@ class PoolerConfig:
                     f"choose one of {', '.join(PoolingType.__members__)}."
                 )
             self.pooling_type = name
-        if self.softmax is not None:
-            if self.activation is not None and self.activation != self.softmax:
-                raise ValueError("`softmax` is an alias of `activation`; they must agree.")
-            self.activation = self.softmax
-            self.softmax = None
+        self.activation = one_activation(activation=self.activation, softmax=self.softmax,
+                                         use_activation=self.use_activation)
+        self.softmax = self.use_activation = None
 
     @classmethod
     def coerce(cls, value: PoolerConfig | dict | str | None) -> PoolerConfig | None:

@@ -24,11 +24,22 @@ TASK_PARAMETERS: dict[str, frozenset[str]] = {
 }
 
 
+def one_activation(**aliases: bool | None) -> bool | None:
+    """The one value of ``activation`` and its aliases (``softmax``, vLLM's older name,
+    and ``use_activation``, its current one); ``ValueError`` when they disagree."""
+    given = {name: value for name, value in aliases.items() if value is not None}
+    if len(set(given.values())) > 1:
+        raise ValueError(f"{', '.join(f'`{name}`' for name in given)} are aliases of one "
+                         "another (whether the activation applies); they must agree.")
+    return next(iter(given.values()), None)
+
+
 @dataclass
 class PoolingParams:
     """Parameters of one pooling request; ``None`` means "use the model's default".
 
-    ``softmax`` is accepted as an alias of ``activation``.
+    ``use_activation`` (vLLM's current name) and ``softmax`` are accepted as aliases
+    of ``activation``.
     """
 
     dimensions: int | None = None
@@ -47,12 +58,12 @@ class PoolingParams:
         truncate_prompt_tokens: int | None = None,
         step_tag_id: int | None = None,
         returned_token_ids: list[int] | None = None,
+        use_activation: bool | None = None,
     ) -> None:
-        if activation is not None and softmax is not None and activation != softmax:
-            raise ValueError("`softmax` is an alias of `activation`; they must agree.")
         self.dimensions = dimensions
         self.normalize = normalize
-        self.activation = activation if activation is not None else softmax
+        self.activation = one_activation(activation=activation, softmax=softmax,
+                                         use_activation=use_activation)
         self.truncate_prompt_tokens = truncate_prompt_tokens
         self.step_tag_id = step_tag_id
         self.returned_token_ids = (
@@ -61,6 +72,10 @@ class PoolingParams:
 
     @property
     def softmax(self) -> bool | None:
+        return self.activation
+
+    @property
+    def use_activation(self) -> bool | None:
         return self.activation
 
     def set_fields(self) -> set[str]:

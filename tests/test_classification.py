@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cenote import LLM, PoolingParams
+from cenote import LLM, PoolerConfig, PoolingParams
 
 BERT_FAMILY = ["bert", "roberta", "xlm-roberta"]
 TEXTS = [
@@ -61,12 +61,24 @@ def test_single_label_classifier_applies_sigmoid(tiny_bert_classifier):
     assert torch.allclose(probs, torch.sigmoid(_hf_logits(path, TEXTS)), atol=1e-4)
 
 
-def test_activation_false_returns_raw_logits(tiny_bert_classifier):
+@pytest.mark.parametrize("alias", ["activation", "softmax", "use_activation"])
+def test_activation_false_returns_raw_logits(tiny_bert_classifier, alias):
     path = tiny_bert_classifier("bert", num_labels=3)
     llm = LLM(str(path), dtype="float32")
-    outs = llm.classify(TEXTS, pooling_params=PoolingParams(activation=False))
+    outs = llm.classify(TEXTS, pooling_params=PoolingParams(**{alias: False}))
     logits = torch.tensor([o.outputs.probs for o in outs])
     assert torch.allclose(logits, _hf_logits(path, TEXTS), atol=1e-4)
+    # The same switch as the model's default, in any of its names.
+    by_default = LLM(str(path), dtype="float32", override_pooler_config={alias: False})
+    assert [o.outputs.probs for o in by_default.classify(TEXTS)] == [o.outputs.probs for o in outs]
+
+
+def test_activation_aliases_must_agree():
+    with pytest.raises(ValueError, match="aliases"):
+        PoolingParams(activation=True, use_activation=False)
+    with pytest.raises(ValueError, match="aliases"):
+        PoolerConfig(softmax=True, use_activation=False)
+    assert PoolingParams(use_activation=False).activation is False
 
 
 def test_labels_come_from_the_config(tiny_bert_classifier):

@@ -247,7 +247,29 @@ def test_input_longer_than_max_model_len_is_400_naming_both_lengths(minilm_serve
     num_tokens = len(minilm_bf16.get_tokenizer()(text)["input_ids"])
     assert_error(post(minilm_server, "/v1/embeddings", {"input": text}), 400,
                  f"This model's maximum context length is 256 tokens. However, you requested "
-                 f"{num_tokens} tokens in the input. Please reduce the length of the input.")
+                 f"{num_tokens} tokens in the input for embedding generation. Please reduce "
+                 "the length of the input.")
+
+
+def test_add_special_tokens_false_embeds_the_text_without_them(minilm_server, minilm_bf16):
+    tokenizer = minilm_bf16.get_tokenizer()
+    text = "plain words only"
+    bare = tokenizer(text, add_special_tokens=False)["input_ids"]
+    body = post(minilm_server, "/v1/embeddings",
+                {"input": text, "add_special_tokens": False}).json()
+    assert body["usage"]["prompt_tokens"] == len(bare)
+    (ref,) = minilm_bf16.embed({"prompt_token_ids": bare}, use_tqdm=False)
+    assert body["data"][0]["embedding"] == pytest.approx(ref.outputs.embedding, abs=1e-6)
+    with_special = post(minilm_server, "/v1/embeddings", {"input": text}).json()
+    assert with_special["usage"]["prompt_tokens"] == len(bare) + 2  # [CLS] ... [SEP]
+    rows = post(minilm_server, "/pooling", {"input": text, "add_special_tokens": False}).json()
+    assert len(rows["data"][0]["data"]) == len(bare)
+
+
+def test_an_empty_model_name_means_the_served_model(minilm_server):
+    served = httpx.get(f"{minilm_server.url}/v1/models").json()["data"][0]["id"]
+    body = post(minilm_server, "/v1/embeddings", {"model": "", "input": "x"}).json()
+    assert body["model"] == served
 
 
 def test_empty_string_is_400(minilm_server):
@@ -446,9 +468,42 @@ def test_rerank_top_n_keeps_the_best(cross_encoder_server):
     top = post(cross_encoder_server, "/rerank",
                {"query": QUERY, "documents": DOCUMENTS, "top_n": 2})
     assert top.json()["results"] == full.json()["results"][:2]
-    assert_error(post(cross_encoder_server, "/rerank",
-                      {"query": QUERY, "documents": DOCUMENTS, "top_n": -1}), 400)
+    # 0 or less: every document, as vLLM
+    every = post(cross_encoder_server, "/rerank",
+                 {"query": QUERY, "documents": DOCUMENTS, "top_n": -1})
+    assert every.json()["results"] == full.json()["results"]
     assert_error(post(cross_encoder_server, "/rerank", {"query": QUERY, "documents": []}), 400)
+
+
+@pytest.mark.parametrize("names", [("queries", "documents"), ("queries", "items"),
+                                   ("data_1", "data_2")])
+def test_score_takes_vllms_newer_names_for_its_two_sides(cross_encoder_server, names):
+    expected = post(cross_encoder_server, "/score", {"text_1": QUERY, "text_2": DOCUMENTS})
+    body = post(cross_encoder_server, "/score", {names[0]: QUERY, names[1]: DOCUMENTS})
+    assert [d["score"] for d in body.json()["data"]] == [
+        d["score"] for d in expected.json()["data"]]
+
+
+@pytest.mark.parametrize("field", ["activation", "use_activation"])
+def test_score_and_rerank_without_activation_give_the_logit(cross_encoder_server, field):
+    import math
+
+    scores = [d["score"] for d in post(cross_encoder_server, "/score",
+                                       {"text_1": QUERY, "text_2": DOCUMENTS}).json()["data"]]
+    logits = [d["score"] for d in post(cross_encoder_server, "/score",
+                                       {"text_1": QUERY, "text_2": DOCUMENTS,
+                                        field: False}).json()["data"]]
+    # The cross-encoder has one label: its score is the sigmoid of its logit.
+    assert [1 / (1 + math.exp(-x)) for x in logits] == pytest.approx(scores, abs=1e-5)
+    ranked = post(cross_encoder_server, "/rerank",
+                  {"query": QUERY, "documents": DOCUMENTS, field: False}).json()["results"]
+    assert {r["index"]: r["relevance_score"] for r in ranked} == pytest.approx(
+        dict(enumerate(logits)), abs=1e-5)
+
+
+def test_a_too_long_pair_is_named_as_score_input(cross_encoder_server):
+    assert_error(post(cross_encoder_server, "/score", {"text_1": "q", "text_2": "word " * 600}),
+                 400, "tokens in the input for score. Please reduce the length of the input.")
 
 
 def test_embeddings_on_a_cross_encoder_is_400(cross_encoder_server):
@@ -479,7 +534,7 @@ def test_classify_activation_false_gives_the_logits(classifier_server, classifie
 
     offline = classifier_fp32.classify(TEXTS[:2], pooling_params=PoolingParams(activation=False),
                                        use_tqdm=False)
-    for field in ("activation", "softmax"):
+    for field in ("activation", "softmax", "use_activation"):
         body = post(classifier_server, "/classify", {"input": TEXTS[:2], field: False},
                     AUTH).json()
         for item, ref in zip(body["data"], offline, strict=True):

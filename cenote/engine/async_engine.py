@@ -11,6 +11,7 @@ asyncio future, in input order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -18,7 +19,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
 from cenote.engine.memory import HeapTrimmer
 from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
 from cenote.engine.runner import SequenceInput
-from cenote.engine.tokenizer import Prompt, check_unicode
+from cenote.engine.tokenizer import ContextLengthError, Prompt, check_unicode
 from cenote.outputs import PoolingOutput, PoolingRequestOutput, ScoringRequestOutput
 from cenote.params import PoolingParams
 
@@ -144,6 +145,16 @@ def _size_of(items: Sequence) -> int:
         elif isinstance(item, (tuple, list)):
             size += _size_of(item)
     return size
+
+
+@contextlib.contextmanager
+def _naming_operation(operation: str) -> Iterator[None]:
+    """Say what a too-long input was for in its error, as vLLM's server does."""
+    try:
+        yield
+    except ContextLengthError as exc:
+        exc.operation = operation
+        raise
 
 
 def _settle(future: asyncio.Future, value: list[torch.Tensor] | BaseException) -> None:
@@ -281,6 +292,7 @@ class AsyncPoolingEngine:
         pooling_task: str,
         params: PoolingParams | None = None,
         truncate_prompt_tokens: int | None = None,
+        add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Like ``LLM.encode`` for one request; outputs in input order.
 
@@ -288,8 +300,11 @@ class AsyncPoolingEngine:
         are raised before anything is queued.
         """
         self._check_admission()
-        seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
-                                    truncate_prompt_tokens, size=_size_of(prompts))
+        with _naming_operation("classification" if pooling_task == "classify"
+                               else "embedding generation"):
+            seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
+                                        truncate_prompt_tokens, add_special_tokens,
+                                        size=_size_of(prompts))
         data = await self.run(seqs, pooling_task)
         return self._outputs(seqs, data)
 
@@ -306,15 +321,17 @@ class AsyncPoolingEngine:
         """
         self._check_admission()
         if self.config.task == "classify":
-            seqs = await self._off_loop(self.engine.prepare_pairs, pairs, params,
-                                        truncate_prompt_tokens, size=_size_of(pairs))
+            with _naming_operation("score"):
+                seqs = await self._off_loop(self.engine.prepare_pairs, pairs, params,
+                                            truncate_prompt_tokens, size=_size_of(pairs))
             data = await self.run(seqs, "score")
             return [ScoringRequestOutput.from_base(o) for o in self._outputs(seqs, data)]
         # Embedding models score by cosine; any other task (reward) has no Score API.
         self.engine.check_task("embed" if self.config.task == "embed" else "score")
         texts = score_texts(pairs)
-        seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
-                                    truncate_prompt_tokens, size=_size_of(texts))
+        with _naming_operation("score"):
+            seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
+                                        truncate_prompt_tokens, size=_size_of(texts))
         vectors = await self.run(seqs, "embed")
         request_id = self._next_request_id()
         return cosine_scores(pairs, texts, seqs, vectors, lambda k: f"{request_id}-{k}")

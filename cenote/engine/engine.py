@@ -78,12 +78,14 @@ class PoolingEngine:
         pooling_task: str,
         params: PoolingParams | Sequence[PoolingParams] | None = None,
         truncate_prompt_tokens: int | None = None,
+        add_special_tokens: bool = True,
     ) -> list[SequenceInput]:
         """Validate and tokenise prompts for ``pooling_task``."""
         self.check_task(pooling_task)
         resolved = self.resolve_params(pooling_task, params, len(prompts), truncate_prompt_tokens)
         tokenized = self._tokenize_grouped(
-            resolved, lambda idx, k: self.tokenizer.encode_prompts([prompts[i] for i in idx], k)
+            resolved, lambda idx, k: self.tokenizer.encode_prompts([prompts[i] for i in idx], k,
+                                                                   add_special_tokens)
         )
         return [SequenceInput(t.token_ids, t.token_type_ids, p)
                 for t, p in zip(tokenized, resolved, strict=True)]

@@ -39,8 +39,9 @@ class ServerContext:
     draining: bool = False
 
     def model_name(self, requested: str | None) -> str:
-        """The name to answer with; an unknown ``model`` is a 404 (OpenAI's behaviour)."""
-        if requested is None:
+        """The name to answer with; an unknown ``model`` is a 404 (OpenAI's behaviour).
+        No ``model``, or an empty one, means the served model (as vLLM)."""
+        if not requested:
             return self.served_model_names[0]
         if requested not in self.served_model_names:
             raise ModelNotFoundError(requested)

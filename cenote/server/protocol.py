@@ -11,7 +11,17 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from cenote.params import PoolingParams
 
 
 def random_id(prefix: str) -> str:
@@ -43,35 +53,67 @@ class EmbeddingRequest(APIModel):
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
     normalize: StrictBool | None = None
+    # false: text without the tokenizer's special tokens ([CLS]/[SEP], BOS/EOS).
+    add_special_tokens: StrictBool = True
 
 
 class PoolingRequest(EmbeddingRequest):
     """``/pooling``: the same fields as embeddings; runs the ``encode`` task."""
 
 
-class ClassificationRequest(APIModel):
+class ActivationFields(APIModel):
+    """Whether a classifier's head output goes through its activation (sigmoid or
+    softmax); false returns raw logits. ``use_activation`` is vLLM's current name,
+    ``activation`` and ``softmax`` its older ones; any of them may be sent."""
+
+    use_activation: StrictBool | None = None
+    activation: StrictBool | None = None
+    softmax: StrictBool | None = None
+
+    def pooling_params(self) -> PoolingParams:
+        return PoolingParams(use_activation=self.use_activation, activation=self.activation,
+                             softmax=self.softmax)
+
+
+class ClassificationRequest(ActivationFields):
     model: str | None = None
     input: PromptInput
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
-    # false: the raw logits instead of probabilities. ``softmax`` is its older alias.
-    activation: StrictBool | None = None
-    softmax: StrictBool | None = None
+    add_special_tokens: StrictBool = True
 
 
-class ScoreRequest(APIModel):
+# The two sides of a score request under each name vLLM has accepted for them.
+_SCORE_SIDES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"),
+                ("data_1", "data_2"))
+
+
+class ScoreRequest(ActivationFields):
+    """``text_1`` x ``text_2``; vLLM's newer names for the two sides (``queries`` and
+    ``documents`` or ``items``, ``data_1`` and ``data_2``) are read as these."""
+
     model: str | None = None
     text_1: StrictStr | list[StrictStr]
     text_2: StrictStr | list[StrictStr]
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _other_side_names(cls, data):
+        if not isinstance(data, dict) or "text_1" in data or "text_2" in data:
+            return data
+        for first, second in _SCORE_SIDES[1:]:
+            if first in data and second in data:
+                return {**data, "text_1": data[first], "text_2": data[second]}
+        return data
 
-class RerankRequest(APIModel):
+
+class RerankRequest(ActivationFields):
     model: str | None = None
     query: StrictStr
     documents: list[StrictStr]
-    top_n: StrictInt = Field(default=0, ge=0, description="How many results; 0 returns all.")
+    top_n: StrictInt = Field(default=0, description="How many results; 0 or less returns all.")
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
 

@@ -41,7 +41,7 @@ async def create_embeddings(body: EmbeddingRequest,
     """OpenAI embeddings: one vector per input (``LLM.embed``)."""
     model = ctx.model_name(body.model)
     outputs = await ctx.engine.encode(_prompts(ctx, body), "embed", _params(body),
-                                      body.truncate_prompt_tokens)
+                                      body.truncate_prompt_tokens, body.add_special_tokens)
 
     def build() -> EmbeddingResponse:
         return EmbeddingResponse(
@@ -61,7 +61,7 @@ async def create_pooling(body: PoolingRequest,
     """Raw pooler output per input (``LLM.encode``): all token rows by default."""
     model = ctx.model_name(body.model)
     outputs = await ctx.engine.encode(_prompts(ctx, body), "encode", _params(body),
-                                      body.truncate_prompt_tokens)
+                                      body.truncate_prompt_tokens, body.add_special_tokens)
 
     def build() -> PoolingResponse:
         return PoolingResponse(
@@ -81,9 +81,8 @@ async def create_classification(body: ClassificationRequest,
                                 ctx: ServerContext = Depends(get_context)) -> Response:
     """Class probabilities and the most likely label per input (``LLM.classify``)."""
     model = ctx.model_name(body.model)
-    params = PoolingParams(activation=body.activation, softmax=body.softmax)
-    outputs = await ctx.engine.encode(_prompts(ctx, body), "classify", params,
-                                      body.truncate_prompt_tokens)
+    outputs = await ctx.engine.encode(_prompts(ctx, body), "classify", body.pooling_params(),
+                                      body.truncate_prompt_tokens, body.add_special_tokens)
     id2label = ctx.engine.config.id2label
 
     def build() -> ClassificationResponse:

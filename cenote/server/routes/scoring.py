@@ -34,7 +34,7 @@ async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_cont
     model = ctx.model_name(body.model)
     pairs = make_score_pairs(body.text_1, body.text_2)
     ctx.check_num_inputs(len(pairs), "text_1 x text_2")
-    outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
+    outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
 
     def build() -> ScoreResponse:
         return ScoreResponse(
@@ -58,14 +58,14 @@ async def create_rerank(body: RerankRequest,
         raise ValueError("documents must not be empty.")
     ctx.check_num_inputs(len(body.documents), "documents")
     pairs = make_score_pairs(body.query, body.documents, names=("query", "documents"))
-    outputs = await ctx.engine.score(pairs, truncate_prompt_tokens=body.truncate_prompt_tokens)
+    outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
 
     def build() -> RerankResponse:
         results = sorted(
             (RerankResult(index=i, document=RerankDocument(text=body.documents[i]),
                           relevance_score=o.outputs.score) for i, o in enumerate(outputs)),
             key=lambda r: r.relevance_score, reverse=True)
-        if body.top_n:
+        if body.top_n > 0:  # 0 or less: all of them, as vLLM
             results = results[:body.top_n]
         return RerankResponse(
             model=model, results=results,
