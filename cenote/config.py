@@ -181,10 +181,32 @@ def _torch_nn_activation(name: str | None) -> str:
     return name
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file's contents; ``{}`` when it is missing or not an object."""
+    if not path.is_file():
+        return {}
+    value = json.loads(path.read_text())
+    return value if isinstance(value, dict) else {}
+
+
+def is_st_cross_encoder(path: Path) -> bool:
+    """A folder saved by Sentence-Transformers (>= 5) from a ``CrossEncoder``: it has a
+    ``modules.json`` too, but scores text pairs rather than embedding texts."""
+    return (read_json(path / "config_sentence_transformers.json").get("model_type")
+            == "CrossEncoder"
+            or read_json(path / "sentence_bert_config.json").get("transformer_task")
+            == "sequence-classification")
+
+
+# A tokenizer's model_max_length at or above this means "not set" (HF uses 1e30).
+_UNSET_MODEL_MAX_LENGTH = 1_000_000
+
+
 def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig | None:
-    """Read ``modules.json`` and its pooling, dense and normalize modules, if present."""
+    """Read ``modules.json`` and its pooling, dense and normalize modules, if present
+    (and not a cross-encoder's, see :func:`is_st_cross_encoder`)."""
     modules_file = path / "modules.json"
-    if not modules_file.is_file():
+    if not modules_file.is_file() or is_st_cross_encoder(path):
         return None
     st = SentenceTransformersConfig()
     modules = json.loads(modules_file.read_text())
@@ -206,9 +228,12 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig 
                     activation=_torch_nn_activation(cfg.get("activation_function")),
                 )
             )
-    sbert = path / "sentence_bert_config.json"
-    if sbert.is_file():
-        st.max_seq_length = json.loads(sbert.read_text()).get("max_seq_length")
+    st.max_seq_length = read_json(path / "sentence_bert_config.json").get("max_seq_length")
+    if st.max_seq_length is None:
+        # Sentence-Transformers 6 keeps it as the tokenizer's model_max_length instead.
+        length = read_json(path / "tokenizer_config.json").get("model_max_length")
+        if isinstance(length, int) and 0 < length < _UNSET_MODEL_MAX_LENGTH:
+            st.max_seq_length = length
     return st
 
 

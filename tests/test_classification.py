@@ -114,6 +114,25 @@ def test_cross_encoder_scores_match_sentence_transformers(cross_encoder, st_cros
     assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
 
 
+def test_a_cross_encoder_saved_by_sentence_transformers_scores_as_one(st_cross_encoder, tmp_path):
+    # Sentence-Transformers >= 5 saves a CrossEncoder with a modules.json of its own; that
+    # folder is still a cross-encoder (not an embedding model scoring by cosine), and its
+    # saved activation (here Identity: raw logits) is the one its scores go through.
+    from sentence_transformers import CrossEncoder
+
+    st_cross_encoder.save(str(tmp_path / "sigmoid"))
+    identity = CrossEncoder(str(tmp_path / "sigmoid"), device="cpu",
+                            activation_fn=torch.nn.Identity())
+    identity.save(str(tmp_path / "identity"))
+    for folder, model in (("sigmoid", st_cross_encoder), ("identity", identity)):
+        assert (tmp_path / folder / "modules.json").is_file()
+        llm = LLM(str(tmp_path / folder), dtype="float32")
+        assert llm.config.task == "classify"
+        scores = [o.outputs.score for o in llm.score(QUERY, PASSAGES)]
+        expected = model.predict([(QUERY, p) for p in PASSAGES])
+        assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+
+
 def test_one_to_one_scoring_scores_the_single_pair(cross_encoder, st_cross_encoder):
     (out,) = cross_encoder.score(QUERY, PASSAGES[0])
     assert out.outputs.score == pytest.approx(

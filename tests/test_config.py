@@ -130,6 +130,20 @@ def test_sentence_transformers_config_sets_pooling_and_normalize(minilm_path):
     assert pooler.defaults.normalize is True
 
 
+def test_max_seq_length_of_a_sentence_transformers_6_folder(minilm_path, tmp_path):
+    # Sentence-Transformers 6 keeps max_seq_length as the tokenizer's model_max_length,
+    # not in sentence_bert_config.json.
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    model.max_seq_length = 64
+    model.save(str(tmp_path))
+    assert "max_seq_length" not in json.loads(
+        (tmp_path / "sentence_bert_config.json").read_text())
+    config = ModelConfig.from_args(str(tmp_path))
+    assert config.max_model_len == 64 and config.task == "embed"
+
+
 def test_override_beats_sentence_transformers_config(minilm_path):
     config = ModelConfig.from_args(
         str(minilm_path), override_pooler_config=json.dumps({"pooling_type": "CLS"}))

@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from cenote.config import BERT_FAMILY, ModelConfig
+from cenote.config import BERT_FAMILY, ModelConfig, is_st_cross_encoder, read_json
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import pack_linears, settle_cpu_attention
 from cenote.models.loading import iter_checkpoint
@@ -36,8 +36,12 @@ def classifier_activation(config: ModelConfig) -> nn.Module | None:
     """A Sentence-Transformers CrossEncoder's configured activation, if any."""
     from cenote.pooling import _resolve_torch_activation
 
+    path = None
+    if is_st_cross_encoder(config.path):  # Sentence-Transformers >= 5 saves it here, and
+        # reads it from here before config.json (which may keep an older value).
+        path = read_json(config.path / "config_sentence_transformers.json").get("activation_fn")
     st = getattr(config.hf_config, "sentence_transformers", None) or {}
-    path = st.get("activation_fn") if isinstance(st, dict) else None
+    path = path or (st.get("activation_fn") if isinstance(st, dict) else None)
     path = path or getattr(config.hf_config, "sbert_ce_default_activation_function", None)
     if not path:
         return None
