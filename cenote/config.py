@@ -512,17 +512,24 @@ def _hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                "max_sequence_length", "max_seq_length", "seq_len")
+
+
 def derive_max_model_len(
     hf_config: Any, st_config: SentenceTransformersConfig | None, user_value: int | None
 ) -> int:
     """The model's limit (the smaller of its positions and ST's max_seq_length), or the
     user's value when it is within that limit; beyond it is an error, as in vLLM."""
     limits: list[tuple[int, str]] = []
-    positions = getattr(hf_config, "max_position_embeddings", None)
-    if positions:
+    # The first of the names architectures give their length limit (as vLLM reads them).
+    key = next((k for k in _LENGTH_KEYS if isinstance(getattr(hf_config, k, None), int)
+                and getattr(hf_config, k) > 0), None)
+    if key is not None:
+        positions = getattr(hf_config, key)
         if getattr(hf_config, "model_type", "") in POSITION_OFFSET_MODEL_TYPES:
             positions -= (getattr(hf_config, "pad_token_id", 1) or 1) + 1
-        limits.append((int(positions), "its max_position_embeddings"))
+        limits.append((int(positions), f"its {key}"))
     if st_config is not None and st_config.max_seq_length:
         limits.append((int(st_config.max_seq_length),
                        "its Sentence-Transformers max_seq_length"))

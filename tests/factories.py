@@ -202,3 +202,18 @@ def build_tiny_distilbert(minilm_path: Path, target: Path, num_labels: int | Non
     model.save_pretrained(target)
     _save_tokenizer(minilm_path, target)
     return target
+
+
+def build_tiny_transformers_model(minilm_path: Path, target: Path, config_class: str,
+                                  model_class: str, seed: int = 0, **config: object) -> Path:
+    """A random model of any transformers class (``config_class``/``model_class`` are
+    names in ``transformers``), with the MiniLM tokenizer: fallback architectures."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(
+        getattr(transformers, config_class)(vocab_size=TINY_VOCAB, **config))
+    _widen_(model, 0.1)
+    model.save_pretrained(target)
+    _save_tokenizer(minilm_path, target)
+    return target

@@ -3,6 +3,7 @@ with the same poolers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +67,79 @@ def test_fallback_batch_gives_the_same_result_as_one_by_one(tiny_distilbert):
     batched = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS)])
     single = torch.tensor([llm.classify(t)[0].outputs.probs for t in TEXTS])
     assert torch.allclose(batched, single, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(minilm_path, tmp_path_factory):
+    """``tiny_model(config_class, model_class, **config)`` -> a random model folder."""
+    from tests.factories import build_tiny_transformers_model
+
+    def build(config_class, model_class, **config):
+        target = tmp_path_factory.mktemp(model_class)
+        return build_tiny_transformers_model(minilm_path, target, config_class, model_class,
+                                             **config)
+
+    return build
+
+
+ELECTRA = {"embedding_size": 32, "hidden_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 160}
+GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 160}
+
+
+@torch.no_grad()
+def test_fallback_cross_encoder_reads_the_pair_token_types(tiny_model):
+    # transformers 5 wraps forward(); the fallback must still see that it takes
+    # token_type_ids, or a pair's second text scores as if it were the first's.
+    from transformers import AutoTokenizer, ElectraForSequenceClassification
+
+    path = tiny_model("ElectraConfig", "ElectraForSequenceClassification", num_labels=1,
+                      type_vocab_size=2, **ELECTRA)
+    llm = LLM(str(path), dtype="float32")
+    assert isinstance(llm.engine.runner.model, TransformersFallbackModel)
+    scores = torch.tensor([o.outputs.score for o in llm.score(TEXTS[0], TEXTS[1:])])
+    tok = AutoTokenizer.from_pretrained(path)
+    ref = ElectraForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    expected = torch.cat([torch.sigmoid(ref(**tok(TEXTS[0], t, return_tensors="pt")).logits[0])
+                          for t in TEXTS[1:]])
+    assert torch.allclose(scores, expected, atol=1e-4)
+
+
+@torch.no_grad()
+def test_fallback_classifier_without_a_padding_token_runs_batches(tiny_model):
+    # GPT-2 has no pad token: transformers refuses batches of more than one sequence.
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification
+
+    path = tiny_model("GPT2Config", "GPT2ForSequenceClassification", num_labels=2,
+                      pad_token_id=None, **GPT2)
+    llm = LLM(str(path), dtype="float32")
+    probs = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS)])
+    tok = AutoTokenizer.from_pretrained(path)
+    ref = GPT2ForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    expected = torch.stack([ref(**tok(t, return_tensors="pt", return_token_type_ids=False)
+                                ).logits[0].softmax(-1) for t in TEXTS])
+    assert torch.allclose(probs, expected, atol=1e-4)
+
+
+def test_fallback_classifier_with_no_trained_head_is_refused(tiny_model):
+    path = tiny_model("GPT2Config", "GPT2LMHeadModel", **GPT2)
+    with pytest.raises(ValueError, match="randomly initialised head"):
+        LLM(str(path), task="classify")
+
+
+@torch.no_grad()
+def test_fallback_embeds_with_a_t5_encoder(tiny_model):
+    # AutoModel would load the whole encoder-decoder, which needs decoder inputs.
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    path = tiny_model("T5Config", "T5EncoderModel", d_model=64, d_kv=16, d_ff=128,
+                      num_layers=2, num_heads=4, decoder_start_token_id=0)
+    llm = LLM(str(path), dtype="float32", max_model_len=128,  # T5: relative positions
+              override_pooler_config={"pooling_type": "MEAN"})
+    ours = torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS)])
+    tok = AutoTokenizer.from_pretrained(path)
+    ref = T5EncoderModel.from_pretrained(path, dtype=torch.float32).eval()
+    expected = F.normalize(torch.stack([
+        ref(**tok(t, return_tensors="pt", return_token_type_ids=False)).last_hidden_state[0]
+        .mean(0) for t in TEXTS]), dim=-1)
+    assert F.cosine_similarity(ours, expected).min() >= 0.9999
