@@ -185,22 +185,39 @@ class LLM:
             return self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
 
 
+def _score_text(item: object, where: str) -> str:
+    """A score input as text: a string, or vLLM's text prompt ``{"prompt": "..."}``."""
+    if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+        return item["prompt"]
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and "prompt_token_ids" in item:
+        raise TypeError(f"{where}: scoring takes texts (pairs are tokenised together); "
+                        "token-id prompts are not supported here.")
+    raise TypeError(f"{where} must be a string, not {type(item).__name__}.")
+
+
 def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
                      names: tuple[str, str] = ("text_1", "text_2")) -> list[tuple[str, str]]:
     """Pairs for 1:1, 1:N (text_1 broadcast) or N:N (zipped) inputs; ``names`` are the
     two sides' names in error messages."""
-    left = [text_1] if isinstance(text_1, str) else list(text_1)
-    right = [text_2] if isinstance(text_2, str) else list(text_2)
+    sides = []
+    for side, name in ((text_1, names[0]), (text_2, names[1])):
+        single = isinstance(side, (str, dict))
+        if not single and not isinstance(side, (list, tuple)):
+            raise TypeError(f"{name} must be a string or a list of strings, not "
+                            f"{type(side).__name__}.")
+        # Named here: the embedding fallback numbers the texts its own way.
+        items = [(name, side)] if single else [(f"{name}[{i}]", s) for i, s in enumerate(side)]
+        sides.append([(where, _score_text(item, where)) for where, item in items])
+    left, right = ([text for _, text in side] for side in sides)
     if not left or not right:
         raise ValueError("Score inputs must not be empty.")
-    for side, texts, name in ((text_1, left, names[0]), (text_2, right, names[1])):
-        for i, text in enumerate(texts):
-            # Named here: the embedding fallback numbers the texts its own way.
-            where = name if isinstance(side, str) else f"{name}[{i}]"
+    for side in sides:
+        for where, text in side:
             if text == "":
                 raise ValueError(f"{where} is an empty string; it has nothing to encode.")
-            if isinstance(text, str):
-                check_unicode(text, where)
+            check_unicode(text, where)
     if len(left) == 1:
         left = left * len(right)
     if len(left) != len(right):

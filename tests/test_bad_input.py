@@ -124,3 +124,61 @@ def test_outputs_print_short(minilm_fp32):
     (out,) = minilm_fp32.embed("hello", use_tqdm=False)
     assert repr(out.outputs) == "EmbeddingOutput(hidden_size=384)"
     assert len(repr(out)) < 300
+
+
+def test_vllm_text_prompts_and_array_token_ids_are_prompts(minilm_fp32):
+    import numpy as np
+    import torch
+
+    text = "a text prompt"
+    (plain,) = minilm_fp32.embed(text)
+    ids = plain.prompt_token_ids
+    for prompt in ({"prompt": text}, {"prompt_token_ids": np.array(ids)},
+                   {"prompt_token_ids": torch.tensor(ids)}):
+        (out,) = minilm_fp32.embed([prompt])
+        assert out.prompt_token_ids == ids
+        assert out.outputs.embedding == pytest.approx(plain.outputs.embedding, abs=1e-6)
+    (pair,) = minilm_fp32.score({"prompt": "a query"}, [{"prompt": text}])
+    assert pair.outputs.score == pytest.approx(minilm_fp32.score("a query", text)[0].outputs.score)
+
+
+@pytest.mark.parametrize("text_2,message", [
+    ([{"prompt_token_ids": [101, 102]}], r"text_2\[0\]: scoring takes texts"),
+    (None, "text_2 must be a string or a list of strings"),
+    ([b"bytes"], r"text_2\[0\] must be a string"),
+])
+def test_score_inputs_that_are_not_texts_are_type_errors(minilm_fp32, text_2, message):
+    with pytest.raises(TypeError, match=message):
+        minilm_fp32.score("a query", text_2)
+
+
+@pytest.mark.parametrize("params", [{"normalize": False}, 3, [PoolingParams(), "x"]])
+def test_pooling_params_of_the_wrong_type_are_a_type_error(minilm_fp32, params):
+    with pytest.raises(TypeError, match="pooling_params must be a PoolingParams"):
+        minilm_fp32.embed(["a", "b"], pooling_params=params)
+
+
+def test_a_folder_without_a_tokenizer_is_refused(minilm_path, tmp_path):
+    import shutil
+
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(minilm_path / name, tmp_path / name)
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        LLM(str(tmp_path))
+
+
+def test_ids_the_tokenizer_has_but_the_model_lacks_are_refused(minilm_path, tmp_path):
+    # A model with fewer embedding rows than its tokenizer has ids.
+    from transformers import BertConfig, BertModel
+
+    from tests.factories import _save_tokenizer
+
+    BertModel(BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    _save_tokenizer(minilm_path, tmp_path)
+    llm = LLM(str(tmp_path))
+    with pytest.raises(ValueError, match="the tokenizer knows but the model does not"):
+        llm.embed("Hello, my name is Wolfgang")
+    with pytest.raises(ValueError, match="out of vocabulary"):
+        llm.embed({"prompt_token_ids": [101, 1000, 102]})
+    assert len(llm.embed({"prompt_token_ids": [101, 999, 102]})[0].outputs.embedding) == 32

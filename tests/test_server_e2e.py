@@ -264,6 +264,9 @@ def test_add_special_tokens_false_embeds_the_text_without_them(minilm_server, mi
     assert with_special["usage"]["prompt_tokens"] == len(bare) + 2  # [CLS] ... [SEP]
     rows = post(minilm_server, "/pooling", {"input": text, "add_special_tokens": False}).json()
     assert len(rows["data"][0]["data"]) == len(bare)
+    assert_error(post(minilm_server, "/v1/embeddings",
+                      {"input": ["fine", "  "], "add_special_tokens": False}), 400,
+                 "Prompt 1 has no tokens")
 
 
 def test_an_empty_model_name_means_the_served_model(minilm_server):

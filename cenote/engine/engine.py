@@ -30,7 +30,8 @@ class UnsupportedTaskError(ValueError):
 class PoolingEngine:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.tokenizer = Tokenizer(config.path, config.max_model_len, config.trust_remote_code)
+        self.tokenizer = Tokenizer(config.path, config.max_model_len, config.trust_remote_code,
+                                   getattr(config.hf_config, "vocab_size", None))
         self.runner = ModelRunner(config)
         self.pooler = self.runner.pooler
 
@@ -58,6 +59,10 @@ class PoolingEngine:
         """One resolved ``PoolingParams`` per prompt."""
         if params is None or isinstance(params, PoolingParams):
             params = [params or PoolingParams()] * count
+        elif not isinstance(params, (list, tuple)) or not all(
+                isinstance(p, PoolingParams) for p in params):
+            raise TypeError("pooling_params must be a PoolingParams or a list of them, one "
+                            f"per prompt; got {type(params).__name__}.")
         elif len(params) != count:
             raise ValueError(
                 f"Got {len(params)} pooling_params for {count} prompts; give one or one each."

@@ -19,7 +19,8 @@ Prompt = str | dict[str, Any]
 
 
 def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    """A single prompt or a list of prompts, as a list; bad types raise ``TypeError``."""
+    """A single prompt or a list of prompts, as a list; bad types raise ``TypeError``.
+    vLLM's text prompt ``{"prompt": "..."}`` becomes its string."""
     if isinstance(prompts, (str, dict)):
         prompts = [prompts]
     elif not isinstance(prompts, (list, tuple)):
@@ -27,16 +28,19 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
             "prompts must be a string, a {'prompt_token_ids': [...]} dict, or a list of those; "
             f"got {type(prompts).__name__}."
         )
+    out: list[Prompt] = []
     for i, prompt in enumerate(prompts):
-        if isinstance(prompt, str):
-            continue
-        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            continue
-        raise TypeError(
-            f"Prompt {i} is a {type(prompt).__name__}; expected a string or a "
-            "{'prompt_token_ids': [...]} dict."
-        )
-    return list(prompts)
+        if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(
+                prompt.get("prompt"), str):
+            prompt = prompt["prompt"]
+        if not (isinstance(prompt, str)
+                or isinstance(prompt, dict) and "prompt_token_ids" in prompt):
+            raise TypeError(
+                f"Prompt {i} is a {type(prompt).__name__}; expected a string, a "
+                "{'prompt_token_ids': [...]} dict or a {'prompt': '...'} dict."
+            )
+        out.append(prompt)
+    return out
 
 
 def check_unicode(text: str, what: str) -> None:
@@ -69,15 +73,26 @@ class ContextLengthError(ValueError):
                 "the length of the input.")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
 class Tokenizer:
     """Wraps a Hugging Face tokenizer; uses its Rust backend for batches when it has one."""
 
-    def __init__(self, path: Path, max_model_len: int, trust_remote_code: bool = False) -> None:
+    def __init__(self, path: Path, max_model_len: int, trust_remote_code: bool = False,
+                 model_vocab_size: int | None = None) -> None:
         from transformers import AutoTokenizer
 
+        if not any((Path(path) / name).is_file() for name in _TOKENIZER_FILES):
+            # transformers would build an empty tokenizer that reads every word as [UNK].
+            raise ValueError(f"{path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                             "save the model's tokenizer into the folder.")
         self.hf = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.max_model_len = max_model_len
-        self.vocab_size = len(self.hf)
+        # Ids past the model's embedding rows would crash it, even if the tokenizer has them.
+        self.vocab_size = min(len(self.hf), model_vocab_size or len(self.hf))
+        self._check_text_ids = self.vocab_size < len(self.hf)
         self.backend = getattr(self.hf, "backend_tokenizer", None)
         if self.backend is not None:
             self.backend.no_truncation()
@@ -126,6 +141,9 @@ class Tokenizer:
                 out[i] = TokenizedPrompt(keep_last(ids, keep))
         for slot, ids in zip(text_slots, self._encode_texts(texts, keep, add_special_tokens),
                              strict=True):
+            if not ids:
+                raise ValueError(f"Prompt {slot} has no tokens (it tokenises to nothing).")
+            self._check_model_knows(ids, f"Prompt {slot}")
             out[slot] = TokenizedPrompt(ids)
         for prompt in out:
             self.check_length(len(prompt.token_ids))
@@ -153,11 +171,21 @@ class Tokenizer:
             types = enc.get("token_type_ids") or [None] * len(pairs)
             out = [TokenizedPrompt(keep_last(ids, keep), keep_last(t, keep))
                    for ids, t in zip(enc["input_ids"], types, strict=True)]
-        for prompt in out:
+        for i, prompt in enumerate(out):
+            self._check_model_knows(prompt.token_ids, f"Score pair {i}")
             self.check_length(len(prompt.token_ids))
         return out
 
+    def _check_model_knows(self, ids: list[int], where: str) -> None:
+        """Where the tokenizer has more ids than the model has embeddings: refuse a text
+        that tokenised into one of the extra ids (the model would crash on it)."""
+        if self._check_text_ids and ids and max(ids) >= self.vocab_size:
+            raise ValueError(f"{where} has token id {max(ids)}, which the tokenizer knows but "
+                             f"the model does not (its vocabulary has {self.vocab_size} ids).")
+
     def validate_token_ids(self, ids: Any, index: int) -> list[int]:
+        if hasattr(ids, "tolist") and getattr(ids, "ndim", None) == 1:
+            ids = ids.tolist()  # a numpy array or a torch tensor of ids
         if not isinstance(ids, (list, tuple)) or not ids:
             raise ValueError(f"Prompt {index}: prompt_token_ids must be a non-empty list of ints.")
         for t in ids:
