@@ -117,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Allow model folders that ship their own Python code.")
     serve.add_argument("--revision", default=None,
                        help="Hub revision (branch, tag or commit) of MODEL.")
-    serve.add_argument("--api-key", default=os.environ.get("CENOTE_API_KEY"),
+    serve.add_argument("--api-key",
+                       default=os.environ.get("CENOTE_API_KEY") or os.environ.get("VLLM_API_KEY"),
                        help="Require 'Authorization: Bearer KEY' on every route but /health. "
-                            "Default: the CENOTE_API_KEY environment variable, else no key.")
+                            "Default: the CENOTE_API_KEY environment variable, else "
+                            "VLLM_API_KEY, else no key.")
     limits = serve.add_argument_group(
         "limits and operations",
         "What the server refuses, and when it gives up. Every refusal is a JSON error.")
@@ -160,7 +162,70 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Logging verbosity.")
     serve.add_argument("--access-log", action="store_true",
                        help="Log one line per HTTP request (method, path, status).")
+    _add_vllm_options(serve)
     return parser
+
+
+# vLLM serve options that mean nothing here, accepted so that a vLLM command line runs
+# unchanged: (name, takes a value).
+IGNORED_VLLM_OPTIONS = (
+    ("--seed", True), ("--gpu-memory-utilization", True), ("--max-num-seqs", True),
+    ("--swap-space", True), ("--cpu-offload-gb", True), ("--block-size", True),
+    ("--kv-cache-dtype", True), ("--max-seq-len-to-capture", True),
+    ("--distributed-executor-backend", True), ("--compilation-config", True),
+    ("--uvicorn-log-level", True), ("--tensor-parallel-size", True),
+    ("--pipeline-parallel-size", True), ("--enforce-eager", False),
+    ("--disable-log-requests", False), ("--enable-log-requests", False),
+    ("--disable-log-stats", False), ("--enable-prefix-caching", False),
+    ("--no-enable-prefix-caching", False), ("--disable-custom-all-reduce", False),
+    ("--disable-uvicorn-access-log", False), ("--enable-chunked-prefill", False),
+    ("--no-enable-chunked-prefill", False),
+)
+
+
+def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "vLLM compatibility",
+        "vLLM's names for choices made above, and vLLM options that do not apply here "
+        "(accepted and ignored, so a vLLM command line runs unchanged: "
+        f"{', '.join(name for name, _ in IGNORED_VLLM_OPTIONS)}).")
+    group.add_argument("--model", dest="model_option", default=None, metavar="MODEL",
+                       help="MODEL given as an option, as older vLLM versions take it.")
+    group.add_argument("--runner", default="auto", choices=["auto", "pooling", "generate"],
+                       help="vLLM's runner; cenote runs pooling models only.")
+    group.add_argument("--convert", default="auto",
+                       choices=["auto", "none", "embed", "classify", "reward"],
+                       help="vLLM's newer name for --task: convert a checkpoint into an "
+                            "embedding, classification or reward model.")
+    for name, takes_value in IGNORED_VLLM_OPTIONS:
+        kwargs = {"metavar": "VALUE"} if takes_value else {"action": "store_true"}
+        group.add_argument(name, dest="ignored_" + name[2:].replace("-", "_"),
+                           help=argparse.SUPPRESS, **kwargs)
+
+
+def resolve_vllm_options(args: argparse.Namespace) -> str | None:
+    """Fold vLLM's spellings into cenote's (``--model``, ``--convert``); returns an error
+    message for a vLLM option that asks for what cenote cannot do, else None."""
+    if args.model_option is not None:
+        if args.model is not None and args.model != args.model_option:
+            return f"MODEL given twice: {args.model!r} and --model {args.model_option!r}."
+        args.model = args.model_option
+    if args.runner == "generate":
+        return "--runner generate: cenote serves pooling models only (--runner pooling)."
+    if args.convert not in ("auto", "none"):
+        if args.task not in ("auto", args.convert):
+            return f"--task {args.task} and --convert {args.convert} disagree."
+        args.task = args.convert
+    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+        value = getattr(args, "ignored_" + name)
+        if value not in (None, "1"):
+            return f"--{name.replace('_', '-')} {value}: cenote runs a model on one device."
+    ignored = sorted(f"--{key[len('ignored_'):].replace('_', '-')}"
+                     for key, value in vars(args).items()
+                     if key.startswith("ignored_") and value not in (None, False))
+    if ignored:
+        logger.info("Ignoring vLLM options that do not apply here: %s", ", ".join(ignored))
+    return None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -172,6 +237,10 @@ def serve(args: argparse.Namespace) -> int:
     from cenote.server.app import begin_draining, build_app
     from cenote.server.context import ServerLimits
 
+    problem = resolve_vllm_options(args)
+    if problem:
+        logger.error("%s", problem)
+        return 2
     if args.threads is not None:
         # Global: the model thread picks it up at its first operation.
         torch.set_num_threads(args.threads)

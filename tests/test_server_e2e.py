@@ -52,7 +52,12 @@ def minilm_server():
 def cross_encoder_server(cross_encoder_path):
     script = Path(sys.executable).with_name("cenote")
     command = [str(script)] if script.exists() else None
-    with cenote_serve([str(cross_encoder_path), "--dtype", "float32"], command) as server:
+    # A vLLM command line: the model as an option, its runner and convert names, options
+    # that do not apply here.
+    args = ["--model", str(cross_encoder_path), "--dtype", "float32", "--runner", "pooling",
+            "--convert", "classify", "--enforce-eager", "--gpu-memory-utilization", "0.9",
+            "--seed", "0", "--disable-log-requests", "--tensor-parallel-size", "1"]
+    with cenote_serve(args, command) as server:
         yield server
 
 
@@ -393,6 +398,32 @@ def test_the_server_runs_512_token_batches_on_cpu_by_default(minilm_server):
     assert "batches of up to 512 tokens" in minilm_server.log
 
 
+def test_a_vllm_command_line_serves(cross_encoder_server):
+    assert ("Ignoring vLLM options that do not apply here: --disable-log-requests, "
+            "--enforce-eager, --gpu-memory-utilization, --seed, --tensor-parallel-size"
+            in cross_encoder_server.log)
+    assert post(cross_encoder_server, "/score", {"text_1": "a", "text_2": "b"}).status_code == 200
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--runner", "generate"], "pooling models only"),
+    (["--tensor-parallel-size", "2"], "one device"),
+    (["--task", "embed", "--convert", "classify"], "disagree"),
+    (["a", "--model", "b"], "MODEL given twice"),
+])
+def test_vllm_options_that_ask_the_impossible_are_refused(argv, message):
+    from cenote.cli import build_parser, resolve_vllm_options
+
+    args = build_parser().parse_args(["serve", *argv])
+    assert message in resolve_vllm_options(args)
+
+
+def test_health_answers_head_and_ping(minilm_server):
+    assert httpx.head(f"{minilm_server.url}/health").status_code == 200
+    assert httpx.get(f"{minilm_server.url}/ping").status_code == 200
+    assert httpx.post(f"{minilm_server.url}/ping").status_code == 200
+
+
 def test_serve_help_explains_every_option():
     result = subprocess.run([sys.executable, "-m", "cenote", "serve", "--help"],
                             capture_output=True, text=True, check=True)
@@ -565,6 +596,7 @@ def test_requests_without_the_api_key_are_401(classifier_server):
 
 def test_health_needs_no_api_key(classifier_server):
     assert httpx.get(f"{classifier_server.url}/health").status_code == 200
+    assert httpx.get(f"{classifier_server.url}/ping").status_code == 200
 
 
 def test_every_served_name_is_accepted(classifier_server):

@@ -23,11 +23,12 @@ from cenote.server.routes import ROUTERS
 logger = logging.getLogger(__name__)
 
 # Load balancers and orchestrators probe these without credentials.
-_PUBLIC_PATHS = frozenset({"/health"})
+_PUBLIC_PATHS = frozenset({"/health", "/ping"})
 
 
 class BearerAuthMiddleware:
-    """With ``--api-key``, every route but ``/health`` needs ``Authorization: Bearer KEY``."""
+    """With ``--api-key``, every route but ``/health`` (and ``/ping``) needs
+    ``Authorization: Bearer KEY``."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app

@@ -23,7 +23,8 @@ from cenote.server.protocol import (
 router = APIRouter()
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
+@router.api_route("/ping", methods=["GET", "POST"])  # vLLM's (SageMaker's) name for it
 async def health(ctx: ServerContext = Depends(get_context)) -> Response:
     """200 while the engine's worker is alive and making progress; 503 otherwise."""
     if not ctx.engine.is_running:
