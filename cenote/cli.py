@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "'{\"matryoshka_dimensions\": [256]}'.")
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="Allow model folders that ship their own Python code.")
+    serve.add_argument("--trust-request-chat-template", action="store_true",
+                       help="Render a chat_template sent in a request (requests with "
+                            "messages otherwise use the model's own template).")
     serve.add_argument("--revision", default=None,
                        help="Hub revision (branch, tag or commit) of MODEL.")
     serve.add_argument("--api-key",
@@ -281,7 +284,8 @@ def serve(args: argparse.Namespace) -> int:
                           request_timeout_s=args.request_timeout,
                           engine_stall_timeout_s=args.engine_stall_timeout)
     app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
-                    allowed_origins=args.allowed_origins, log_inputs=args.log_inputs)
+                    allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,
+                    trust_request_chat_template=args.trust_request_chat_template)
     # The start-up heap (torch, transformers, the model: ~200k objects) lives as long as
     # the process; out of the cyclic GC's sight, a full collection costs microseconds
     # instead of ~100 ms landing on whichever request triggered it.

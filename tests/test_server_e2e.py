@@ -65,7 +65,7 @@ def cross_encoder_server(cross_encoder_path):
 def classifier_server(classifier_path):
     # vLLM's underscore spellings of two options: accepted as the dashed ones.
     args = [str(classifier_path), "--dtype", "float32", f"--api_key={API_KEY}",
-            "--served_model_name", *CLASSIFIER_NAMES]
+            "--served_model_name", *CLASSIFIER_NAMES, "--trust-request-chat-template"]
     with cenote_serve(args) as server:
         yield server
 
@@ -418,6 +418,17 @@ def test_vllm_options_that_ask_the_impossible_are_refused(argv, message):
     assert message in resolve_vllm_options(args)
 
 
+def test_chat_messages_need_a_template_the_server_trusts(minilm_server):
+    messages = [{"role": "user", "content": "hello"}]
+    assert_error(post(minilm_server, "/v1/embeddings", {"messages": messages}), 400,
+                 "has no chat template")
+    assert_error(post(minilm_server, "/v1/embeddings",
+                      {"messages": messages, "chat_template": CHAT_TEMPLATE}), 400,
+                 "--trust-request-chat-template")
+    assert_error(post(minilm_server, "/v1/embeddings", {"messages": messages, "input": "x"}),
+                 400, "either input or messages")
+
+
 def test_health_answers_head_and_ping(minilm_server):
     assert httpx.head(f"{minilm_server.url}/health").status_code == 200
     assert httpx.get(f"{minilm_server.url}/ping").status_code == 200
@@ -576,6 +587,31 @@ def test_classify_activation_false_gives_the_logits(classifier_server, classifie
             assert abs(sum(item["probs"]) - 1) > 1e-3  # logits, not probabilities
     assert_error(post(classifier_server, "/classify",
                       {"input": "x", "activation": True, "softmax": False}, AUTH), 400, "alias")
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def test_chat_messages_go_through_the_chat_template(classifier_server):
+    messages = [{"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "I love"},
+                                             {"type": "text", "text": "this film"}]}]
+    rendered = "system: be brief\nuser: I love\nthis film\nassistant:"
+    chat = {"messages": messages, "chat_template": CHAT_TEMPLATE, "add_generation_prompt": True}
+    body = post(classifier_server, "/classify", chat, AUTH).json()
+    # As vLLM: the template's text, without the tokenizer's special tokens by default.
+    plain = post(classifier_server, "/classify",
+                 {"input": rendered, "add_special_tokens": False}, AUTH).json()
+    assert body["data"][0]["probs"] == pytest.approx(plain["data"][0]["probs"], abs=1e-6)
+    assert body["usage"] == plain["usage"]
+    tokens = post(classifier_server, "/tokenize", chat, AUTH).json()
+    expected = post(classifier_server, "/tokenize",
+                    {"prompt": rendered, "add_special_tokens": False}, AUTH).json()
+    assert tokens["tokens"] == expected["tokens"]
+    assert_error(post(classifier_server, "/classify",
+                      {"messages": messages, "chat_template": "{{ messages[9].x }}"}, AUTH),
+                 400, "chat template failed")
 
 
 def test_messages_name_the_first_served_name(classifier_server):

@@ -344,6 +344,35 @@ class AsyncPoolingEngine:
                                        size=len(text))
         return list(encoded["input_ids"])
 
+    async def render_chat(self, messages: list[dict[str, Any]], *,
+                          chat_template: str | None = None,
+                          add_generation_prompt: bool = False,
+                          continue_final_message: bool = False,
+                          chat_template_kwargs: dict[str, Any] | None = None) -> str:
+        """``messages`` as text through the model's chat template (or ``chat_template``);
+        ``ValueError`` when there is none or it fails on them."""
+        hf = self.engine.tokenizer.hf
+        if chat_template is None and not getattr(hf, "chat_template", None):
+            raise ValueError("This model's tokenizer has no chat template; send input "
+                             "instead of messages, or a chat_template.")
+        for i, message in enumerate(messages):
+            if isinstance(message.get("content"), str):
+                check_unicode(message["content"], f"messages[{i}].content")
+
+        def render() -> str:
+            try:
+                return hf.apply_chat_template(
+                    messages, chat_template=chat_template, tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                    **(chat_template_kwargs or {}))
+            except Exception as exc:  # jinja's errors, or the template's own raise
+                raise ValueError(f"The chat template failed on these messages: "
+                                 f"{type(exc).__name__}: {exc}") from None
+
+        return await self._off_loop(render, size=sum(len(str(m.get("content") or ""))
+                                                     for m in messages))
+
     async def token_strings(self, token_ids: list[int]) -> list[str]:
         """The vocabulary entry of each token id."""
         return await self._off_loop(self.engine.tokenizer.hf.convert_ids_to_tokens, token_ids,

@@ -64,6 +64,7 @@ def build_app(
     limits: ServerLimits | None = None,
     allowed_origins: list[str] | None = None,
     log_inputs: bool = False,
+    trust_request_chat_template: bool = False,
 ) -> FastAPI:
     """The cenote HTTP app around ``engine``.
 
@@ -88,7 +89,8 @@ def build_app(
                   **_LENIENT_CONTENT_TYPE)
     metrics = ServerMetrics(engine)
     engine.on_batch = metrics.observe_batch
-    context = ServerContext(engine, names, metrics, limits or ServerLimits())
+    context = ServerContext(engine, names, metrics, limits or ServerLimits(),
+                            trust_request_chat_template=trust_request_chat_template)
     app.state.context = context
     install_error_handlers(app)
     for router in ROUTERS:

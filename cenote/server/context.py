@@ -9,6 +9,7 @@ from fastapi import Request
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.server.errors import ModelNotFoundError
 from cenote.server.metrics import ServerMetrics
+from cenote.server.protocol import ChatFields
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ServerContext:
     limits: ServerLimits = field(default_factory=ServerLimits)
     # Set on SIGTERM: new requests get 503 while those in flight finish.
     draining: bool = False
+    # --trust-request-chat-template: a request's own Jinja chat template is rendered.
+    trust_request_chat_template: bool = False
 
     def model_name(self, requested: str | None) -> str:
         """The name to answer with; an unknown ``model`` is a 404 (OpenAI's behaviour).
@@ -46,6 +49,17 @@ class ServerContext:
         if requested not in self.served_model_names:
             raise ModelNotFoundError(requested)
         return requested
+
+    async def render_chat(self, body: ChatFields) -> str:
+        """A chat-form request's ``messages`` as the text the model reads."""
+        if body.chat_template is not None and not self.trust_request_chat_template:
+            raise ValueError("This server does not take chat templates in requests (start it "
+                             "with --trust-request-chat-template to allow them).")
+        return await self.engine.render_chat(
+            [m.as_dict() for m in body.messages], chat_template=body.chat_template,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs)
 
     def check_num_inputs(self, count: int, what: str = "input") -> None:
         """400 when a request carries more inputs than ``max_inputs_per_request``."""

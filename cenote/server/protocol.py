@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -45,16 +45,69 @@ PromptInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictIn
 # ---- requests ----------------------------------------------------------
 
 
-class EmbeddingRequest(APIModel):
+class TextPart(APIModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(APIModel):
+    model_config = ConfigDict(extra="allow")  # name, tool fields...: the template may read them
+
+    role: StrictStr
+    content: StrictStr | list[TextPart] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        # Text parts joined as vLLM joins them; other fields (name, ...) kept for templates.
+        content = self.content
+        if isinstance(content, list):
+            content = "\n".join(part.text for part in content)
+        return {**(self.model_extra or {}), "role": self.role, "content": content}
+
+
+class ChatFields(APIModel):
+    """vLLM's chat form of a request: ``messages`` rendered with the model's chat
+    template, for models trained on chat-formatted text. ``add_special_tokens``
+    defaults, as in vLLM, to false with ``messages`` (the template writes them) and
+    true for plain text."""
+
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: StrictBool | None = None
+    add_generation_prompt: StrictBool = False
+    continue_final_message: StrictBool = False
+    chat_template: StrictStr | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def _text_or_messages(self, text: object, name: str) -> None:
+        if (text is None) == (self.messages is None):
+            raise ValueError(f"give either {name} or messages")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+
+    @property
+    def special_tokens(self) -> bool:
+        if self.add_special_tokens is not None:
+            return self.add_special_tokens
+        return self.messages is None
+
+
+class InputOrMessages(ChatFields):
+    """``input`` (OpenAI's) or ``messages``."""
+
+    input: PromptInput | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        self._text_or_messages(self.input, "input")
+        return self
+
+
+class EmbeddingRequest(InputOrMessages):
     model: str | None = None
-    input: PromptInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
     normalize: StrictBool | None = None
-    # false: text without the tokenizer's special tokens ([CLS]/[SEP], BOS/EOS).
-    add_special_tokens: StrictBool = True
 
 
 class PoolingRequest(EmbeddingRequest):
@@ -75,12 +128,10 @@ class ActivationFields(APIModel):
                              softmax=self.softmax)
 
 
-class ClassificationRequest(ActivationFields):
+class ClassificationRequest(InputOrMessages, ActivationFields):
     model: str | None = None
-    input: PromptInput
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
-    add_special_tokens: StrictBool = True
 
 
 # The two sides of a score request under each name vLLM has accepted for them.
@@ -118,11 +169,17 @@ class RerankRequest(ActivationFields):
     truncate_prompt_tokens: StrictInt | None = None
 
 
-class TokenizeRequest(APIModel):
+class TokenizeRequest(ChatFields):
+    """``prompt``, or ``messages`` rendered with the chat template (as vLLM)."""
+
     model: str | None = None
-    prompt: StrictStr
-    add_special_tokens: StrictBool = True
+    prompt: StrictStr | None = None
     return_token_strs: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        self._text_or_messages(self.prompt, "prompt")
+        return self
 
 
 class DetokenizeRequest(APIModel):

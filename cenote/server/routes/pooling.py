@@ -29,7 +29,10 @@ def _params(body: EmbeddingRequest) -> PoolingParams:
     return PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
 
 
-def _prompts(ctx: ServerContext, body: EmbeddingRequest | ClassificationRequest) -> list[Prompt]:
+async def _prompts(ctx: ServerContext,
+                   body: EmbeddingRequest | ClassificationRequest) -> list[Prompt]:
+    if body.messages is not None:
+        return [await ctx.render_chat(body)]
     prompts = prompts_from_input(body.input)
     ctx.check_num_inputs(len(prompts))
     return prompts
@@ -40,8 +43,8 @@ async def create_embeddings(body: EmbeddingRequest,
                             ctx: ServerContext = Depends(get_context)) -> Response:
     """OpenAI embeddings: one vector per input (``LLM.embed``)."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(_prompts(ctx, body), "embed", _params(body),
-                                      body.truncate_prompt_tokens, body.add_special_tokens)
+    outputs = await ctx.engine.encode(await _prompts(ctx, body), "embed", _params(body),
+                                      body.truncate_prompt_tokens, body.special_tokens)
 
     def build() -> EmbeddingResponse:
         return EmbeddingResponse(
@@ -60,8 +63,8 @@ async def create_pooling(body: PoolingRequest,
                          ctx: ServerContext = Depends(get_context)) -> Response:
     """Raw pooler output per input (``LLM.encode``): all token rows by default."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(_prompts(ctx, body), "encode", _params(body),
-                                      body.truncate_prompt_tokens, body.add_special_tokens)
+    outputs = await ctx.engine.encode(await _prompts(ctx, body), "encode", _params(body),
+                                      body.truncate_prompt_tokens, body.special_tokens)
 
     def build() -> PoolingResponse:
         return PoolingResponse(
@@ -81,8 +84,8 @@ async def create_classification(body: ClassificationRequest,
                                 ctx: ServerContext = Depends(get_context)) -> Response:
     """Class probabilities and the most likely label per input (``LLM.classify``)."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(_prompts(ctx, body), "classify", body.pooling_params(),
-                                      body.truncate_prompt_tokens, body.add_special_tokens)
+    outputs = await ctx.engine.encode(await _prompts(ctx, body), "classify", body.pooling_params(),
+                                      body.truncate_prompt_tokens, body.special_tokens)
     id2label = ctx.engine.config.id2label
 
     def build() -> ClassificationResponse:

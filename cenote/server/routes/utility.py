@@ -60,7 +60,8 @@ async def metrics(ctx: ServerContext = Depends(get_context)) -> Response:
 async def tokenize(body: TokenizeRequest, ctx: ServerContext = Depends(get_context)) -> Response:
     """Token ids of a prompt, as the model would see it (no length limit applied)."""
     ctx.model_name(body.model)
-    tokens = await ctx.engine.tokenize(body.prompt, body.add_special_tokens)
+    prompt = body.prompt if body.messages is None else await ctx.render_chat(body)
+    tokens = await ctx.engine.tokenize(prompt, body.special_tokens)
     token_strs = await ctx.engine.token_strings(tokens) if body.return_token_strs else None
     return json_response(TokenizeResponse(count=len(tokens),
                                           max_model_len=ctx.engine.config.max_model_len,
