@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from cenote.config import TASKS
+from cenote.config import TASKS, task_from_vllm_options
 
 logger = logging.getLogger("cenote")
 
@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "messages otherwise use the model's own template).")
     serve.add_argument("--revision", default=None,
                        help="Hub revision (branch, tag or commit) of MODEL.")
+    serve.add_argument("--tokenizer", default=None,
+                       help="A folder or hub id to read the tokenizer from. Default: MODEL's.")
     serve.add_argument("--api-key",
                        default=os.environ.get("CENOTE_API_KEY") or os.environ.get("VLLM_API_KEY"),
                        help="Require 'Authorization: Bearer KEY' on every route but /health. "
@@ -213,12 +215,10 @@ def resolve_vllm_options(args: argparse.Namespace) -> str | None:
         if args.model is not None and args.model != args.model_option:
             return f"MODEL given twice: {args.model!r} and --model {args.model_option!r}."
         args.model = args.model_option
-    if args.runner == "generate":
-        return "--runner generate: cenote serves pooling models only (--runner pooling)."
-    if args.convert not in ("auto", "none"):
-        if args.task not in ("auto", args.convert):
-            return f"--task {args.task} and --convert {args.convert} disagree."
-        args.task = args.convert
+    try:
+        args.task = task_from_vllm_options(args.task, args.runner, args.convert)
+    except ValueError as exc:
+        return f"--runner/--convert: {exc}"
     for name in ("tensor_parallel_size", "pipeline_parallel_size"):
         value = getattr(args, "ignored_" + name)
         if value not in (None, "1"):
@@ -254,7 +254,8 @@ def serve(args: argparse.Namespace) -> int:
             override_pooler_config=args.override_pooler_config,
             hf_overrides=args.hf_overrides,
             max_num_batched_tokens=args.max_num_batched_tokens,
-            trust_remote_code=args.trust_remote_code, revision=args.revision)
+            trust_remote_code=args.trust_remote_code, revision=args.revision,
+            tokenizer=args.tokenizer)
     except (ValueError, OSError) as exc:
         logger.error("Cannot load the model: %s", exc)
         return 1

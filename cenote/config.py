@@ -325,6 +325,24 @@ def architecture_of(hf_config: Any) -> str:
     return "AutoModel"
 
 
+def task_from_vllm_options(task: str, runner: str = "auto", convert: str = "auto") -> str:
+    """``task`` after vLLM's newer ``runner``/``convert`` options (``runner="pooling",
+    convert="embed"`` is ``task="embed"``); ``ValueError`` for what cenote cannot do."""
+    if runner not in ("auto", "pooling", "generate"):
+        raise ValueError(f"Unknown runner {runner!r}; cenote runs pooling models (runner "
+                         "'pooling').")
+    if runner == "generate":
+        raise ValueError("runner 'generate': cenote serves pooling models only (runner "
+                         "'pooling').")
+    if convert in ("auto", "none"):
+        return task
+    if convert not in ("embed", "classify", "reward"):
+        raise ValueError(f"Unknown convert {convert!r}; choose embed, classify or reward.")
+    if task not in ("auto", convert):
+        raise ValueError(f"task {task!r} and convert {convert!r} disagree.")
+    return convert
+
+
 def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_encoder: bool) -> str:
     """Map ``--task`` (or ``auto``) to one of embed, classify, reward."""
     if task not in TASKS:
@@ -365,6 +383,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     # The name messages give the model: the server's first --served-model-name.
     served_model_name: str | None = None
+    # Where the tokenizer is read from, when not from the model's folder (vLLM's tokenizer=).
+    tokenizer_path: Path | None = None
 
     @classmethod
     def from_args(
@@ -379,10 +399,12 @@ class ModelConfig:
         max_num_batched_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        tokenizer: str | os.PathLike | None = None,
     ) -> ModelConfig:
         from transformers import AutoConfig
 
         path = resolve_model_path(model, revision)
+        tokenizer_path = resolve_model_path(tokenizer) if tokenizer is not None else None
         name = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
         try:
             hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -428,6 +450,7 @@ class ModelConfig:
             st_config=st_config,
             override_pooler_config=PoolerConfig.coerce(override_pooler_config),
             trust_remote_code=trust_remote_code,
+            tokenizer_path=tokenizer_path,
         )
 
     @property

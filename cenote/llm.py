@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cenote.config import ModelConfig, PoolerConfig
+from cenote.config import ModelConfig, PoolerConfig, task_from_vllm_options
 from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
 from cenote.engine.runner import SequenceInput
 from cenote.engine.tokenizer import Prompt, check_unicode, normalize_prompts
@@ -60,8 +60,13 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        runner: str = "auto",
+        convert: str = "auto",
+        tokenizer: str | os.PathLike | None = None,
         **vllm_engine_args: Any,
     ) -> None:
+        # vLLM's newer spelling of the task: LLM(model, runner="pooling", convert="embed").
+        task = task_from_vllm_options(task, runner, convert)
         unknown = sorted(set(vllm_engine_args) - IGNORED_VLLM_ARGS)
         if unknown:
             raise TypeError(f"LLM() got an unexpected keyword argument {unknown[0]!r}")
@@ -83,6 +88,7 @@ class LLM:
             max_num_batched_tokens=max_num_batched_tokens,
             trust_remote_code=trust_remote_code,
             revision=revision,
+            tokenizer=tokenizer,
         )
         self.engine = PoolingEngine(self.config)
         self._request_counter = itertools.count()
@@ -97,9 +103,12 @@ class LLM:
         *,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
-        pooling_task: str = "encode",
+        lora_request: Any = None,
+        pooling_task: str | None = "encode",
     ) -> list[PoolingRequestOutput]:
         """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt)."""
+        _no_lora(lora_request)
+        pooling_task = pooling_task or "encode"
         prompts = normalize_prompts(prompts)
         seqs = self.engine.prepare(prompts, pooling_task, pooling_params, truncate_prompt_tokens)
         return self._run(seqs, pooling_task, use_tqdm)
@@ -111,10 +120,11 @@ class LLM:
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding vector per prompt."""
         outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, pooling_task="embed")
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed")
         return [EmbeddingRequestOutput.from_base(o) for o in outs]
 
     def classify(
@@ -124,10 +134,11 @@ class LLM:
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt."""
         outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, pooling_task="classify")
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="classify")
         return [ClassificationRequestOutput.from_base(o) for o in outs]
 
     def reward(
@@ -137,10 +148,11 @@ class LLM:
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
     ) -> list[PoolingRequestOutput]:
         """Reward model outputs (the ``encode`` task of a reward model)."""
         return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, pooling_task="encode")
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="encode")
 
     def score(
         self,
@@ -150,12 +162,14 @@ class LLM:
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
     ) -> list[ScoringRequestOutput]:
         """Relevance of each (text_1, text_2) pair: 1:1, 1:N or N:N.
 
         Cross-encoders score each pair jointly; embedding models return the
         cosine similarity of the two embeddings.
         """
+        _no_lora(lora_request)
         pairs = make_score_pairs(text_1, text_2)
         if self.config.task == "classify":
             seqs = self.engine.prepare_pairs(pairs, pooling_params, truncate_prompt_tokens)
@@ -183,6 +197,12 @@ class LLM:
         with tqdm(total=len(seqs), desc=f"Processed prompts ({pooling_task})", unit="prompt",
                   disable=not show) as bar:
             return self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
+
+
+def _no_lora(lora_request: Any) -> None:
+    """vLLM's methods take ``lora_request``; cenote serves no adapters."""
+    if lora_request is not None:
+        raise ValueError("LoRA adapters are not supported; pass lora_request=None.")
 
 
 def _score_text(item: object, where: str) -> str:

@@ -182,3 +182,28 @@ def test_ids_the_tokenizer_has_but_the_model_lacks_are_refused(minilm_path, tmp_
     with pytest.raises(ValueError, match="out of vocabulary"):
         llm.embed({"prompt_token_ids": [101, 1000, 102]})
     assert len(llm.embed({"prompt_token_ids": [101, 999, 102]})[0].outputs.embedding) == 32
+
+
+def test_vllm_runner_convert_tokenizer_and_lora_arguments(minilm_path, tmp_path, minilm_fp32):
+    import shutil
+
+    # LLM(model, runner="pooling", convert="embed"), as newer vLLM spells task="embed";
+    # the tokenizer read from a folder of its own.
+    for name in ("config.json", "model.safetensors", "modules.json"):
+        shutil.copy(minilm_path / name, tmp_path / name)
+    shutil.copytree(minilm_path / "1_Pooling", tmp_path / "1_Pooling")
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        LLM(str(tmp_path), dtype="float32")
+    llm = LLM(str(tmp_path), runner="pooling", convert="embed", tokenizer=str(minilm_path),
+              dtype="float32")
+    assert llm.config.task == "embed"
+    (out,) = llm.embed("a sentence", lora_request=None)
+    (ref,) = minilm_fp32.embed("a sentence")
+    assert out.prompt_token_ids == ref.prompt_token_ids
+    assert len(llm.encode("a sentence", pooling_task=None)[0].outputs.data) == 4  # ALL rows
+    with pytest.raises(ValueError, match="LoRA"):
+        minilm_fp32.embed("x", lora_request=object())
+    with pytest.raises(ValueError, match="pooling models only"):
+        LLM(str(minilm_path), runner="generate")
+    with pytest.raises(ValueError, match="disagree"):
+        LLM(str(minilm_path), task="classify", convert="embed")

@@ -30,7 +30,8 @@ class UnsupportedTaskError(ValueError):
 class PoolingEngine:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.tokenizer = Tokenizer(config.path, config.max_model_len, config.trust_remote_code,
+        self.tokenizer = Tokenizer(config.tokenizer_path or config.path, config.max_model_len,
+                                   config.trust_remote_code,
                                    getattr(config.hf_config, "vocab_size", None))
         self.runner = ModelRunner(config)
         self.pooler = self.runner.pooler

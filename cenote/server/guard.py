@@ -18,11 +18,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cenote.server.context import ServerContext
 from cenote.server.errors import error_response
+from cenote.server.protocol import client_request_id
 
 logger = logging.getLogger(__name__)
 
 # With --log-inputs, this much of each body is logged.
 _LOGGED_BODY_CHARS = 4096
+
+
+def _request_id(scope: Scope) -> str | None:
+    """The X-Request-Id header, if it is a sane id (printable ASCII, at most 128 chars)."""
+    value = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+    if not value or len(value) > 128 or not all(33 <= c < 127 for c in value):
+        return None
+    return value.decode("ascii")
 
 
 class RequestGuardMiddleware:
@@ -62,6 +71,7 @@ class RequestGuardMiddleware:
         if self.log_inputs:
             logger.info("%s %s body: %s", scope["method"], scope["path"],
                         body[:_LOGGED_BODY_CHARS].decode("utf-8", errors="replace"))
+        client_request_id.set(_request_id(scope))  # seen by the route's task, made below
         await self._run_guarded(scope, body, receive, send)
 
     async def _run_guarded(self, scope: Scope, body: bytes, receive: Receive,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,9 +24,13 @@ from pydantic import (
 
 from cenote.params import PoolingParams
 
+# The client's X-Request-Id, for the request being answered (set by the request guard).
+client_request_id: ContextVar[str | None] = ContextVar("client_request_id", default=None)
+
 
 def random_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """A response id: the client's X-Request-Id when it sent one (as vLLM), else random."""
+    return f"{prefix}-{client_request_id.get() or uuid.uuid4().hex}"
 
 
 def now() -> int:
@@ -290,7 +295,7 @@ class RerankResponse(APIModel):
 class ModelPermission(APIModel):
     """What vLLM's /v1/models lists per model (clients may read ``permission[0]``)."""
 
-    id: str = Field(default_factory=lambda: random_id("modelperm"))
+    id: str = Field(default_factory=lambda: f"modelperm-{uuid.uuid4().hex}")
     object: Literal["model_permission"] = "model_permission"
     created: int = Field(default_factory=now)
     allow_create_engine: bool = False
