@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -106,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "can raise throughput. Default: "
                             f"{CPU_SERVER_MAX_NUM_BATCHED_TOKENS} on CPU (or max-model-len if "
                             "larger), the engine's default on GPU.")
-    serve.add_argument("--override-pooler-config", type=_json_object, default=None,
-                       metavar="JSON",
+    serve.add_argument("--override-pooler-config", "--pooler-config", type=_json_object,
+                       default=None, metavar="JSON",
                        help="Override the default pooler, e.g. "
                             "'{\"pooling_type\": \"MEAN\", \"normalize\": false}'.")
     serve.add_argument("--hf-overrides", type=_json_object, default=None, metavar="JSON",
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "'{\"matryoshka_dimensions\": [256]}'.")
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="Allow model folders that ship their own Python code.")
+    serve.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                       help="The Jinja chat template for requests with messages (a file, or "
+                            "the template itself). Default: the tokenizer's.")
     serve.add_argument("--trust-request-chat-template", action="store_true",
                        help="Render a chat_template sent in a request (requests with "
                             "messages otherwise use the model's own template).")
@@ -184,8 +188,16 @@ IGNORED_VLLM_OPTIONS = (
     ("--disable-log-stats", False), ("--enable-prefix-caching", False),
     ("--no-enable-prefix-caching", False), ("--disable-custom-all-reduce", False),
     ("--disable-uvicorn-access-log", False), ("--enable-chunked-prefill", False),
-    ("--no-enable-chunked-prefill", False),
+    ("--no-enable-chunked-prefill", False), ("--data-parallel-size", True),
+    ("--download-dir", True), ("--tokenizer-mode", True), ("--load-format", True),
+    ("--quantization", True), ("--disable-fastapi-docs", False),
+    ("--enable-request-id-headers", False),
 )
+# Of those, the ones whose value must say "nothing to do" (cenote cannot do otherwise).
+_VLLM_OPTIONS_THAT_MUST_BE_TRIVIAL = {
+    "tensor_parallel_size": ("1",), "pipeline_parallel_size": ("1",),
+    "data_parallel_size": ("1",), "quantization": ("none", "None"),
+}
 
 
 def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
@@ -204,8 +216,17 @@ def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
                             "embedding, classification or reward model.")
     for name, takes_value in IGNORED_VLLM_OPTIONS:
         kwargs = {"metavar": "VALUE"} if takes_value else {"action": "store_true"}
-        group.add_argument(name, dest="ignored_" + name[2:].replace("-", "_"),
+        names = [name, "-tp"] if name == "--tensor-parallel-size" else [name]
+        group.add_argument(*names, dest="ignored_" + name[2:].replace("-", "_"),
                            help=argparse.SUPPRESS, **kwargs)
+
+
+def _read_template(value: str | None) -> str | None:
+    """--chat-template: a file's contents, or the template given inline (as vLLM)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path.read_text() if path.is_file() else value
 
 
 def resolve_vllm_options(args: argparse.Namespace) -> str | None:
@@ -219,10 +240,12 @@ def resolve_vllm_options(args: argparse.Namespace) -> str | None:
         args.task = task_from_vllm_options(args.task, args.runner, args.convert)
     except ValueError as exc:
         return f"--runner/--convert: {exc}"
-    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+    for name, trivial in _VLLM_OPTIONS_THAT_MUST_BE_TRIVIAL.items():
         value = getattr(args, "ignored_" + name)
-        if value not in (None, "1"):
-            return f"--{name.replace('_', '-')} {value}: cenote runs a model on one device."
+        if value is not None and value not in trivial:
+            what = ("cenote does not quantize models" if name == "quantization"
+                    else "cenote runs a model on one device")
+            return f"--{name.replace('_', '-')} {value}: {what}."
     ignored = sorted(f"--{key[len('ignored_'):].replace('_', '-')}"
                      for key, value in vars(args).items()
                      if key.startswith("ignored_") and value not in (None, False))
@@ -255,7 +278,7 @@ def serve(args: argparse.Namespace) -> int:
             hf_overrides=args.hf_overrides,
             max_num_batched_tokens=args.max_num_batched_tokens,
             trust_remote_code=args.trust_remote_code, revision=args.revision,
-            tokenizer=args.tokenizer)
+            tokenizer=args.tokenizer, runner=args.runner)
     except (ValueError, OSError) as exc:
         logger.error("Cannot load the model: %s", exc)
         return 1
@@ -286,6 +309,7 @@ def serve(args: argparse.Namespace) -> int:
                           engine_stall_timeout_s=args.engine_stall_timeout)
     app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,
+                    chat_template=_read_template(args.chat_template),
                     trust_request_chat_template=args.trust_request_chat_template)
     # The start-up heap (torch, transformers, the model: ~200k objects) lives as long as
     # the process; out of the cyclic GC's sight, a full collection costs microseconds

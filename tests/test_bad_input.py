@@ -134,7 +134,8 @@ def test_vllm_text_prompts_and_array_token_ids_are_prompts(minilm_fp32):
     (plain,) = minilm_fp32.embed(text)
     ids = plain.prompt_token_ids
     for prompt in ({"prompt": text}, {"prompt_token_ids": np.array(ids)},
-                   {"prompt_token_ids": torch.tensor(ids)}):
+                   {"prompt_token_ids": torch.tensor(ids)},
+                   {"prompt_token_ids": [np.int64(i) for i in ids]}):
         (out,) = minilm_fp32.embed([prompt])
         assert out.prompt_token_ids == ids
         assert out.outputs.embedding == pytest.approx(plain.outputs.embedding, abs=1e-6)
@@ -189,21 +190,38 @@ def test_vllm_runner_convert_tokenizer_and_lora_arguments(minilm_path, tmp_path,
 
     # LLM(model, runner="pooling", convert="embed"), as newer vLLM spells task="embed";
     # the tokenizer read from a folder of its own.
+    model, tokenizer = tmp_path / "model", tmp_path / "tokenizer"
+    model.mkdir()
+    tokenizer.mkdir()
     for name in ("config.json", "model.safetensors", "modules.json"):
-        shutil.copy(minilm_path / name, tmp_path / name)
-    shutil.copytree(minilm_path / "1_Pooling", tmp_path / "1_Pooling")
+        shutil.copy(minilm_path / name, model / name)
+    shutil.copytree(minilm_path / "1_Pooling", model / "1_Pooling")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(minilm_path / name, tokenizer / name)  # a folder with a tokenizer only
     with pytest.raises(ValueError, match="has no tokenizer"):
-        LLM(str(tmp_path), dtype="float32")
-    llm = LLM(str(tmp_path), runner="pooling", convert="embed", tokenizer=str(minilm_path),
-              dtype="float32")
+        LLM(str(model), dtype="float32")
+    llm = LLM(str(model), runner="pooling", convert="embed", tokenizer=str(tokenizer),
+              dtype="float32", pooler_config={"normalize": False})
     assert llm.config.task == "embed"
     (out,) = llm.embed("a sentence", lora_request=None)
-    (ref,) = minilm_fp32.embed("a sentence")
+    (ref,) = minilm_fp32.embed("a sentence", pooling_params=PoolingParams(normalize=False))
     assert out.prompt_token_ids == ref.prompt_token_ids
-    assert len(llm.encode("a sentence", pooling_task=None)[0].outputs.data) == 4  # ALL rows
+    assert out.outputs.embedding == pytest.approx(ref.outputs.embedding, abs=1e-5)
+    # pooling_task=None: embed where the model embeds (as vLLM), so one vector
+    assert minilm_fp32.encode("a sentence", pooling_task=None)[0].outputs.data.shape == (384,)
     with pytest.raises(ValueError, match="LoRA"):
         minilm_fp32.embed("x", lora_request=object())
     with pytest.raises(ValueError, match="pooling models only"):
         LLM(str(minilm_path), runner="generate")
     with pytest.raises(ValueError, match="disagree"):
         LLM(str(minilm_path), task="classify", convert="embed")
+    with pytest.raises(ValueError, match="not both"):
+        LLM(str(minilm_path), pooler_config={}, override_pooler_config={})
+
+
+def test_runner_pooling_makes_a_causal_lm_an_embedder(tiny_decoder):
+    # vLLM: runner="pooling" with no convert turns a generative checkpoint into an embedder.
+    path = str(tiny_decoder("qwen3", "Qwen3ForCausalLM"))
+    with pytest.raises(ValueError, match="generative model"):
+        LLM(path)
+    assert LLM(path, runner="pooling").config.task == "embed"

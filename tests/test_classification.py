@@ -131,6 +131,12 @@ def test_a_cross_encoder_saved_by_sentence_transformers_scores_as_one(st_cross_e
         scores = [o.outputs.score for o in llm.score(QUERY, PASSAGES)]
         expected = model.predict([(QUERY, p) for p in PASSAGES])
         assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
+    # The saved activation is the Score API's; classify gives probabilities (as vLLM).
+    (probs,) = llm.classify(f"{QUERY} {PASSAGES[0]}")
+    (logit,) = llm.classify(f"{QUERY} {PASSAGES[0]}", pooling_params=PoolingParams(
+        activation=False))
+    assert probs.outputs.probs[0] == pytest.approx(
+        torch.sigmoid(torch.tensor(logit.outputs.probs[0])).item(), abs=1e-6)
 
 
 def test_one_to_one_scoring_scores_the_single_pair(cross_encoder, st_cross_encoder):

@@ -121,6 +121,29 @@ def test_fallback_classifier_without_a_padding_token_runs_batches(tiny_model):
     assert torch.allclose(probs, expected, atol=1e-4)
 
 
+@torch.no_grad()
+def test_fallback_pairs_get_token_types_only_from_a_tokenizer_that_gives_them(tiny_model):
+    # GPT-2 takes token_type_ids, but its tokenizer does not produce them: a pair is one
+    # segment, as transformers runs it.
+    import json
+
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification
+
+    path = tiny_model("GPT2Config", "GPT2ForSequenceClassification", num_labels=1,
+                      pad_token_id=0, **GPT2)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    llm = LLM(str(path), dtype="float32")
+    scores = torch.tensor([o.outputs.score for o in llm.score(TEXTS[0], TEXTS[1:])])
+    tok = AutoTokenizer.from_pretrained(path)
+    assert "token_type_ids" not in tok(TEXTS[0], TEXTS[1])
+    ref = GPT2ForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    expected = torch.cat([torch.sigmoid(ref(**tok(TEXTS[0], t, return_tensors="pt")).logits[0])
+                          for t in TEXTS[1:]])
+    assert torch.allclose(scores, expected, atol=1e-4)
+
+
 def test_fallback_classifier_with_no_trained_head_is_refused(tiny_model):
     path = tiny_model("GPT2Config", "GPT2LMHeadModel", **GPT2)
     with pytest.raises(ValueError, match="randomly initialised head"):
@@ -134,7 +157,9 @@ def test_fallback_embeds_with_a_t5_encoder(tiny_model):
 
     path = tiny_model("T5Config", "T5EncoderModel", d_model=64, d_kv=16, d_ff=128,
                       num_layers=2, num_heads=4, decoder_start_token_id=0)
-    llm = LLM(str(path), dtype="float32", max_model_len=128,  # T5: relative positions
+    # T5's positions are relative: no length in its config, so vLLM's default of 2048.
+    assert LLM(str(path)).config.max_model_len == 2048
+    llm = LLM(str(path), dtype="float32", max_model_len=128,
               override_pooler_config={"pooling_type": "MEAN"})
     ours = torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS)])
     tok = AutoTokenizer.from_pretrained(path)

@@ -408,6 +408,8 @@ def test_a_vllm_command_line_serves(cross_encoder_server):
 @pytest.mark.parametrize("argv,message", [
     (["--runner", "generate"], "pooling models only"),
     (["--tensor-parallel-size", "2"], "one device"),
+    (["-tp", "4"], "one device"),
+    (["--quantization", "awq"], "does not quantize"),
     (["--task", "embed", "--convert", "classify"], "disagree"),
     (["a", "--model", "b"], "MODEL given twice"),
 ])
@@ -427,6 +429,19 @@ def test_chat_messages_need_a_template_the_server_trusts(minilm_server):
                  "--trust-request-chat-template")
     assert_error(post(minilm_server, "/v1/embeddings", {"messages": messages, "input": "x"}),
                  400, "either input or messages")
+
+
+def test_vllm_spellings_of_cenote_options(tmp_path):
+    from cenote.cli import _read_template, build_parser, resolve_vllm_options
+
+    args = build_parser().parse_args(["serve", "-tp", "1", "--pooler-config",
+                                      '{"pooling_type": "CLS"}', "--quantization", "none"])
+    assert resolve_vllm_options(args) is None
+    assert args.override_pooler_config == {"pooling_type": "CLS"}
+    template = tmp_path / "chat.jinja"
+    template.write_text("{{ messages[0].content }}")
+    assert _read_template(str(template)) == "{{ messages[0].content }}"
+    assert _read_template("{{ x }}") == "{{ x }}"  # given inline
 
 
 def test_health_answers_head_and_ping(minilm_server):
@@ -549,6 +564,10 @@ def test_score_and_rerank_without_activation_give_the_logit(cross_encoder_server
 def test_a_too_long_pair_is_named_as_score_input(cross_encoder_server):
     assert_error(post(cross_encoder_server, "/score", {"text_1": "q", "text_2": "word " * 600}),
                  400, "tokens in the input for score. Please reduce the length of the input.")
+    # vLLM words a rerank's the embeddings' way.
+    assert_error(post(cross_encoder_server, "/rerank",
+                      {"query": "q", "documents": ["word " * 600]}),
+                 400, "tokens in the input for embedding generation.")
 
 
 def test_embeddings_on_a_cross_encoder_is_400(cross_encoder_server):
@@ -609,6 +628,9 @@ def test_chat_messages_go_through_the_chat_template(classifier_server):
     expected = post(classifier_server, "/tokenize",
                     {"prompt": rendered, "add_special_tokens": False}, AUTH).json()
     assert tokens["tokens"] == expected["tokens"]
+    # /tokenize adds the generation prompt unless told not to (vLLM's default there).
+    chat.pop("add_generation_prompt")
+    assert post(classifier_server, "/tokenize", chat, AUTH).json() == tokens
     assert_error(post(classifier_server, "/classify",
                       {"messages": messages, "chat_template": "{{ messages[9].x }}"}, AUTH),
                  400, "chat template failed")

@@ -313,15 +313,17 @@ class AsyncPoolingEngine:
         pairs: Sequence[tuple[str, str]],
         params: PoolingParams | None = None,
         truncate_prompt_tokens: int | None = None,
+        operation: str = "score",
     ) -> list[ScoringRequestOutput]:
         """Like ``LLM.score`` for already-paired texts.
 
         Cross-encoders score each pair jointly; embedding models embed every
-        distinct text once and return cosine similarities.
+        distinct text once and return cosine similarities. ``operation`` names the
+        request in a too-long input's error (vLLM's rerank says "embedding generation").
         """
         self._check_admission()
         if self.config.task == "classify":
-            with _naming_operation("score"):
+            with _naming_operation(operation):
                 seqs = await self._off_loop(self.engine.prepare_pairs, pairs, params,
                                             truncate_prompt_tokens, size=_size_of(pairs))
             data = await self.run(seqs, "score")
@@ -329,7 +331,7 @@ class AsyncPoolingEngine:
         # Embedding models score by cosine; any other task (reward) has no Score API.
         self.engine.check_task("embed" if self.config.task == "embed" else "score")
         texts = score_texts(pairs)
-        with _naming_operation("score"):
+        with _naming_operation(operation):
             seqs = await self._off_loop(self.engine.prepare, texts, "embed", params,
                                         truncate_prompt_tokens, size=_size_of(texts))
         vectors = await self.run(seqs, "embed")
@@ -359,13 +361,16 @@ class AsyncPoolingEngine:
             if isinstance(message.get("content"), str):
                 check_unicode(message["content"], f"messages[{i}].content")
 
+        # chat_template_kwargs may set the two flags too (it wins), never the call's own.
+        options = {"add_generation_prompt": add_generation_prompt,
+                   "continue_final_message": continue_final_message,
+                   **{k: v for k, v in (chat_template_kwargs or {}).items()
+                      if k not in ("conversation", "chat_template", "tokenize")}}
+
         def render() -> str:
             try:
-                return hf.apply_chat_template(
-                    messages, chat_template=chat_template, tokenize=False,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final_message,
-                    **(chat_template_kwargs or {}))
+                return hf.apply_chat_template(messages, chat_template=chat_template,
+                                              tokenize=False, **options)
             except Exception as exc:  # jinja's errors, or the template's own raise
                 raise ValueError(f"The chat template failed on these messages: "
                                  f"{type(exc).__name__}: {exc}") from None

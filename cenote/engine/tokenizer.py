@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cenote.config import TOKENIZER_FILES
 
 
 @dataclass
@@ -73,10 +76,6 @@ class ContextLengthError(ValueError):
                 "the length of the input.")
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
-
-
 class Tokenizer:
     """Wraps a Hugging Face tokenizer; uses its Rust backend for batches when it has one."""
 
@@ -84,15 +83,16 @@ class Tokenizer:
                  model_vocab_size: int | None = None) -> None:
         from transformers import AutoTokenizer
 
-        if not any((Path(path) / name).is_file() for name in _TOKENIZER_FILES):
+        if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
             # transformers would build an empty tokenizer that reads every word as [UNK].
-            raise ValueError(f"{path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            raise ValueError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
                              "save the model's tokenizer into the folder.")
         self.hf = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.max_model_len = max_model_len
         # Ids past the model's embedding rows would crash it, even if the tokenizer has them.
         self.vocab_size = min(len(self.hf), model_vocab_size or len(self.hf))
         self._check_text_ids = self.vocab_size < len(self.hf)
+        self._emits_types = "token_type_ids" in getattr(self.hf, "model_input_names", ())
         self.backend = getattr(self.hf, "backend_tokenizer", None)
         if self.backend is not None:
             self.backend.no_truncation()
@@ -163,7 +163,11 @@ class Tokenizer:
             check_unicode(b, f"Score pair {i}")
         if self.backend is not None:
             encodings = self._backend_encode(list(pairs), keep)
-            out = [TokenizedPrompt(keep_last(e.ids, keep), keep_last(e.type_ids, keep))
+            # Only where the tokenizer hands them to its model (BERT's does, RoBERTa's and
+            # GPT-2's do not): a model that takes them anyway would read the second text
+            # as another segment than it was trained on.
+            out = [TokenizedPrompt(keep_last(e.ids, keep),
+                                   keep_last(e.type_ids, keep) if self._emits_types else None)
                    for e in encodings]
         else:
             kwargs = {"truncation": True, "max_length": keep} if keep else {}
@@ -188,15 +192,17 @@ class Tokenizer:
             ids = ids.tolist()  # a numpy array or a torch tensor of ids
         if not isinstance(ids, (list, tuple)) or not ids:
             raise ValueError(f"Prompt {index}: prompt_token_ids must be a non-empty list of ints.")
-        for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int):
+        ids = list(ids)
+        for k, t in enumerate(ids):
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
                 raise ValueError(f"Prompt {index}: token id {t!r} is not an integer.")
+            ids[k] = t = int(t)  # numpy's integers too
             if not 0 <= t < self.vocab_size:
                 raise ValueError(
                     f"Prompt {index}: token id {t} is out of vocabulary "
                     f"(valid ids are 0 to {self.vocab_size - 1})."
                 )
-        return list(ids)
+        return ids
 
     def check_length(self, num_tokens: int) -> None:
         if num_tokens > self.max_model_len:

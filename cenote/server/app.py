@@ -64,6 +64,7 @@ def build_app(
     limits: ServerLimits | None = None,
     allowed_origins: list[str] | None = None,
     log_inputs: bool = False,
+    chat_template: str | None = None,
     trust_request_chat_template: bool = False,
 ) -> FastAPI:
     """The cenote HTTP app around ``engine``.
@@ -90,6 +91,7 @@ def build_app(
     metrics = ServerMetrics(engine)
     engine.on_batch = metrics.observe_batch
     context = ServerContext(engine, names, metrics, limits or ServerLimits(),
+                            chat_template=chat_template,
                             trust_request_chat_template=trust_request_chat_template)
     app.state.context = context
     install_error_handlers(app)

@@ -38,6 +38,8 @@ class ServerContext:
     limits: ServerLimits = field(default_factory=ServerLimits)
     # Set on SIGTERM: new requests get 503 while those in flight finish.
     draining: bool = False
+    # --chat-template: the template for requests with messages, instead of the tokenizer's.
+    chat_template: str | None = None
     # --trust-request-chat-template: a request's own Jinja chat template is rendered.
     trust_request_chat_template: bool = False
 
@@ -56,7 +58,8 @@ class ServerContext:
             raise ValueError("This server does not take chat templates in requests (start it "
                              "with --trust-request-chat-template to allow them).")
         return await self.engine.render_chat(
-            [m.as_dict() for m in body.messages], chat_template=body.chat_template,
+            [m.as_dict() for m in body.messages],
+            chat_template=body.chat_template or self.chat_template,
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,
             chat_template_kwargs=body.chat_template_kwargs)

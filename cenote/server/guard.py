@@ -27,9 +27,9 @@ _LOGGED_BODY_CHARS = 4096
 
 
 def _request_id(scope: Scope) -> str | None:
-    """The X-Request-Id header, if it is a sane id (printable ASCII, at most 128 chars)."""
+    """The X-Request-Id header, if it is printable ASCII of at most 256 characters."""
     value = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-    if not value or len(value) > 128 or not all(33 <= c < 127 for c in value):
+    if not value or len(value) > 256 or not all(32 <= c < 127 for c in value):
         return None
     return value.decode("ascii")
 

@@ -63,7 +63,7 @@ class ChatMessage(APIModel):
 
     def as_dict(self) -> dict[str, Any]:
         # Text parts joined as vLLM joins them; other fields (name, ...) kept for templates.
-        content = self.content
+        content = self.content or ""
         if isinstance(content, list):
             content = "\n".join(part.text for part in content)
         return {**(self.model_extra or {}), "role": self.role, "content": content}
@@ -180,6 +180,8 @@ class TokenizeRequest(ChatFields):
     model: str | None = None
     prompt: StrictStr | None = None
     return_token_strs: StrictBool = False
+    # As vLLM's chat tokenize request: the assistant's header included by default.
+    add_generation_prompt: StrictBool = True
 
     @model_validator(mode="after")
     def _one_of(self):

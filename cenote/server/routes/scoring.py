@@ -58,7 +58,8 @@ async def create_rerank(body: RerankRequest,
         raise ValueError("documents must not be empty.")
     ctx.check_num_inputs(len(body.documents), "documents")
     pairs = make_score_pairs(body.query, body.documents, names=("query", "documents"))
-    outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
+    outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens,
+                                     operation="embedding generation")  # vLLM's wording
 
     def build() -> RerankResponse:
         results = sorted(
