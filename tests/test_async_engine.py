@@ -233,7 +233,9 @@ def test_invalid_requests_raise_before_anything_is_queued(engine):
     assert engine.num_waiting_seqs == 0
 
 
-def test_tokenisation_runs_off_the_event_loop(engine, monkeypatch):
+def test_tokenisation_runs_off_the_event_loop_unless_short(engine, monkeypatch):
+    # A sentence tokenises faster on the loop than a thread hop takes; anything longer,
+    # or anything truncated (truncating encodes share a lock), goes to a thread.
     threads = []
     prepare = engine.engine.prepare
 
@@ -245,10 +247,12 @@ def test_tokenisation_runs_off_the_event_loop(engine, monkeypatch):
 
     async def scenario():
         await engine.encode(["Where am I tokenised?"], "embed")
+        await engine.encode(["A longer text. " * 100], "embed", truncate_prompt_tokens=-1)
+        await engine.encode(["Where am I tokenised?"], "embed", truncate_prompt_tokens=8)
         return threading.current_thread()
 
     loop_thread = asyncio.run(scenario())
-    assert threads and threads[0] is not loop_thread
+    assert [t is loop_thread for t in threads] == [True, False, False]
 
 
 def test_a_small_request_is_tokenised_while_a_huge_one_still_is(engine, monkeypatch):
