@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -108,7 +108,7 @@ class LLM:
         pooling_params: ParamsArg = None,
         *,
         truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
         pooling_task: str | None = "encode",
     ) -> list[PoolingRequestOutput]:
@@ -127,7 +127,7 @@ class LLM:
         *,
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding vector per prompt."""
@@ -141,7 +141,7 @@ class LLM:
         *,
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt."""
@@ -155,7 +155,7 @@ class LLM:
         *,
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
     ) -> list[PoolingRequestOutput]:
         """Reward model outputs (the ``encode`` task of a reward model)."""
@@ -169,7 +169,7 @@ class LLM:
         *,
         pooling_params: ParamsArg = None,
         truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
     ) -> list[ScoringRequestOutput]:
         """Relevance of each (text_1, text_2) pair: 1:1, 1:N or N:N.
@@ -194,16 +194,18 @@ class LLM:
         return str(next(self._request_counter))
 
     def _run(self, seqs: list[SequenceInput], pooling_task: str,
-             use_tqdm: bool) -> list[PoolingRequestOutput]:
+             use_tqdm: bool | Callable[..., tqdm]) -> list[PoolingRequestOutput]:
         data = self._run_data(seqs, pooling_task, use_tqdm)
         return [PoolingRequestOutput(self._next_id(), PoolingOutput(d), s.token_ids)
                 for s, d in zip(seqs, data, strict=True)]
 
     def _run_data(self, seqs: list[SequenceInput], pooling_task: str,
-                  use_tqdm: bool) -> list[torch.Tensor]:
-        show = use_tqdm and len(seqs) >= _TQDM_MIN_PROMPTS
-        with tqdm(total=len(seqs), desc=f"Processed prompts ({pooling_task})", unit="prompt",
-                  disable=not show) as bar:
+                  use_tqdm: bool | Callable[..., tqdm]) -> list[torch.Tensor]:
+        show = bool(use_tqdm) and len(seqs) >= _TQDM_MIN_PROMPTS
+        # As vLLM, use_tqdm may also be a tqdm-like class to draw the bar with.
+        bar_class = use_tqdm if callable(use_tqdm) else tqdm
+        with bar_class(total=len(seqs), desc=f"Processed prompts ({pooling_task})",
+                       unit="prompt", disable=not show) as bar:
             return self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
 
 

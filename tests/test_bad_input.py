@@ -120,6 +120,21 @@ def test_score_by_cosine_shows_a_progress_bar_on_long_runs(minilm_fp32, capsys):
     assert "Processed prompts" not in capsys.readouterr().err
 
 
+def test_use_tqdm_may_be_the_bar_class_to_draw_with(minilm_fp32):
+    # As vLLM: use_tqdm=some tqdm class (e.g. tqdm.notebook's) draws the bar with it.
+    from tqdm import tqdm
+
+    made = []
+
+    class Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["total"])
+            super().__init__(*args, **kwargs)
+
+    minilm_fp32.embed([f"text {i}" for i in range(70)], use_tqdm=Bar)
+    assert made == [70]
+
+
 def test_outputs_print_short(minilm_fp32):
     (out,) = minilm_fp32.embed("hello", use_tqdm=False)
     assert repr(out.outputs) == "EmbeddingOutput(hidden_size=384)"
