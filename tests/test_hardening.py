@@ -612,3 +612,21 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0():
     assert refusals
     assert exit_code == 0
     assert CANARY in log  # --log-inputs: the bodies are logged
+
+
+def test_the_servers_chat_template_renders_messages(make_app, minilm_bf16):
+    # --chat-template: the template requests with messages use when the tokenizer (here
+    # MiniLM's) has none.
+    app, _ = make_app(chat_template="{% for m in messages %}{{ m.content }} {% endfor %}")
+    messages = [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
+
+    async def scenario():
+        async with client(app) as http:
+            chat = await http.post("/v1/embeddings", json={"messages": messages})
+            text = await http.post("/v1/embeddings", json={
+                "input": "first second ", "add_special_tokens": False})
+            return chat.json(), text.json()
+
+    chat, text = asyncio.run(scenario())
+    assert chat["data"][0]["embedding"] == text["data"][0]["embedding"]
+    assert chat["usage"]["prompt_tokens"] == 2
