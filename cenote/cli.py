@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from cenote.config import TASKS, task_from_vllm_options
+from cenote.config import TASKS, task_from_vllm_options, vllm_arg_problem
 
 logger = logging.getLogger("cenote")
 
@@ -193,11 +193,6 @@ IGNORED_VLLM_OPTIONS = (
     ("--quantization", True), ("--disable-fastapi-docs", False),
     ("--enable-request-id-headers", False),
 )
-# Of those, the ones whose value must say "nothing to do" (cenote cannot do otherwise).
-_VLLM_OPTIONS_THAT_MUST_BE_TRIVIAL = {
-    "tensor_parallel_size": ("1",), "pipeline_parallel_size": ("1",),
-    "data_parallel_size": ("1",), "quantization": ("none", "None"),
-}
 
 
 def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
@@ -240,15 +235,12 @@ def resolve_vllm_options(args: argparse.Namespace) -> str | None:
         args.task = task_from_vllm_options(args.task, args.runner, args.convert)
     except ValueError as exc:
         return f"--runner/--convert: {exc}"
-    for name, trivial in _VLLM_OPTIONS_THAT_MUST_BE_TRIVIAL.items():
-        value = getattr(args, "ignored_" + name)
-        if value is not None and value not in trivial:
-            what = ("cenote does not quantize models" if name == "quantization"
-                    else "cenote runs a model on one device")
-            return f"--{name.replace('_', '-')} {value}: {what}."
-    ignored = sorted(f"--{key[len('ignored_'):].replace('_', '-')}"
-                     for key, value in vars(args).items()
-                     if key.startswith("ignored_") and value not in (None, False))
+    given = {key[len("ignored_"):]: value for key, value in vars(args).items()
+             if key.startswith("ignored_") and value not in (None, False)}
+    for name, value in given.items():
+        if problem := vllm_arg_problem(name, value, f"--{name.replace('_', '-')} {value}"):
+            return problem
+    ignored = sorted(f"--{name.replace('_', '-')}" for name in given)
     if ignored:
         logger.info("Ignoring vLLM options that do not apply here: %s", ", ".join(ignored))
     return None

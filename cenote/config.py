@@ -135,6 +135,27 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
+def has_tokenizer_files(path: Path) -> bool:
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
+# vLLM engine arguments that cenote accepts only with the value that asks for nothing:
+# it runs one unquantised model on one device.
+_TRIVIAL_VLLM_VALUES = {"tensor_parallel_size": ("1",), "pipeline_parallel_size": ("1",),
+                        "data_parallel_size": ("1",), "quantization": ("None", "none")}
+
+
+def vllm_arg_problem(name: str, value: Any, label: str | None = None) -> str | None:
+    """Why cenote cannot honour vLLM's ``name=value`` (``label`` names it in the message;
+    default ``name=value``), or None when it may be ignored."""
+    trivial = _TRIVIAL_VLLM_VALUES.get(name)
+    if trivial is None or str(value) in trivial:
+        return None
+    what = ("cenote does not quantize models" if name == "quantization"
+            else "cenote runs a model on one device")
+    return f"{label or f'{name}={value}'}: {what}."
+
+
 def resolve_model_path(model: str | os.PathLike | None, revision: str | None = None,
                        tokenizer_only: bool = False) -> Path:
     """Find a model's folder: a local path, else a hub id (cache first, then download).
@@ -144,7 +165,7 @@ def resolve_model_path(model: str | os.PathLike | None, revision: str | None = N
     path = Path(model).expanduser()
     if path.is_dir():
         if tokenizer_only:
-            if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            if not has_tokenizer_files(path):
                 raise ModelNotFoundError(f"Tokenizer folder {str(path)!r} has none of "
                                          f"{', '.join(TOKENIZER_FILES)}.")
         elif not (path / "config.json").is_file():

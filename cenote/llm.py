@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cenote.config import ModelConfig, PoolerConfig, task_from_vllm_options
+from cenote.config import ModelConfig, PoolerConfig, task_from_vllm_options, vllm_arg_problem
 from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
 from cenote.engine.runner import SequenceInput
 from cenote.engine.tokenizer import Prompt, check_unicode, normalize_prompts
@@ -75,10 +75,9 @@ class LLM:
         unknown = sorted(set(vllm_engine_args) - IGNORED_VLLM_ARGS)
         if unknown:
             raise TypeError(f"LLM() got an unexpected keyword argument {unknown[0]!r}")
-        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-            if vllm_engine_args.get(name, 1) != 1:
-                raise ValueError(f"{name}={vllm_engine_args[name]}: cenote runs a model on "
-                                 "one device.")
+        for name, value in vllm_engine_args.items():
+            if problem := vllm_arg_problem(name, value):
+                raise ValueError(problem)
         if vllm_engine_args:
             logger.info("Ignoring vLLM engine arguments that do not apply here: %s",
                         ", ".join(sorted(vllm_engine_args)))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cenote.config import TOKENIZER_FILES
+from cenote.config import TOKENIZER_FILES, has_tokenizer_files
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Tokenizer:
                  model_vocab_size: int | None = None) -> None:
         from transformers import AutoTokenizer
 
-        if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        if not has_tokenizer_files(path):
             # transformers would build an empty tokenizer that reads every word as [UNK].
             raise ValueError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
                              "save the model's tokenizer into the folder.")
