@@ -29,6 +29,15 @@ POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "camembert"})
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
 
+def position_offset(hf_config: Any) -> int:
+    """Where a model's first position is numbered: ``pad_token_id + 1`` for RoBERTa-style
+    models (1 when the config names no pad token, RoBERTa's own), else 0."""
+    if getattr(hf_config, "model_type", "") not in POSITION_OFFSET_MODEL_TYPES:
+        return 0
+    pad = getattr(hf_config, "pad_token_id", None)
+    return (pad if pad is not None else 1) + 1
+
+
 class PoolingType(str, enum.Enum):
     LAST = "LAST"
     ALL = "ALL"
@@ -594,9 +603,7 @@ def derive_max_model_len(
     key = next((k for k in _LENGTH_KEYS if isinstance(getattr(hf_config, k, None), int)
                 and getattr(hf_config, k) > 0), None)
     if key is not None:
-        positions = getattr(hf_config, key)
-        if getattr(hf_config, "model_type", "") in POSITION_OFFSET_MODEL_TYPES:
-            positions -= (getattr(hf_config, "pad_token_id", 1) or 1) + 1
+        positions = getattr(hf_config, key) - position_offset(hf_config)
         limits.append((int(positions), f"its {key}"))
     if st_config is not None and st_config.max_seq_length:
         limits.append((int(st_config.max_seq_length),

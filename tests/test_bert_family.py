@@ -12,7 +12,7 @@ TEXTS = ["hello world", "a somewhat longer sentence about search engines and ran
          "x", "the quick brown fox jumps over the lazy dog " * 3]
 
 
-def _build_random_encoder(kind: str, minilm_path, target):
+def _build_random_encoder(kind: str, minilm_path, target, pad_token_id: int = 1):
     from transformers import (
         AutoTokenizer,
         RobertaConfig,
@@ -28,7 +28,8 @@ def _build_random_encoder(kind: str, minilm_path, target):
     torch.manual_seed(3)
     config = config_cls(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=130, pad_token_id=1, type_vocab_size=1)
+                        max_position_embeddings=130, pad_token_id=pad_token_id,
+                        type_vocab_size=1)
     model_cls(config, add_pooling_layer=True).save_pretrained(target)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(target)
     return target
@@ -53,6 +54,22 @@ def test_random_encoder_matches_transformers(kind, minilm_path, tmp_path):
         cls = torch.stack([ref_model(**tok(t, return_tensors="pt")).last_hidden_state[0, 0]
                            for t in TEXTS])
     assert F.cosine_similarity(embeds, cls).min() >= 0.9999
+
+
+def test_roberta_with_pad_token_zero_takes_every_position(minilm_path, tmp_path):
+    # Positions start at pad_token_id + 1 = 1, so 129 of the 130 fit (not 128, as when
+    # pad 0 was read as RoBERTa's usual 1), and the longest input matches transformers.
+    from transformers import AutoModel
+
+    path = _build_random_encoder("roberta", minilm_path, tmp_path, pad_token_id=0)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.config.max_model_len == 129
+    ids = [101] + [2000 + i for i in range(127)] + [102]
+    (out,) = llm.encode({"prompt_token_ids": ids})
+    ref_model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = ref_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    assert torch.allclose(out.outputs.data, ref, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from cenote.config import POSITION_OFFSET_MODEL_TYPES
+from cenote.config import position_offset
 from cenote.models.layers import (
     LayerNorm,
     Linear,
@@ -36,10 +36,7 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(max(config.type_vocab_size, 1),
                                                   config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.position_offset = 0
-        if config.model_type in POSITION_OFFSET_MODEL_TYPES:
-            self.position_offset = (config.pad_token_id if config.pad_token_id is not None
-                                    else 1) + 1
+        self.position_offset = position_offset(config)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.word_embeddings(batch.input_ids)
