@@ -66,6 +66,28 @@ def test_sequence_classifier_matches_transformers(family, tiny_decoder):
         assert torch.allclose(torch.tensor(out.outputs.probs), logits.softmax(-1), atol=1e-4)
 
 
+@pytest.mark.parametrize("pad", ["sep", "unset"])
+def test_sequence_classifier_scores_the_last_token_that_is_not_padding(pad, tiny_decoder):
+    # Chat prompts often end with EOS, which fine-tuning scripts make the pad token:
+    # transformers then scores the token before it, even in a batch of one. Here every
+    # prompt ends with [SEP] (id 102); a prompt of nothing but pads scores its first token.
+    arch = "LlamaForSequenceClassification"
+    overrides = {"pad_token_id": 102} if pad == "sep" else {}
+    path = tiny_decoder("llama", arch, num_labels=3, **overrides)
+    llm = LLM(str(path), dtype="float32")
+    prompts = TEXTS + [{"prompt_token_ids": [7592, 102, 102, 102]},
+                       {"prompt_token_ids": [102, 102]}]
+    ref = _reference(path, arch)
+    outs = llm.classify(prompts)
+    assert [o.prompt_token_ids[-1] for o in outs] == [102] * len(prompts)
+    for out in outs:
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([out.prompt_token_ids])).logits[0]
+        assert torch.allclose(torch.tensor(out.outputs.probs), logits.softmax(-1), atol=1e-4)
+    if pad == "sep":  # the trailing pads change nothing, as in transformers
+        assert outs[-2].outputs.probs == llm.classify({"prompt_token_ids": [7592]})[0].outputs.probs
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_causal_lm_converted_to_embed_matches_transformers(family, tiny_decoder):
     arch = DECODER_PREFIXES[family] + "ForCausalLM"

@@ -35,17 +35,21 @@ class ModelRunner:
         self.bucket_rows = any(isinstance(m, Linear) and m.packed is not None
                                for m in self.model.modules())
         self.prunes_last_layer = getattr(self.model, "computes_pooled_rows_only", False)
+        self.classify_pad_token_id = getattr(self.model, "classify_pad_token_id", None)
 
     @torch.inference_mode()
     def execute(self, seqs: Sequence[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         types = None
         if any(s.token_type_ids is not None for s in seqs):
             types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
+        pooling_type = self.pooler.task_poolers[pooling_task].pooling_type
+        token_ids = [s.token_ids for s in seqs]
+        if (self.classify_pad_token_id is not None and pooling_task != "encode"
+                and pooling_type is PoolingType.LAST):
+            token_ids = [before_trailing(ids, self.classify_pad_token_id) for ids in token_ids]
         # A pooler that keeps one token per sequence needs only that row of the last layer.
-        pooled = None
-        if self.prunes_last_layer:
-            pooled = _POOLED_TOKEN.get(self.pooler.task_poolers[pooling_task].pooling_type)
-        batch = PackedBatch.build([s.token_ids for s in seqs], types, self.config.device,
+        pooled = _POOLED_TOKEN.get(pooling_type) if self.prunes_last_layer else None
+        batch = PackedBatch.build(token_ids, types, self.config.device,
                                   bucket=self.bucket_rows, pooled=pooled)
         if pooled is None:
             tokens = batch.num_tokens
@@ -58,6 +62,17 @@ class ModelRunner:
                                    batch.input_ids[batch.pooled_rows[:count]])
         outputs = self.pooler(hidden, meta, pooling_task, [s.params for s in seqs])
         return outputs_to_cpu(outputs)
+
+
+def before_trailing(token_ids: list[int], pad_token_id: int) -> list[int]:
+    """``token_ids`` up to the last token that is not ``pad_token_id`` (the first token
+    if all are). A causal model's row there does not depend on the tokens after it, so
+    pooling the last row of this prefix is what transformers' decoder classifiers
+    score, with less work."""
+    end = len(token_ids)
+    while end > 1 and token_ids[end - 1] == pad_token_id:
+        end -= 1
+    return token_ids if end == len(token_ids) else token_ids[:end]
 
 
 def outputs_to_cpu(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -284,8 +284,12 @@ class DecoderModel(nn.Module):
         self.attention_shape = (args.num_heads, args.num_kv_heads, args.head_dim, True)
         self.classifier: nn.Module | None = None
         self.token_head: nn.Module | None = None
+        # transformers' *ForSequenceClassification scores the last token that is not the
+        # pad token (often EOS, which chat prompts end with): see ModelRunner.
+        self.classify_pad_token_id: int | None = None
         if task == "classify":
             self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
+            self.classify_pad_token_id = getattr(config, "pad_token_id", None)
         elif task == "reward" and self.architecture.endswith("ForRewardModel"):
             self.token_head = RewardHead(args.hidden_size, config.num_labels)
 
