@@ -469,8 +469,7 @@ class ModelConfig:
         if hf_overrides is not None and not isinstance(hf_overrides, dict):
             raise ValueError(f"hf_overrides must be a dict (or its JSON), not "
                              f"{type(hf_overrides).__name__}.")
-        for key, value in (hf_overrides or {}).items():
-            setattr(hf_config, key, value)
+        apply_hf_overrides(hf_config, hf_overrides or {})
         dims = getattr(hf_config, "matryoshka_dimensions", None)
         if dims is not None and (not isinstance(dims, (list, tuple)) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
@@ -588,6 +587,60 @@ def _hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def apply_hf_overrides(hf_config: Any, overrides: dict[str, Any]) -> None:
+    """Set ``overrides`` on the HF config, as vLLM's ``hf_overrides`` do.
+
+    RoPE needs more than ``setattr`` on transformers 5, which keeps it all in
+    ``rope_parameters`` (theta included): there ``rope_scaling`` (vLLM's documented
+    way to switch on YaRN or linear scaling) would replace the parameters and lose
+    the theta, and a top-level ``rope_theta`` would never be read. Both are merged
+    into ``rope_parameters`` instead, as transformers reads them from a config.json.
+    """
+    rope = {k: overrides[k] for k in ("rope_scaling", "rope_theta") if k in overrides}
+    current = getattr(hf_config, "rope_parameters", None)
+    nested = (hasattr(hf_config, "nested_rope_parameter_keys") and current
+              and hf_config.nested_rope_parameter_keys(current))
+    if not hasattr(hf_config, "standardize_rope_params") or nested:
+        rope = {}  # transformers 4 reads both attributes; per-layer RoPE is left as given
+    for key, value in overrides.items():
+        if key not in rope:
+            setattr(hf_config, key, value)
+    if not rope:
+        return
+    params = dict(current or {})
+    if "rope_scaling" in rope:
+        scaling = rope["rope_scaling"]
+        if scaling is not None and not isinstance(scaling, dict):
+            raise ValueError(f"hf_overrides rope_scaling must be a dict or null, not "
+                             f"{scaling!r}.")
+        params = {"rope_theta": params.get("rope_theta"), **(scaling or {})}
+        if "type" in params and "rope_type" not in params:  # the 4.x spelling
+            params["rope_type"] = params.pop("type")
+        params.setdefault("rope_type", "default")
+    if "rope_theta" in rope:
+        params["rope_theta"] = rope["rope_theta"]
+    if params.get("rope_theta") is None:
+        params["rope_theta"] = getattr(hf_config, "default_theta", 10000.0)
+    hf_config.rope_parameters = params
+    hf_config.standardize_rope_params()
+
+
+def _rope_scaled_positions(hf_config: Any, positions: int) -> int:
+    """The length a scaled RoPE reaches, as vLLM derives it: linear scaling multiplies
+    the positions by ``factor``, YaRN its original length. llama3 and longrope configs
+    already state the scaled length; dynamic NTK stays at the configured length
+    (transformers recomputes its frequencies past it, and cenote does not)."""
+    params = (getattr(hf_config, "rope_parameters", None)
+              or getattr(hf_config, "rope_scaling", None) or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    factor = params.get("factor")
+    if rope_type not in ("linear", "yarn") or not isinstance(factor, (int, float)):
+        return positions
+    if rope_type == "yarn":
+        positions = params.get("original_max_position_embeddings") or positions
+    return int(positions * factor)
+
+
 _DEFAULT_MAX_MODEL_LEN = 2048
 _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                 "max_sequence_length", "max_seq_length", "seq_len")
@@ -604,6 +657,7 @@ def derive_max_model_len(
                 and getattr(hf_config, k) > 0), None)
     if key is not None:
         positions = getattr(hf_config, key) - position_offset(hf_config)
+        positions = _rope_scaled_positions(hf_config, positions)
         limits.append((int(positions), f"its {key}"))
     if st_config is not None and st_config.max_seq_length:
         limits.append((int(st_config.max_seq_length),

@@ -154,6 +154,57 @@ def test_scaled_rotary_embeddings_match_transformers(kind, tiny_decoder):
                               atol=1e-4)
 
 
+def _reference_with_rope(path, architecture: str, rope_parameters: dict):
+    """transformers on the same weights, its config stating ``rope_parameters``."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    config.rope_parameters = dict(rope_parameters)
+    config.standardize_rope_params()
+    return getattr(transformers, architecture).from_pretrained(
+        path, config=config, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("overrides, rope", [
+    # vLLM's documented way to switch on scaling: the checkpoint's theta is kept.
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                       "original_max_position_embeddings": 64}},
+     {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+      "original_max_position_embeddings": 64}),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}, "rope_theta": 500000.0},
+     {"rope_type": "linear", "rope_theta": 500000.0, "factor": 2.0}),
+    ({"rope_theta": 1000000.0}, {"rope_type": "default", "rope_theta": 1000000.0}),
+])
+def test_rope_hf_overrides_match_transformers_with_that_config(overrides, rope, tiny_decoder):
+    path = tiny_decoder("llama", "LlamaModel")
+    llm = LLM(str(path), dtype="float32", hf_overrides=overrides)
+    ref = _reference_with_rope(path, "LlamaModel", rope)
+    plain = _reference(path, "LlamaModel")
+    for out in llm.encode(TEXTS[1:2] + TEXTS[3:]):
+        expected = _hf_hidden(ref, out.prompt_token_ids)
+        assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+        # and the override did change something
+        assert not torch.allclose(expected, _hf_hidden(plain, out.prompt_token_ids), atol=1e-3)
+
+
+def test_linear_and_yarn_scaling_extend_the_length_limit_as_in_vllm(tiny_decoder):
+    # The tiny decoders have 256 positions.
+    path = tiny_decoder("llama", "LlamaModel")
+    linear = {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    assert LLM(str(path), hf_overrides=linear).config.max_model_len == 512
+    yarn = {"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                             "original_max_position_embeddings": 200}}
+    assert LLM(str(path), hf_overrides=yarn).config.max_model_len == 800
+    dynamic = {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}
+    assert LLM(str(path), hf_overrides=dynamic).config.max_model_len == 256
+    llm = LLM(str(path), dtype="float32", hf_overrides=linear)
+    ids = [(7 * i) % 1000 + 1000 for i in range(300)]
+    (out,) = llm.encode({"prompt_token_ids": ids})
+    ref = _reference_with_rope(path, "LlamaModel",
+                               {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
+    assert torch.allclose(out.outputs.data, _hf_hidden(ref, ids), atol=1e-4)
+
+
 def test_unsupported_rope_type_is_rejected():
     config = tiny_decoder_config("llama")
     config.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0}
