@@ -125,3 +125,16 @@ def test_pytorch_model_bin_checkpoint_loads_like_safetensors(minilm_path, tmp_pa
     ours = torch.tensor(llm.embed(TEXTS[1])[0].outputs.embedding)
     ref = torch.tensor(minilm_fp32.embed(TEXTS[1])[0].outputs.embedding)
     assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("kind", ["relative_key", "relative_key_query"])
+def test_relative_position_embeddings_are_refused_not_ignored(kind, minilm_path, tmp_path):
+    # Without its distance tensors such a config used to load and run with absolute
+    # positions, silently wrong.
+    import json
+
+    path = _build_random_encoder("roberta", minilm_path, tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "position_embedding_type": kind}))
+    with pytest.raises(ValueError, match=f"position_embedding_type '{kind}' is not supported"):
+        LLM(str(path))

@@ -144,6 +144,10 @@ class BertFamilyModel(nn.Module):
 
     def __init__(self, config, task: str) -> None:
         super().__init__()
+        positions = getattr(config, "position_embedding_type", None) or "absolute"
+        if positions != "absolute":  # relative_key(_query): distances inside attention
+            raise ValueError(f"position_embedding_type {positions!r} is not supported; "
+                             "BERT-family models run with absolute positions only.")
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
