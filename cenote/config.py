@@ -470,6 +470,7 @@ class ModelConfig:
             raise ValueError(f"hf_overrides must be a dict (or its JSON), not "
                              f"{type(hf_overrides).__name__}.")
         apply_hf_overrides(hf_config, hf_overrides or {})
+        check_classifier_from_token(hf_config)
         dims = getattr(hf_config, "matryoshka_dimensions", None)
         if dims is not None and (not isinstance(dims, (list, tuple)) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
@@ -516,6 +517,16 @@ class ModelConfig:
     @property
     def is_bert_family(self) -> bool:
         return self.model_type in BERT_FAMILY
+
+    @property
+    def pairs_as_one_text(self) -> bool:
+        """Score pairs are tokenised as one text, query then document, instead of as a
+        text pair: vLLM's ``use_pad_token: false``, the default for classifiers built
+        from LM-head rows ("LLM as reranker")."""
+        use_pad_token = getattr(self.hf_config, "use_pad_token", None)
+        if use_pad_token is None:
+            use_pad_token = classifier_from_token(self.hf_config) is None
+        return not use_pad_token
 
     @property
     def num_labels(self) -> int:
@@ -623,6 +634,43 @@ def apply_hf_overrides(hf_config: Any, overrides: dict[str, Any]) -> None:
         params["rope_theta"] = getattr(hf_config, "default_theta", 10000.0)
     hf_config.rope_parameters = params
     hf_config.standardize_rope_params()
+
+
+# vLLM's ways to turn a causal LM into a classifier from its LM head's rows for a few
+# tokens (hf_overrides "method" and "classifier_from_token"): the difference of two
+# rows as one logit (Qwen3-Reranker's "yes" vs "no"), or the rows as they are.
+CLASSIFIER_FROM_TOKEN_METHODS = ("from_2_way_softmax", "no_post_processing")
+
+
+def classifier_from_token(hf_config: Any) -> tuple[str, list[str]] | None:
+    """``(method, tokens)`` when the head is built from LM-head rows, else None.
+    ``is_original_qwen3_reranker`` means ``from_2_way_softmax``, as in vLLM."""
+    method = getattr(hf_config, "method", None)
+    if getattr(hf_config, "is_original_qwen3_reranker", False):
+        method = "from_2_way_softmax"
+    if method is None:
+        return None
+    return method, list(getattr(hf_config, "classifier_from_token", None) or [])
+
+
+def check_classifier_from_token(hf_config: Any) -> None:
+    """Validate a head built from LM-head rows and set the labels it gives: one logit
+    for ``from_2_way_softmax`` (so sigmoid, as vLLM scores), one per token otherwise."""
+    spec = classifier_from_token(hf_config)
+    if spec is None:
+        return
+    method, tokens = spec
+    if method not in CLASSIFIER_FROM_TOKEN_METHODS:
+        raise ValueError(f"method {method!r} is not supported; choose one of "
+                         f"{', '.join(CLASSIFIER_FROM_TOKEN_METHODS)}.")
+    if not tokens or not all(isinstance(t, str) and t for t in tokens):
+        raise ValueError(f"method {method!r} needs classifier_from_token, a list of tokens "
+                         '(e.g. ["no", "yes"]).')
+    if method == "from_2_way_softmax" and len(tokens) != 2:
+        raise ValueError(f"from_2_way_softmax needs two classifier_from_token entries "
+                         f"(the false and the true token), not {tokens!r}.")
+    hf_config.method = method
+    hf_config.num_labels = 1 if method == "from_2_way_softmax" else len(tokens)
 
 
 def _rope_scaled_positions(hf_config: Any, positions: int) -> int:

@@ -154,6 +154,65 @@ def test_scaled_rotary_embeddings_match_transformers(kind, tiny_decoder):
                               atol=1e-4)
 
 
+QWEN3_RERANKER = {"architectures": ["Qwen3ForSequenceClassification"],
+                  "classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": True}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_causal_lm_as_reranker_from_its_yes_and_no_logits(tied, tiny_decoder, minilm_path):
+    # vLLM's recipe for Qwen3-Reranker: the LM head's "yes" row minus its "no" row is a
+    # one-logit classifier, whose sigmoid is the yes/no softmax of the original model;
+    # query and document are tokenised as one text.
+    from transformers import AutoTokenizer
+
+    path = tiny_decoder("qwen3", "Qwen3ForCausalLM", tie_word_embeddings=tied)
+    llm = LLM(str(path), task="score", dtype="float32", hf_overrides=QWEN3_RERANKER)
+    assert llm.config.task == "classify" and llm.config.num_labels == 1
+    query = "<Query>: what is the capital of china?\n"
+    docs = ["<Document>: the capital of china is beijing.", "<Document>: gravity pulls."]
+    outs = llm.score(query, docs)
+    tok = AutoTokenizer.from_pretrained(path)
+    no, yes = tok.convert_tokens_to_ids(["no", "yes"])
+    ref = _reference(path, "Qwen3ForCausalLM")
+    for doc, out in zip(docs, outs, strict=True):
+        ids = tok(query + doc)["input_ids"]
+        assert out.prompt_token_ids == ids
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([ids])).logits[0, -1]
+        expected = logits[[no, yes]].softmax(-1)[1].item()
+        assert abs(out.outputs.score - expected) < 1e-4
+    assert outs[0].outputs.score != outs[1].outputs.score
+
+
+def test_causal_lm_classifier_from_token_rows_without_post_processing(tiny_decoder):
+    path = tiny_decoder("llama", "LlamaForCausalLM", tie_word_embeddings=False)
+    tokens = ["no", "yes", "maybe"]
+    llm = LLM(str(path), dtype="float32", hf_overrides={
+        "architectures": ["LlamaForSequenceClassification"],
+        "classifier_from_token": tokens, "method": "no_post_processing"})
+    (out,) = llm.classify("is the sky blue?")
+    ref = _reference(path, "LlamaForCausalLM")
+    ids = llm.get_tokenizer().convert_tokens_to_ids(tokens)
+    with torch.no_grad():
+        logits = ref(input_ids=torch.tensor([out.prompt_token_ids])).logits[0, -1]
+    assert out.outputs.num_classes == 3
+    assert torch.allclose(torch.tensor(out.outputs.probs), logits[ids].softmax(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"method": "from_2_way_softmax", "classifier_from_token": ["no"]}, "needs two"),
+    ({"method": "mean_of_rows", "classifier_from_token": ["no"]}, "not supported"),
+    ({"is_original_qwen3_reranker": True}, "needs classifier_from_token"),
+    ({**QWEN3_RERANKER, "classifier_from_token": ["no", "certainly-not-a-token"]},
+     "not in the tokenizer's vocabulary"),
+])
+def test_classifier_from_token_mistakes_are_named(overrides, message, tiny_decoder):
+    path = tiny_decoder("qwen3", "Qwen3ForCausalLM")
+    hf_overrides = {"architectures": ["Qwen3ForSequenceClassification"], **overrides}
+    with pytest.raises(ValueError, match=message):
+        LLM(str(path), hf_overrides=hf_overrides)
+
+
 def _reference_with_rope(path, architecture: str, rope_parameters: dict):
     """transformers on the same weights, its config stating ``rope_parameters``."""
     import transformers

@@ -106,7 +106,8 @@ class PoolingEngine:
         self.check_task("score")
         resolved = self.resolve_params("score", params, len(pairs), truncate_prompt_tokens)
         tokenized = self._tokenize_grouped(
-            resolved, lambda idx, k: self.tokenizer.encode_pairs([pairs[i] for i in idx], k)
+            resolved, lambda idx, k: self.tokenizer.encode_pairs(
+                [pairs[i] for i in idx], k, as_one_text=self.config.pairs_as_one_text)
         )
         return [SequenceInput(t.token_ids, t.token_type_ids, p)
                 for t, p in zip(tokenized, resolved, strict=True)]

@@ -150,9 +150,11 @@ class Tokenizer:
         return out
 
     def encode_pairs(
-        self, pairs: Sequence[tuple[str, str]], truncate_prompt_tokens: int | None = None
+        self, pairs: Sequence[tuple[str, str]], truncate_prompt_tokens: int | None = None,
+        as_one_text: bool = False,
     ) -> list[TokenizedPrompt]:
-        """Tokenise text pairs for a cross-encoder (token type ids included)."""
+        """Tokenise text pairs for a cross-encoder (token type ids included), or with
+        ``as_one_text`` each pair as the one text ``a + b`` (an LLM used as reranker)."""
         keep = self.resolve_truncation(truncate_prompt_tokens)
         for i, (a, b) in enumerate(pairs):
             if not isinstance(a, str) or not isinstance(b, str):
@@ -161,7 +163,10 @@ class Tokenizer:
                 raise ValueError(f"Score pair {i} has an empty string; it has nothing to encode.")
             check_unicode(a, f"Score pair {i}")
             check_unicode(b, f"Score pair {i}")
-        if self.backend is not None:
+        if as_one_text:
+            out = [TokenizedPrompt(ids)
+                   for ids in self._encode_texts([a + b for a, b in pairs], keep)]
+        elif self.backend is not None:
             encodings = self._backend_encode(list(pairs), keep)
             # Only where the tokenizer hands them to its model (BERT's does, RoBERTa's and
             # GPT-2's do not): a model that takes them anyway would read the second text

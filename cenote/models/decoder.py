@@ -287,6 +287,9 @@ class DecoderModel(nn.Module):
         # transformers' *ForSequenceClassification scores the last token that is not the
         # pad token (often EOS, which chat prompts end with): see ModelRunner.
         self.classify_pad_token_id: int | None = None
+        # Set by the loader when the head is built from LM-head rows (vLLM's
+        # classifier_from_token): the method and the rows' token ids.
+        self.head_from_tokens: tuple[str, list[int]] | None = None
         if task == "classify":
             self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
             self.classify_pad_token_id = getattr(config, "pad_token_id", None)
@@ -301,11 +304,32 @@ class DecoderModel(nn.Module):
             x = layer(x, cos, sin, batch, pooled_only=i == last and batch.pooled is not None)
         return self.norm(x)
 
+    def _head_from_lm_head_rows(self, lm_head: torch.Tensor | None,
+                                loader: ParameterLoader) -> None:
+        """The classifier from the LM head's rows for ``head_from_tokens`` (the input
+        embeddings when the checkpoint ties them): the true row minus the false row
+        (``from_2_way_softmax``: sigmoid of it is the two-way softmax's true
+        probability), or the rows themselves."""
+        method, token_ids = self.head_from_tokens
+        if lm_head is None:
+            if not getattr(self.config, "tie_word_embeddings", False):
+                raise ValueError("classifier_from_token needs the checkpoint's lm_head.weight, "
+                                 "which it does not have.")
+            lm_head = self.embed_tokens.weight.detach()
+        rows = lm_head[token_ids].float()
+        if method == "from_2_way_softmax":
+            rows = rows[1:2] - rows[0:1]
+        loader.assign("classifier.weight", rows)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors in, fusing q/k/v and gate/up; every parameter must be set."""
         loader = ParameterLoader(self, self.architecture)
+        lm_head = None
         for raw_name, tensor in weights:
             name = raw_name.removeprefix("model.")
+            if name == "lm_head.weight" and self.head_from_tokens and self.classifier is not None:
+                lm_head = tensor
+                continue
             if _IGNORED.search(name):
                 continue
             if name.startswith("score."):
@@ -325,6 +349,8 @@ class DecoderModel(nn.Module):
                 for pattern, replacement in _RENAMES:
                     name = re.sub(pattern, replacement, name)
                 loader.assign(name, tensor)
+        if self.head_from_tokens and self.classifier is not None:
+            self._head_from_lm_head_rows(lm_head, loader)
         missing = loader.finish()
         if "classifier.weight" in missing:
             raise ValueError(

@@ -8,7 +8,13 @@ import logging
 import torch
 from torch import nn
 
-from cenote.config import BERT_FAMILY, ModelConfig, is_st_cross_encoder, read_json
+from cenote.config import (
+    BERT_FAMILY,
+    ModelConfig,
+    classifier_from_token,
+    is_st_cross_encoder,
+    read_json,
+)
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import pack_linears, settle_cpu_attention
 from cenote.models.loading import iter_checkpoint
@@ -52,6 +58,21 @@ def classifier_activation(config: ModelConfig) -> nn.Module | None:
         return None
 
 
+def token_ids_of(config: ModelConfig, tokens: list[str]) -> list[int]:
+    """The vocabulary ids of ``tokens`` (each must be one token of the model's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.path,
+                                              trust_remote_code=config.trust_remote_code)
+    vocab = tokenizer.get_vocab()
+    unknown = [t for t in tokens if t not in vocab]
+    if unknown:
+        raise ValueError(f"classifier_from_token {unknown!r} {'is' if len(unknown) == 1 else 'are'}"
+                         " not in the tokenizer's vocabulary; give tokens as the tokenizer "
+                         "spells them.")
+    return [vocab[t] for t in tokens]
+
+
 def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     """Build the model for ``config``, load its weights, and build its pooler."""
     classify = config.task == "classify"
@@ -64,6 +85,13 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     else:
         # A native model builds the heads its task needs (classifier, per-token reward head).
         model = cls(config.hf_config, task=config.task)
+        spec = classifier_from_token(config.hf_config)
+        if spec is not None and classify:
+            if not hasattr(model, "head_from_tokens"):
+                raise ValueError(f"classifier_from_token is not supported for "
+                                 f"{config.architecture}; it applies to the decoder families.")
+            method, tokens = spec
+            model.head_from_tokens = (method, token_ids_of(config, tokens))
         try:
             model.load_weights(iter_checkpoint(config.path))
         except Exception as exc:  # safetensors, pickle and name/shape errors alike
