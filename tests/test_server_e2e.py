@@ -354,6 +354,11 @@ def test_models_health_version(minilm_server):
     assert models["data"][0]["max_model_len"] == 256
     (permission,) = models["data"][0]["permission"]  # vLLM lists one; clients index it
     assert permission["object"] == "model_permission" and permission["allow_view"] is True
+    # openai's models.retrieve: the id holds a slash, which the client sends as %2F
+    card = client(minilm_server).models.retrieve(DEFAULT_NAME)
+    assert card.id == DEFAULT_NAME and card.object == "model"
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client(minilm_server).models.retrieve("no/such-model")
     assert httpx.get(f"{minilm_server.url}/health").status_code == 200
     from cenote import __version__
     assert httpx.get(f"{minilm_server.url}/version").json() == {"version": __version__}
@@ -533,6 +538,16 @@ def test_rerank_top_n_keeps_the_best(cross_encoder_server):
                  {"query": QUERY, "documents": DOCUMENTS, "top_n": -1})
     assert every.json()["results"] == full.json()["results"]
     assert_error(post(cross_encoder_server, "/rerank", {"query": QUERY, "documents": []}), 400)
+
+
+def test_rerank_takes_cohere_document_objects_and_a_null_top_n(cross_encoder_server):
+    # Cohere's v1 client sends {"text": ...} documents; Jina-style clients "top_n": null.
+    full = post(cross_encoder_server, "/rerank", {"query": QUERY, "documents": DOCUMENTS})
+    body = post(cross_encoder_server, "/v1/rerank", {
+        "query": QUERY, "documents": [{"text": d} for d in DOCUMENTS], "top_n": None})
+    assert body.json()["results"] == full.json()["results"]
+    assert_error(post(cross_encoder_server, "/rerank",
+                      {"query": QUERY, "documents": [{"title": "no text"}]}), 400)
 
 
 @pytest.mark.parametrize("names", [("queries", "documents"), ("queries", "items"),

@@ -173,6 +173,22 @@ class RerankRequest(ActivationFields):
     user: str | None = None
     truncate_prompt_tokens: StrictInt | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _client_spellings(cls, data):
+        """Cohere's v1 clients send documents as ``{"text": ...}`` objects, and Jina-style
+        clients send ``"top_n": null`` for all of them: both read as the plain forms."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("top_n", 0) is None:
+            data["top_n"] = 0
+        documents = data.get("documents")
+        if isinstance(documents, list):
+            data["documents"] = [d["text"] if isinstance(d, dict)
+                                 and isinstance(d.get("text"), str) else d for d in documents]
+        return data
+
 
 class TokenizeRequest(ChatFields):
     """``prompt``, or ``messages`` rendered with the chat template (as vLLM)."""

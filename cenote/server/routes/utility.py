@@ -40,14 +40,22 @@ async def version() -> Response:
     return json_response(VersionResponse(version=__version__))
 
 
+def _model_card(ctx: ServerContext, name: str) -> ModelCard:
+    # root names the model, not the folder it was loaded from (no internal paths).
+    return ModelCard(id=name, root=ctx.served_model_names[0],
+                     max_model_len=ctx.engine.config.max_model_len)
+
+
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(ctx: ServerContext = Depends(get_context)) -> Response:
-    config = ctx.engine.config
-    return json_response(ModelList(data=[
-        # root names the model, not the folder it was loaded from (no internal paths).
-        ModelCard(id=name, root=ctx.served_model_names[0], max_model_len=config.max_model_len)
-        for name in ctx.served_model_names
-    ]))
+    return json_response(ModelList(data=[_model_card(ctx, name)
+                                         for name in ctx.served_model_names]))
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(model_id: str, ctx: ServerContext = Depends(get_context)) -> Response:
+    """OpenAI's ``models.retrieve``: the card of a served name, else 404."""
+    return json_response(_model_card(ctx, ctx.model_name(model_id)))
 
 
 @router.get("/metrics")
