@@ -168,3 +168,54 @@ def test_fallback_embeds_with_a_t5_encoder(tiny_model):
         ref(**tok(t, return_tensors="pt", return_token_type_ids=False)).last_hidden_state[0]
         .mean(0) for t in TEXTS]), dim=-1)
     assert F.cosine_similarity(ours, expected).min() >= 0.9999
+
+
+# A model whose own code (auto_map) defines its architecture, as jina-embeddings-v3's
+# XLMRobertaLoRA does over model_type xlm-roberta. Here: BERT with rotary positions
+# instead of the position table, which the native BERT cannot run.
+_OWN_CODE = '''
+import torch
+from transformers import BertModel
+
+
+class RotaryToyBert(BertModel):
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        words = self.embeddings.word_embeddings(input_ids)
+        half = words.shape[-1] // 2
+        angle = torch.arange(input_ids.shape[1])[:, None] / 10000 ** (torch.arange(half) / half)
+        x1, x2 = words[..., :half], words[..., half:]
+        rotated = torch.cat([x1 * angle.cos() - x2 * angle.sin(),
+                             x1 * angle.sin() + x2 * angle.cos()], dim=-1)
+        hidden = self.embeddings.LayerNorm(rotated)
+        mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        return self.encoder(hidden, attention_mask=mask)
+'''
+
+
+def test_an_architecture_of_its_own_code_runs_that_code_when_trusted(minilm_path, tmp_path):
+    import json
+
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=128)
+    BertModel(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(tmp_path)
+    (tmp_path / "toy_bert.py").write_text(_OWN_CODE)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.update(architectures=["RotaryToyBert"], position_embedding_type="rotary",
+                 auto_map={"AutoModel": "toy_bert.RotaryToyBert"})
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+
+    llm = LLM(str(tmp_path), dtype="float32", trust_remote_code=True)
+    assert isinstance(llm.engine.runner.model, TransformersFallbackModel)
+    outs = llm.encode(TEXTS)
+    ref = AutoModel.from_pretrained(tmp_path, trust_remote_code=True,
+                                    dtype=torch.float32).eval()
+    assert type(ref).__name__ == "RotaryToyBert"
+    for out, row in zip(outs, _hf_rows(ref, tmp_path, TEXTS), strict=True):
+        assert torch.allclose(out.outputs.data, row.last_hidden_state[0], atol=1e-4)
+    # Untrusted, the native BERT would run it with absolute positions: refused instead.
+    with pytest.raises(ValueError, match="position_embedding_type 'rotary'"):
+        LLM(str(tmp_path))

@@ -30,6 +30,20 @@ NATIVE_MODEL_TYPES: dict[str, str] = {
 }
 
 
+def runs_its_own_code(config: ModelConfig) -> bool:
+    """A checkpoint whose architecture is defined by its own code (``auto_map``; not a
+    transformers class, e.g. jina-embeddings-v3's ``XLMRobertaLoRA``), loaded with
+    ``trust_remote_code``: that code runs, through the transformers fallback, even where
+    the ``model_type`` has a native implementation (it may differ from it: rotary
+    positions, LoRA adapters, ...)."""
+    import transformers
+
+    architecture = config.architecture
+    return (config.trust_remote_code and architecture != "AutoModel"
+            and bool(getattr(config.hf_config, "auto_map", None))
+            and not hasattr(transformers, architecture))
+
+
 def native_model_class(model_type: str) -> type[nn.Module] | None:
     target = NATIVE_MODEL_TYPES.get(model_type)
     if target is None:
@@ -76,7 +90,7 @@ def token_ids_of(config: ModelConfig, tokens: list[str]) -> list[int]:
 def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     """Build the model for ``config``, load its weights, and build its pooler."""
     classify = config.task == "classify"
-    cls = native_model_class(config.model_type)
+    cls = None if runs_its_own_code(config) else native_model_class(config.model_type)
     if cls is None:
         from cenote.models.fallback import TransformersFallbackModel
 
