@@ -598,6 +598,11 @@ def _hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+# What a rope_scaling override keeps of the model's RoPE: its shape, not its scaling.
+_ROPE_STRUCTURE_KEYS = ("rope_theta", "partial_rotary_factor", "mrope_section",
+                        "mrope_interleaved")
+
+
 def apply_hf_overrides(hf_config: Any, overrides: dict[str, Any]) -> None:
     """Set ``overrides`` on the HF config, as vLLM's ``hf_overrides`` do.
 
@@ -605,35 +610,45 @@ def apply_hf_overrides(hf_config: Any, overrides: dict[str, Any]) -> None:
     ``rope_parameters`` (theta included): there ``rope_scaling`` (vLLM's documented
     way to switch on YaRN or linear scaling) would replace the parameters and lose
     the theta, and a top-level ``rope_theta`` would never be read. Both are merged
-    into ``rope_parameters`` instead, as transformers reads them from a config.json.
+    into ``rope_parameters`` instead, as transformers reads them from a config.json,
+    and validated by transformers.
     """
     rope = {k: overrides[k] for k in ("rope_scaling", "rope_theta") if k in overrides}
-    current = getattr(hf_config, "rope_parameters", None)
-    nested = (hasattr(hf_config, "nested_rope_parameter_keys") and current
-              and hf_config.nested_rope_parameter_keys(current))
-    if not hasattr(hf_config, "standardize_rope_params") or nested:
-        rope = {}  # transformers 4 reads both attributes; per-layer RoPE is left as given
+    if not hasattr(hf_config, "standardize_rope_params"):
+        rope = {}  # transformers 4 reads both attributes as they are
     for key, value in overrides.items():
         if key not in rope:
             setattr(hf_config, key, value)
     if not rope:
         return
-    params = dict(current or {})
+    current = dict(getattr(hf_config, "rope_parameters", None) or {})
+    if hf_config.nested_rope_parameter_keys(current):
+        raise ValueError("This model has RoPE parameters per layer type; override "
+                         "rope_parameters as a whole instead of rope_scaling/rope_theta.")
+    params = current
     if "rope_scaling" in rope:
         scaling = rope["rope_scaling"]
         if scaling is not None and not isinstance(scaling, dict):
             raise ValueError(f"hf_overrides rope_scaling must be a dict or null, not "
                              f"{scaling!r}.")
-        params = {"rope_theta": params.get("rope_theta"), **(scaling or {})}
-        if "type" in params and "rope_type" not in params:  # the 4.x spelling
-            params["rope_type"] = params.pop("type")
-        params.setdefault("rope_type", "default")
+        scaling = dict(scaling or {})
+        if "type" in scaling and "rope_type" not in scaling:  # the 4.x spelling
+            scaling["rope_type"] = scaling.pop("type")
+        params = {k: current[k] for k in _ROPE_STRUCTURE_KEYS if k in current}
+        params.update({"rope_type": "default", **scaling})
     if "rope_theta" in rope:
         params["rope_theta"] = rope["rope_theta"]
     if params.get("rope_theta") is None:
         params["rope_theta"] = getattr(hf_config, "default_theta", 10000.0)
+    factor = params.get("factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))):
+        raise ValueError(f"hf_overrides RoPE factor must be a number, not {factor!r}.")
     hf_config.rope_parameters = params
     hf_config.standardize_rope_params()
+    try:
+        hf_config.validate_rope()
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"hf_overrides RoPE parameters {params}: {exc}") from exc
 
 
 # vLLM's ways to turn a causal LM into a classifier from its LM head's rows for a few
@@ -646,11 +661,13 @@ def classifier_from_token(hf_config: Any) -> tuple[str, list[str]] | None:
     """``(method, tokens)`` when the head is built from LM-head rows, else None.
     ``is_original_qwen3_reranker`` means ``from_2_way_softmax``, as in vLLM."""
     method = getattr(hf_config, "method", None)
+    tokens = getattr(hf_config, "classifier_from_token", None)
     if getattr(hf_config, "is_original_qwen3_reranker", False):
         method = "from_2_way_softmax"
-    if method is None:
+    # "method" is a common word: another meaning of it, with no tokens, is not ours.
+    if method is None or (tokens is None and method not in CLASSIFIER_FROM_TOKEN_METHODS):
         return None
-    return method, list(getattr(hf_config, "classifier_from_token", None) or [])
+    return method, list(tokens or [])
 
 
 def check_classifier_from_token(hf_config: Any) -> None:

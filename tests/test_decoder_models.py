@@ -165,7 +165,9 @@ def test_causal_lm_as_reranker_from_its_yes_and_no_logits(tied, tiny_decoder, mi
     # query and document are tokenised as one text.
     from transformers import AutoTokenizer
 
-    path = tiny_decoder("qwen3", "Qwen3ForCausalLM", tie_word_embeddings=tied)
+    # The prompts end with [SEP], made the pad token here: the yes/no logits are still
+    # those after the literal last token (vLLM's; no trailing pad is skipped for such heads).
+    path = tiny_decoder("qwen3", "Qwen3ForCausalLM", tie_word_embeddings=tied, pad_token_id=102)
     llm = LLM(str(path), task="score", dtype="float32", hf_overrides=QWEN3_RERANKER)
     assert llm.config.task == "classify" and llm.config.num_labels == 1
     query = "<Query>: what is the capital of china?\n"
@@ -176,7 +178,7 @@ def test_causal_lm_as_reranker_from_its_yes_and_no_logits(tied, tiny_decoder, mi
     ref = _reference(path, "Qwen3ForCausalLM")
     for doc, out in zip(docs, outs, strict=True):
         ids = tok(query + doc)["input_ids"]
-        assert out.prompt_token_ids == ids
+        assert out.prompt_token_ids == ids and ids[-1] == 102
         with torch.no_grad():
             logits = ref(input_ids=torch.tensor([ids])).logits[0, -1]
         expected = logits[[no, yes]].softmax(-1)[1].item()
@@ -205,12 +207,43 @@ def test_causal_lm_classifier_from_token_rows_without_post_processing(tiny_decod
     ({"is_original_qwen3_reranker": True}, "needs classifier_from_token"),
     ({**QWEN3_RERANKER, "classifier_from_token": ["no", "certainly-not-a-token"]},
      "not in the tokenizer's vocabulary"),
+    ({"method": "from_2_way_softmax"}, "needs classifier_from_token"),
 ])
 def test_classifier_from_token_mistakes_are_named(overrides, message, tiny_decoder):
     path = tiny_decoder("qwen3", "Qwen3ForCausalLM")
     hf_overrides = {"architectures": ["Qwen3ForSequenceClassification"], **overrides}
     with pytest.raises(ValueError, match=message):
         LLM(str(path), hf_overrides=hf_overrides)
+
+
+def test_an_unrelated_method_field_is_not_a_classifier_recipe(tiny_decoder):
+    path = tiny_decoder("qwen3", "Qwen3ForSequenceClassification", num_labels=2)
+    llm = LLM(str(path), hf_overrides={"method": "cls"})
+    assert llm.config.num_labels == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rope_scaling": {"rope_type": "linear"}}, "factor"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": "2"}}, "must be a number"),
+    ({"rope_scaling": "yarn"}, "must be a dict"),
+])
+def test_malformed_rope_overrides_are_named(overrides, message, tiny_decoder):
+    with pytest.raises(ValueError, match=message):
+        LLM(str(tiny_decoder("llama", "LlamaModel")), hf_overrides=overrides)
+
+
+def test_rope_overrides_keep_the_models_rope_shape_and_a_given_rope_parameters():
+    from cenote.config import apply_hf_overrides
+
+    config = tiny_decoder_config("llama", rope_parameters={
+        "rope_type": "default", "rope_theta": 5000.0, "partial_rotary_factor": 0.5})
+    apply_hf_overrides(config, {"rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert config.rope_parameters == {"rope_type": "linear", "factor": 2.0,
+                                      "rope_theta": 5000.0, "partial_rotary_factor": 0.5}
+    config = tiny_decoder_config("llama")
+    apply_hf_overrides(config, {"rope_parameters": {"rope_type": "linear", "factor": 3.0,
+                                                    "rope_theta": 1e4}, "rope_theta": 777.0})
+    assert config.rope_parameters == {"rope_type": "linear", "factor": 3.0, "rope_theta": 777.0}
 
 
 def _reference_with_rope(path, architecture: str, rope_parameters: dict):

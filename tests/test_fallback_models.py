@@ -219,3 +219,12 @@ def test_an_architecture_of_its_own_code_runs_that_code_when_trusted(minilm_path
     # Untrusted, the native BERT would run it with absolute positions: refused instead.
     with pytest.raises(ValueError, match="position_embedding_type 'rotary'"):
         LLM(str(tmp_path))
+
+
+def test_a_head_from_lm_head_rows_on_a_fallback_model_is_refused_by_name(tiny_model):
+    path = tiny_model("GPT2Config", "GPT2LMHeadModel", **GPT2)
+    with pytest.raises(ValueError, match="classifier_from_token is not supported for "
+                                         "GPT2ForSequenceClassification"):
+        LLM(str(path), hf_overrides={"architectures": ["GPT2ForSequenceClassification"],
+                                     "classifier_from_token": ["no", "yes"],
+                                     "method": "from_2_way_softmax"})

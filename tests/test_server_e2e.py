@@ -359,6 +359,7 @@ def test_models_health_version(minilm_server):
     assert card.id == DEFAULT_NAME and card.object == "model"
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client(minilm_server).models.retrieve("no/such-model")
+    assert_error(httpx.get(f"{minilm_server.url}/v1/models/"), 404)
     assert httpx.get(f"{minilm_server.url}/health").status_code == 200
     from cenote import __version__
     assert httpx.get(f"{minilm_server.url}/version").json() == {"version": __version__}

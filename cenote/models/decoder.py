@@ -287,8 +287,8 @@ class DecoderModel(nn.Module):
         # transformers' *ForSequenceClassification scores the last token that is not the
         # pad token (often EOS, which chat prompts end with): see ModelRunner.
         self.classify_pad_token_id: int | None = None
-        # Set by the loader when the head is built from LM-head rows (vLLM's
-        # classifier_from_token): the method and the rows' token ids.
+        # The method and token ids when the head is built from LM-head rows (vLLM's
+        # classifier_from_token; see use_head_from_tokens).
         self.head_from_tokens: tuple[str, list[int]] | None = None
         if task == "classify":
             self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
@@ -303,6 +303,13 @@ class DecoderModel(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, batch, pooled_only=i == last and batch.pooled is not None)
         return self.norm(x)
+
+    def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
+        """Build the classifier from the LM head's rows for ``token_ids`` when the weights
+        load. Such a head reads the next-token logits at the literal last token (as
+        vLLM scores it), so trailing pad tokens are not skipped."""
+        self.head_from_tokens = (method, token_ids)
+        self.classify_pad_token_id = None
 
     def _head_from_lm_head_rows(self, lm_head: torch.Tensor | None,
                                 loader: ParameterLoader) -> None:

@@ -72,6 +72,12 @@ def classifier_activation(config: ModelConfig) -> nn.Module | None:
         return None
 
 
+def _head_from_tokens_unsupported(config: ModelConfig) -> ValueError:
+    return ValueError(f"classifier_from_token is not supported for {config.architecture}; "
+                      "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
+                      "Mistral).")
+
+
 def token_ids_of(config: ModelConfig, tokens: list[str]) -> list[int]:
     """The vocabulary ids of ``tokens`` (each must be one token of the model's tokenizer)."""
     from transformers import AutoTokenizer
@@ -91,7 +97,10 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     """Build the model for ``config``, load its weights, and build its pooler."""
     classify = config.task == "classify"
     cls = None if runs_its_own_code(config) else native_model_class(config.model_type)
+    spec = classifier_from_token(config.hf_config)
     if cls is None:
+        if spec is not None and classify:
+            raise _head_from_tokens_unsupported(config)
         from cenote.models.fallback import TransformersFallbackModel
 
         logger.info("No native implementation for %s; using transformers.", config.architecture)
@@ -99,13 +108,11 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     else:
         # A native model builds the heads its task needs (classifier, per-token reward head).
         model = cls(config.hf_config, task=config.task)
-        spec = classifier_from_token(config.hf_config)
         if spec is not None and classify:
-            if not hasattr(model, "head_from_tokens"):
-                raise ValueError(f"classifier_from_token is not supported for "
-                                 f"{config.architecture}; it applies to the decoder families.")
+            if not hasattr(model, "use_head_from_tokens"):
+                raise _head_from_tokens_unsupported(config)
             method, tokens = spec
-            model.head_from_tokens = (method, token_ids_of(config, tokens))
+            model.use_head_from_tokens(method, token_ids_of(config, tokens))
         try:
             model.load_weights(iter_checkpoint(config.path))
         except Exception as exc:  # safetensors, pickle and name/shape errors alike

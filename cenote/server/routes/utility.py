@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from cenote import __version__
 from cenote.server.context import ServerContext, get_context
-from cenote.server.errors import error_response
+from cenote.server.errors import ModelNotFoundError, error_response
 from cenote.server.payloads import json_response
 from cenote.server.protocol import (
     DetokenizeRequest,
@@ -55,6 +55,8 @@ async def list_models(ctx: ServerContext = Depends(get_context)) -> Response:
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def retrieve_model(model_id: str, ctx: ServerContext = Depends(get_context)) -> Response:
     """OpenAI's ``models.retrieve``: the card of a served name, else 404."""
+    if not model_id:  # /v1/models/ names no model (model_name("") is the default one)
+        raise ModelNotFoundError(model_id)
     return json_response(_model_card(ctx, ctx.model_name(model_id)))
 
 
