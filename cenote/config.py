@@ -690,14 +690,21 @@ def check_classifier_from_token(hf_config: Any) -> None:
     hf_config.num_labels = 1 if method == "from_2_way_softmax" else len(tokens)
 
 
+def rope_settings(hf_config: Any) -> tuple[str, dict[str, Any]]:
+    """``(rope_type, parameters)`` of a model's RoPE. transformers 5 keeps everything in
+    ``rope_parameters``; 4.x used ``rope_scaling`` (with ``type`` as an older spelling
+    of ``rope_type``) beside ``rope_theta``."""
+    params = (getattr(hf_config, "rope_parameters", None)
+              or getattr(hf_config, "rope_scaling", None) or {})
+    return params.get("rope_type", params.get("type", "default")), params
+
+
 def _rope_scaled_positions(hf_config: Any, positions: int) -> int:
     """The length a scaled RoPE reaches, as vLLM derives it: linear scaling multiplies
     the positions by ``factor``, YaRN its original length. llama3 and longrope configs
     already state the scaled length; dynamic NTK stays at the configured length
     (transformers recomputes its frequencies past it, and cenote does not)."""
-    params = (getattr(hf_config, "rope_parameters", None)
-              or getattr(hf_config, "rope_scaling", None) or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    rope_type, params = rope_settings(hf_config)
     factor = params.get("factor")
     if rope_type not in ("linear", "yarn") or not isinstance(factor, (int, float)):
         return positions

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cenote.config import architecture_of
+from cenote.config import architecture_of, rope_settings
 from cenote.models.kernels import rowwise_for
 from cenote.models.layers import Linear, PackedBatch, fp32_copies, packed_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
@@ -103,11 +103,7 @@ def rope_frequencies(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
     Scaled variants come from transformers' own ``ROPE_INIT_FUNCTIONS`` so they
     match the reference exactly.
     """
-    # transformers 5 keeps everything in ``rope_parameters``; 4.x used ``rope_scaling``
-    # (with ``type`` as an older spelling of ``rope_type``) beside ``rope_theta``.
-    params = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-              or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    rope_type, params = rope_settings(config)
     if rope_type not in _SUPPORTED_ROPE_TYPES:
         raise ValueError(
             f"rope_type {rope_type!r} is not supported by the native decoder; "
