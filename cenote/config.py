@@ -471,6 +471,7 @@ class ModelConfig:
                              f"{type(hf_overrides).__name__}.")
         apply_hf_overrides(hf_config, hf_overrides or {})
         check_classifier_from_token(hf_config)
+        set_reward_head_labels(hf_config, path, hf_overrides or {})
         dims = getattr(hf_config, "matryoshka_dimensions", None)
         if dims is not None and (not isinstance(dims, (list, tuple)) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
@@ -576,7 +577,9 @@ class ModelConfig:
         else:
             raise ValueError(f"Unknown pooling task {pooling_task!r}.")
         if self.task == "reward" and pooling_task == "encode":
-            pooling_type = PoolingType.ALL
+            # A process reward model scores the steps (vLLM's default for it).
+            pooling_type = (PoolingType.STEP if self.architecture.endswith(
+                "ForProcessRewardModel") else PoolingType.ALL)
         override = self.override_pooler_config
         # The override applies to the pooler of the model's own task.
         own = {"embed": "embed", "classify": "classify", "reward": "encode"}[self.task]
@@ -697,6 +700,19 @@ def rope_settings(hf_config: Any) -> tuple[str, dict[str, Any]]:
     params = (getattr(hf_config, "rope_parameters", None)
               or getattr(hf_config, "rope_scaling", None) or {})
     return params.get("rope_type", params.get("type", "default")), params
+
+
+def set_reward_head_labels(hf_config: Any, path: Path, overrides: dict[str, Any]) -> None:
+    """The outputs of a ``*ForRewardModel`` (1) or ``*ForProcessRewardModel`` (2: the
+    step is bad or good) head, as vLLM sets them, where neither ``config.json`` nor
+    the overrides name them (upstream code hard-codes them; transformers would
+    default to 2)."""
+    architecture = architecture_of(hf_config)
+    labels = (2 if architecture.endswith("ForProcessRewardModel")
+              else 1 if architecture.endswith("ForRewardModel") else None)
+    named = {**read_json(path / "config.json"), **overrides}
+    if labels is not None and "num_labels" not in named and "id2label" not in named:
+        hf_config.num_labels = labels
 
 
 def _rope_scaled_positions(hf_config: Any, positions: int) -> int:

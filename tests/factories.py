@@ -6,6 +6,7 @@ the model and its tokenizer) and returns its path.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -138,7 +139,6 @@ def build_tiny_decoder(
 def add_tensors_to_checkpoint(folder: Path, tensors: dict[str, torch.Tensor],
                               **config_updates) -> None:
     """Add tensors to a folder's ``model.safetensors`` and update its ``config.json``."""
-    import json
 
     from safetensors.torch import load_file, save_file
 
@@ -154,12 +154,16 @@ def add_tensors_to_checkpoint(folder: Path, tensors: dict[str, torch.Tensor],
 
 
 def build_tiny_qwen2_reward_model(
-    minilm_path: Path, target: Path, num_labels: int = 1, seed: int = 0
+    minilm_path: Path, target: Path, num_labels: int = 1, seed: int = 0,
+    architecture: str = "Qwen2ForRewardModel", labels_in_config: bool = True,
 ) -> Path:
-    """A Qwen2ForRewardModel checkpoint (remote code upstream, so built by hand).
+    """A Qwen2ForRewardModel (or Qwen2ForProcessRewardModel) checkpoint (remote code
+    upstream, so built by hand).
 
     The body is a random Qwen2Model saved under ``model.``; the per-token head is
     ``score.0`` (Linear hidden->hidden) -> ReLU -> ``score.2`` (Linear hidden->num_labels).
+    ``labels_in_config=False``: config.json names no labels, as upstream's (its code
+    hard-codes the head's size).
     """
     from safetensors.torch import load_file, save_file
 
@@ -175,8 +179,13 @@ def build_tiny_qwen2_reward_model(
         "score.2.weight": torch.randn(num_labels, hidden, generator=generator) * 0.2,
         "score.2.bias": torch.randn(num_labels, generator=generator) * 0.2,
     }
-    add_tensors_to_checkpoint(target, head, architectures=["Qwen2ForRewardModel"],
-                              num_labels=num_labels)
+    add_tensors_to_checkpoint(target, head, architectures=[architecture],
+                              **({"num_labels": num_labels} if labels_in_config else {}))
+    if not labels_in_config:
+        config = json.loads((target / "config.json").read_text())
+        for key in ("num_labels", "id2label", "label2id"):
+            config.pop(key, None)
+        (target / "config.json").write_text(json.dumps(config, indent=2))
     return target
 
 

@@ -160,3 +160,23 @@ def test_a_pooler_override_that_cannot_work_fails_at_load(qwen2_reward_model):
             "pooling_type": "STEP", "returned_token_ids": [3]})
     with pytest.raises(ValueError, match="only allowed with STEP pooling"):
         LLM(path, dtype="float32", override_pooler_config={"step_tag_id": STEP_TAG})
+
+
+@pytest.mark.parametrize("architecture, labels", [("Qwen2ForRewardModel", 1),
+                                                  ("Qwen2ForProcessRewardModel", 2)])
+def test_reward_heads_take_vllms_sizes_when_the_config_names_none(
+        architecture, labels, qwen2_reward_model):
+    # Upstream Qwen2.5-Math-RM/PRM configs name no labels (transformers would say 2).
+    path = qwen2_reward_model(num_labels=labels, architecture=architecture,
+                              labels_in_config=False)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.config.task == "reward" and llm.config.num_labels == labels
+    expected = _hand_computed_rewards(path, STEP_PROMPT["prompt_token_ids"])
+    if architecture == "Qwen2ForProcessRewardModel":
+        # A process reward model pools STEP by default (vLLM's): with a step tag, the
+        # tagged rows; without one, every row.
+        (out,) = llm.reward(STEP_PROMPT, pooling_params=PoolingParams(step_tag_id=STEP_TAG))
+        assert torch.allclose(out.outputs.data, expected[STEP_ROWS], atol=1e-4)
+    (out,) = llm.reward(STEP_PROMPT)
+    assert out.outputs.data.shape == (len(STEP_PROMPT["prompt_token_ids"]), labels)
+    assert torch.allclose(out.outputs.data, expected, atol=1e-4)

@@ -11,8 +11,8 @@ What sits on top of the hidden states depends on the task and architecture:
 - ``classify``: ``score`` (linear, no bias) on the pooled row, as in
   ``*ForSequenceClassification``; a ``*ForCausalLM`` needs a ``score.weight``
   in its checkpoint.
-- ``reward`` on ``*ForRewardModel``: the per-token head ``score.0`` -> ReLU ->
-  ``score.2``, applied to every token (``token_head``).
+- ``reward`` on ``*ForRewardModel`` and ``*ForProcessRewardModel``: the per-token
+  head ``score.0`` -> ReLU -> ``score.2``, applied to every token (``token_head``).
 - anything else: the bare hidden states (embed: LAST + normalise; reward on a
   converted causal LM: ALL).
 """
@@ -289,7 +289,8 @@ class DecoderModel(nn.Module):
         if task == "classify":
             self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
             self.classify_pad_token_id = getattr(config, "pad_token_id", None)
-        elif task == "reward" and self.architecture.endswith("ForRewardModel"):
+        elif task == "reward" and self.architecture.endswith(("ForRewardModel",
+                                                              "ForProcessRewardModel")):
             self.token_head = RewardHead(args.hidden_size, config.num_labels)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
