@@ -9,6 +9,7 @@ each pooling task (model default < Sentence-Transformers config <
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import os
@@ -519,7 +520,7 @@ class ModelConfig:
     def is_bert_family(self) -> bool:
         return self.model_type in BERT_FAMILY
 
-    @property
+    @functools.cached_property
     def pairs_as_one_text(self) -> bool:
         """Score pairs are tokenised as one text, query then document, instead of as a
         text pair: vLLM's ``use_pad_token: false``, the default for classifiers built

@@ -44,8 +44,7 @@ class ModelRunner:
             types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
         pooling_type = self.pooler.task_poolers[pooling_task].pooling_type
         token_ids = [s.token_ids for s in seqs]
-        if (self.classify_pad_token_id is not None and pooling_task != "encode"
-                and pooling_type is PoolingType.LAST):
+        if self.classify_pad_token_id is not None and pooling_type is PoolingType.LAST:
             token_ids = [before_trailing(ids, self.classify_pad_token_id) for ids in token_ids]
         # A pooler that keeps one token per sequence needs only that row of the last layer.
         pooled = _POOLED_TOKEN.get(pooling_type) if self.prunes_last_layer else None

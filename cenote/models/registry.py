@@ -72,12 +72,6 @@ def classifier_activation(config: ModelConfig) -> nn.Module | None:
         return None
 
 
-def _head_from_tokens_unsupported(config: ModelConfig) -> ValueError:
-    return ValueError(f"classifier_from_token is not supported for {config.architecture}; "
-                      "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
-                      "Mistral).")
-
-
 def token_ids_of(config: ModelConfig, tokens: list[str]) -> list[int]:
     """The vocabulary ids of ``tokens`` (each must be one token of the model's tokenizer)."""
     from transformers import AutoTokenizer
@@ -97,10 +91,12 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     """Build the model for ``config``, load its weights, and build its pooler."""
     classify = config.task == "classify"
     cls = None if runs_its_own_code(config) else native_model_class(config.model_type)
-    spec = classifier_from_token(config.hf_config)
+    head_from_tokens = classifier_from_token(config.hf_config) if classify else None
+    if head_from_tokens is not None and not hasattr(cls, "use_head_from_tokens"):
+        raise ValueError(f"classifier_from_token is not supported for {config.architecture}; "
+                         "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
+                         "Mistral).")
     if cls is None:
-        if spec is not None and classify:
-            raise _head_from_tokens_unsupported(config)
         from cenote.models.fallback import TransformersFallbackModel
 
         logger.info("No native implementation for %s; using transformers.", config.architecture)
@@ -108,10 +104,8 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     else:
         # A native model builds the heads its task needs (classifier, per-token reward head).
         model = cls(config.hf_config, task=config.task)
-        if spec is not None and classify:
-            if not hasattr(model, "use_head_from_tokens"):
-                raise _head_from_tokens_unsupported(config)
-            method, tokens = spec
+        if head_from_tokens is not None:
+            method, tokens = head_from_tokens
             model.use_head_from_tokens(method, token_ids_of(config, tokens))
         try:
             model.load_weights(iter_checkpoint(config.path))
