@@ -85,7 +85,10 @@ def test_sequence_classifier_scores_the_last_token_that_is_not_padding(pad, tiny
             logits = ref(input_ids=torch.tensor([out.prompt_token_ids])).logits[0]
         assert torch.allclose(torch.tensor(out.outputs.probs), logits.softmax(-1), atol=1e-4)
     if pad == "sep":  # the trailing pads change nothing, as in transformers
-        assert outs[-2].outputs.probs == llm.classify({"prompt_token_ids": [7592]})[0].outputs.probs
+        # A batch and a lone prompt take different kernel paths: equal to fp32 rounding.
+        alone = llm.classify({"prompt_token_ids": [7592]})[0].outputs.probs
+        assert torch.allclose(torch.tensor(outs[-2].outputs.probs), torch.tensor(alone),
+                              rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
