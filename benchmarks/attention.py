@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from cenote.models import kernels
-from cenote.models.layers import PackedBatch, packed_qkv_attention
+from cenote.models.batch import PackedBatch
+from cenote.models.layers import packed_qkv_attention
 
 SHAPES = [(256, 32), (130, 63), (64, 128), (32, 250), (16, 512), (1, 12), (4, 40)]
 

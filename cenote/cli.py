@@ -17,7 +17,8 @@ from typing import Any
 
 import uvicorn
 
-from cenote.config import TASKS, task_from_vllm_options, vllm_arg_problem
+from cenote.compat.vllm import IGNORED_VLLM_OPTIONS, task_from_vllm_options, vllm_arg_problem
+from cenote.tasks import MODEL_TASKS
 
 logger = logging.getLogger("cenote")
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model", nargs="?", default=None, metavar="MODEL",
         help="A local model folder or a Hugging Face hub id (taken from the local hub cache, "
              "downloaded when online). Without it, the bundled all-MiniLM-L6-v2 is served.")
-    serve.add_argument("--task", default="auto", choices=TASKS,
+    serve.add_argument("--task", default="auto", choices=MODEL_TASKS,
                        help="What the model does; 'auto' decides from its files. Use embed, "
                             "classify or reward to convert a *ForCausalLM checkpoint.")
     serve.add_argument("--host", default="0.0.0.0", help="Address to listen on.")
@@ -173,26 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Log one line per HTTP request (method, path, status).")
     _add_vllm_options(serve)
     return parser
-
-
-# vLLM serve options that mean nothing here, accepted so that a vLLM command line runs
-# unchanged: (name, takes a value).
-IGNORED_VLLM_OPTIONS = (
-    ("--seed", True), ("--gpu-memory-utilization", True), ("--max-num-seqs", True),
-    ("--swap-space", True), ("--cpu-offload-gb", True), ("--block-size", True),
-    ("--kv-cache-dtype", True), ("--max-seq-len-to-capture", True),
-    ("--distributed-executor-backend", True), ("--compilation-config", True),
-    ("--uvicorn-log-level", True), ("--tensor-parallel-size", True),
-    ("--pipeline-parallel-size", True), ("--enforce-eager", False),
-    ("--disable-log-requests", False), ("--enable-log-requests", False),
-    ("--disable-log-stats", False), ("--enable-prefix-caching", False),
-    ("--no-enable-prefix-caching", False), ("--disable-custom-all-reduce", False),
-    ("--disable-uvicorn-access-log", False), ("--enable-chunked-prefill", False),
-    ("--no-enable-chunked-prefill", False), ("--data-parallel-size", True),
-    ("--download-dir", True), ("--tokenizer-mode", True), ("--load-format", True),
-    ("--quantization", True), ("--disable-fastapi-docs", False),
-    ("--enable-request-id-headers", False),
-)
 
 
 def _add_vllm_options(serve: argparse.ArgumentParser) -> None:

@@ -11,29 +11,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cenote.config import ModelConfig, PoolerConfig, task_from_vllm_options, vllm_arg_problem
-from cenote.engine.engine import PoolingEngine, cosine_scores, score_texts
-from cenote.engine.runner import SequenceInput
-from cenote.engine.tokenizer import Prompt, check_unicode, normalize_prompts
+from cenote.compat.vllm import IGNORED_VLLM_ARGS, task_from_vllm_options, vllm_arg_problem
+from cenote.config import ModelConfig, PoolerConfig
+from cenote.engine.engine import PoolingEngine, request_outputs
+from cenote.inputs.prompts import Prompt, SequenceInput, make_score_pairs, normalize_prompts
 from cenote.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
-    PoolingOutput,
     PoolingRequestOutput,
     ScoringRequestOutput,
 )
 from cenote.params import PoolingParams
 
 ParamsArg = PoolingParams | Sequence[PoolingParams] | None
-# vLLM engine arguments that vLLM code passes to LLM() and that mean nothing here
-# (CUDA graphs, the KV cache, sampling seeds, parallelism of one): accepted and
-# logged, so that switching stays one import. Anything else is a TypeError.
-IGNORED_VLLM_ARGS = frozenset({
-    "seed", "enforce_eager", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",
-    "max_num_seqs", "max_seq_len_to_capture", "disable_log_stats", "disable_custom_all_reduce",
-    "enable_prefix_caching", "block_size", "kv_cache_dtype", "compilation_config",
-    "tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
-})
 logger = logging.getLogger(__name__)
 # Below this many prompts a progress bar is noise.
 _TQDM_MIN_PROMPTS = 64
@@ -178,16 +168,9 @@ class LLM:
         """
         _no_lora(lora_request)
         pairs = make_score_pairs(text_1, text_2)
-        if self.config.task == "classify":
-            seqs = self.engine.prepare_pairs(pairs, pooling_params, truncate_prompt_tokens)
-            outs = self._run(seqs, "score", use_tqdm)
-            return [ScoringRequestOutput.from_base(o) for o in outs]
-        # Embedding models score by cosine; any other task (reward) has no Score API.
-        self.engine.check_task("embed" if self.config.task == "embed" else "score")
-        texts = score_texts(pairs)
-        seqs = self.engine.prepare(texts, "embed", pooling_params, truncate_prompt_tokens)
-        vectors = self._run_data(seqs, "embed", use_tqdm)
-        return cosine_scores(pairs, texts, seqs, vectors, lambda _: self._next_id())
+        job = self.engine.prepare_score(pairs, pooling_params, truncate_prompt_tokens)
+        data = self._run_data(job.seqs, job.pooling_task, use_tqdm)
+        return job.finish(data, lambda _: self._next_id())
 
     def _next_id(self) -> str:
         return str(next(self._request_counter))
@@ -195,8 +178,7 @@ class LLM:
     def _run(self, seqs: list[SequenceInput], pooling_task: str,
              use_tqdm: bool | Callable[..., tqdm]) -> list[PoolingRequestOutput]:
         data = self._run_data(seqs, pooling_task, use_tqdm)
-        return [PoolingRequestOutput(self._next_id(), PoolingOutput(d), s.token_ids)
-                for s, d in zip(seqs, data, strict=True)]
+        return request_outputs(seqs, data, lambda _: self._next_id())
 
     def _run_data(self, seqs: list[SequenceInput], pooling_task: str,
                   use_tqdm: bool | Callable[..., tqdm]) -> list[torch.Tensor]:
@@ -212,43 +194,3 @@ def _no_lora(lora_request: Any) -> None:
     """vLLM's methods take ``lora_request``; cenote serves no adapters."""
     if lora_request is not None:
         raise ValueError("LoRA adapters are not supported; pass lora_request=None.")
-
-
-def _score_text(item: object, where: str) -> str:
-    """A score input as text: a string, or vLLM's text prompt ``{"prompt": "..."}``."""
-    if isinstance(item, dict) and isinstance(item.get("prompt"), str):
-        return item["prompt"]
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and "prompt_token_ids" in item:
-        raise TypeError(f"{where}: scoring takes texts (pairs are tokenised together); "
-                        "token-id prompts are not supported here.")
-    raise TypeError(f"{where} must be a string, not {type(item).__name__}.")
-
-
-def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
-                     names: tuple[str, str] = ("text_1", "text_2")) -> list[tuple[str, str]]:
-    """Pairs for 1:1, 1:N (text_1 broadcast) or N:N (zipped) inputs; ``names`` are the
-    two sides' names in error messages."""
-    sides = []
-    for side, name in ((text_1, names[0]), (text_2, names[1])):
-        single = isinstance(side, (str, dict))
-        if not single and not isinstance(side, (list, tuple)):
-            raise TypeError(f"{name} must be a string or a list of strings, not "
-                            f"{type(side).__name__}.")
-        # Named here: the embedding fallback numbers the texts its own way.
-        items = [(name, side)] if single else [(f"{name}[{i}]", s) for i, s in enumerate(side)]
-        sides.append([(where, _score_text(item, where)) for where, item in items])
-    left, right = ([text for _, text in side] for side in sides)
-    if not left or not right:
-        raise ValueError("Score inputs must not be empty.")
-    for side in sides:
-        for where, text in side:
-            if text == "":
-                raise ValueError(f"{where} is an empty string; it has nothing to encode.")
-            check_unicode(text, where)
-    if len(left) == 1:
-        left = left * len(right)
-    if len(left) != len(right):
-        raise ValueError("Input lengths must be either 1:1, 1:N or N:N")
-    return list(zip(left, right, strict=True))

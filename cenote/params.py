@@ -5,23 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-# Which parameters each pooling task accepts. Anything else set on a request
-# for that task is rejected with a message rather than silently ignored.
-TASK_PARAMETERS: dict[str, frozenset[str]] = {
-    "embed": frozenset({"dimensions", "normalize", "truncate_prompt_tokens"}),
-    "classify": frozenset({"activation", "truncate_prompt_tokens"}),
-    "score": frozenset({"activation", "truncate_prompt_tokens"}),
-    "encode": frozenset(
-        {
-            "dimensions",
-            "normalize",
-            "activation",
-            "truncate_prompt_tokens",
-            "step_tag_id",
-            "returned_token_ids",
-        }
-    ),
-}
+from cenote.tasks import pooling_task as task_named
 
 
 def one_activation(**aliases: bool | None) -> bool | None:
@@ -83,9 +67,7 @@ class PoolingParams:
 
     def verify(self, pooling_task: str) -> None:
         """Raise ``ValueError`` if a parameter does not belong to ``pooling_task``."""
-        allowed = TASK_PARAMETERS.get(pooling_task)
-        if allowed is None:
-            raise ValueError(f"Unknown pooling task {pooling_task!r}.")
+        allowed = task_named(pooling_task).parameters
         extra = sorted(self.set_fields() - allowed)
         if extra:
             raise ValueError(

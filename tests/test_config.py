@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from cenote import LLM, PoolerConfig
-from cenote.config import (
-    ModelConfig,
-    ModelNotFoundError,
-    derive_max_model_len,
-    resolve_dtype,
-    resolve_task,
-)
+from cenote.config import ModelConfig, ModelNotFoundError
+from cenote.config.hf import derive_max_model_len
+from cenote.config.model import resolve_dtype, resolve_task
 
 
 def test_llm_without_a_model_loads_the_bundled_minilm():

@@ -236,7 +236,7 @@ def test_malformed_rope_overrides_are_named(overrides, message, tiny_decoder):
 
 
 def test_rope_overrides_keep_the_models_rope_shape_and_a_given_rope_parameters():
-    from cenote.config import apply_hf_overrides
+    from cenote.config.hf import apply_hf_overrides
 
     config = tiny_decoder_config("llama", rope_parameters={
         "rope_type": "default", "rope_theta": 5000.0, "partial_rotary_factor": 0.5})

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from cenote.models import kernels
-from cenote.models.layers import PackedBatch, packed_attention, packed_qkv_attention
+from cenote.models.batch import PackedBatch
+from cenote.models.layers import packed_attention, packed_qkv_attention
 
 KERNEL = kernels.native_attention()
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason=f"no native attention here: "

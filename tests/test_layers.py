@@ -102,7 +102,7 @@ def test_an_unpacked_layer_is_a_plain_linear():
 
 
 def test_bucket_rows_rounds_up_to_few_shapes():
-    from cenote.models.layers import bucket_rows
+    from cenote.models.batch import bucket_rows
 
     assert [bucket_rows(n) for n in (1, 16, 17, 100, 512, 513, 8000)] == \
         [16, 16, 32, 112, 512, 544, 8192]
@@ -112,7 +112,7 @@ def test_bucket_rows_rounds_up_to_few_shapes():
 
 
 def test_filler_rows_stay_out_of_the_tokens():
-    from cenote.models.layers import PackedBatch
+    from cenote.models.batch import PackedBatch
 
     for lens in ([3, 5, 2], [4, 4]):  # padded and unpadded attention layouts
         ids = [[i + 1] * n for i, n in enumerate(lens)]

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cenote import LLM
+from cenote.models.batch import PackedBatch
 from cenote.models.kernels import native_attention
-from cenote.models.layers import PackedBatch
 
 TEXTS = ["hello world", "a somewhat longer sentence about search engines and ranking", "x",
          "the quick brown fox jumps over the lazy dog " * 3]

@@ -1,26 +1,22 @@
 """The synchronous core shared by the offline ``LLM`` and the server's async engine:
-validate a request, tokenise it, schedule its batches and run them."""
+validate a request, turn it into input records, run their batches, and assemble the
+outputs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from cenote.config import ModelConfig
-from cenote.engine.runner import ModelRunner, SequenceInput
+from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
-from cenote.engine.tokenizer import Prompt, TokenizedPrompt, Tokenizer
-from cenote.outputs import PoolingOutput, PoolingRequestOutput, ScoringRequestOutput
+from cenote.engine.scoring import ScoreJob, score_texts
+from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt
+from cenote.inputs.tokenizer import Tokenizer
+from cenote.outputs import PoolingOutput, PoolingRequestOutput
 from cenote.params import PoolingParams
-
-API_NAMES = {
-    "encode": ("Pooling API", "reward"),
-    "embed": ("Embedding API", "embed"),
-    "classify": ("Classification API", "classify"),
-    "score": ("Score API", "score"),
-}
+from cenote.tasks import pooling_task as task_named
 
 
 class UnsupportedTaskError(ValueError):
@@ -33,21 +29,19 @@ class PoolingEngine:
         self.tokenizer = Tokenizer(config.tokenizer_path or config.path, config.max_model_len,
                                    config.trust_remote_code,
                                    getattr(config.hf_config, "vocab_size", None))
-        self.runner = ModelRunner(config)
-        self.pooler = self.runner.pooler
+        self.runner = ModelRunner(config, self.tokenizer.vocab_ids)
+        self.policy = self.runner.policy
 
     def check_task(self, pooling_task: str) -> None:
         if pooling_task in self.config.supported_pooling_tasks:
             return
-        if pooling_task not in API_NAMES:
-            raise ValueError(f"Unknown pooling task {pooling_task!r}; the pooling tasks are "
-                             f"{', '.join(API_NAMES)}.")
+        task = task_named(pooling_task)
         if pooling_task == "score" and self.config.task == "classify":
             raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
-        api, task = API_NAMES[pooling_task]
         raise UnsupportedTaskError(
-            f"{api} is not supported by this model (its task is {self.config.task!r}). "
-            f"Try converting the model using `--task {task}` (task={task!r} offline)."
+            f"{task.api} is not supported by this model (its task is {self.config.task!r}). "
+            f"Try converting the model using `--task {task.model_task}` "
+            f"(task={task.model_task!r} offline)."
         )
 
     def resolve_params(
@@ -75,7 +69,7 @@ class PoolingEngine:
         resolved: dict[int, PoolingParams] = {}  # one resolution per distinct object
         for p in params:
             if id(p) not in resolved:
-                resolved[id(p)] = self.pooler.resolve_params(pooling_task, p)
+                resolved[id(p)] = self.policy.resolve_params(pooling_task, p)
         return [resolved[id(p)] for p in params]
 
     def prepare(
@@ -127,6 +121,23 @@ class PoolingEngine:
                 out[i] = tok
         return out
 
+    def prepare_score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        params: PoolingParams | Sequence[PoolingParams] | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> ScoreJob:
+        """What scoring ``pairs`` runs: each pair through a cross-encoder, or every
+        distinct text through an embedding model (scored by cosine)."""
+        if self.config.task == "classify":
+            return ScoreJob(pairs, self.prepare_pairs(pairs, params, truncate_prompt_tokens),
+                            "score")
+        # Embedding models score by cosine; any other task (reward) has no Score API.
+        self.check_task("embed" if self.config.task == "embed" else "score")
+        texts = score_texts(pairs)
+        return ScoreJob(pairs, self.prepare(texts, "embed", params, truncate_prompt_tokens),
+                        "embed", texts)
+
     def run(
         self,
         seqs: Sequence[SequenceInput],
@@ -135,7 +146,7 @@ class PoolingEngine:
     ) -> list[torch.Tensor]:
         """Run prompts in length-sorted, token-budgeted batches; outputs in input order."""
         out: list[torch.Tensor | None] = [None] * len(seqs)
-        lengths = [len(s.token_ids) for s in seqs]
+        lengths = [s.cost for s in seqs]
         for batch in schedule_batches(lengths, self.config.max_num_batched_tokens):
             results = self.runner.execute([seqs[i] for i in batch], pooling_task)
             for i, result in zip(batch, results, strict=True):
@@ -145,26 +156,9 @@ class PoolingEngine:
         return out
 
 
-def score_texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
-    """The distinct texts of ``pairs``, each embedded once for cosine scoring."""
-    return list(dict.fromkeys(t for pair in pairs for t in pair))
 
-
-def cosine_scores(
-    pairs: Sequence[tuple[str, str]],
-    texts: list[str],
-    seqs: Sequence[SequenceInput],
-    vectors: Sequence[torch.Tensor],
-    request_ids: Callable[[int], str],
-) -> list[ScoringRequestOutput]:
-    """Score each pair by the cosine similarity of its two embeddings."""
-    index = {t: i for i, t in enumerate(texts)}
-    outputs = []
-    for k, (a, b) in enumerate(pairs):
-        ia, ib = index[a], index[b]
-        # Clamped: rounding can put parallel vectors at 1.0000002.
-        score = F.cosine_similarity(vectors[ia], vectors[ib], dim=0).clamp(-1.0, 1.0)
-        base = PoolingRequestOutput(request_ids(k), PoolingOutput(score),
-                                    seqs[ia].token_ids + seqs[ib].token_ids)
-        outputs.append(ScoringRequestOutput.from_base(base))
-    return outputs
+def request_outputs(seqs: Sequence[SequenceInput], data: Sequence[torch.Tensor],
+                    request_id: Callable[[int], str]) -> list[PoolingRequestOutput]:
+    """One output per input record; ``request_id(k)`` names the k-th."""
+    return [PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids)
+            for k, (s, d) in enumerate(zip(seqs, data, strict=True))]

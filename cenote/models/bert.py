@@ -12,11 +12,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from cenote.config import position_offset
+from cenote.config.hf import position_offset
+from cenote.models.batch import PackedBatch
+from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import (
     LayerNorm,
     Linear,
-    PackedBatch,
     packed_qkv_attention,
     pooled_query_attention,
 )
@@ -133,7 +134,7 @@ _IGNORED = re.compile(r"(^|\.)position_ids$|^(cls|lm_head)\.")
 _PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
 
 
-class BertFamilyModel(nn.Module):
+class BertFamilyModel(PoolingModel):
     """An encoder of the BERT family; ``classifier`` is set for sequence classifiers.
 
     With ``batch.pooled`` set, the last layer runs for the pooled rows only and the
@@ -152,9 +153,7 @@ class BertFamilyModel(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         heads = config.num_attention_heads
-        # (heads, kv_heads, head_dim, causal): what the load-time attention check runs.
-        self.attention_shape = (heads, heads, config.hidden_size // heads, False)
-        self.classifier: nn.Module | None = None
+        self.attention_shape = AttentionShape(heads, heads, config.hidden_size // heads, False)
         if task == "classify":
             if config.model_type == "bert":
                 self.classifier = BertClassifierHead(config)

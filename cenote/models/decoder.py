@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cenote.config import architecture_of, rope_settings
+from cenote.config.hf import architecture_of, rope_settings
+from cenote.models.batch import PackedBatch
+from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.kernels import rowwise_for
-from cenote.models.layers import Linear, PackedBatch, fp32_copies, packed_attention
+from cenote.models.layers import Linear, fp32_copies, packed_attention
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 _ACTIVATIONS = {
@@ -259,7 +261,7 @@ _FUSED = {
 _IGNORED = re.compile(r"^lm_head\.|rotary_emb\.inv_freq$")
 
 
-class DecoderModel(nn.Module):
+class DecoderModel(PoolingModel):
     """A Qwen2/Qwen3/Llama/Mistral decoder turned into a pooling model for ``task``.
 
     With ``batch.pooled`` set, the last layer runs for the pooled rows only (as in
@@ -267,6 +269,7 @@ class DecoderModel(nn.Module):
     """
 
     computes_pooled_rows_only = True
+    builds_head_from_tokens = True
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()
@@ -277,17 +280,15 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(args, window) for window in args.sliding_windows)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.rotary = RotaryEmbedding(config, args.head_dim)
-        self.attention_shape = (args.num_heads, args.num_kv_heads, args.head_dim, True)
-        self.classifier: nn.Module | None = None
-        self.token_head: nn.Module | None = None
-        # transformers' *ForSequenceClassification scores the last token that is not the
-        # pad token (often EOS, which chat prompts end with): see ModelRunner.
-        self.classify_pad_token_id: int | None = None
+        self.attention_shape = AttentionShape(args.num_heads, args.num_kv_heads, args.head_dim,
+                                              True)
         # The method and token ids when the head is built from LM-head rows (vLLM's
         # classifier_from_token; see use_head_from_tokens).
         self.head_from_tokens: tuple[str, list[int]] | None = None
         if task == "classify":
             self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
+            # transformers' *ForSequenceClassification scores the last token that is not
+            # the pad token (often EOS, which chat prompts end with): see ModelRunner.
             self.classify_pad_token_id = getattr(config, "pad_token_id", None)
         elif task == "reward" and self.architecture.endswith(("ForRewardModel",
                                                               "ForProcessRewardModel")):

@@ -16,7 +16,8 @@ import logging
 import torch
 from torch import nn
 
-from cenote.models.layers import PackedBatch
+from cenote.models.batch import PackedBatch
+from cenote.models.interface import PoolingModel
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _embedding_class(hf_config):
     return transformers.AutoModel
 
 
-class TransformersFallbackModel(nn.Module):
+class TransformersFallbackModel(PoolingModel):
     def __init__(self, config, classify: bool) -> None:
         super().__init__()
         from transformers import AutoModelForSequenceClassification

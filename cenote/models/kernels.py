@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cenote.machine import cpu_flags
+
 if TYPE_CHECKING:
-    from cenote.models.layers import PackedBatch
+    from cenote.models.batch import PackedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +59,6 @@ def cache_dir() -> Path:
     except RuntimeError:  # no home directory to be found
         base = tempfile.gettempdir()
     return Path(base) / "cenote"
-
-
-def cpu_flags() -> str:
-    """The CPU feature flags of /proc/cpuinfo (space-separated; empty where unreadable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def _openmp_runtimes() -> set[str]:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from cenote.config import (
-    BERT_FAMILY,
-    ModelConfig,
-    classifier_from_token,
-    is_st_cross_encoder,
-    read_json,
-)
+from cenote.config import ModelConfig
+from cenote.config.hf import BERT_FAMILY, classifier_from_token
+from cenote.config.hub import read_json
+from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
+from cenote.models.interface import PoolingModel
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import pack_linears, settle_cpu_attention
-from cenote.models.loading import iter_checkpoint
-from cenote.pooling import Pooler
+from cenote.models.loading import iter_checkpoint, load_state_dict
+from cenote.pooling.heads import DenseLayers, resolve_torch_activation
+from cenote.pooling.policy import PoolingPolicy
+from cenote.pooling.pooler import Pooler
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def runs_its_own_code(config: ModelConfig) -> bool:
             and not hasattr(transformers, architecture))
 
 
-def native_model_class(model_type: str) -> type[nn.Module] | None:
+def native_model_class(model_type: str) -> type[PoolingModel] | None:
     target = NATIVE_MODEL_TYPES.get(model_type)
     if target is None:
         return None
@@ -54,8 +56,6 @@ def native_model_class(model_type: str) -> type[nn.Module] | None:
 
 def classifier_activation(config: ModelConfig) -> nn.Module | None:
     """A Sentence-Transformers CrossEncoder's configured activation, if any."""
-    from cenote.pooling import _resolve_torch_activation
-
     path = None
     if is_st_cross_encoder(config.path):  # Sentence-Transformers >= 5 saves it here, and
         # reads it from here before config.json (which may keep an older value).
@@ -66,33 +66,39 @@ def classifier_activation(config: ModelConfig) -> nn.Module | None:
     if not path:
         return None
     try:
-        return _resolve_torch_activation(path)
+        return resolve_torch_activation(path)
     except (ValueError, ImportError, AttributeError):
         logger.warning("Ignoring the CrossEncoder activation %r; using the default.", path)
         return None
 
 
-def token_ids_of(config: ModelConfig, tokens: list[str]) -> list[int]:
-    """The vocabulary ids of ``tokens`` (each must be one token of the model's tokenizer)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.path,
-                                              trust_remote_code=config.trust_remote_code)
-    vocab = tokenizer.get_vocab()
-    unknown = [t for t in tokens if t not in vocab]
-    if unknown:
-        raise ValueError(f"classifier_from_token {unknown!r} {'is' if len(unknown) == 1 else 'are'}"
-                         " not in the tokenizer's vocabulary; give tokens as the tokenizer "
-                         "spells them.")
-    return [vocab[t] for t in tokens]
+def load_dense_layers(configs: list[DenseLayerConfig]) -> DenseLayers:
+    """The Sentence-Transformers ``Dense`` modules after pooling, with their weights."""
+    dense = DenseLayers(configs)
+    for linear, cfg in zip(dense.linears, configs, strict=True):
+        state = load_state_dict(cfg.path)
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()},
+                               strict=True)
+    return dense
 
 
-def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
-    """Build the model for ``config``, load its weights, and build its pooler."""
+@dataclass
+class LoadedModel:
+    """A model with its weights, its pooler and the policy requests are resolved by."""
+
+    model: PoolingModel
+    pooler: Pooler
+    policy: PoolingPolicy
+
+
+def load_model(config: ModelConfig,
+               vocab_ids: Callable[[list[str]], list[int]]) -> LoadedModel:
+    """Build the model for ``config``, load its weights and heads, and build its pooler.
+    ``vocab_ids``: the tokenizer's ids of tokens, for heads built from LM-head rows."""
     classify = config.task == "classify"
     cls = None if runs_its_own_code(config) else native_model_class(config.model_type)
     head_from_tokens = classifier_from_token(config.hf_config) if classify else None
-    if head_from_tokens is not None and not hasattr(cls, "use_head_from_tokens"):
+    if head_from_tokens is not None and not (cls is not None and cls.builds_head_from_tokens):
         raise ValueError(f"classifier_from_token is not supported for {config.architecture}; "
                          "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
                          "Mistral).")
@@ -106,23 +112,31 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
         model = cls(config.hf_config, task=config.task)
         if head_from_tokens is not None:
             method, tokens = head_from_tokens
-            model.use_head_from_tokens(method, token_ids_of(config, tokens))
+            model.use_head_from_tokens(method, vocab_ids(tokens))
         try:
             model.load_weights(iter_checkpoint(config.path))
         except Exception as exc:  # safetensors, pickle and name/shape errors alike
             raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
     model = model.to(device=config.device, dtype=config.dtype).eval()
     pack_linears(model)
-    if cls is not None and config.device.type == "cpu":
+    if model.attention_shape is not None and config.device.type == "cpu":
         native_attention()  # built (or loaded from its cache) now, not on the first request
         native_rowwise()
-        settle_cpu_attention(*model.attention_shape[:3], config.dtype,
-                             causal=model.attention_shape[3])
+        shape = model.attention_shape
+        settle_cpu_attention(shape.num_heads, shape.num_kv_heads, shape.head_dim, config.dtype,
+                             causal=shape.causal)
+    st = config.st_config
+    dense = load_dense_layers(st.dense_layers) if st and st.dense_layers else None
+    token_head = model.token_head
+    width = (getattr(token_head, "out_features", None) if token_head is not None
+             else getattr(config.hf_config, "hidden_size", None))
+    policy = PoolingPolicy(config, output_width=width)
     pooler = Pooler(
-        config,
-        classifier=getattr(model, "classifier", None),
-        token_head=getattr(model, "token_head", None),
-        classifier_activation=classifier_activation(config) if classify else None,
+        policy,
+        dense=dense,
+        classifier=model.classifier,
+        token_head=token_head,
+        score_activation=classifier_activation(config) if classify else None,
     )
     pooler = pooler.to(device=config.device).eval()
     # Heads are tiny next to the body; running them in fp32 keeps low-precision
@@ -130,4 +144,4 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, Pooler]:
     for head in (pooler.dense, pooler.classifier, pooler.token_head):
         if head is not None:
             head.to(torch.float32)
-    return model, pooler
+    return LoadedModel(model, pooler, policy)

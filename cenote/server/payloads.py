@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from cenote.engine.tokenizer import Prompt
+from cenote.inputs.prompts import Prompt
 
 # Responses with more items than this are built and serialised on a thread:
 # turning thousands of vectors into JSON takes long enough to stall every other

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from cenote.engine.tokenizer import Prompt
+from cenote.inputs.prompts import Prompt
 from cenote.params import PoolingParams
 from cenote.server.context import ServerContext, get_context
 from cenote.server.payloads import float_payload, prompts_from_input, render

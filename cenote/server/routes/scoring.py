@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from cenote.llm import make_score_pairs
+from cenote.inputs.prompts import make_score_pairs
 from cenote.server.context import ServerContext, get_context
 from cenote.server.payloads import render
 from cenote.server.protocol import (

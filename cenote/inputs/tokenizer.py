@@ -1,61 +1,16 @@
-"""Prompt parsing, validation and fast batched tokenisation."""
+"""Tokenising prompts and text pairs: validation, truncation, the length limit, and fast
+batched encodes on the Rust backend."""
 
 from __future__ import annotations
 
 import numbers
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cenote.config import TOKENIZER_FILES, has_tokenizer_files
-
-
-@dataclass
-class TokenizedPrompt:
-    token_ids: list[int]
-    token_type_ids: list[int] | None = None
-
-
-Prompt = str | dict[str, Any]
-
-
-def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    """A single prompt or a list of prompts, as a list; bad types raise ``TypeError``.
-    vLLM's text prompt ``{"prompt": "..."}`` becomes its string."""
-    if isinstance(prompts, (str, dict)):
-        prompts = [prompts]
-    elif not isinstance(prompts, (list, tuple)):
-        raise TypeError(
-            "prompts must be a string, a {'prompt_token_ids': [...]} dict, or a list of those; "
-            f"got {type(prompts).__name__}."
-        )
-    out: list[Prompt] = []
-    for i, prompt in enumerate(prompts):
-        if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(
-                prompt.get("prompt"), str):
-            prompt = prompt["prompt"]
-        if not (isinstance(prompt, str)
-                or isinstance(prompt, dict) and "prompt_token_ids" in prompt):
-            raise TypeError(
-                f"Prompt {i} is a {type(prompt).__name__}; expected a string, a "
-                "{'prompt_token_ids': [...]} dict or a {'prompt': '...'} dict."
-            )
-        out.append(prompt)
-    return out
-
-
-def check_unicode(text: str, what: str) -> None:
-    """``ValueError`` when ``text`` holds a lone surrogate (JSON's ``"\\ud800"`` can
-    carry one): it is not valid Unicode, and tokenizers cannot encode it."""
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode: it holds a lone surrogate at "
-                         f"character {exc.start}.") from None
+from cenote.config.hub import TOKENIZER_FILES, has_tokenizer_files
+from cenote.inputs.prompts import Prompt, TokenizedPrompt, check_unicode
 
 
 class ContextLengthError(ValueError):
@@ -232,6 +187,16 @@ class Tokenizer:
                 self._truncating_backend = type(self.backend).from_str(self.backend.to_str())
             self._truncating_backend.enable_truncation(keep, direction="left")
             return _encode_batch(self._truncating_backend, inputs, add_special_tokens)
+
+    def vocab_ids(self, tokens: list[str]) -> list[int]:
+        """The vocabulary ids of ``tokens`` (each must be one token of the vocabulary)."""
+        vocab = self.hf.get_vocab()
+        unknown = [t for t in tokens if t not in vocab]
+        if unknown:
+            raise ValueError(f"classifier_from_token {unknown!r} "
+                             f"{'is' if len(unknown) == 1 else 'are'} not in the tokenizer's "
+                             "vocabulary; give tokens as the tokenizer spells them.")
+        return [vocab[t] for t in tokens]
 
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids)

@@ -1,0 +1,1 @@
+"""Compatibility with other engines' APIs: their aliases, ignored options and refusals."""

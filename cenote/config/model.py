@@ -1,0 +1,242 @@
+"""A model as loaded: everything decided once, before its weights are read (where its
+files are, which task it serves, its dtype, device and maximum length)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cenote.config.hf import (
+    BERT_FAMILY,
+    apply_hf_overrides,
+    architecture_of,
+    check_classifier_from_token,
+    classifier_from_token,
+    derive_max_model_len,
+    set_reward_head_labels,
+)
+from cenote.config.hub import ModelNotFoundError, resolve_model_path
+from cenote.config.pooler import PoolerConfig, TaskPooler, task_pooler
+from cenote.config.sentence_transformers import (
+    SentenceTransformersConfig,
+    read_sentence_transformers_config,
+)
+from cenote.machine import cpu_has_native_bf16
+from cenote.tasks import MODEL_TASKS, supported_pooling_tasks
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available.")
+    if dev.type not in {"cpu", "cuda"}:
+        raise ValueError(f"Unsupported device {str(device)!r}; use auto, cpu or cuda[:N].")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, hf_config: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(
+                f"Unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16."
+            )
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        saved = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+        if isinstance(saved, str):
+            saved = _DTYPES.get(saved)
+        return saved if saved in (torch.float16, torch.bfloat16) else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_encoder: bool,
+                 pooling_runner: bool = False) -> str:
+    """Map ``--task`` (or ``auto``) to one of embed, classify, reward. ``pooling_runner``
+    (vLLM's ``runner="pooling"``): a generative checkpoint becomes an embedder, as there."""
+    if task not in MODEL_TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(MODEL_TASKS)}.")
+    if task == "score":
+        return "classify" if is_cross_encoder else "embed"
+    if task != "auto":
+        return task
+    if has_st_config:
+        return "embed"
+    if architecture.endswith("ForSequenceClassification"):
+        return "classify"
+    if architecture.endswith("RewardModel"):
+        return "reward"
+    if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
+        if pooling_runner:
+            return "embed"
+        raise ValueError(
+            f"{architecture} is a generative model; pass task='embed', 'classify' or 'reward' "
+            "(--task on the command line) to convert it into a pooling model."
+        )
+    return "embed"
+
+
+@dataclass
+class ModelConfig:
+    """Everything decided about a model before its weights are loaded."""
+
+    model: str
+    path: Path
+    hf_config: Any
+    architecture: str
+    task: str
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    max_num_batched_tokens: int
+    st_config: SentenceTransformersConfig | None
+    override_pooler_config: PoolerConfig | None
+    trust_remote_code: bool = False
+    # The name messages give the model: the server's first --served-model-name.
+    served_model_name: str | None = None
+    # Where the tokenizer is read from, when not from the model's folder (vLLM's tokenizer=).
+    tokenizer_path: Path | None = None
+
+    @classmethod
+    def from_args(
+        cls,
+        model: str | os.PathLike | None = None,
+        task: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_model_len: int | None = None,
+        device: str = "auto",
+        override_pooler_config: PoolerConfig | dict | str | None = None,
+        hf_overrides: dict[str, Any] | None = None,
+        max_num_batched_tokens: int | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        tokenizer: str | os.PathLike | None = None,
+        runner: str = "auto",
+    ) -> ModelConfig:
+        from transformers import AutoConfig
+
+        path = resolve_model_path(model, revision)
+        tokenizer_path = (resolve_model_path(tokenizer, tokenizer_only=True)
+                          if tokenizer is not None else None)
+        name = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
+        try:
+            hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise ModelNotFoundError(
+                f"Could not read the model config in {str(path)!r}: {exc}"
+            ) from exc
+        if isinstance(hf_overrides, str):  # JSON, as --hf-overrides takes it
+            hf_overrides = json.loads(hf_overrides)
+        if hf_overrides is not None and not isinstance(hf_overrides, dict):
+            raise ValueError(f"hf_overrides must be a dict (or its JSON), not "
+                             f"{type(hf_overrides).__name__}.")
+        apply_hf_overrides(hf_config, hf_overrides or {})
+        check_classifier_from_token(hf_config)
+        set_reward_head_labels(hf_config, path, hf_overrides or {})
+        dims = getattr(hf_config, "matryoshka_dimensions", None)
+        if dims is not None and (not isinstance(dims, (list, tuple)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+            raise ValueError(f"matryoshka_dimensions must be a list of positive integers, "
+                             f"not {dims!r}.")
+        architecture = architecture_of(hf_config)
+        st_config = read_sentence_transformers_config(path)
+        is_cross_encoder = architecture.endswith("ForSequenceClassification")
+        resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder,
+                                     pooling_runner=runner == "pooling")
+        dev = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, dev, hf_config)
+        limit = derive_max_model_len(hf_config, st_config, max_model_len)
+        budget = max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, limit)
+        if budget < limit:
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
+                "the longest prompt would never fit in a batch."
+            )
+        return cls(
+            model=name,
+            path=path,
+            hf_config=hf_config,
+            architecture=architecture,
+            task=resolved_task,
+            dtype=resolved_dtype,
+            device=dev,
+            max_model_len=limit,
+            max_num_batched_tokens=budget,
+            st_config=st_config,
+            override_pooler_config=PoolerConfig.coerce(override_pooler_config),
+            trust_remote_code=trust_remote_code,
+            tokenizer_path=tokenizer_path,
+        )
+
+    @property
+    def display_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.hf_config, "model_type", "")
+
+    @property
+    def is_bert_family(self) -> bool:
+        return self.model_type in BERT_FAMILY
+
+    @functools.cached_property
+    def pairs_as_one_text(self) -> bool:
+        """Score pairs are tokenised as one text, query then document, instead of as a
+        text pair: vLLM's ``use_pad_token: false``, the default for classifiers built
+        from LM-head rows ("LLM as reranker")."""
+        use_pad_token = getattr(self.hf_config, "use_pad_token", None)
+        if use_pad_token is None:
+            use_pad_token = classifier_from_token(self.hf_config) is None
+        return not use_pad_token
+
+    @property
+    def num_labels(self) -> int:
+        return int(getattr(self.hf_config, "num_labels", 0) or 0)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        raw = getattr(self.hf_config, "id2label", None) or {}
+        return {int(k): str(v) for k, v in raw.items()}
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        dims = getattr(self.hf_config, "matryoshka_dimensions", None)
+        return list(dims) if dims else None
+
+    @property
+    def is_matryoshka(self) -> bool:
+        return bool(getattr(self.hf_config, "is_matryoshka", False)) or bool(
+            self.matryoshka_dimensions
+        )
+
+    @property
+    def supported_pooling_tasks(self) -> tuple[str, ...]:
+        return supported_pooling_tasks(self.task, self.num_labels)
+
+    def task_pooler(self, pooling_task: str) -> TaskPooler:
+        """The default pooler of ``pooling_task`` with every config layer applied."""
+        return task_pooler(self, pooling_task)

@@ -1,0 +1,107 @@
+"""What the front end talks to: an engine that runs input records and answers on the
+event loop. ``InProcessEngineClient`` drives an :class:`EngineCore` in this process;
+an engine in another process would answer to the same interface."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from cenote.engine.core import BatchStats, CoreRequest, EngineCore, Outcome
+from cenote.inputs.prompts import SequenceInput
+
+
+class EngineClient(Protocol):
+    """An engine as the front end sees it."""
+
+    on_batch: Callable[[BatchStats], None] | None
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    @property
+    def is_running(self) -> bool: ...
+
+    @property
+    def num_waiting_seqs(self) -> int: ...
+
+    @property
+    def num_waiting_tokens(self) -> int: ...
+
+    @property
+    def seconds_without_progress(self) -> float: ...
+
+    def check_admission(self, num_tokens: int = 0) -> None: ...
+
+    async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]: ...
+
+
+class InProcessEngineClient:
+    """An :class:`EngineCore` on a thread of this process, answering asyncio futures."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    @property
+    def on_batch(self) -> Callable[[BatchStats], None] | None:
+        return self.core.on_batch
+
+    @on_batch.setter
+    def on_batch(self, observer: Callable[[BatchStats], None] | None) -> None:
+        self.core.on_batch = observer
+
+    def start(self) -> None:
+        self.core.start()
+
+    def shutdown(self) -> None:
+        self.core.shutdown()
+
+    @property
+    def is_running(self) -> bool:
+        return self.core.is_running
+
+    @property
+    def num_waiting_seqs(self) -> int:
+        return self.core.num_waiting_seqs
+
+    @property
+    def num_waiting_tokens(self) -> int:
+        return self.core.num_waiting_tokens
+
+    @property
+    def seconds_without_progress(self) -> float:
+        return self.core.seconds_without_progress
+
+    def check_admission(self, num_tokens: int = 0) -> None:
+        self.core.check_admission(num_tokens)
+
+    async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
+        """Queue the records and wait for their outputs (input order). If the caller is
+        cancelled (timeout, client gone), the records not yet run leave the queue."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def on_done(outcome: Outcome) -> None:  # on the model thread
+            loop.call_soon_threadsafe(_settle, future, outcome)
+
+        request = CoreRequest(seqs, on_done)
+        self.core.submit(request, pooling_task)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.core.withdraw(request)
+            raise
+
+
+def _settle(future: asyncio.Future, outcome: Outcome) -> None:
+    # The awaiting side may have been cancelled (timeout, disconnect) meanwhile.
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,323 @@
+"""The engine core: the batch loop on the model thread.
+
+Requests' input records wait in a :class:`~cenote.engine.request_queue.RequestQueue`,
+which packs records from all clients into shared token-budget batches; the loop runs
+each batch through the runner and hands every request its outputs, in input order,
+through the callback it came with. A batch that fails is retried member by member so
+that only the inputs that fail alone fail their requests. Admission control and the
+health figures (``seconds_without_progress``) live here, beside the queue they read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from cenote.engine.memory import HeapTrimmer
+from cenote.engine.model_thread import ModelThread
+from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
+from cenote.engine.runner import ModelRunner
+from cenote.inputs.prompts import SequenceInput
+
+logger = logging.getLogger(__name__)
+
+Outcome = list[torch.Tensor] | BaseException
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is shutting down or its worker has died; no new work is taken."""
+
+
+class BatchFailedError(RuntimeError):
+    """The model raised on one of this request's inputs, even when it ran alone."""
+
+
+class QueueFullError(RuntimeError):
+    """The queue already holds more tokens than the engine admits; come back later.
+
+    ``retry_after_s`` estimates when the queue will have room, from the recent
+    token throughput.
+    """
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class BatchStats:
+    """What one executed batch did; handed to the engine's ``on_batch`` observer."""
+
+    pooling_task: str
+    num_seqs: int
+    num_tokens: int
+    seconds: float
+    num_requests: int
+
+
+
+@dataclass(eq=False)
+class CoreRequest:
+    """A request in the core: its records, its results so far, and where its outcome
+    goes (``on_done`` is called once, on the model thread)."""
+
+    seqs: list[SequenceInput]
+    on_done: Callable[[Outcome], None]
+    results: list[torch.Tensor | None] = field(init=False)
+    remaining: int = field(init=False)
+    lane: Lane | None = None
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.seqs)
+        self.remaining = len(self.seqs)
+
+
+class EngineCore:
+    """The batch loop over one model, run on its :class:`ModelThread`.
+
+    ``start()`` launches the loop; ``shutdown()`` stops it and fails whatever still
+    waits with :class:`EngineStoppedError`.
+
+    Admission control refuses a request with :class:`QueueFullError` when it
+    arrives while the queue holds more than ``max_queued_tokens`` tokens, or,
+    for a request bigger than one batch, while the work queued ahead of it
+    would take more than ``max_queue_seconds`` at the recent throughput. Small
+    requests jump ahead of the backlog, so only big ones would wait that long
+    (and time out) on a slow or overloaded machine. A request is always
+    admitted into a queue below both limits, however big it is.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        model_thread: ModelThread,
+        max_num_batched_tokens: int,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        max_queued_tokens: int | None = None,
+        max_queue_seconds: float | None = None,
+    ) -> None:
+        self.runner = runner
+        self.on_batch = on_batch
+        self.max_queued_tokens = max_queued_tokens
+        self.max_queue_seconds = max_queue_seconds
+        self._model_thread = model_thread
+        self._heap = HeapTrimmer()  # keeps a long-running server's RSS from creeping up
+        self._queue: RequestQueue[CoreRequest] = RequestQueue(max_num_batched_tokens)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._worker: Future[None] | None = None
+        # Progress of the worker, for /health: a stuck model must not look healthy.
+        self._idle = True
+        self._last_progress = time.monotonic()
+        # Recent throughput, for admission control and Retry-After: decaying sums of the
+        # tokens run and the busy wall time it took, from one batch's end to the next
+        # (so time lost between batches to a contended CPU or GIL counts too; a ratio
+        # of sums, so that many tiny batches do not make the rate look like theirs).
+        self._recent_tokens = 0.0
+        self._recent_seconds = 0.0
+        self._rate_clock = time.monotonic()
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop that picks and runs batches, on the model thread."""
+        if self._worker is not None:
+            raise RuntimeError("The engine is already started.")
+        self._worker = self._model_thread.submit(self._work)
+
+    def shutdown(self) -> None:
+        """Stop after the current batch; fail everything still queued."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.exception()  # waits for the loop to end (a crash was logged)
+        self._model_thread.close()
+
+    @property
+    def is_running(self) -> bool:
+        """True while the batch loop is alive and taking work."""
+        return self._worker is not None and not self._worker.done() and not self._stopping
+
+    @property
+    def num_waiting_seqs(self) -> int:
+        """Sequences queued and not yet in a batch."""
+        return self._queue.num_waiting_seqs
+
+    @property
+    def num_waiting_tokens(self) -> int:
+        """Tokens queued and not yet in a batch."""
+        return self._queue.num_waiting_tokens
+
+    @property
+    def seconds_without_progress(self) -> float:
+        """How long the worker has been busy without starting or finishing a batch.
+
+        0 while it waits for work. A value that keeps growing means the model
+        hangs (or the worker is stuck), even though the worker thread is alive.
+        """
+        if self._idle:
+            return 0.0
+        return time.monotonic() - self._last_progress
+
+    # ---- requests --------------------------------------------------------
+
+    def submit(self, request: CoreRequest, pooling_task: str) -> None:
+        """Queue ``request``'s records; raises :class:`EngineStoppedError` or
+        :class:`QueueFullError` instead of queueing."""
+        with self._cond:
+            if not self.is_running:
+                raise EngineStoppedError("The engine is not running.")
+            # Checked again: the queue may have filled while this request was tokenised.
+            self.check_admission(sum(s.cost for s in request.seqs))
+            request.lane = self._queue.add(request, pooling_task,
+                                           [s.cost for s in request.seqs])
+            self._cond.notify()
+
+    def withdraw(self, request: CoreRequest) -> None:
+        """Drop the request's records that have not run yet (its caller went away)."""
+        with self._cond:
+            self._queue.remove(request.lane)
+
+    def check_admission(self, num_tokens: int = 0) -> None:
+        """Refuse new work while the queue is full (see the class docstring).
+
+        ``num_tokens``: the request's own tokens, once it is tokenised.
+        """
+        waiting = self._queue.num_waiting_tokens
+        rate = self._recent_tokens / self._recent_seconds if self._recent_seconds else 0.0
+        if self.max_queued_tokens is not None and waiting > self.max_queued_tokens:
+            reason = (f"{waiting} tokens are queued, more than the {self.max_queued_tokens} "
+                      "it admits")
+        elif (self.max_queue_seconds is not None and rate
+              and num_tokens > self._queue.max_num_batched_tokens
+              and waiting / rate > self.max_queue_seconds):
+            reason = (f"the work queued ahead of this request takes about {waiting / rate:.0f} s,"
+                      f" more than the {self.max_queue_seconds:g} s it admits for requests "
+                      "bigger than one batch")
+        else:
+            return
+        retry_after = 1 if not rate else min(60, max(1, math.ceil(waiting / rate)))
+        raise QueueFullError(f"The server is busy: {reason}. Retry after {retry_after} s.",
+                             retry_after)
+
+    # ---- worker ----------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            self._batch_loop()
+        except BaseException:
+            # Unreachable unless cenote has a bug; /health turns 503 and nobody hangs.
+            logger.exception("The engine's batch loop died")
+            with self._cond:
+                self._fail_waiting(EngineStoppedError("The engine stopped on an internal error."))
+            raise
+
+    def _batch_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not len(self._queue):
+                    self._idle = True
+                    self._cond.wait()
+                self._last_progress = time.monotonic()
+                if self._idle:  # busy time starts now, for the throughput estimate
+                    self._idle = False
+                    self._rate_clock = self._last_progress
+                if self._stopping:
+                    self._fail_waiting(EngineStoppedError("The engine is shutting down."))
+                    return
+                batch = self._queue.next_batch()
+            if batch is not None and batch.members:
+                self._execute(batch)
+                self._heap.maybe_trim()
+
+    def _execute(self, batch: ScheduledBatch[CoreRequest]) -> None:
+        started = time.perf_counter()
+        outputs = self._run_isolating_failures(batch)
+        requests = {lane.owner: None for lane, _ in batch.members}
+        # The first input of each request that failed even when run alone.
+        failed: dict[CoreRequest, int] = {}
+        for (lane, index), output in zip(batch.members, outputs, strict=True):
+            if output is None:
+                failed.setdefault(lane.owner, index)
+                continue
+            lane.owner.results[index] = output
+            lane.owner.remaining -= 1
+        self._last_progress = time.monotonic()
+        if failed:
+            self._fail_requests(failed)
+        for request in requests:
+            if request.remaining == 0 and request not in failed:
+                request.on_done(request.results)
+        seconds = time.perf_counter() - started
+        busy_until, self._rate_clock = self._rate_clock, time.monotonic()
+        self._recent_tokens = 0.95 * self._recent_tokens + batch.num_tokens
+        self._recent_seconds = 0.95 * self._recent_seconds + self._rate_clock - busy_until
+        if self.on_batch is not None:
+            stats = BatchStats(batch.pooling_task, len(outputs), batch.num_tokens, seconds,
+                               len(requests))
+            try:
+                self.on_batch(stats)
+            except Exception:  # metrics must never take the worker down
+                logger.exception("The batch observer failed")
+
+    def _run_isolating_failures(
+        self, batch: ScheduledBatch[CoreRequest]
+    ) -> list[torch.Tensor | None]:
+        """The batch's outputs in member order; ``None`` where an input made the model fail.
+
+        When the batch as a whole raises (one poisonous input, out of memory),
+        each member runs again alone, so only the inputs that fail by themselves
+        fail their requests and every other request in the batch still succeeds.
+        """
+        seqs = [lane.owner.seqs[i] for lane, i in batch.members]
+        try:
+            outputs = self.runner.execute(seqs, batch.pooling_task)
+            if len(outputs) != len(seqs):
+                raise RuntimeError(f"{len(outputs)} outputs for {len(seqs)} sequences")
+            return list(outputs)
+        except Exception:  # a bad batch must never take the worker down
+            if len(seqs) == 1:
+                logger.exception("The model failed on a sequence of %d tokens",
+                                 seqs[0].cost)
+                return [None]
+            logger.exception("A batch of %d sequences failed; running each alone", len(seqs))
+        outputs: list[torch.Tensor | None] = []
+        failed: set[CoreRequest] = set()
+        for (lane, _), seq in zip(batch.members, seqs, strict=True):
+            if lane.owner in failed:  # its request has failed already: spare the model
+                outputs.append(None)
+                continue
+            try:
+                (output,) = self.runner.execute([seq], batch.pooling_task)
+            except Exception as exc:
+                logger.error("The model failed on a sequence of %d tokens alone: %s: %s",
+                             seq.cost, type(exc).__name__, exc)
+                failed.add(lane.owner)
+                output = None
+            self._last_progress = time.monotonic()
+            outputs.append(output)
+        return outputs
+
+    def _fail_requests(self, failed: dict[CoreRequest, int]) -> None:
+        """Fail each request (the value: the index of its input that failed)."""
+        with self._cond:
+            for request in failed:
+                self._queue.remove(request.lane)
+        for request, index in failed.items():
+            # The model's own message may hold internals; the client gets a plain one.
+            request.on_done(BatchFailedError(
+                f"The model failed on input {index} of this request."))
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        # Called with the lock held, on shutdown.
+        for request in self._queue.clear():
+            request.on_done(exc)

@@ -1,0 +1,109 @@
+"""Input records: prompts as users give them, checked and turned into typed records
+that the engine schedules (a record's ``cost`` is what it takes of a batch's budget)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cenote.params import PoolingParams
+
+Prompt = str | dict[str, Any]
+
+
+def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """A single prompt or a list of prompts, as a list; bad types raise ``TypeError``.
+    vLLM's text prompt ``{"prompt": "..."}`` becomes its string."""
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    elif not isinstance(prompts, (list, tuple)):
+        raise TypeError(
+            "prompts must be a string, a {'prompt_token_ids': [...]} dict, or a list of those; "
+            f"got {type(prompts).__name__}."
+        )
+    out: list[Prompt] = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(
+                prompt.get("prompt"), str):
+            prompt = prompt["prompt"]
+        if not (isinstance(prompt, str)
+                or isinstance(prompt, dict) and "prompt_token_ids" in prompt):
+            raise TypeError(
+                f"Prompt {i} is a {type(prompt).__name__}; expected a string, a "
+                "{'prompt_token_ids': [...]} dict or a {'prompt': '...'} dict."
+            )
+        out.append(prompt)
+    return out
+
+
+def check_unicode(text: str, what: str) -> None:
+    """``ValueError`` when ``text`` holds a lone surrogate (JSON's ``"\\ud800"`` can
+    carry one): it is not valid Unicode, and tokenizers cannot encode it."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode: it holds a lone surrogate at "
+                         f"character {exc.start}.") from None
+
+
+def _score_text(item: object, where: str) -> str:
+    """A score input as text: a string, or vLLM's text prompt ``{"prompt": "..."}``."""
+    if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+        return item["prompt"]
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and "prompt_token_ids" in item:
+        raise TypeError(f"{where}: scoring takes texts (pairs are tokenised together); "
+                        "token-id prompts are not supported here.")
+    raise TypeError(f"{where} must be a string, not {type(item).__name__}.")
+
+
+def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
+                     names: tuple[str, str] = ("text_1", "text_2")) -> list[tuple[str, str]]:
+    """Pairs for 1:1, 1:N (text_1 broadcast) or N:N (zipped) inputs; ``names`` are the
+    two sides' names in error messages."""
+    sides = []
+    for side, name in ((text_1, names[0]), (text_2, names[1])):
+        single = isinstance(side, (str, dict))
+        if not single and not isinstance(side, (list, tuple)):
+            raise TypeError(f"{name} must be a string or a list of strings, not "
+                            f"{type(side).__name__}.")
+        # Named here: the embedding fallback numbers the texts its own way.
+        items = [(name, side)] if single else [(f"{name}[{i}]", s) for i, s in enumerate(side)]
+        sides.append([(where, _score_text(item, where)) for where, item in items])
+    left, right = ([text for _, text in side] for side in sides)
+    if not left or not right:
+        raise ValueError("Score inputs must not be empty.")
+    for side in sides:
+        for where, text in side:
+            if text == "":
+                raise ValueError(f"{where} is an empty string; it has nothing to encode.")
+            check_unicode(text, where)
+    if len(left) == 1:
+        left = left * len(right)
+    if len(left) != len(right):
+        raise ValueError("Input lengths must be either 1:1, 1:N or N:N")
+    return list(zip(left, right, strict=True))
+
+
+@dataclass
+class TokenizedPrompt:
+    token_ids: list[int]
+    token_type_ids: list[int] | None = None
+
+
+@dataclass
+class SequenceInput:
+    """One tokenised prompt with its resolved pooling parameters: a member of a batch."""
+
+    token_ids: list[int]
+    token_type_ids: list[int] | None
+    params: PoolingParams
+
+    @property
+    def cost(self) -> int:
+        """What the sequence takes of a batch's token budget."""
+        return len(self.token_ids)

@@ -1,0 +1,52 @@
+"""What a pooling model declares to the runner and the registry, instead of being probed."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from cenote.models.batch import PackedBatch
+
+
+class AttentionShape(NamedTuple):
+    """The attention a native model runs, for the load-time kernel check."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    causal: bool
+
+
+class PoolingModel(nn.Module):
+    """A model that maps a :class:`PackedBatch` to hidden states ``[rows, hidden]``.
+
+    Subclasses set what they can do; the defaults describe a model that can do none
+    of it.
+    """
+
+    # Whether ``forward`` honours ``batch.pooled``: the last layer then computes only
+    # each sequence's pooled row and the output has the rows of ``batch.pooled_rows``.
+    computes_pooled_rows_only: bool = False
+    # Whether ``use_head_from_tokens`` builds the classifier from LM-head rows
+    # (vLLM's classifier_from_token).
+    builds_head_from_tokens: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The sequence classifier (classify/score) and per-token head (reward models) the
+        # pooler applies, where the task has one.
+        self.classifier: nn.Module | None = None
+        self.token_head: nn.Module | None = None
+        # A classifier that scores the last token that is not this pad token, as
+        # transformers' decoder classifiers do (see ``ModelRunner``); None: the last.
+        self.classify_pad_token_id: int | None = None
+        # Set by native models, whose attention kernels are checked at load.
+        self.attention_shape: AttentionShape | None = None
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot build a head from tokens.")

@@ -1,0 +1,76 @@
+"""Pooling tasks, declared once: what each takes, how it is named, which model serves it.
+
+A *model task* (``--task``: embed, classify, reward; score and auto resolve to one of
+them) says what a loaded model is. A *pooling task* (encode, embed, classify, score)
+is what one request asks of it; each model task serves a few pooling tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# ``--task`` values; score and auto resolve to one of the convertible tasks at load.
+MODEL_TASKS = ("auto", "embed", "classify", "score", "reward")
+# What a checkpoint can be converted into (vLLM's ``convert``).
+CONVERTIBLE_TASKS = ("embed", "classify", "reward")
+
+
+@dataclass(frozen=True)
+class PoolingTask:
+    """One pooling task."""
+
+    name: str
+    # How messages name its API ("Embedding API is not supported by this model...").
+    api: str
+    # The ``--task`` a model needs to serve it.
+    model_task: str
+    # The ``PoolingParams`` fields a request for it may set; anything else is refused.
+    parameters: frozenset[str]
+    # The pooler's defaults before any model or user configuration.
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # Whether it needs one vector per input (CLS, MEAN or LAST pooling).
+    one_row: bool = True
+    # What a too-long input was for, in its error message (as vLLM's server words it).
+    operation: str = "embedding generation"
+
+
+_ALL_PARAMETERS = frozenset({"dimensions", "normalize", "activation", "truncate_prompt_tokens",
+                             "step_tag_id", "returned_token_ids"})
+
+POOLING_TASKS: dict[str, PoolingTask] = {task.name: task for task in (
+    PoolingTask("encode", "Pooling API", "reward", _ALL_PARAMETERS,
+                defaults={"normalize": False, "activation": False}, one_row=False),
+    PoolingTask("embed", "Embedding API", "embed",
+                frozenset({"dimensions", "normalize", "truncate_prompt_tokens"}),
+                defaults={"normalize": True}),
+    PoolingTask("classify", "Classification API", "classify",
+                frozenset({"activation", "truncate_prompt_tokens"}),
+                defaults={"activation": True}, operation="classification"),
+    PoolingTask("score", "Score API", "score",
+                frozenset({"activation", "truncate_prompt_tokens"}),
+                defaults={"activation": True}, operation="score"),
+)}
+
+# The pooling task a model task is loaded for: its ``override_pooler_config`` applies
+# there, and its warm-up runs it.
+OWN_POOLING_TASK = {"embed": "embed", "classify": "classify", "reward": "encode"}
+
+
+def pooling_task(name: str) -> PoolingTask:
+    """The task called ``name``; ``ValueError`` naming the tasks for any other name."""
+    task = POOLING_TASKS.get(name) if isinstance(name, str) else None
+    if task is None:
+        raise ValueError(f"Unknown pooling task {name!r}; the pooling tasks are "
+                         f"{', '.join(POOLING_TASKS)}.")
+    return task
+
+
+def supported_pooling_tasks(model_task: str, num_labels: int) -> tuple[str, ...]:
+    """The pooling tasks a model of ``model_task`` serves (score: cross-encoders with
+    one label; embedding models score by cosine, through embed)."""
+    if model_task == "embed":
+        return ("encode", "embed")
+    if model_task == "classify":
+        return ("encode", "classify", "score") if num_labels == 1 else ("encode", "classify")
+    return ("encode",)
