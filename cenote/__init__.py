@@ -29,8 +29,7 @@ from cenote.outputs import (
     ScoringRequestOutput,
 )
 from cenote.params import PoolingParams
-
-__version__ = "0.1.0"
+from cenote.version import __version__
 
 __all__ = [
     "LLM",

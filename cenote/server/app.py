@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cenote import __version__
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.server.context import ServerContext, ServerLimits
 from cenote.server.errors import error_response, install_error_handlers
 from cenote.server.guard import RequestGuardMiddleware
 from cenote.server.metrics import MetricsMiddleware, ServerMetrics
 from cenote.server.routes import ROUTERS
+from cenote.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cenote import __version__
 from cenote.server.context import ServerContext, get_context
 from cenote.server.errors import ModelNotFoundError, error_response
 from cenote.server.payloads import json_response
@@ -19,6 +18,7 @@ from cenote.server.protocol import (
     TokenizeResponse,
     VersionResponse,
 )
+from cenote.version import __version__
 
 router = APIRouter()
 

@@ -1,0 +1,3 @@
+"""The version of cenote."""
+
+__version__ = "0.1.0"
