@@ -40,12 +40,16 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--st-batch-size", type=int, default=32)
+    parser.add_argument("--st-bf16", choices=["auto", "yes", "no"], default="auto",
+                        help="also time sentence-transformers in bf16; auto: only where the "
+                             "CPU has native bf16 (elsewhere it is emulated, many times slower)")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     from cenote import LLM
     from cenote.config import default_model_path
+    from cenote.machine import cpu_has_native_bf16, cpu_name
 
     model_path = str(args.model or default_model_path())
     llm = LLM(model_path)
@@ -67,21 +71,24 @@ def main() -> None:
     seconds, ref = timed(lambda: st.encode(texts, batch_size=args.st_batch_size,
                                            convert_to_tensor=True), args.repeats)
     rows.append(("sentence-transformers fp32", seconds, ref.float()))
-    st_bf16 = st.to(torch.bfloat16)
-    st_bf16.encode(texts[:256], batch_size=args.st_batch_size)
-    seconds, vecs = timed(lambda: st_bf16.encode(texts, batch_size=args.st_batch_size,
-                                                 convert_to_tensor=True), args.repeats)
-    rows.append(("sentence-transformers bf16", seconds, vecs.float()))
+    if args.st_bf16 == "yes" or (args.st_bf16 == "auto" and cpu_has_native_bf16()):
+        st_bf16 = st.to(torch.bfloat16)
+        st_bf16.encode(texts[:256], batch_size=args.st_batch_size)
+        seconds, vecs = timed(lambda: st_bf16.encode(texts, batch_size=args.st_batch_size,
+                                                     convert_to_tensor=True), args.repeats)
+        rows.append(("sentence-transformers bf16", seconds, vecs.float()))
 
     print(f"\n{num_tokens} tokens in {len(texts)} texts "
-          f"({num_tokens / len(texts):.1f} tokens/text)\n")
+          f"({num_tokens / len(texts):.1f} tokens/text), CPU: {cpu_name()}\n")
     print("| system | texts/s | tokens/s | vs ST fp32 | vs ST bf16 | min cosine vs ST fp32 |")
     print("|---|---:|---:|---:|---:|---:|")
-    st32, st16 = rows[1][1], rows[2][1]
+    st32 = rows[1][1]
+    st16 = rows[2][1] if len(rows) > 2 else None
     for name, seconds, vecs in rows:
         cos = F.cosine_similarity(vecs, ref.float()).min().item()
+        vs16 = f"{st16 / seconds:.2f}x" if st16 else "-"
         print(f"| {name} | {len(texts) / seconds:,.0f} | {num_tokens / seconds:,.0f} | "
-              f"{st32 / seconds:.2f}x | {st16 / seconds:.2f}x | {cos:.5f} |")
+              f"{st32 / seconds:.2f}x | {vs16} | {cos:.5f} |")
 
 
 if __name__ == "__main__":

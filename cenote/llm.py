@@ -100,6 +100,7 @@ class LLM:
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
         pooling_task: str | None = "encode",
+        prompt_name: str | None = None,
     ) -> list[PoolingRequestOutput]:
         """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt)."""
         _no_lora(lora_request)
@@ -107,7 +108,8 @@ class LLM:
             pooling_task = ("embed" if "embed" in self.config.supported_pooling_tasks
                             else "encode")
         prompts = normalize_prompts(prompts)
-        seqs = self.engine.prepare(prompts, pooling_task, pooling_params, truncate_prompt_tokens)
+        seqs = self.engine.prepare(prompts, pooling_task, pooling_params, truncate_prompt_tokens,
+                                   prompt_name=prompt_name)
         return self._run(seqs, pooling_task, use_tqdm)
 
     def embed(
@@ -118,10 +120,14 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
+        prompt_name: str | None = None,
     ) -> list[EmbeddingRequestOutput]:
-        """One embedding vector per prompt."""
+        """One embedding vector per prompt. ``prompt_name``: the model's instruction
+        to put before each text (Sentence-Transformers' ``prompts``; by default its
+        ``default_prompt_name``)."""
         outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed")
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed",
+                           prompt_name=prompt_name)
         return [EmbeddingRequestOutput.from_base(o) for o in outs]
 
     def classify(
@@ -182,12 +188,14 @@ class LLM:
 
     def _run_data(self, seqs: list[SequenceInput], pooling_task: str,
                   use_tqdm: bool | Callable[..., tqdm]) -> list[torch.Tensor]:
-        show = bool(use_tqdm) and len(seqs) >= _TQDM_MIN_PROMPTS
+        records, merge = self.engine.split(seqs, pooling_task)
+        show = bool(use_tqdm) and len(records) >= _TQDM_MIN_PROMPTS
         # As vLLM, use_tqdm may also be a tqdm-like class to draw the bar with.
         bar_class = use_tqdm if callable(use_tqdm) else tqdm
-        with bar_class(total=len(seqs), desc=f"Processed prompts ({pooling_task})",
+        # The bar counts what runs: a long input in chunks counts each chunk.
+        with bar_class(total=len(records), desc=f"Processed prompts ({pooling_task})",
                        unit="prompt", disable=not show) as bar:
-            return self.engine.run(seqs, pooling_task, on_batch_done=bar.update)
+            return merge(self.engine.run(records, pooling_task, on_batch_done=bar.update))
 
 
 def _no_lora(lora_request: Any) -> None:

@@ -32,6 +32,9 @@ class PoolingParams:
     truncate_prompt_tokens: int | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
+    # Which end truncate_prompt_tokens cuts: "left" keeps the last tokens (vLLM's
+    # default), "right" the first (Sentence-Transformers' and TEI's).
+    truncation_side: str | None = None
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class PoolingParams:
         step_tag_id: int | None = None,
         returned_token_ids: list[int] | None = None,
         use_activation: bool | None = None,
+        truncation_side: str | None = None,
     ) -> None:
         self.dimensions = dimensions
         self.normalize = normalize
@@ -53,6 +57,7 @@ class PoolingParams:
         self.returned_token_ids = (
             list(returned_token_ids) if returned_token_ids is not None else None
         )
+        self.truncation_side = truncation_side
 
     @property
     def softmax(self) -> bool | None:
@@ -75,6 +80,9 @@ class PoolingParams:
                 f"parameter for the {pooling_task!r} pooling task; it accepts "
                 f"{', '.join(sorted(allowed))}."
             )
+        if self.truncation_side not in (None, "left", "right"):
+            raise ValueError(f"truncation_side must be 'left' or 'right', not "
+                             f"{self.truncation_side!r}.")
         if self.dimensions is not None and (
             not isinstance(self.dimensions, int) or isinstance(self.dimensions, bool)
         ):

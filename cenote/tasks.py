@@ -35,20 +35,22 @@ class PoolingTask:
     operation: str = "embedding generation"
 
 
-_ALL_PARAMETERS = frozenset({"dimensions", "normalize", "activation", "truncate_prompt_tokens",
-                             "step_tag_id", "returned_token_ids"})
+# How any task's inputs may be cut to length.
+_TRUNCATION = frozenset({"truncate_prompt_tokens", "truncation_side"})
+_ALL_PARAMETERS = _TRUNCATION | {"dimensions", "normalize", "activation", "step_tag_id",
+                                 "returned_token_ids"}
 
 POOLING_TASKS: dict[str, PoolingTask] = {task.name: task for task in (
     PoolingTask("encode", "Pooling API", "reward", _ALL_PARAMETERS,
                 defaults={"normalize": False, "activation": False}, one_row=False),
     PoolingTask("embed", "Embedding API", "embed",
-                frozenset({"dimensions", "normalize", "truncate_prompt_tokens"}),
+                _TRUNCATION | {"dimensions", "normalize"},
                 defaults={"normalize": True}),
     PoolingTask("classify", "Classification API", "classify",
-                frozenset({"activation", "truncate_prompt_tokens"}),
+                _TRUNCATION | {"activation"},
                 defaults={"activation": True}, operation="classification"),
     PoolingTask("score", "Score API", "score",
-                frozenset({"activation", "truncate_prompt_tokens"}),
+                _TRUNCATION | {"activation"},
                 defaults={"activation": True}, operation="score"),
 )}
 

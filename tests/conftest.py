@@ -118,3 +118,15 @@ def tiny_distilbert(minilm_path, tmp_path_factory):
     return _built_once(
         tmp_path_factory,
         lambda target, *a, **k: build_tiny_distilbert(minilm_path, target, *a, **k))
+
+
+@pytest.fixture(scope="session")
+def minilm_with_prompts(minilm_path, tmp_path_factory):
+    """``minilm_with_prompts(default_prompt_name=None, include_prompt=True)`` -> MiniLM with
+    the instructions "query: " and "passage: " (named query and document)."""
+    from tests.factories import build_minilm_with_prompts
+
+    prompts = {"query": "query: ", "document": "passage: "}
+    return _built_once(
+        tmp_path_factory,
+        lambda target, **k: build_minilm_with_prompts(minilm_path, target, prompts, **k))

@@ -226,3 +226,23 @@ def build_tiny_transformers_model(minilm_path: Path, target: Path, config_class:
     model.save_pretrained(target)
     _save_tokenizer(minilm_path, target)
     return target
+
+
+def build_minilm_with_prompts(minilm_path: Path, target: Path, prompts: dict[str, str],
+                              default_prompt_name: str | None = None,
+                              include_prompt: bool = True) -> Path:
+    """The real MiniLM Sentence-Transformers folder with instructions in
+    ``config_sentence_transformers.json`` (and Pooling's ``include_prompt``), as
+    Sentence-Transformers saves an e5/bge-style model."""
+    import shutil
+
+    shutil.copytree(minilm_path, target, dirs_exist_ok=True)
+    config_file = target / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text())
+    config.update(prompts=prompts, default_prompt_name=default_prompt_name)
+    config_file.write_text(json.dumps(config, indent=2))
+    pooling_file = target / "1_Pooling" / "config.json"
+    pooling = json.loads(pooling_file.read_text())
+    pooling["include_prompt"] = include_prompt
+    pooling_file.write_text(json.dumps(pooling, indent=2))
+    return target

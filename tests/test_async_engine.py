@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from cenote.config import ModelConfig
 from cenote.engine.async_engine import AsyncPoolingEngine, BatchFailedError, EngineStoppedError
 from cenote.engine.engine import PoolingEngine, UnsupportedTaskError
+from cenote.inputs.tokenizer import Truncation
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -295,7 +296,7 @@ def test_truncation_keeps_the_last_tokens_and_does_not_leak(minilm_bf16):
     tokenizer = minilm_bf16.engine.tokenizer
     text = "one two three four five six seven eight"
     (full,) = tokenizer.encode_prompts([text])
-    (cut,) = tokenizer.encode_prompts([text], 4)
+    (cut,) = tokenizer.encode_prompts([text], Truncation(4))
     (again,) = tokenizer.encode_prompts([text])
     assert len(cut.token_ids) == 4 and cut.token_ids[-2] == full.token_ids[-2]
     assert again.token_ids == full.token_ids

@@ -22,7 +22,12 @@ from cenote.config.hf import (
     set_reward_head_labels,
 )
 from cenote.config.hub import ModelNotFoundError, resolve_model_path
-from cenote.config.pooler import PoolerConfig, TaskPooler, task_pooler
+from cenote.config.pooler import (
+    PoolerConfig,
+    TaskPooler,
+    check_chunked_processing,
+    task_pooler,
+)
 from cenote.config.sentence_transformers import (
     SentenceTransformersConfig,
     read_sentence_transformers_config,
@@ -175,6 +180,8 @@ class ModelConfig:
                 f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
                 "the longest prompt would never fit in a batch."
             )
+        pooler_config = PoolerConfig.coerce(override_pooler_config)
+        check_chunked_processing(pooler_config, resolved_task)
         return cls(
             model=name,
             path=path,
@@ -186,7 +193,7 @@ class ModelConfig:
             max_model_len=limit,
             max_num_batched_tokens=budget,
             st_config=st_config,
-            override_pooler_config=PoolerConfig.coerce(override_pooler_config),
+            override_pooler_config=pooler_config,
             trust_remote_code=trust_remote_code,
             tokenizer_path=tokenizer_path,
         )
@@ -240,3 +247,14 @@ class ModelConfig:
     def task_pooler(self, pooling_task: str) -> TaskPooler:
         """The default pooler of ``pooling_task`` with every config layer applied."""
         return task_pooler(self, pooling_task)
+
+    @property
+    def chunked_processing(self) -> bool:
+        """Whether embed runs inputs longer than ``max_model_len`` in chunks."""
+        override = self.override_pooler_config
+        return bool(override and override.enable_chunked_processing)
+
+    @property
+    def max_embed_len(self) -> int | None:
+        """With chunked processing, the longest input embed takes (None: no limit)."""
+        return self.override_pooler_config.max_embed_len if self.chunked_processing else None

@@ -36,13 +36,18 @@ class PoolerConfig:
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
     use_activation: bool | None = None  # vLLM's current name for ``activation``
+    # vLLM's long-input options: inputs over max_model_len run in chunks whose poolings
+    # are averaged (weighted by their tokens); inputs over max_embed_len are refused.
+    enable_chunked_processing: bool | None = None
+    max_embed_len: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("normalize", "activation", "softmax", "use_activation"):
+        for name in ("normalize", "activation", "softmax", "use_activation",
+                     "enable_chunked_processing"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"override_pooler_config {name} must be true or false, "
                                  f"not {getattr(self, name)!r}.")
-        for name in ("dimensions", "step_tag_id"):
+        for name in ("dimensions", "step_tag_id", "max_embed_len"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"override_pooler_config {name} must be an integer, "
@@ -111,3 +116,22 @@ def task_pooler(config: ModelConfig, task_name: str) -> TaskPooler:
             if value is not None:
                 setattr(defaults, name, value)
     return TaskPooler(pooling_type, defaults)
+
+
+def check_chunked_processing(pooler_config: PoolerConfig | None, model_task: str) -> None:
+    """Refuse at load what chunked processing cannot mean: a model that does not embed
+    (its pooler gives rows per token or per step, which do not average), or a
+    ``max_embed_len`` without chunking."""
+    if pooler_config is None:
+        return
+    if pooler_config.enable_chunked_processing:
+        if model_task != "embed":
+            raise ValueError(
+                f"enable_chunked_processing applies to embedding models (CLS, MEAN or LAST "
+                f"pooling); this model's task is {model_task!r}, whose outputs do not average "
+                "over chunks.")
+        limit = pooler_config.max_embed_len
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_embed_len must be positive, not {limit}.")
+    elif pooler_config.max_embed_len is not None:
+        raise ValueError("max_embed_len needs enable_chunked_processing: true.")

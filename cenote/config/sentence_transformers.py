@@ -29,6 +29,12 @@ class SentenceTransformersConfig:
     normalize: bool = False
     dense_layers: list[DenseLayerConfig] = field(default_factory=list)
     max_seq_length: int | None = None
+    # Instructions put before a text (config_sentence_transformers.json): by name, and
+    # the one applied when a request names none.
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    # Pooling's include_prompt: false leaves the instruction's tokens out of the mean.
+    include_prompt: bool = True
 
 
 def _torch_nn_activation(name: str | None) -> str:
@@ -62,7 +68,9 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig 
         kind = module.get("type", "").rsplit(".", 1)[-1]
         folder = path / module.get("path", "")
         if kind == "Pooling":
-            st.pooling_type = _st_pooling_type(json.loads((folder / "config.json").read_text()))
+            pooling = json.loads((folder / "config.json").read_text())
+            st.pooling_type = _st_pooling_type(pooling)
+            st.include_prompt = bool(pooling.get("include_prompt", True))
         elif kind == "Normalize":
             st.normalize = True
         elif kind == "Dense":
@@ -82,6 +90,18 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig 
         length = read_json(path / "tokenizer_config.json").get("model_max_length")
         if isinstance(length, int) and 0 < length < _UNSET_MODEL_MAX_LENGTH:
             st.max_seq_length = length
+    saved = read_json(path / "config_sentence_transformers.json")
+    prompts = saved.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise ValueError(f"config_sentence_transformers.json prompts must map names to "
+                         f"texts, not {prompts!r}.")
+    st.prompts = prompts
+    st.default_prompt_name = saved.get("default_prompt_name")
+    if st.default_prompt_name is not None and st.default_prompt_name not in prompts:
+        raise ValueError(f"config_sentence_transformers.json default_prompt_name "
+                         f"{st.default_prompt_name!r} is not one of its prompts "
+                         f"({', '.join(prompts) or 'none'}).")
     return st
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from cenote.config import ModelConfig
@@ -37,6 +38,7 @@ from cenote.inputs.prompts import Prompt, SequenceInput, check_unicode
 from cenote.inputs.tokenizer import ContextLengthError
 from cenote.outputs import PoolingRequestOutput, ScoringRequestOutput
 from cenote.params import PoolingParams
+from cenote.pooling.compact import calibration_ranges, calibration_texts
 from cenote.tasks import OWN_POOLING_TASK
 from cenote.tasks import pooling_task as pooling_task_named
 
@@ -115,6 +117,9 @@ class AsyncPoolingEngine:
         self._small_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize")
         self._bulk_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize-bulk")
         self._ids = itertools.count()
+        # The calibration texts' raw embeddings, for int8/uint8 ranges (made on first use).
+        self._calibration: np.ndarray | None = None
+        self._calibration_lock: asyncio.Lock | None = None
 
     @classmethod
     def from_config(cls, config: ModelConfig, **kwargs: Any) -> AsyncPoolingEngine:
@@ -189,6 +194,7 @@ class AsyncPoolingEngine:
         params: PoolingParams | None = None,
         truncate_prompt_tokens: int | None = None,
         add_special_tokens: bool = True,
+        prompt_name: str | None = None,
     ) -> list[PoolingRequestOutput]:
         """Like ``LLM.encode`` for one request; outputs in input order.
 
@@ -198,7 +204,7 @@ class AsyncPoolingEngine:
         self.client.check_admission()
         with _naming_operation(pooling_task_named(pooling_task).operation):
             seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
-                                        truncate_prompt_tokens, add_special_tokens,
+                                        truncate_prompt_tokens, add_special_tokens, prompt_name,
                                         size=_size_of(prompts),
                                         locks=_truncates(params, truncate_prompt_tokens))
         data = await self.run(seqs, pooling_task)
@@ -226,6 +232,28 @@ class AsyncPoolingEngine:
         data = await self.run(job.seqs, job.pooling_task)
         request_id = self._next_request_id()
         return job.finish(data, lambda k: f"{request_id}-{k}")
+
+    async def int8_ranges(self, params: PoolingParams | None = None) -> np.ndarray:
+        """``[2, dim]`` per-dimension ranges for int8/uint8 codes of embeddings made with
+        ``params``: the calibration texts' embeddings, pooled once raw and cut and
+        normalised here as ``params`` ask, so every later request maps the same way."""
+        resolved = self.engine.policy.resolve_params("embed", params)
+        if self._calibration is None:
+            self._calibration_lock = self._calibration_lock or asyncio.Lock()
+            async with self._calibration_lock:
+                if self._calibration is None:
+                    # Cut, if at all, as Sentence-Transformers cuts: keeping the first tokens.
+                    raw = await self.encode(calibration_texts(), "embed",
+                                            PoolingParams(normalize=False,
+                                                          truncation_side="right"),
+                                            truncate_prompt_tokens=-1)
+                    self._calibration = torch.stack([o.outputs.data for o in raw]).numpy()
+        vectors = torch.from_numpy(self._calibration)
+        if resolved.dimensions is not None:
+            vectors = vectors[:, :resolved.dimensions]
+        if resolved.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        return calibration_ranges(vectors.numpy())
 
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (no length check: this is how users measure inputs)."""
@@ -270,7 +298,8 @@ class AsyncPoolingEngine:
         """
         if not seqs:
             return []
-        return await self.client.run(seqs, pooling_task)
+        records, merge = self.engine.split(seqs, pooling_task)
+        return merge(await self.client.run(records, pooling_task))
 
     # ---- helpers ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ outputs."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,8 +13,10 @@ from cenote.config import ModelConfig
 from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, score_texts
+from cenote.inputs.chunking import Merge, split_into_chunks
+from cenote.inputs.instructions import instruction
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt
-from cenote.inputs.tokenizer import Tokenizer
+from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingOutput, PoolingRequestOutput
 from cenote.params import PoolingParams
 from cenote.tasks import pooling_task as task_named
@@ -28,7 +31,8 @@ class PoolingEngine:
         self.config = config
         self.tokenizer = Tokenizer(config.tokenizer_path or config.path, config.max_model_len,
                                    config.trust_remote_code,
-                                   getattr(config.hf_config, "vocab_size", None))
+                                   getattr(config.hf_config, "vocab_size", None),
+                                   max_embed_len=config.max_embed_len)
         self.runner = ModelRunner(config, self.tokenizer.vocab_ids)
         self.policy = self.runner.policy
 
@@ -79,16 +83,50 @@ class PoolingEngine:
         params: PoolingParams | Sequence[PoolingParams] | None = None,
         truncate_prompt_tokens: int | None = None,
         add_special_tokens: bool = True,
+        prompt_name: str | None = None,
     ) -> list[SequenceInput]:
-        """Validate and tokenise prompts for ``pooling_task``."""
+        """Validate and tokenise prompts for ``pooling_task``. An embedding model's
+        instruction (``prompt_name``, else its default prompt) goes before each text."""
         self.check_task(pooling_task)
         resolved = self.resolve_params(pooling_task, params, len(prompts), truncate_prompt_tokens)
+        prefix = self._instruction(prompt_name)
+        if prefix is not None:
+            prompts = [prefix + p if isinstance(p, str) else p for p in prompts]
+        chunked = pooling_task == "embed" and self.config.chunked_processing
         tokenized = self._tokenize_grouped(
-            resolved, lambda idx, k: self.tokenizer.encode_prompts([prompts[i] for i in idx], k,
-                                                                   add_special_tokens)
+            resolved, lambda idx, cut: self.tokenizer.encode_prompts(
+                [prompts[i] for i in idx], cut, add_special_tokens, chunked=chunked)
         )
-        return [SequenceInput(t.token_ids, t.token_type_ids, p)
-                for t, p in zip(tokenized, resolved, strict=True)]
+        skip = self._pool_skip(prefix)
+        return [SequenceInput(t.token_ids, t.token_type_ids, p,
+                              pool_skip=skip if isinstance(prompt, str) else 0)
+                for t, p, prompt in zip(tokenized, resolved, prompts, strict=True)]
+
+    def _instruction(self, prompt_name: str | None) -> str | None:
+        """The instruction an embedding model's inputs start with (None: none)."""
+        if self.config.task != "embed":
+            if prompt_name is not None:
+                raise ValueError("prompt_name applies to embedding models; this model's task "
+                                 f"is {self.config.task!r}.")
+            return None
+        return instruction(self.config.st_config, prompt_name)
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 (the engine lives as long as the process)
+    def _pool_skip(self, prefix: str | None) -> int:
+        """Leading tokens MEAN pooling leaves out: the instruction's, where the model's
+        Pooling excludes it (include_prompt false), as Sentence-Transformers counts them."""
+        st = self.config.st_config
+        if prefix is None or st is None or st.include_prompt:
+            return 0
+        return self.tokenizer.prompt_length(prefix)
+
+    def split(self, seqs: Sequence[SequenceInput], pooling_task: str
+              ) -> tuple[list[SequenceInput], Merge]:
+        """The records to run for ``seqs`` (chunks of long inputs with chunked processing)
+        and the function that turns their outputs into one per input."""
+        if pooling_task == "embed" and self.config.chunked_processing:
+            return split_into_chunks(seqs, self.config.max_model_len)
+        return list(seqs), list
 
     def prepare_pairs(
         self,
@@ -100,24 +138,25 @@ class PoolingEngine:
         self.check_task("score")
         resolved = self.resolve_params("score", params, len(pairs), truncate_prompt_tokens)
         tokenized = self._tokenize_grouped(
-            resolved, lambda idx, k: self.tokenizer.encode_pairs(
-                [pairs[i] for i in idx], k, as_one_text=self.config.pairs_as_one_text)
+            resolved, lambda idx, cut: self.tokenizer.encode_pairs(
+                [pairs[i] for i in idx], cut, as_one_text=self.config.pairs_as_one_text)
         )
         return [SequenceInput(t.token_ids, t.token_type_ids, p)
                 for t, p in zip(tokenized, resolved, strict=True)]
 
-    @staticmethod
     def _tokenize_grouped(
+        self,
         params: list[PoolingParams],
-        encode: Callable[[list[int], int | None], list[TokenizedPrompt]],
+        encode: Callable[[list[int], Truncation | None], list[TokenizedPrompt]],
     ) -> list[TokenizedPrompt]:
         # Prompts are tokenised together per truncation setting (nearly always one group).
-        groups: dict[int | None, list[int]] = {}
+        groups: dict[tuple[int | None, str | None], list[int]] = {}
         for i, p in enumerate(params):
-            groups.setdefault(p.truncate_prompt_tokens, []).append(i)
+            groups.setdefault((p.truncate_prompt_tokens, p.truncation_side), []).append(i)
         out: list[TokenizedPrompt | None] = [None] * len(params)
-        for keep, idx in groups.items():
-            for i, tok in zip(idx, encode(idx, keep), strict=True):
+        for (keep, side), idx in groups.items():
+            cut = self.tokenizer.resolve_truncation(keep, side)
+            for i, tok in zip(idx, encode(idx, cut), strict=True):
                 out[i] = tok
         return out
 

@@ -28,6 +28,7 @@ class PreparedBatch:
     batch: PackedBatch
     pooling_task: str
     params: list[PoolingParams]
+    pool_skip: list[int] | None = None
 
 
 class ModelRunner:
@@ -62,7 +63,8 @@ class ModelRunner:
         pooled = _POOLED_TOKEN.get(pooling_type) if self.prunes_last_layer else None
         batch = PackedBatch.build(token_ids, types, self.config.device,
                                   bucket=self.bucket_rows, pooled=pooled)
-        return PreparedBatch(batch, pooling_task, [s.params for s in seqs])
+        skip = [s.pool_skip for s in seqs] if any(s.pool_skip for s in seqs) else None
+        return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip)
 
     @torch.inference_mode()
     def launch(self, prepared: PreparedBatch) -> list[torch.Tensor]:
@@ -70,7 +72,8 @@ class ModelRunner:
         if batch.pooled is None:
             tokens = batch.num_tokens
             hidden = self.model(batch)[:tokens]
-            meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens])
+            meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens],
+                                   prepared.pool_skip)
         else:  # row b is sequence b's pooled token: hand the pooler one-token sequences
             count = batch.num_seqs
             hidden = self.model(batch)[:count]

@@ -102,6 +102,9 @@ class SequenceInput:
     token_ids: list[int]
     token_type_ids: list[int] | None
     params: PoolingParams
+    # Leading tokens left out of MEAN pooling: an instruction's, for models whose
+    # Sentence-Transformers Pooling has include_prompt false.
+    pool_skip: int = 0
 
     @property
     def cost(self) -> int:

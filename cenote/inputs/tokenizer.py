@@ -6,11 +6,31 @@ from __future__ import annotations
 import numbers
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cenote.config.hub import TOKENIZER_FILES, has_tokenizer_files
 from cenote.inputs.prompts import Prompt, TokenizedPrompt, check_unicode
+
+TRUNCATION_SIDES = ("left", "right")
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Cut an input to ``keep`` tokens: ``left`` drops its first tokens (vLLM's default),
+    ``right`` its last (as Sentence-Transformers and TEI do)."""
+
+    keep: int
+    side: str = "left"
+
+    def apply(self, ids: list[int] | None) -> list[int] | None:
+        """``ids`` cut to ``keep``. After the tokenizer's own truncation this matters only
+        when ``keep`` is below the special tokens it adds: it then truncates nothing,
+        and the ids are cut here instead."""
+        if ids is None or len(ids) <= self.keep:
+            return ids
+        return list(ids[-self.keep:] if self.side == "left" else ids[:self.keep])
 
 
 class ContextLengthError(ValueError):
@@ -31,11 +51,26 @@ class ContextLengthError(ValueError):
                 "the length of the input.")
 
 
+class EmbedLengthError(ContextLengthError):
+    """An input longer than ``max_embed_len``, with chunked processing on."""
+
+    def __init__(self, max_embed_len: int, max_model_len: int, num_tokens: int) -> None:
+        super().__init__(max_model_len, num_tokens)
+        self.max_embed_len = max_embed_len
+
+    def __str__(self) -> str:
+        return (f"This model's maximum embedding input length (max_embed_len) is "
+                f"{self.max_embed_len} tokens; inputs are processed in chunks of "
+                f"max_model_len = {self.max_model_len} tokens. However, you requested "
+                f"{self.num_tokens} tokens in the input. Please reduce the length of the input.")
+
+
 class Tokenizer:
     """Wraps a Hugging Face tokenizer; uses its Rust backend for batches when it has one."""
 
     def __init__(self, path: Path, max_model_len: int, trust_remote_code: bool = False,
-                 model_vocab_size: int | None = None) -> None:
+                 model_vocab_size: int | None = None, max_embed_len: int | None = None
+                 ) -> None:
         from transformers import AutoTokenizer
 
         if not has_tokenizer_files(path):
@@ -44,6 +79,8 @@ class Tokenizer:
                              "save the model's tokenizer into the folder.")
         self.hf = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.max_model_len = max_model_len
+        # With chunked processing, the longest input embed takes (in chunks).
+        self.max_embed_len = max_embed_len
         # Ids past the model's embedding rows would crash it, even if the tokenizer has them.
         self.vocab_size = min(len(self.hf), model_vocab_size or len(self.hf))
         self._check_text_ids = self.vocab_size < len(self.hf)
@@ -56,16 +93,20 @@ class Tokenizer:
         # copy of their own, made on first use and guarded by the lock; the shared
         # backend never changes, so untruncated encodes (the server's usual case)
         # run from any thread without waiting on a long encode elsewhere.
-        self._truncating_backend = None
+        self._truncating_backends: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def resolve_truncation(self, truncate_prompt_tokens: int | None) -> int | None:
+    def resolve_truncation(self, truncate_prompt_tokens: int | None,
+                           side: str | None = None) -> Truncation | None:
+        """``truncate_prompt_tokens`` and ``truncation_side`` checked, as a ``Truncation``."""
+        if side is not None and side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be 'left' or 'right', not {side!r}.")
         if truncate_prompt_tokens is None:
             return None
         if isinstance(truncate_prompt_tokens, bool) or not isinstance(truncate_prompt_tokens, int):
             raise ValueError("truncate_prompt_tokens must be an integer.")
         if truncate_prompt_tokens == -1:
-            return self.max_model_len
+            return Truncation(self.max_model_len, side or "left")
         if truncate_prompt_tokens < 1:
             raise ValueError("truncate_prompt_tokens must be -1 or a positive integer.")
         if truncate_prompt_tokens > self.max_model_len:
@@ -73,15 +114,15 @@ class Tokenizer:
                 f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than "
                 f"max_model_len ({self.max_model_len}). Please, select a smaller truncation size."
             )
-        return truncate_prompt_tokens
+        return Truncation(truncate_prompt_tokens, side or "left")
 
     def encode_prompts(
-        self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None,
-        add_special_tokens: bool = True,
+        self, prompts: Sequence[Prompt], cut: Truncation | None = None,
+        add_special_tokens: bool = True, chunked: bool = False,
     ) -> list[TokenizedPrompt]:
-        """Tokenise strings, validate token-id prompts, enforce ``max_model_len``.
+        """Tokenise strings, validate token-id prompts, enforce ``max_model_len`` (with
+        ``chunked``, ``max_embed_len``: the input runs in chunks).
         ``add_special_tokens=False``: texts without [CLS]/[SEP], BOS/EOS and the like."""
-        keep = self.resolve_truncation(truncate_prompt_tokens)
         out: list[TokenizedPrompt | None] = [None] * len(prompts)
         texts, text_slots = [], []
         for i, prompt in enumerate(prompts):
@@ -93,24 +134,23 @@ class Tokenizer:
                 text_slots.append(i)
             else:
                 ids = self.validate_token_ids(prompt["prompt_token_ids"], i)
-                out[i] = TokenizedPrompt(keep_last(ids, keep))
-        for slot, ids in zip(text_slots, self._encode_texts(texts, keep, add_special_tokens),
+                out[i] = TokenizedPrompt(cut.apply(ids) if cut else ids)
+        for slot, ids in zip(text_slots, self._encode_texts(texts, cut, add_special_tokens),
                              strict=True):
             if not ids:
                 raise ValueError(f"Prompt {slot} has no tokens (it tokenises to nothing).")
             self._check_model_knows(ids, f"Prompt {slot}")
             out[slot] = TokenizedPrompt(ids)
         for prompt in out:
-            self.check_length(len(prompt.token_ids))
+            self.check_length(len(prompt.token_ids), chunked)
         return out
 
     def encode_pairs(
-        self, pairs: Sequence[tuple[str, str]], truncate_prompt_tokens: int | None = None,
+        self, pairs: Sequence[tuple[str, str]], cut: Truncation | None = None,
         as_one_text: bool = False,
     ) -> list[TokenizedPrompt]:
         """Tokenise text pairs for a cross-encoder (token type ids included), or with
         ``as_one_text`` each pair as the one text ``a + b`` (an LLM used as reranker)."""
-        keep = self.resolve_truncation(truncate_prompt_tokens)
         for i, (a, b) in enumerate(pairs):
             if not isinstance(a, str) or not isinstance(b, str):
                 raise TypeError(f"Score pair {i} must hold two strings.")
@@ -120,20 +160,19 @@ class Tokenizer:
             check_unicode(b, f"Score pair {i}")
         if as_one_text:
             out = [TokenizedPrompt(ids)
-                   for ids in self._encode_texts([a + b for a, b in pairs], keep)]
+                   for ids in self._encode_texts([a + b for a, b in pairs], cut)]
         elif self.backend is not None:
-            encodings = self._backend_encode(list(pairs), keep)
+            encodings = self._backend_encode(list(pairs), cut)
             # Only where the tokenizer hands them to its model (BERT's does, RoBERTa's and
             # GPT-2's do not): a model that takes them anyway would read the second text
             # as another segment than it was trained on.
-            out = [TokenizedPrompt(keep_last(e.ids, keep),
-                                   keep_last(e.type_ids, keep) if self._emits_types else None)
+            out = [TokenizedPrompt(_cut(cut, e.ids),
+                                   _cut(cut, e.type_ids) if self._emits_types else None)
                    for e in encodings]
         else:
-            kwargs = {"truncation": True, "max_length": keep} if keep else {}
-            enc = self.hf([a for a, _ in pairs], [b for _, b in pairs], **kwargs)
+            enc = self.hf([a for a, _ in pairs], [b for _, b in pairs])
             types = enc.get("token_type_ids") or [None] * len(pairs)
-            out = [TokenizedPrompt(keep_last(ids, keep), keep_last(t, keep))
+            out = [TokenizedPrompt(_cut(cut, ids), _cut(cut, t))
                    for ids, t in zip(enc["input_ids"], types, strict=True)]
         for i, prompt in enumerate(out):
             self._check_model_knows(prompt.token_ids, f"Score pair {i}")
@@ -164,29 +203,43 @@ class Tokenizer:
                 )
         return ids
 
-    def check_length(self, num_tokens: int) -> None:
-        if num_tokens > self.max_model_len:
+    def check_length(self, num_tokens: int, chunked: bool = False) -> None:
+        """``chunked``: the input runs in chunks, so only ``max_embed_len`` limits it."""
+        if chunked:
+            if self.max_embed_len is not None and num_tokens > self.max_embed_len:
+                raise EmbedLengthError(self.max_embed_len, self.max_model_len, num_tokens)
+        elif num_tokens > self.max_model_len:
             raise ContextLengthError(self.max_model_len, num_tokens)
 
-    def _encode_texts(self, texts: list[str], keep: int | None,
+    def _encode_texts(self, texts: list[str], cut: Truncation | None,
                       add_special_tokens: bool = True) -> list[list[int]]:
         if not texts:
             return []
         if self.backend is not None:
-            encoded = [e.ids for e in self._backend_encode(texts, keep, add_special_tokens)]
-        else:
-            kwargs = {"truncation": True, "max_length": keep} if keep else {}
-            encoded = self.hf(texts, add_special_tokens=add_special_tokens, **kwargs)["input_ids"]
-        return encoded if keep is None else [keep_last(ids, keep) for ids in encoded]
+            encoded = [e.ids for e in self._backend_encode(texts, cut, add_special_tokens)]
+        else:  # a tokenizer without a Rust backend: encoded whole, then cut
+            encoded = self.hf(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        return encoded if cut is None else [cut.apply(ids) for ids in encoded]
 
-    def _backend_encode(self, inputs: list, keep: int | None, add_special_tokens: bool = True):
-        if keep is None:
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens an instruction ``prompt`` puts before a text: its own tokens with the
+        leading special tokens, without a trailing one (as Sentence-Transformers counts)."""
+        ids = self.hf(prompt)["input_ids"]
+        if ids and ids[-1] in set(self.hf.all_special_ids):
+            return len(ids) - 1
+        return len(ids)
+
+    def _backend_encode(self, inputs: list, cut: Truncation | None,
+                        add_special_tokens: bool = True):
+        if cut is None:
             return _encode_batch(self.backend, inputs, add_special_tokens)
         with self._lock:
-            if self._truncating_backend is None:
-                self._truncating_backend = type(self.backend).from_str(self.backend.to_str())
-            self._truncating_backend.enable_truncation(keep, direction="left")
-            return _encode_batch(self._truncating_backend, inputs, add_special_tokens)
+            backend = self._truncating_backends.get(cut.side)
+            if backend is None:
+                backend = type(self.backend).from_str(self.backend.to_str())
+                self._truncating_backends[cut.side] = backend
+            backend.enable_truncation(cut.keep, direction=cut.side)
+            return _encode_batch(backend, inputs, add_special_tokens)
 
     def vocab_ids(self, tokens: list[str]) -> list[int]:
         """The vocabulary ids of ``tokens`` (each must be one token of the vocabulary)."""
@@ -202,13 +255,8 @@ class Tokenizer:
         return self.hf.decode(token_ids)
 
 
-def keep_last(ids: list[int] | None, keep: int | None) -> list[int] | None:
-    """The last ``keep`` of ``ids``. After the tokenizer's own (left) truncation this
-    matters only when ``keep`` is below the special tokens it adds: it then truncates
-    nothing, and the prompt is cut to its last ``keep`` tokens here instead."""
-    if ids is None or keep is None or len(ids) <= keep:
-        return ids
-    return list(ids[-keep:])
+def _cut(cut: Truncation | None, ids: list[int] | None) -> list[int] | None:
+    return ids if cut is None else cut.apply(ids)
 
 
 def _encode_batch(backend, inputs: list, add_special_tokens: bool = True):

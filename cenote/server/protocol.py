@@ -95,6 +95,15 @@ class ChatFields(APIModel):
         return self.messages is None
 
 
+class TruncationFields(APIModel):
+    """How long inputs are cut: to ``truncate_prompt_tokens`` (-1: the model's limit),
+    from the ``truncation_side`` (``left`` keeps the last tokens, vLLM's default;
+    ``right`` the first, as Sentence-Transformers and TEI)."""
+
+    truncate_prompt_tokens: StrictInt | None = None
+    truncation_side: Literal["left", "right"] | None = None
+
+
 class InputOrMessages(ChatFields):
     """``input`` (OpenAI's) or ``messages``."""
 
@@ -106,20 +115,26 @@ class InputOrMessages(ChatFields):
         return self
 
 
-class EmbeddingRequest(InputOrMessages):
+class EmbeddingRequest(InputOrMessages, TruncationFields):
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
     user: str | None = None
-    truncate_prompt_tokens: StrictInt | None = None
     normalize: StrictBool | None = None
+    # The model's instruction to put before each text (TEI's field; Sentence-Transformers
+    # prompts). Without it, the model's default prompt applies.
+    prompt_name: StrictStr | None = None
+
+    def pooling_params(self) -> PoolingParams:
+        return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
+                             truncation_side=self.truncation_side)
 
 
 class PoolingRequest(EmbeddingRequest):
     """``/pooling``: the same fields as embeddings; runs the ``encode`` task."""
 
 
-class ActivationFields(APIModel):
+class ActivationFields(TruncationFields):
     """Whether a classifier's head output goes through its activation (sigmoid or
     softmax); false returns raw logits. ``use_activation`` is vLLM's current name,
     ``activation`` and ``softmax`` its older ones; any of them may be sent."""
@@ -130,13 +145,12 @@ class ActivationFields(APIModel):
 
     def pooling_params(self) -> PoolingParams:
         return PoolingParams(use_activation=self.use_activation, activation=self.activation,
-                             softmax=self.softmax)
+                             softmax=self.softmax, truncation_side=self.truncation_side)
 
 
 class ClassificationRequest(InputOrMessages, ActivationFields):
     model: str | None = None
     user: str | None = None
-    truncate_prompt_tokens: StrictInt | None = None
 
 
 # The two sides of a score request under each name vLLM has accepted for them.
@@ -152,7 +166,6 @@ class ScoreRequest(ActivationFields):
     text_1: StrictStr | list[StrictStr]
     text_2: StrictStr | list[StrictStr]
     user: str | None = None
-    truncate_prompt_tokens: StrictInt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -171,7 +184,6 @@ class RerankRequest(ActivationFields):
     documents: list[StrictStr]
     top_n: StrictInt = Field(default=0, description="How many results; 0 or less returns all.")
     user: str | None = None
-    truncate_prompt_tokens: StrictInt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -366,3 +378,4 @@ class ErrorResponse(APIModel):
     type: str
     param: str | None = None
     code: int
+

@@ -1,5 +1,5 @@
 """HTTP routes, grouped by what they return."""
 
-from cenote.server.routes import pooling, scoring, utility
+from cenote.server.routes import cohere, pooling, scoring, utility
 
-ROUTERS = (pooling.router, scoring.router, utility.router)
+ROUTERS = (pooling.router, scoring.router, cohere.router, utility.router)

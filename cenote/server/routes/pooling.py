@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from cenote.inputs.prompts import Prompt
-from cenote.params import PoolingParams
 from cenote.server.context import ServerContext, get_context
 from cenote.server.payloads import float_payload, prompts_from_input, render
 from cenote.server.protocol import (
@@ -25,10 +24,6 @@ from cenote.server.protocol import (
 router = APIRouter()
 
 
-def _params(body: EmbeddingRequest) -> PoolingParams:
-    return PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
-
-
 async def _prompts(ctx: ServerContext,
                    body: EmbeddingRequest | ClassificationRequest) -> list[Prompt]:
     if body.messages is not None:
@@ -43,8 +38,9 @@ async def create_embeddings(body: EmbeddingRequest,
                             ctx: ServerContext = Depends(get_context)) -> Response:
     """OpenAI embeddings: one vector per input (``LLM.embed``)."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(await _prompts(ctx, body), "embed", _params(body),
-                                      body.truncate_prompt_tokens, body.special_tokens)
+    outputs = await ctx.engine.encode(await _prompts(ctx, body), "embed", body.pooling_params(),
+                                      body.truncate_prompt_tokens, body.special_tokens,
+                                      prompt_name=body.prompt_name)
 
     def build() -> EmbeddingResponse:
         return EmbeddingResponse(
@@ -63,8 +59,9 @@ async def create_pooling(body: PoolingRequest,
                          ctx: ServerContext = Depends(get_context)) -> Response:
     """Raw pooler output per input (``LLM.encode``): all token rows by default."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(await _prompts(ctx, body), "encode", _params(body),
-                                      body.truncate_prompt_tokens, body.special_tokens)
+    outputs = await ctx.engine.encode(await _prompts(ctx, body), "encode", body.pooling_params(),
+                                      body.truncate_prompt_tokens, body.special_tokens,
+                                      prompt_name=body.prompt_name)
 
     def build() -> PoolingResponse:
         return PoolingResponse(

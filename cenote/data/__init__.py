@@ -1,0 +1,1 @@
+"""Data files shipped with cenote (the int8 calibration text)."""

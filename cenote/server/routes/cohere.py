@@ -1,0 +1,77 @@
+"""``/v2/embed``: Cohere's embed API, so Cohere's clients work unchanged: the model's
+instruction picked by ``input_type``, several ``embedding_types`` (float, int8/uint8
+codes, packed sign bits, base64) from one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from cenote.inputs.instructions import prompt_name_for_input_type
+from cenote.params import PoolingParams
+from cenote.pooling.compact import check_embedding_types, compact
+from cenote.server.context import ServerContext, get_context
+from cenote.server.payloads import render
+from cenote.server.protocol_cohere import (
+    CohereBilledUnits,
+    CohereEmbeddings,
+    CohereEmbedRequest,
+    CohereEmbedResponse,
+    CohereMeta,
+)
+
+router = APIRouter()
+
+# Cohere's truncate -> the side cenote cuts from (NONE: no cut; too long is a 400).
+_TRUNCATION_SIDES = {"START": "left", "END": "right"}
+
+
+def _texts(body: CohereEmbedRequest) -> list[str]:
+    if body.images or any(part.type == "image_url" for item in body.inputs or ()
+                          for part in item.content):
+        raise ValueError("This model takes text only; images need a multi-modal model.")
+    if body.texts is not None:
+        return list(body.texts)
+    texts = []
+    for i, item in enumerate(body.inputs):
+        parts = [part.text for part in item.content if part.text]
+        if not parts:
+            raise ValueError(f"inputs[{i}] has no text.")
+        texts.append("\n".join(parts))
+    return texts
+
+
+@router.post("/v2/embed", response_model=CohereEmbedResponse)
+async def cohere_embed(body: CohereEmbedRequest,
+                       ctx: ServerContext = Depends(get_context)) -> Response:
+    """Embeddings in Cohere's shape: one list per requested embedding type."""
+    ctx.model_name(body.model)
+    texts = _texts(body)
+    ctx.check_num_inputs(len(texts), "texts")
+    types = list(dict.fromkeys(body.embedding_types or ["float"]))
+    check_embedding_types(types)
+    side = _TRUNCATION_SIDES.get(body.truncate)
+    if body.max_tokens is not None and body.max_tokens < 1:
+        raise ValueError("max_tokens must be positive.")
+    limit = ctx.engine.config.max_model_len
+    keep = min(body.max_tokens or limit, limit) if side is not None else None
+    params = PoolingParams(dimensions=body.output_dimension, truncation_side=side)
+    prompt_name = prompt_name_for_input_type(ctx.engine.config.st_config, body.input_type)
+    outputs = await ctx.engine.encode(texts, "embed", params, keep, prompt_name=prompt_name)
+    ranges = (await ctx.engine.int8_ranges(params)
+              if {"int8", "uint8"} & set(types) else None)
+
+    def build() -> CohereEmbedResponse:
+        vectors = np.stack([o.outputs.data.numpy() for o in outputs]).astype(np.float32)
+        embeddings = {}
+        for kind in types:
+            values = compact(vectors, kind, ranges)
+            embeddings[kind] = values if isinstance(values, list) else values.tolist()
+        embeddings = CohereEmbeddings.model_validate(embeddings)
+        tokens = sum(len(o.prompt_token_ids) for o in outputs)
+        return CohereEmbedResponse(embeddings=embeddings, texts=texts,
+                                   meta=CohereMeta(billed_units=CohereBilledUnits(
+                                       input_tokens=tokens)))
+
+    return await render(build, len(outputs))
