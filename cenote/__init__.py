@@ -27,6 +27,8 @@ from cenote.outputs import (
     PoolingRequestOutput,
     ScoringOutput,
     ScoringRequestOutput,
+    SparseEmbeddingOutput,
+    SparseEmbeddingRequestOutput,
 )
 from cenote.params import PoolingParams
 from cenote.version import __version__
@@ -45,5 +47,7 @@ __all__ = [
     "PoolingType",
     "ScoringOutput",
     "ScoringRequestOutput",
+    "SparseEmbeddingOutput",
+    "SparseEmbeddingRequestOutput",
     "__version__",
 ]

@@ -20,6 +20,7 @@ from cenote.outputs import (
     EmbeddingRequestOutput,
     PoolingRequestOutput,
     ScoringRequestOutput,
+    SparseEmbeddingRequestOutput,
 )
 from cenote.params import PoolingParams
 
@@ -129,6 +130,23 @@ class LLM:
                            use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed",
                            prompt_name=prompt_name)
         return [EmbeddingRequestOutput.from_base(o) for o in outs]
+
+    def embed_sparse(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        pooling_params: ParamsArg = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool | Callable[..., tqdm] = True,
+        lora_request: Any = None,
+        prompt_name: str | None = None,
+    ) -> list[SparseEmbeddingRequestOutput]:
+        """One sparse vector per prompt (SPLADE, BGE-M3's lexical weights):
+        ``outputs.indices`` (vocabulary ids, ascending) and ``outputs.values``."""
+        outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, lora_request=lora_request,
+                           pooling_task="embed_sparse", prompt_name=prompt_name)
+        return [SparseEmbeddingRequestOutput.from_base(o) for o in outs]
 
     def classify(
         self,

@@ -63,6 +63,25 @@ class ScoringOutput:
         return cls(float(data.reshape(()).item()))
 
 
+@dataclass
+class SparseEmbeddingOutput:
+    """A sparse vector over the vocabulary: token ids (ascending) and their weights."""
+
+    indices: list[int]
+    values: list[float]
+
+    def __repr__(self) -> str:
+        return f"SparseEmbeddingOutput(nnz={len(self.indices)})"
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> SparseEmbeddingOutput:
+        data = output.data
+        if not data.is_sparse:
+            raise ValueError("pooled data should be a sparse tensor for a sparse embedding")
+        data = data.coalesce()
+        return cls(data.indices()[0].tolist(), data.values().tolist())
+
+
 OutputT = TypeVar("OutputT")
 
 
@@ -96,3 +115,10 @@ class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> ScoringRequestOutput:
         return cls(out.request_id, ScoringOutput.from_base(out.outputs), out.prompt_token_ids)
+
+
+class SparseEmbeddingRequestOutput(PoolingRequestOutput[SparseEmbeddingOutput]):
+    @classmethod
+    def from_base(cls, out: PoolingRequestOutput) -> SparseEmbeddingRequestOutput:
+        return cls(out.request_id, SparseEmbeddingOutput.from_base(out.outputs),
+                   out.prompt_token_ids)

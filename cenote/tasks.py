@@ -52,6 +52,14 @@ POOLING_TASKS: dict[str, PoolingTask] = {task.name: task for task in (
     PoolingTask("score", "Score API", "score",
                 _TRUNCATION | {"activation"},
                 defaults={"activation": True}, operation="score"),
+    # vLLM 0.21+'s token-level tasks: one normalised vector per token (after the
+    # model's per-token projection, e.g. ColBERT's), and the per-token head's outputs.
+    PoolingTask("token_embed", "Token Embedding API", "embed", _TRUNCATION | {"normalize"},
+                defaults={"normalize": True}, one_row=False),
+    PoolingTask("token_classify", "Token Classification API", "reward",
+                _TRUNCATION | {"activation"}, defaults={"activation": False}, one_row=False),
+    # A sparse vector over the vocabulary (SPLADE, BGE-M3's lexical weights).
+    PoolingTask("embed_sparse", "Sparse Embedding API", "embed", _TRUNCATION, one_row=False),
 )}
 
 # The pooling task a model task is loaded for: its ``override_pooler_config`` applies
@@ -68,11 +76,25 @@ def pooling_task(name: str) -> PoolingTask:
     return task
 
 
-def supported_pooling_tasks(model_task: str, num_labels: int) -> tuple[str, ...]:
-    """The pooling tasks a model of ``model_task`` serves (score: cross-encoders with
-    one label; embedding models score by cosine, through embed)."""
-    if model_task == "embed":
-        return ("encode", "embed")
+def supported_pooling_tasks(model_task: str, num_labels: int, *, dense: bool = True,
+                            multi_vector: bool = False, sparse: str | None = None,
+                            token_head: bool = False) -> tuple[str, ...]:
+    """The pooling tasks a model serves: by its task (score: cross-encoders with one
+    label; embedding models score through their vectors), and by the outputs it has
+    (``dense``: one vector per input; ``multi_vector``: late-interaction vectors;
+    ``sparse``: "splade" or "lexical" sparse vectors; ``token_head``: a per-token head,
+    as reward models have)."""
     if model_task == "classify":
         return ("encode", "classify", "score") if num_labels == 1 else ("encode", "classify")
-    return ("encode",)
+    if model_task != "embed":
+        return ("encode", "token_classify") if token_head else ("encode",)
+    tasks = ["encode"]
+    if dense:
+        tasks.append("embed")
+    if dense or multi_vector:
+        tasks.append("token_embed")
+    if sparse is not None:
+        tasks.append("embed_sparse")
+    if sparse == "lexical":
+        tasks.append("token_classify")  # BGE-M3's weight per token
+    return tuple(tasks)

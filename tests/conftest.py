@@ -130,3 +130,24 @@ def minilm_with_prompts(minilm_path, tmp_path_factory):
     return _built_once(
         tmp_path_factory,
         lambda target, **k: build_minilm_with_prompts(minilm_path, target, prompts, **k))
+
+
+@pytest.fixture(scope="session")
+def bge_m3_path(minilm_path, tmp_path_factory) -> Path:
+    from tests.factories import build_bge_m3_standin
+
+    return build_bge_m3_standin(minilm_path, tmp_path_factory.mktemp("bge-m3"))
+
+
+@pytest.fixture(scope="session")
+def splade_path(minilm_path, tmp_path_factory) -> Path:
+    from tests.factories import build_splade
+
+    return build_splade(minilm_path, tmp_path_factory.mktemp("splade"), max_active_dims=64)
+
+
+@pytest.fixture(scope="session")
+def colbert_path(minilm_path, tmp_path_factory) -> Path:
+    from tests.factories import build_colbert
+
+    return build_colbert(minilm_path, tmp_path_factory.mktemp("colbert"))

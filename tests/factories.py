@@ -246,3 +246,74 @@ def build_minilm_with_prompts(minilm_path: Path, target: Path, prompts: dict[str
     pooling["include_prompt"] = include_prompt
     pooling_file.write_text(json.dumps(pooling, indent=2))
     return target
+
+
+def build_bge_m3_standin(minilm_path: Path, target: Path, seed: int = 0) -> Path:
+    """A BGE-M3-shaped folder: an encoder with no Sentence-Transformers modules (CLS
+    pooling, normalised) and FlagEmbedding's two heads beside it, ``colbert_linear.pt``
+    (hidden -> hidden) and ``sparse_linear.pt`` (hidden -> 1), seeded."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.txt"):
+        if (minilm_path / name).is_file():
+            shutil.copy(minilm_path / name, target / name)
+    hidden = json.loads((minilm_path / "config.json").read_text())["hidden_size"]
+    torch.manual_seed(seed)
+    torch.save(torch.nn.Linear(hidden, hidden).state_dict(), target / "colbert_linear.pt")
+    sparse = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():  # a spread of positive and negative weights, as a trained head
+        sparse.weight.normal_(0, 0.2)
+    torch.save(sparse.state_dict(), target / "sparse_linear.pt")
+    return target
+
+
+def build_splade(minilm_path: Path, target: Path, max_active_dims: int | None = None,
+                 seed: int = 0) -> Path:
+    """A SPLADE SparseEncoder saved by Sentence-Transformers: the MiniLM body as a
+    BertForMaskedLM (its head seeded, the decoder tied to the word embeddings) with
+    SpladePooling (max, relu)."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(seed)
+    mlm_folder = target / "mlm"
+    BertForMaskedLM.from_pretrained(minilm_path).save_pretrained(mlm_folder)
+    _save_tokenizer(minilm_path, mlm_folder)
+    body = Transformer(str(mlm_folder), transformer_task="fill-mask", max_seq_length=256)
+    model = SparseEncoder(modules=[body, SpladePooling(pooling_strategy="max",
+                                                       activation_function="relu")],
+                          device="cpu", max_active_dims=max_active_dims)
+    folder = target / "splade"
+    model.save(str(folder))
+    return folder
+
+
+def build_colbert(minilm_path: Path, target: Path, seed: int = 0) -> Path:
+    """A ColBERT MultiVectorEncoder saved by Sentence-Transformers: the MiniLM body,
+    [unused0]/[unused1] query/document markers, [MASK] query expansion to 32 tokens
+    (not attended), documents cut at 180, a seeded Dense 384 -> 128 without bias,
+    punctuation left out of documents, normalised vectors."""
+    import string
+
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+    from transformers import AddedToken
+
+    body = Transformer(str(minilm_path), document_length=180,
+                       query_expansion={"strategy": "fixed", "attend": False, "length": 32})
+    body.tokenizer.add_special_tokens({"additional_special_tokens": [
+        AddedToken("[unused0]", normalized=False, special=True),
+        AddedToken("[unused1]", normalized=False, special=True)]})
+    torch.manual_seed(seed)
+    dense = Dense(384, 128, bias=False, activation_function=torch.nn.Identity(),
+                  module_input_name="token_embeddings")
+    model = MultiVectorEncoder(
+        modules=[body, dense, MultiVectorMask(skiplist_words=list(string.punctuation)),
+                 Normalize(module_input_name="token_embeddings")],
+        prompts={"query": "[unused0] ", "document": "[unused1] "}, device="cpu")
+    model.save(str(target))
+    return target

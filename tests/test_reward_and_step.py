@@ -37,7 +37,8 @@ def _hand_computed_rewards(path, token_ids: list[int]) -> torch.Tensor:
 def test_reward_model_is_loaded_for_the_reward_task(qwen2_reward_model):
     llm = LLM(str(qwen2_reward_model(num_labels=1)), dtype="float32")
     assert llm.config.task == "reward"
-    assert llm.config.supported_pooling_tasks == ("encode",)
+    # encode (vLLM's reward) and, per SPEC §8, the reward head per token.
+    assert llm.config.supported_pooling_tasks == ("encode", "token_classify")
 
 
 def test_reward_model_gives_every_token_its_reward(qwen2_reward_model):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from cenote.config.pooler import (
     check_chunked_processing,
     task_pooler,
 )
+from cenote.config.retrieval import RetrievalConfig, read_retrieval_config
 from cenote.config.sentence_transformers import (
     SentenceTransformersConfig,
     read_sentence_transformers_config,
@@ -124,6 +125,8 @@ class ModelConfig:
     served_model_name: str | None = None
     # Where the tokenizer is read from, when not from the model's folder (vLLM's tokenizer=).
     tokenizer_path: Path | None = None
+    # Late-interaction and sparse outputs the folder declares (embedding models).
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     @classmethod
     def from_args(
@@ -180,6 +183,7 @@ class ModelConfig:
                 f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
                 "the longest prompt would never fit in a batch."
             )
+        retrieval = read_retrieval_config(path) if resolved_task == "embed" else RetrievalConfig()
         pooler_config = PoolerConfig.coerce(override_pooler_config)
         check_chunked_processing(pooler_config, resolved_task)
         return cls(
@@ -196,6 +200,7 @@ class ModelConfig:
             override_pooler_config=pooler_config,
             trust_remote_code=trust_remote_code,
             tokenizer_path=tokenizer_path,
+            retrieval=retrieval,
         )
 
     @property
@@ -242,7 +247,12 @@ class ModelConfig:
 
     @property
     def supported_pooling_tasks(self) -> tuple[str, ...]:
-        return supported_pooling_tasks(self.task, self.num_labels)
+        retrieval = self.retrieval
+        return supported_pooling_tasks(
+            self.task, self.num_labels, dense=retrieval.dense,
+            multi_vector=retrieval.late_interaction is not None,
+            sparse=retrieval.sparse.kind if retrieval.sparse else None,
+            token_head=self.architecture.endswith(("ForRewardModel", "ForProcessRewardModel")))
 
     def task_pooler(self, pooling_task: str) -> TaskPooler:
         """The default pooler of ``pooling_task`` with every config layer applied."""

@@ -99,9 +99,10 @@ def task_pooler(config: ModelConfig, task_name: str) -> TaskPooler:
     defaults = PoolingParams(**pooling_task(task_name).defaults)
     # BERT-family encoders pool their first token ([CLS]), decoders their last.
     pooling_type = PoolingType.CLS if config.is_bert_family else PoolingType.LAST
-    if task_name == "encode":
+    if not pooling_task(task_name).one_row:  # encode and the token-level tasks: every row
         pooling_type = PoolingType.ALL
-        if config.task == "reward" and config.architecture.endswith("ForProcessRewardModel"):
+        if (task_name == "encode" and config.task == "reward"
+                and config.architecture.endswith("ForProcessRewardModel")):
             pooling_type = PoolingType.STEP  # a process reward model scores the steps (vLLM)
     elif task_name == "embed" and config.st_config is not None:
         pooling_type = config.st_config.pooling_type or pooling_type

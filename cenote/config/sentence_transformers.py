@@ -37,6 +37,13 @@ class SentenceTransformersConfig:
     include_prompt: bool = True
 
 
+def is_token_level_dense(module: dict[str, Any], cfg: dict[str, Any]) -> bool:
+    """A Dense module that projects each token (ColBERT's), not the pooled sentence:
+    PyLate's, or one whose input is the token embeddings."""
+    return (module.get("type", "").startswith("pylate.")
+            or cfg.get("module_input_name") == "token_embeddings")
+
+
 def _torch_nn_activation(name: str | None) -> str:
     if not name:
         return "torch.nn.modules.linear.Identity"
@@ -72,9 +79,13 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig 
             st.pooling_type = _st_pooling_type(pooling)
             st.include_prompt = bool(pooling.get("include_prompt", True))
         elif kind == "Normalize":
-            st.normalize = True
+            # A token-level Normalize (late interaction) belongs to the multi-vector output.
+            st.normalize = st.normalize or read_json(folder / "config.json").get(
+                "module_input_name", "sentence_embedding") == "sentence_embedding"
         elif kind == "Dense":
             cfg = json.loads((folder / "config.json").read_text())
+            if is_token_level_dense(module, cfg):
+                continue  # a ColBERT projection: read by config.retrieval
             st.dense_layers.append(
                 DenseLayerConfig(
                     path=folder,

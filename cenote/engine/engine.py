@@ -12,9 +12,10 @@ import torch
 from cenote.config import ModelConfig
 from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
-from cenote.engine.scoring import ScoreJob, score_texts
+from cenote.engine.scoring import ScoreJob, distinct
 from cenote.inputs.chunking import Merge, split_into_chunks
 from cenote.inputs.instructions import instruction
+from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingOutput, PoolingRequestOutput
@@ -33,8 +34,10 @@ class PoolingEngine:
                                    config.trust_remote_code,
                                    getattr(config.hf_config, "vocab_size", None),
                                    max_embed_len=config.max_embed_len)
-        self.runner = ModelRunner(config, self.tokenizer.vocab_ids)
+        self.runner = ModelRunner(config, self.tokenizer)
         self.policy = self.runner.policy
+        late = config.retrieval.late_interaction
+        self.late = LateInteractionInputs(late, self.tokenizer) if late is not None else None
 
     def check_task(self, pooling_task: str) -> None:
         if pooling_task in self.config.supported_pooling_tasks:
@@ -42,10 +45,15 @@ class PoolingEngine:
         task = task_named(pooling_task)
         if pooling_task == "score" and self.config.task == "classify":
             raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
+        serves = ", ".join(self.config.supported_pooling_tasks)
+        if task.model_task == self.config.task:  # the right kind of model, without that output
+            raise UnsupportedTaskError(
+                f"{task.api} ({pooling_task}) is not supported by this model: it has no "
+                f"output for it. The pooling tasks it serves: {serves}.")
         raise UnsupportedTaskError(
             f"{task.api} is not supported by this model (its task is {self.config.task!r}). "
             f"Try converting the model using `--task {task.model_task}` "
-            f"(task={task.model_task!r} offline)."
+            f"(task={task.model_task!r} offline). The pooling tasks it serves: {serves}."
         )
 
     def resolve_params(
@@ -98,9 +106,12 @@ class PoolingEngine:
                 [prompts[i] for i in idx], cut, add_special_tokens, chunked=chunked)
         )
         skip = self._pool_skip(prefix)
-        return [SequenceInput(t.token_ids, t.token_type_ids, p,
+        seqs = [SequenceInput(t.token_ids, t.token_type_ids, p,
                               pool_skip=skip if isinstance(prompt, str) else 0)
                 for t, p, prompt in zip(tokenized, resolved, prompts, strict=True)]
+        if pooling_task == "token_embed" and self.late is not None:
+            seqs = self.late.documents(seqs)  # plain inputs read as documents, as ST does
+        return seqs
 
     def _instruction(self, prompt_name: str | None) -> str | None:
         """The instruction an embedding model's inputs start with (None: none)."""
@@ -126,6 +137,14 @@ class PoolingEngine:
         and the function that turns their outputs into one per input."""
         if pooling_task == "embed" and self.config.chunked_processing:
             return split_into_chunks(seqs, self.config.max_model_len)
+        if pooling_task == "token_embed" and any(s.drop_token_ids for s in seqs):
+            drop_first = self.config.retrieval.late_interaction.drop_first_token
+
+            def leave_out_dropped_rows(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                return [kept_rows(s, rows, drop_first)
+                        for s, rows in zip(seqs, outputs, strict=True)]
+
+            return list(seqs), leave_out_dropped_rows
         return list(seqs), list
 
     def prepare_pairs(
@@ -171,11 +190,19 @@ class PoolingEngine:
         if self.config.task == "classify":
             return ScoreJob(pairs, self.prepare_pairs(pairs, params, truncate_prompt_tokens),
                             "score")
-        # Embedding models score by cosine; any other task (reward) has no Score API.
-        self.check_task("embed" if self.config.task == "embed" else "score")
-        texts = score_texts(pairs)
-        return ScoreJob(pairs, self.prepare(texts, "embed", params, truncate_prompt_tokens),
-                        "embed", texts)
+        if self.config.task != "embed":  # a reward model has no Score API
+            self.check_task("score")
+        if self.late is not None:  # late interaction: queries and documents apart
+            (resolved,) = self.resolve_params("token_embed", params, 1, truncate_prompt_tokens)
+            queries, documents = distinct(a for a, _ in pairs), distinct(b for _, b in pairs)
+            seqs = (self.late.prepare(queries, resolved, query=True)
+                    + self.late.prepare(documents, resolved, query=False))
+            return ScoreJob(pairs, seqs, "token_embed", queries, documents,
+                            mean_over_query=self.config.retrieval.late_interaction.mean_over_query)
+        task = "embed" if "embed" in self.config.supported_pooling_tasks else "embed_sparse"
+        texts = distinct(t for pair in pairs for t in pair)
+        return ScoreJob(pairs, self.prepare(texts, task, params, truncate_prompt_tokens), task,
+                        texts)
 
     def run(
         self,

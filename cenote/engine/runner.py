@@ -5,7 +5,7 @@ steps are apart so a GPU engine can prepare the next batch while one is in fligh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from cenote.config import ModelConfig, PoolingType
 from cenote.inputs.prompts import SequenceInput
 from cenote.models import load_model
 from cenote.models.batch import PackedBatch
+from cenote.models.interface import Vocabulary
 from cenote.models.layers import Linear
 from cenote.params import PoolingParams
 from cenote.pooling.methods import PoolingMetadata
@@ -34,10 +35,9 @@ class PreparedBatch:
 class ModelRunner:
     """Owns the model and its pooler; runs batches of one pooling task."""
 
-    def __init__(self, config: ModelConfig,
-                 vocab_ids: Callable[[list[str]], list[int]]) -> None:
+    def __init__(self, config: ModelConfig, vocabulary: Vocabulary) -> None:
         self.config = config
-        loaded = load_model(config, vocab_ids)
+        loaded = load_model(config, vocabulary)
         self.model, self.pooler, self.policy = loaded.model, loaded.pooler, loaded.policy
         # Packed oneDNN matmuls cache a kernel per row count: give them few row counts.
         self.bucket_rows = any(isinstance(m, Linear) and m.packed is not None
@@ -61,8 +61,10 @@ class ModelRunner:
             token_ids = [before_trailing(ids, pad) for ids in token_ids]
         # A pooler that keeps one token per sequence needs only that row of the last layer.
         pooled = _POOLED_TOKEN.get(pooling_type) if self.prunes_last_layer else None
+        visible = ([s.visible_len for s in seqs] if any(s.visible_len is not None for s in seqs)
+                   else None)
         batch = PackedBatch.build(token_ids, types, self.config.device,
-                                  bucket=self.bucket_rows, pooled=pooled)
+                                  bucket=self.bucket_rows, pooled=pooled, visible_lens=visible)
         skip = [s.pool_skip for s in seqs] if any(s.pool_skip for s in seqs) else None
         return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip)
 
@@ -87,7 +89,7 @@ class ModelRunner:
         would wait for the device once per sequence)."""
         if not outputs or all(out.device.type == "cpu" for out in outputs):
             return list(outputs)
-        if len({out.dtype for out in outputs}) > 1:
+        if len({out.dtype for out in outputs}) > 1 or any(out.is_sparse for out in outputs):
             return [out.cpu() for out in outputs]
         flat = torch.cat([out.reshape(-1) for out in outputs]).cpu()
         return [part.view(out.shape)

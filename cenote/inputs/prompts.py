@@ -105,6 +105,12 @@ class SequenceInput:
     # Leading tokens left out of MEAN pooling: an instruction's, for models whose
     # Sentence-Transformers Pooling has include_prompt false.
     pool_skip: int = 0
+    # How many leading tokens the others attend to (None: all). ColBERT's query
+    # expansion tokens are computed but not attended to.
+    visible_len: int | None = None
+    # Tokens whose rows a token-level output leaves out (a ColBERT document's
+    # punctuation).
+    drop_token_ids: frozenset[int] = frozenset()
 
     @property
     def cost(self) -> int:

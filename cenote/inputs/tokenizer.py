@@ -251,6 +251,13 @@ class Tokenizer:
                              "vocabulary; give tokens as the tokenizer spells them.")
         return [vocab[t] for t in tokens]
 
+    def boundary_ids(self) -> frozenset[int]:
+        """The ids of the [CLS]/BOS, EOS, padding and unknown tokens this tokenizer has
+        (BGE-M3 leaves them out of its lexical weights)."""
+        ids = (self.hf.cls_token_id, self.hf.eos_token_id, self.hf.pad_token_id,
+               self.hf.unk_token_id)
+        return frozenset(i for i in ids if i is not None)
+
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids)
 

@@ -37,6 +37,10 @@ class PackedBatch:
     pooled: str | None = None
     # [P >= B]: the row of each sequence's pooled token, then filler (row 0).
     pooled_rows: torch.Tensor | None = None
+    # Whether some sequence hides its last tokens from attention (ColBERT's query
+    # expansion): only ``key_padding_mask`` says which keys are seen, so attention
+    # must take the padded path.
+    hides_keys: bool = False
 
     @classmethod
     def build(
@@ -46,6 +50,7 @@ class PackedBatch:
         device: torch.device | str = "cpu",
         bucket: bool = False,
         pooled: str | None = None,
+        visible_lens: list[int | None] | None = None,
     ) -> PackedBatch:
         """``bucket``: add filler rows up to ``bucket_rows(T)`` (and pooled rows up to
         ``bucket_rows(B)``). ``pooled``: "first" or "last" when only that token of
@@ -73,13 +78,20 @@ class PackedBatch:
             types = torch.tensor(list(itertools.chain.from_iterable(token_type_ids))
                                  + [0] * filler, dtype=torch.long)
         slots = padded_index = mask = row_index = None
-        if min(seq_lens) != max_len:
+        hides_keys = visible_lens is not None and any(
+            v is not None and v < n for v, n in zip(visible_lens, seq_lens, strict=True))
+        if min(seq_lens) != max_len or hides_keys:
             valid = np.arange(max_len)[None, :] < lens[:, None]  # [B, max_len]
             # Tokens are laid out sequence by sequence, so their padded slots are
             # exactly the valid cells of the mask in row-major order.
             slots = np.flatnonzero(valid)
             padded_index = torch.from_numpy(slots).to(device)
-            mask = torch.from_numpy(valid)[:, None, None, :].to(device)
+            seen = valid
+            if hides_keys:  # every token attends to the first visible_lens keys only
+                limits = np.asarray([n if v is None else v
+                                     for v, n in zip(visible_lens, seq_lens, strict=True)])
+                seen = np.arange(max_len)[None, :] < limits[:, None]
+            mask = torch.from_numpy(seen)[:, None, None, :].to(device)
         if filler:
             if slots is None:
                 slots = np.arange(num_tokens, dtype=np.int64)
@@ -108,6 +120,7 @@ class PackedBatch:
             row_index=row_index,
             pooled=pooled,
             pooled_rows=pooled_rows,
+            hides_keys=hides_keys,
         )
 
     @property

@@ -16,6 +16,7 @@ from cenote.config.hf import position_offset
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import (
+    FUSED_ACTIVATION_FUNCTIONS,
     LayerNorm,
     Linear,
     packed_qkv_attention,
@@ -121,6 +122,37 @@ class RobertaClassifierHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
+class MaskedLMHead(nn.Module):
+    """BERT's (``cls.predictions``) or RoBERTa's (``lm_head``) masked-LM head: dense,
+    activation, LayerNorm, then the vocabulary projection (a copy of the word
+    embeddings where the checkpoint ties them). SPLADE reads its logits."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(hidden, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(FUSED_ACTIVATION_FUNCTIONS[self.act](self.dense(x)))
+        return self.decoder(x) + self.bias
+
+
+# Masked-LM head names (BERT's, RoBERTa's) -> ours.
+_MLM_RENAMES = [
+    (r"^cls\.predictions\.transform\.dense\.", "vocab_head.dense."),
+    (r"^cls\.predictions\.transform\.LayerNorm\.", "vocab_head.norm."),
+    (r"^cls\.predictions\.decoder\.weight$", "vocab_head.decoder.weight"),
+    (r"^cls\.predictions\.(decoder\.)?bias$", "vocab_head.bias"),
+    (r"^lm_head\.dense\.", "vocab_head.dense."),
+    (r"^lm_head\.layer_norm\.", "vocab_head.norm."),
+    (r"^lm_head\.decoder\.weight$", "vocab_head.decoder.weight"),
+    (r"^lm_head\.(decoder\.)?bias$", "vocab_head.bias"),
+]
+
 # Checkpoint name -> our name. Applied after the model prefix (bert., roberta., ...) is cut.
 _LAYER_RENAMES = [
     (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn_out."),
@@ -154,6 +186,8 @@ class BertFamilyModel(PoolingModel):
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         heads = config.num_attention_heads
         self.attention_shape = AttentionShape(heads, heads, config.hidden_size // heads, False)
+        if task == "embed" and (config.architectures or [""])[0].endswith("ForMaskedLM"):
+            self.vocab_head = MaskedLMHead(config)
         if task == "classify":
             if config.model_type == "bert":
                 self.classifier = BertClassifierHead(config)
@@ -186,6 +220,12 @@ class BertFamilyModel(PoolingModel):
                     name = "classifier." + name.replace("pooler.dense.", "pooler.")
                 loader.assign(name, tensor)
                 continue
+            if self.vocab_head is not None and name.startswith(("cls.", "lm_head.")):
+                for pattern, replacement in _MLM_RENAMES:
+                    if re.search(pattern, name):
+                        loader.assign(re.sub(pattern, replacement, name), tensor)
+                        break
+                continue
             if _IGNORED.search(name):
                 continue
             match = _QKV.fullmatch(name)
@@ -198,6 +238,10 @@ class BertFamilyModel(PoolingModel):
                 name = re.sub(pattern, replacement, name)
             loader.assign(name, tensor)
         missing = loader.finish()
+        if "vocab_head.decoder.weight" in missing:  # tied to the word embeddings
+            with torch.no_grad():
+                self.vocab_head.decoder.weight.copy_(self.embeddings.word_embeddings.weight)
+            missing.remove("vocab_head.decoder.weight")
         if missing:
             raise missing_tensors_error(missing)
         self.layers[-1].split_qkv()  # the layer that runs pooled-only

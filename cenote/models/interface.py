@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ class PoolingModel(nn.Module):
         # A classifier that scores the last token that is not this pad token, as
         # transformers' decoder classifiers do (see ``ModelRunner``); None: the last.
         self.classify_pad_token_id: int | None = None
+        # The masked-LM head over the vocabulary (SPLADE's), where the checkpoint has one.
+        self.vocab_head: nn.Module | None = None
         # Set by native models, whose attention kernels are checked at load.
         self.attention_shape: AttentionShape | None = None
 
@@ -50,3 +52,13 @@ class PoolingModel(nn.Module):
 
     def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot build a head from tokens.")
+
+
+class Vocabulary(Protocol):
+    """What loading a model may ask of its tokenizer."""
+
+    def vocab_ids(self, tokens: list[str]) -> list[int]:
+        """The ids of ``tokens`` (``ValueError`` for one the vocabulary lacks)."""
+
+    def boundary_ids(self) -> frozenset[int]:
+        """The ids of the [CLS]/BOS, EOS, padding and unknown tokens it has."""

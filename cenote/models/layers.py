@@ -42,7 +42,7 @@ def packed_attention(
     over a padded layout.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
-    kernel = native_attention()
+    kernel = None if batch.hides_keys else native_attention()
     if kernel is not None and kernel.supports(q, head_dim, batch.max_len):
         rows, kv_heads = q.shape[0], k.shape[1]
         return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1), batch,
@@ -171,7 +171,7 @@ def flash_varlen_supported(q: torch.Tensor, batch: PackedBatch) -> bool:
     """Whether ``flash_varlen_attention`` can run ``q`` (``[T, heads, head_dim]``):
     fp16/bf16 on an Ampere or newer GPU, head_dim a multiple of 8 up to 256, no
     filler rows."""
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not batch.hides_keys
             and not _flash_varlen_failed and batch.num_rows == batch.num_tokens
             and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
             and torch.backends.cuda.flash_sdp_enabled()
@@ -228,7 +228,7 @@ def packed_qkv_attention(
     copy instead of one per q, k, v) for SDPA; q, k and v are strided views of it.
     """
     head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
-    kernel = native_attention()
+    kernel = None if batch.hides_keys else native_attention()
     if kernel is not None and kernel.supports(qkv, head_dim, batch.max_len):
         q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
         return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch, num_heads,
@@ -261,7 +261,7 @@ def pooled_query_attention(
     rows' queries are used. Native CPU kernel only; None elsewhere (the caller then
     projects q, k and v together)."""
     head_dim = q_proj.out_features // num_heads
-    kernel = native_attention()
+    kernel = None if batch.hides_keys else native_attention()
     if kernel is None or not kernel.supports(x, head_dim, batch.max_len):
         return None
     kv = kv_proj(x)
@@ -307,6 +307,10 @@ _FUSED_ACTIVATIONS = {
     "relu": ("relu", "", F.relu),
     "silu": ("swish", "", F.silu),
 }
+
+
+# Each of those activations as a plain function.
+FUSED_ACTIVATION_FUNCTIONS = {name: fn for name, (_, _, fn) in _FUSED_ACTIVATIONS.items()}
 
 
 def can_pack(weight: torch.Tensor) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,13 +14,14 @@ from cenote.config import ModelConfig
 from cenote.config.hf import BERT_FAMILY, classifier_from_token
 from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
-from cenote.models.interface import PoolingModel
+from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import pack_linears, settle_cpu_attention
 from cenote.models.loading import iter_checkpoint, load_state_dict
 from cenote.pooling.heads import DenseLayers, resolve_torch_activation
 from cenote.pooling.policy import PoolingPolicy
-from cenote.pooling.pooler import Pooler
+from cenote.pooling.pooler import HeadWeights, Pooler
+from cenote.pooling.token_heads import SparseHead
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,10 @@ class LoadedModel:
     policy: PoolingPolicy
 
 
-def load_model(config: ModelConfig,
-               vocab_ids: Callable[[list[str]], list[int]]) -> LoadedModel:
+def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
     """Build the model for ``config``, load its weights and heads, and build its pooler.
-    ``vocab_ids``: the tokenizer's ids of tokens, for heads built from LM-head rows."""
+    ``vocabulary``: the tokenizer's ids, for heads built from LM-head rows and for
+    the tokens a lexical head leaves out."""
     classify = config.task == "classify"
     cls = None if runs_its_own_code(config) else native_model_class(config.model_type)
     head_from_tokens = classifier_from_token(config.hf_config) if classify else None
@@ -112,7 +113,7 @@ def load_model(config: ModelConfig,
         model = cls(config.hf_config, task=config.task)
         if head_from_tokens is not None:
             method, tokens = head_from_tokens
-            model.use_head_from_tokens(method, vocab_ids(tokens))
+            model.use_head_from_tokens(method, vocabulary.vocab_ids(tokens))
         try:
             model.load_weights(iter_checkpoint(config.path))
         except Exception as exc:  # safetensors, pickle and name/shape errors alike
@@ -125,23 +126,64 @@ def load_model(config: ModelConfig,
         shape = model.attention_shape
         settle_cpu_attention(shape.num_heads, shape.num_kv_heads, shape.head_dim, config.dtype,
                              causal=shape.causal)
-    st = config.st_config
-    dense = load_dense_layers(st.dense_layers) if st and st.dense_layers else None
-    token_head = model.token_head
-    width = (getattr(token_head, "out_features", None) if token_head is not None
+    weights = load_head_weights(config, model, vocabulary)
+    width = (getattr(weights.token_head, "out_features", None)
+             if weights.token_head is not None
              else getattr(config.hf_config, "hidden_size", None))
     policy = PoolingPolicy(config, output_width=width)
-    pooler = Pooler(
-        policy,
-        dense=dense,
-        classifier=model.classifier,
-        token_head=token_head,
-        score_activation=classifier_activation(config) if classify else None,
-    )
-    pooler = pooler.to(device=config.device).eval()
+    pooler = Pooler(policy, weights).to(device=config.device).eval()
     # Heads are tiny next to the body; running them in fp32 keeps low-precision
     # rounding of the body from being amplified into the scores.
-    for head in (pooler.dense, pooler.classifier, pooler.token_head):
-        if head is not None:
-            head.to(torch.float32)
+    for head in weights.modules():
+        head.to(torch.float32)
     return LoadedModel(model, pooler, policy)
+
+
+def load_head_weights(config: ModelConfig, model: PoolingModel,
+                      vocabulary: Vocabulary) -> HeadWeights:
+    """Every weight the poolers apply after the body: Sentence-Transformers Dense
+    layers, the model's classifier or per-token head, a cross-encoder's activation,
+    a late-interaction projection and a sparse head."""
+    st = config.st_config
+    weights = HeadWeights(
+        dense=load_dense_layers(st.dense_layers) if st and st.dense_layers else None,
+        classifier=model.classifier,
+        token_head=model.token_head,
+        score_activation=classifier_activation(config) if config.task == "classify" else None,
+    )
+    hidden = getattr(config.hf_config, "hidden_size", None)
+    late, sparse = config.retrieval.late_interaction, config.retrieval.sparse
+    if late is not None:
+        weights.drop_first_token = late.drop_first_token
+        if late.projection is not None:
+            weights.token_projection = load_linear(late.projection, hidden, late.projection_bias)
+    if sparse is not None:
+        vocab_size = config.hf_config.vocab_size
+        if sparse.kind == "lexical":
+            weights.token_head = nn.Sequential(load_linear(sparse.head, hidden, True), nn.ReLU())
+            weights.sparse = SparseHead(sparse, weights.token_head, vocab_size,
+                                        vocabulary.boundary_ids())
+        elif model.vocab_head is None:
+            raise ValueError(f"A SPLADE model needs its masked-LM head: {config.architecture} "
+                             "has none here (BERT- and RoBERTa-family *ForMaskedLM "
+                             "checkpoints run natively).")
+        else:
+            weights.sparse = SparseHead(sparse, model.vocab_head, vocab_size)
+    return weights
+
+
+def load_linear(source: Path, in_features: int, bias: bool) -> nn.Linear:
+    """A projection saved as a Sentence-Transformers/PyLate Dense folder (``linear.*``)
+    or as a ``torch.save`` state dict (BGE-M3's ``*_linear.pt``)."""
+    if source.is_dir():
+        state = {k.removeprefix("linear."): v for k, v in load_state_dict(source).items()}
+    else:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    weight = state.get("weight")
+    if weight is None or weight.ndim != 2 or weight.shape[1] != in_features:
+        raise ValueError(f"{source}: expected a [out, {in_features}] weight, found "
+                         f"{None if weight is None else tuple(weight.shape)}.")
+    linear = nn.Linear(in_features, weight.shape[0], bias=bias and "bias" in state)
+    linear.load_state_dict({k: v for k, v in state.items() if k in ("weight", "bias")
+                            and (k == "weight" or linear.bias is not None)})
+    return linear

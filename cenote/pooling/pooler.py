@@ -4,6 +4,7 @@ made of them), applied to a whole batch's hidden states at once."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -13,37 +14,49 @@ from cenote.params import PoolingParams
 from cenote.pooling.heads import ClassifierHead, EmbeddingHead, TokenHead
 from cenote.pooling.methods import PoolingMetadata, select_tokens
 from cenote.pooling.policy import PoolingPolicy
+from cenote.pooling.token_heads import SparseHead, TokenClassifyHead, TokenEmbedHead
+
+
+@dataclass
+class HeadWeights:
+    """The weights a model's poolers apply after its body (all optional, loaded by the
+    registry): ``dense`` (Sentence-Transformers Dense layers, embed), ``classifier``
+    (classify/score), ``token_head`` (per token: reward heads, BGE-M3's lexical
+    weights), ``score_activation`` (a cross-encoder's own activation for the Score
+    API), ``token_projection`` (late interaction's per-token projection; with
+    ``drop_first_token``, BGE-M3 leaves [CLS] out), ``sparse`` (the embed_sparse head)."""
+
+    dense: nn.Module | None = None
+    classifier: nn.Module | None = None
+    token_head: nn.Module | None = None
+    score_activation: nn.Module | None = None
+    token_projection: nn.Module | None = None
+    drop_first_token: bool = False
+    sparse: SparseHead | None = None
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.dense, self.classifier, self.token_head,
+                            self.token_projection, self.sparse) if m is not None]
 
 
 class Pooler(nn.Module):
-    """Turns a batch's hidden states into one output tensor per sequence.
+    """Turns a batch's hidden states into one output tensor per sequence."""
 
-    Heads (all optional): ``dense`` (Sentence-Transformers Dense layers, embed),
-    ``classifier`` (classify/score, sequence-level), ``token_head`` (reward models,
-    applied to each token for encode); ``score_activation``: a cross-encoder's own
-    activation for the Score API.
-    """
-
-    def __init__(
-        self,
-        policy: PoolingPolicy,
-        dense: nn.Module | None = None,
-        classifier: nn.Module | None = None,
-        token_head: nn.Module | None = None,
-        score_activation: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, policy: PoolingPolicy, weights: HeadWeights) -> None:
         super().__init__()
-        self.dense = dense
-        self.classifier = classifier
-        self.token_head = token_head
+        self.weights = weights
         self.methods: dict[str, PoolingType] = {
             task: pooler.pooling_type for task, pooler in policy.task_poolers.items()}
         heads = {
-            "encode": lambda: TokenHead(token_head, self.methods["encode"]),
-            "embed": lambda: EmbeddingHead(dense),
-            "classify": lambda: ClassifierHead(classifier, score=False),
-            "score": lambda: ClassifierHead(classifier, score=True,
-                                            score_activation=score_activation),
+            "encode": lambda: TokenHead(weights.token_head, self.methods["encode"]),
+            "embed": lambda: EmbeddingHead(weights.dense),
+            "classify": lambda: ClassifierHead(weights.classifier, score=False),
+            "score": lambda: ClassifierHead(weights.classifier, score=True,
+                                            score_activation=weights.score_activation),
+            "token_embed": lambda: TokenEmbedHead(weights.token_projection,
+                                                  weights.drop_first_token),
+            "token_classify": lambda: TokenClassifyHead(weights.token_head),
+            "embed_sparse": lambda: weights.sparse,
         }
         self.heads = nn.ModuleDict({task: heads[task]() for task in self.methods})
 

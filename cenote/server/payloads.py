@@ -7,6 +7,7 @@ little-endian float32 bytes.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -44,9 +45,16 @@ def float_payload(data: torch.Tensor, encoding_format: str) -> list | str:
     return data.tolist()
 
 
-def json_response(body: BaseModel, status_code: int = 200) -> Response:
-    return Response(body.model_dump_json(), status_code=status_code,
-                    media_type="application/json")
+def sparse_payload(data: torch.Tensor) -> dict[str, list]:
+    """A sparse pooled vector as its vocabulary ids (ascending) and weights."""
+    data = data.coalesce()
+    return {"indices": data.indices()[0].tolist(), "values": data.values().tolist()}
+
+
+def json_response(body: BaseModel | list, status_code: int = 200) -> Response:
+    """``body`` (a response model, or a plain list such as TEI's answers) as JSON."""
+    content = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
+    return Response(content, status_code=status_code, media_type="application/json")
 
 
 async def render(build: Callable[[], BaseModel], num_items: int) -> Response:

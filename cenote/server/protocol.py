@@ -115,25 +115,6 @@ class InputOrMessages(ChatFields):
         return self
 
 
-class EmbeddingRequest(InputOrMessages, TruncationFields):
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = None
-    user: str | None = None
-    normalize: StrictBool | None = None
-    # The model's instruction to put before each text (TEI's field; Sentence-Transformers
-    # prompts). Without it, the model's default prompt applies.
-    prompt_name: StrictStr | None = None
-
-    def pooling_params(self) -> PoolingParams:
-        return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
-                             truncation_side=self.truncation_side)
-
-
-class PoolingRequest(EmbeddingRequest):
-    """``/pooling``: the same fields as embeddings; runs the ``encode`` task."""
-
-
 class ActivationFields(TruncationFields):
     """Whether a classifier's head output goes through its activation (sigmoid or
     softmax); false returns raw logits. ``use_activation`` is vLLM's current name,
@@ -146,6 +127,36 @@ class ActivationFields(TruncationFields):
     def pooling_params(self) -> PoolingParams:
         return PoolingParams(use_activation=self.use_activation, activation=self.activation,
                              softmax=self.softmax, truncation_side=self.truncation_side)
+
+
+class EmbeddingRequest(InputOrMessages, TruncationFields):
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    user: str | None = None
+    normalize: StrictBool | None = None
+    # The model's instruction to put before each text (TEI's field; Sentence-Transformers
+    # prompts). Without it, the model's default prompt applies.
+    prompt_name: StrictStr | None = None
+    # "sparse": the model's sparse vector (SPLADE, BGE-M3) as indices and values.
+    embedding_type: Literal["dense", "sparse"] = "dense"
+
+    def pooling_params(self) -> PoolingParams:
+        return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
+                             truncation_side=self.truncation_side)
+
+
+class PoolingRequest(EmbeddingRequest, ActivationFields):
+    """``/pooling``: the fields of embeddings; runs ``task`` (vLLM's: ``encode`` by
+    default, or ``embed``, ``classify``, ``token_embed``, ``token_classify``)."""
+
+    task: Literal["encode", "embed", "classify", "token_embed", "token_classify"] = "encode"
+
+    def pooling_params(self) -> PoolingParams:
+        return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
+                             truncation_side=self.truncation_side,
+                             use_activation=self.use_activation, activation=self.activation,
+                             softmax=self.softmax)
 
 
 class ClassificationRequest(InputOrMessages, ActivationFields):
@@ -240,10 +251,17 @@ class UsageInfo(APIModel):
         return cls(prompt_tokens=num_tokens, total_tokens=num_tokens)
 
 
+class SparseVector(APIModel):
+    """A sparse embedding: vocabulary ids (ascending) and their weights."""
+
+    indices: list[int]
+    values: list[float]
+
+
 class EmbeddingResponseData(APIModel):
     index: int
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str
+    embedding: list[float] | str | SparseVector
 
 
 class EmbeddingResponse(APIModel):

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from cenote.inputs.prompts import Prompt
 from cenote.server.context import ServerContext, get_context
-from cenote.server.payloads import float_payload, prompts_from_input, render
+from cenote.server.payloads import float_payload, prompts_from_input, render, sparse_payload
 from cenote.server.protocol import (
     ClassificationData,
     ClassificationRequest,
@@ -18,6 +18,7 @@ from cenote.server.protocol import (
     PoolingRequest,
     PoolingResponse,
     PoolingResponseData,
+    SparseVector,
     UsageInfo,
 )
 
@@ -36,17 +37,24 @@ async def _prompts(ctx: ServerContext,
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest,
                             ctx: ServerContext = Depends(get_context)) -> Response:
-    """OpenAI embeddings: one vector per input (``LLM.embed``)."""
+    """OpenAI embeddings: one vector per input (``LLM.embed``); with ``embedding_type``
+    sparse, the model's sparse vector (``LLM.embed_sparse``) as indices and values."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(await _prompts(ctx, body), "embed", body.pooling_params(),
+    sparse = body.embedding_type == "sparse"
+    outputs = await ctx.engine.encode(await _prompts(ctx, body),
+                                      "embed_sparse" if sparse else "embed", body.pooling_params(),
                                       body.truncate_prompt_tokens, body.special_tokens,
                                       prompt_name=body.prompt_name)
+
+    def vector(data) -> list[float] | str | SparseVector:
+        if sparse:
+            return SparseVector(**sparse_payload(data))
+        return float_payload(data, body.encoding_format)
 
     def build() -> EmbeddingResponse:
         return EmbeddingResponse(
             model=model,
-            data=[EmbeddingResponseData(index=i, embedding=float_payload(o.outputs.data,
-                                                                         body.encoding_format))
+            data=[EmbeddingResponseData(index=i, embedding=vector(o.outputs.data))
                   for i, o in enumerate(outputs)],
             usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
         )
@@ -57,9 +65,9 @@ async def create_embeddings(body: EmbeddingRequest,
 @router.post("/pooling", response_model=PoolingResponse)
 async def create_pooling(body: PoolingRequest,
                          ctx: ServerContext = Depends(get_context)) -> Response:
-    """Raw pooler output per input (``LLM.encode``): all token rows by default."""
+    """Pooler output per input for ``task`` (``LLM.encode``): all token rows by default."""
     model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(await _prompts(ctx, body), "encode", body.pooling_params(),
+    outputs = await ctx.engine.encode(await _prompts(ctx, body), body.task, body.pooling_params(),
                                       body.truncate_prompt_tokens, body.special_tokens,
                                       prompt_name=body.prompt_name)
 
@@ -73,7 +81,8 @@ async def create_pooling(body: PoolingRequest,
         )
 
     # Token-level outputs are big even for few inputs; count rows, not inputs.
-    return await render(build, sum(o.outputs.data.shape[0] for o in outputs))
+    return await render(build, sum(len(o.outputs.data) if o.outputs.data.ndim > 1 else 1
+                                   for o in outputs))
 
 
 @router.post("/classify", response_model=ClassificationResponse)
