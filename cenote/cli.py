@@ -13,12 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from cenote.compat.vllm import IGNORED_VLLM_OPTIONS, task_from_vllm_options, vllm_arg_problem
 from cenote.tasks import MODEL_TASKS
+
+if TYPE_CHECKING:
+    from cenote.server.media import MediaPolicy
 
 logger = logging.getLogger("cenote")
 
@@ -123,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-request-chat-template", action="store_true",
                        help="Render a chat_template sent in a request (requests with "
                             "messages otherwise use the model's own template).")
+    serve.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                       help="A folder whose images requests may name as file:// URLs. "
+                            "Default: none (file:// refused).")
+    serve.add_argument("--allowed-media-domains", nargs="+", default=[], metavar="HOST",
+                       help="Hosts whose http(s):// image URLs requests may name. Default: "
+                            "none (remote images refused).")
+    serve.add_argument("--max-image-pixels", type=_positive_int, default=40_000_000,
+                       metavar="N",
+                       help="Images with more pixels are refused (checked before decoding).")
+    serve.add_argument("--limit-mm-per-prompt", type=_json_object, default=None, metavar="JSON",
+                       help="Images per prompt, e.g. '{\"image\": 1}' (the default).")
     serve.add_argument("--revision", default=None,
                        help="Hub revision (branch, tag or commit) of MODEL.")
     serve.add_argument("--tokenizer", default=None,
@@ -195,6 +209,24 @@ def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
         names = [name, "-tp"] if name == "--tensor-parallel-size" else [name]
         group.add_argument(*names, dest="ignored_" + name[2:].replace("-", "_"),
                            help=argparse.SUPPRESS, **kwargs)
+
+
+def media_policy(args: argparse.Namespace) -> MediaPolicy:
+    """The image sources and limits the media flags allow."""
+    from cenote.server.media import MediaPolicy
+
+    limits = args.limit_mm_per_prompt or {}
+    unknown = sorted(set(limits) - {"image"})
+    images = limits.get("image", 1)
+    if unknown or isinstance(images, bool) or not isinstance(images, int) or images < 0:
+        raise SystemExit("--limit-mm-per-prompt takes '{\"image\": N}' with N >= 0.")
+    folder = args.allowed_local_media_path
+    if folder is not None and not Path(folder).is_dir():
+        raise SystemExit(f"--allowed-local-media-path {folder!r} is not a folder.")
+    return MediaPolicy(allowed_local_media_path=Path(folder) if folder else None,
+                       allowed_media_domains=frozenset(d.lower() for d in
+                                                       args.allowed_media_domains),
+                       max_image_pixels=args.max_image_pixels, max_images_per_prompt=images)
 
 
 def _read_template(value: str | None) -> str | None:
@@ -281,6 +313,7 @@ def serve(args: argparse.Namespace) -> int:
                           request_timeout_s=args.request_timeout,
                           engine_stall_timeout_s=args.engine_stall_timeout)
     app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
+                    media=media_policy(args),
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,
                     chat_template=_read_template(args.chat_template),
                     trust_request_chat_template=args.trust_request_chat_template)

@@ -151,3 +151,14 @@ def colbert_path(minilm_path, tmp_path_factory) -> Path:
     from tests.factories import build_colbert
 
     return build_colbert(minilm_path, tmp_path_factory.mktemp("colbert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dual_encoder(minilm_path, tmp_path_factory):
+    """``tiny_dual_encoder("clip" | "siglip")`` -> a random CLIP or SigLIP folder with its
+    image processor (built once per session)."""
+    from tests.factories import build_tiny_dual_encoder
+
+    return _built_once(
+        tmp_path_factory,
+        lambda target, *a, **k: build_tiny_dual_encoder(minilm_path, target, *a, **k))

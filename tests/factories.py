@@ -317,3 +317,53 @@ def build_colbert(minilm_path: Path, target: Path, seed: int = 0) -> Path:
         prompts={"query": "[unused0] ", "document": "[unused1] "}, device="cpu")
     model.save(str(target))
     return target
+
+
+def build_tiny_dual_encoder(minilm_path: Path, target: Path, family: str = "clip",
+                            seed: int = 0) -> Path:
+    """A random CLIP or SigLIP (2 layers a tower, 32x32 images in 8x8 patches), saved with
+    ``save_pretrained`` beside MiniLM's tokenizer and the family's PIL image processor
+    (not square-resized: CLIP resizes the short side and centre-crops)."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessorPil,
+        SiglipModel,
+    )
+
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4)
+    torch.manual_seed(seed)
+    if family == "clip":
+        config = CLIPConfig(
+            text_config=dict(vocab_size=TINY_VOCAB, max_position_embeddings=64, eos_token_id=102,
+                             bos_token_id=101, pad_token_id=0, **tower),
+            vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=16)
+        model = CLIPModel(config)
+        processor = CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                          crop_size={"height": 32, "width": 32})
+    else:
+        config = SiglipConfig(
+            text_config=dict(vocab_size=TINY_VOCAB, max_position_embeddings=64, pad_token_id=0,
+                             **tower),
+            vision_config=dict(image_size=32, patch_size=8, **tower))
+        model = SiglipModel(config)
+        processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    _save_tokenizer(minilm_path, target)
+    return target
+
+
+def build_st_clip_folder(clip_path: Path, target: Path) -> Path:
+    """A Sentence-Transformers CLIP folder as ``clip-ViT-B-32`` ships: the model in
+    ``0_CLIPModel`` and a ``modules.json`` naming it."""
+    import shutil
+
+    shutil.copytree(clip_path, target / "0_CLIPModel")
+    (target / "modules.json").write_text(json.dumps([{
+        "idx": 0, "name": "0", "path": "0_CLIPModel",
+        "type": "sentence_transformers.models.CLIPModel"}]))
+    return target

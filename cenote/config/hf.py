@@ -13,6 +13,9 @@ from cenote.config.sentence_transformers import SentenceTransformersConfig
 logger = logging.getLogger(__name__)
 
 BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
+# Dual encoders whose towers transformers runs (get_text_features / get_image_features).
+DUAL_ENCODER_ARCHITECTURES = frozenset({"CLIPModel", "SiglipModel", "Siglip2Model",
+                                        "AutoModel"})
 # RoBERTa-style models number positions from padding_idx + 1.
 POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "camembert"})
 
@@ -24,6 +27,13 @@ def position_offset(hf_config: Any) -> int:
         return 0
     pad = getattr(hf_config, "pad_token_id", None)
     return (pad if pad is not None else 1) + 1
+
+
+def is_dual_encoder(hf_config: Any) -> bool:
+    """A text tower and a vision tower projected into one space (CLIP, SigLIP)."""
+    return (getattr(hf_config, "text_config", None) is not None
+            and getattr(hf_config, "vision_config", None) is not None
+            and architecture_of(hf_config) in DUAL_ENCODER_ARCHITECTURES)
 
 
 def architecture_of(hf_config: Any) -> str:
@@ -177,6 +187,9 @@ def derive_max_model_len(
     # The first of the names architectures give their length limit (as vLLM reads them).
     key = next((k for k in _LENGTH_KEYS if isinstance(getattr(hf_config, k, None), int)
                 and getattr(hf_config, k) > 0), None)
+    text_config = getattr(hf_config, "text_config", None)
+    if key is None and text_config is not None:  # a dual encoder: its text tower's limit
+        return derive_max_model_len(text_config, st_config, user_value)
     if key is not None:
         positions = getattr(hf_config, key) - position_offset(hf_config)
         positions = _rope_scaled_positions(hf_config, positions)

@@ -40,7 +40,7 @@ def resolve_model_path(model: str | os.PathLike | None, revision: str | None = N
             if not has_tokenizer_files(path):
                 raise ModelNotFoundError(f"Tokenizer folder {str(path)!r} has none of "
                                          f"{', '.join(TOKENIZER_FILES)}.")
-        elif not (path / "config.json").is_file():
+        elif transformer_folder(path) is None:
             raise ModelNotFoundError(
                 f"Model folder {str(path)!r} has no config.json; expected a Hugging Face "
                 "or Sentence-Transformers model folder."
@@ -97,3 +97,24 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
     value = json.loads(path.read_text())
     return value if isinstance(value, dict) else {}
+
+
+def transformer_folder(path: Path) -> Path | None:
+    """The folder holding the Hugging Face model: ``path`` itself, or, for a
+    Sentence-Transformers folder whose first module lives in a subfolder (a CLIP
+    model's ``0_CLIPModel``), that subfolder; None when there is neither."""
+    if (path / "config.json").is_file():
+        return path
+    modules = read_json_list(path / "modules.json")
+    first = modules[0].get("path") if modules and isinstance(modules[0], dict) else None
+    if first and (path / first / "config.json").is_file():
+        return path / first
+    return None
+
+
+def read_json_list(path: Path) -> list[Any]:
+    """A JSON array file's contents; ``[]`` when it is missing or not an array."""
+    if not path.is_file():
+        return []
+    value = json.loads(path.read_text())
+    return value if isinstance(value, list) else []

@@ -19,9 +19,10 @@ from cenote.config.hf import (
     check_classifier_from_token,
     classifier_from_token,
     derive_max_model_len,
+    is_dual_encoder,
     set_reward_head_labels,
 )
-from cenote.config.hub import ModelNotFoundError, resolve_model_path
+from cenote.config.hub import ModelNotFoundError, resolve_model_path, transformer_folder
 from cenote.config.pooler import (
     PoolerConfig,
     TaskPooler,
@@ -146,7 +147,8 @@ class ModelConfig:
     ) -> ModelConfig:
         from transformers import AutoConfig
 
-        path = resolve_model_path(model, revision)
+        root = resolve_model_path(model, revision)
+        path = transformer_folder(root)  # a Sentence-Transformers CLIP folder: its model
         tokenizer_path = (resolve_model_path(tokenizer, tokenizer_only=True)
                           if tokenizer is not None else None)
         name = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
@@ -170,7 +172,7 @@ class ModelConfig:
             raise ValueError(f"matryoshka_dimensions must be a list of positive integers, "
                              f"not {dims!r}.")
         architecture = architecture_of(hf_config)
-        st_config = read_sentence_transformers_config(path)
+        st_config = read_sentence_transformers_config(root)
         is_cross_encoder = architecture.endswith("ForSequenceClassification")
         resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder,
                                      pooling_runner=runner == "pooling")
@@ -183,7 +185,7 @@ class ModelConfig:
                 f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
                 "the longest prompt would never fit in a batch."
             )
-        retrieval = read_retrieval_config(path) if resolved_task == "embed" else RetrievalConfig()
+        retrieval = read_retrieval_config(root) if resolved_task == "embed" else RetrievalConfig()
         pooler_config = PoolerConfig.coerce(override_pooler_config)
         check_chunked_processing(pooler_config, resolved_task)
         return cls(
@@ -268,3 +270,11 @@ class ModelConfig:
     def max_embed_len(self) -> int | None:
         """With chunked processing, the longest input embed takes (None: no limit)."""
         return self.override_pooler_config.max_embed_len if self.chunked_processing else None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """What inputs the model embeds: text, and images for a dual encoder (CLIP,
+        SigLIP: a text and a vision tower projected into one space)."""
+        if is_dual_encoder(self.hf_config):
+            return ("text", "image")
+        return ("text",)

@@ -58,6 +58,8 @@ def _size_of(items: Sequence) -> int:
     for item in items:
         if isinstance(item, str):
             size += len(item)
+        elif isinstance(item, dict) and "multi_modal_data" in item:
+            size += _SMALL_REQUEST_CHARS  # an image: pre-processed on a thread, never inline
         elif isinstance(item, dict):
             ids = item.get("prompt_token_ids")
             size += 4 * len(ids) if isinstance(ids, (list, tuple)) else 0

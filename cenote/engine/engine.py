@@ -14,9 +14,10 @@ from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, distinct
 from cenote.inputs.chunking import Merge, split_into_chunks
+from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.instructions import instruction
 from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
-from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt
+from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_image_prompt
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingOutput, PoolingRequestOutput
 from cenote.params import PoolingParams
@@ -36,6 +37,8 @@ class PoolingEngine:
                                    max_embed_len=config.max_embed_len)
         self.runner = ModelRunner(config, self.tokenizer)
         self.policy = self.runner.policy
+        self.images = (ImageProcessor(config.path, config.hf_config.vision_config)
+                       if "image" in config.modalities else None)
         late = config.retrieval.late_interaction
         self.late = LateInteractionInputs(late, self.tokenizer) if late is not None else None
 
@@ -97,6 +100,10 @@ class PoolingEngine:
         instruction (``prompt_name``, else its default prompt) goes before each text."""
         self.check_task(pooling_task)
         resolved = self.resolve_params(pooling_task, params, len(prompts), truncate_prompt_tokens)
+        images = [i for i, p in enumerate(prompts) if is_image_prompt(p)]
+        if images:
+            return self._with_images(prompts, images, pooling_task, resolved,
+                                     add_special_tokens, prompt_name)
         prefix = self._instruction(prompt_name)
         if prefix is not None:
             prompts = [prefix + p if isinstance(p, str) else p for p in prompts]
@@ -112,6 +119,28 @@ class PoolingEngine:
         if pooling_task == "token_embed" and self.late is not None:
             seqs = self.late.documents(seqs)  # plain inputs read as documents, as ST does
         return seqs
+
+    def _with_images(self, prompts: Sequence[Prompt], images: list[int], pooling_task: str,
+                     params: list[PoolingParams], add_special_tokens: bool,
+                     prompt_name: str | None) -> list[SequenceInput]:
+        """Records of a mix of texts and images, in prompt order (images: their pixels)."""
+        if self.images is None:
+            raise ValueError("This model takes text only; image inputs need a multi-modal "
+                             "model (CLIP, SigLIP).")
+        if pooling_task != "embed":
+            raise ValueError(f"Images are embedded (the embed task), not {pooling_task!r}.")
+        out: list[SequenceInput | None] = [None] * len(prompts)
+        texts = [i for i in range(len(prompts)) if i not in set(images)]
+        if texts:
+            for i, seq in zip(texts, self.prepare([prompts[i] for i in texts], pooling_task,
+                                                  [params[i] for i in texts], None,
+                                                  add_special_tokens, prompt_name), strict=True):
+                out[i] = seq
+        pictures = [as_image(prompts[i]["multi_modal_data"]["image"]) for i in images]
+        for i, pixels in zip(images, self.images.pixels(pictures), strict=True):
+            out[i] = SequenceInput([], None, params[i], pixel_values=pixels,
+                                   image_cost=self.images.cost)
+        return out
 
     def _instruction(self, prompt_name: str | None) -> str | None:
         """The instruction an embedding model's inputs start with (None: none)."""
@@ -200,7 +229,7 @@ class PoolingEngine:
             return ScoreJob(pairs, seqs, "token_embed", queries, documents,
                             mean_over_query=self.config.retrieval.late_interaction.mean_over_query)
         task = "embed" if "embed" in self.config.supported_pooling_tasks else "embed_sparse"
-        texts = distinct(t for pair in pairs for t in pair)
+        texts = distinct(t for pair in pairs for t in pair)  # images too, by identity
         return ScoreJob(pairs, self.prepare(texts, task, params, truncate_prompt_tokens), task,
                         texts)
 

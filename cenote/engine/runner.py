@@ -24,12 +24,17 @@ _POOLED_TOKEN = {PoolingType.CLS: "first", PoolingType.LAST: "last"}
 
 @dataclass
 class PreparedBatch:
-    """A batch packed on the model's device, ready to launch."""
+    """A batch on the model's device, ready to launch: its texts packed (``batch``, the
+    records at ``text_rows``) and its images stacked (``pixel_values``, the records at
+    ``image_rows``)."""
 
-    batch: PackedBatch
+    batch: PackedBatch | None
     pooling_task: str
     params: list[PoolingParams]
     pool_skip: list[int] | None = None
+    text_rows: list[int] | None = None
+    image_rows: list[int] | None = None
+    pixel_values: torch.Tensor | None = None
 
 
 class ModelRunner:
@@ -51,6 +56,19 @@ class ModelRunner:
         return self.collect(self.launch(self.prepare(seqs, pooling_task)))
 
     def prepare(self, seqs: Sequence[SequenceInput], pooling_task: str) -> PreparedBatch:
+        image_rows = [i for i, s in enumerate(seqs) if s.pixel_values is not None]
+        if not image_rows:
+            return self._prepare_texts(seqs, pooling_task)
+        text_rows = [i for i, s in enumerate(seqs) if s.pixel_values is None]
+        prepared = (self._prepare_texts([seqs[i] for i in text_rows], pooling_task)
+                    if text_rows else PreparedBatch(None, pooling_task, []))
+        prepared.text_rows, prepared.image_rows = text_rows, image_rows
+        prepared.params = [s.params for s in seqs]
+        prepared.pixel_values = torch.stack([seqs[i].pixel_values for i in image_rows]).to(
+            self.config.device)
+        return prepared
+
+    def _prepare_texts(self, seqs: Sequence[SequenceInput], pooling_task: str) -> PreparedBatch:
         types = None
         if any(s.token_type_ids is not None for s in seqs):
             types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
@@ -70,18 +88,37 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, prepared: PreparedBatch) -> list[torch.Tensor]:
-        batch = prepared.batch
-        if batch.pooled is None:
+        if prepared.image_rows is None:
+            return self._launch_texts(prepared.batch, prepared)
+        outputs: list[torch.Tensor | None] = [None] * len(prepared.params)
+        if prepared.batch is not None:
+            text_params = [prepared.params[i] for i in prepared.text_rows]
+            for i, out in zip(prepared.text_rows,
+                              self._launch_texts(prepared.batch, prepared, text_params),
+                              strict=True):
+                outputs[i] = out
+        features = self.model.image_features(prepared.pixel_values)
+        image_params = [prepared.params[i] for i in prepared.image_rows]
+        for i, out in zip(prepared.image_rows,
+                          self.pooler(features, _one_row_each(features), prepared.pooling_task,
+                                      image_params), strict=True):
+            outputs[i] = out
+        return outputs
+
+    def _launch_texts(self, batch: PackedBatch, prepared: PreparedBatch,
+                      params: list[PoolingParams] | None = None) -> list[torch.Tensor]:
+        params = prepared.params if params is None else params
+        if batch.pooled is None and not self.model.returns_pooled_rows:
             tokens = batch.num_tokens
             hidden = self.model(batch)[:tokens]
             meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens],
                                    prepared.pool_skip)
         else:  # row b is sequence b's pooled token: hand the pooler one-token sequences
-            count = batch.num_seqs
-            hidden = self.model(batch)[:count]
-            meta = PoolingMetadata([1] * count, torch.arange(count + 1, device=hidden.device),
-                                   batch.input_ids[batch.pooled_rows[:count]])
-        return self.pooler(hidden, meta, prepared.pooling_task, prepared.params)
+            hidden = self.model(batch)[:batch.num_seqs]
+            rows = (batch.pooled_rows[:batch.num_seqs] if batch.pooled_rows is not None
+                    else batch.cu_seqlens[1:] - 1)
+            meta = _one_row_each(hidden, batch.input_ids[rows])
+        return self.pooler(hidden, meta, prepared.pooling_task, params)
 
     @staticmethod
     def collect(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -106,3 +143,11 @@ def before_trailing(token_ids: list[int], pad_token_id: int) -> list[int]:
     while end > 1 and token_ids[end - 1] == pad_token_id:
         end -= 1
     return token_ids if end == len(token_ids) else token_ids[:end]
+
+
+def _one_row_each(rows: torch.Tensor, input_ids: torch.Tensor | None = None) -> PoolingMetadata:
+    """Metadata that makes each row its own one-token sequence."""
+    count = len(rows)
+    if input_ids is None:
+        input_ids = torch.zeros(count, dtype=torch.long, device=rows.device)
+    return PoolingMetadata([1] * count, torch.arange(count + 1, device=rows.device), input_ids)

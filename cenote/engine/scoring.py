@@ -5,8 +5,9 @@ or the cosine similarity of embeddings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +46,12 @@ class ScoreJob:
             return [ScoringRequestOutput.from_base(
                         PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids))
                     for k, (s, d) in enumerate(zip(self.seqs, data, strict=True))]
-        left = {t: i for i, t in enumerate(self.left)}
+        left = {item_key(t): i for i, t in enumerate(self.left)}
         offset = len(self.left) if self.right is not None else 0
-        right = {t: offset + i for i, t in enumerate(self.right or self.left)}
+        right = {item_key(t): offset + i for i, t in enumerate(self.right or self.left)}
         outputs = []
         for k, (a, b) in enumerate(self.pairs):
-            ia, ib = left[a], right[b]
+            ia, ib = left[item_key(a)], right[item_key(b)]
             score = self._score(data[ia], data[ib])
             base = PoolingRequestOutput(request_id(k), PoolingOutput(score),
                                         self.seqs[ia].token_ids + self.seqs[ib].token_ids)
@@ -75,6 +76,15 @@ def maxsim(query: torch.Tensor, document: torch.Tensor, mean: bool = False) -> t
     return best.mean() if mean else best.sum()
 
 
-def distinct(texts: Sequence[str]) -> list[str]:
-    """``texts`` once each, in first-seen order."""
-    return list(dict.fromkeys(texts))
+def item_key(item: Any) -> Any:
+    """What makes two score inputs the same: a text's characters, an image prompt's
+    identity (the same object)."""
+    return item if isinstance(item, str) else id(item)
+
+
+def distinct(items: Iterable[Any]) -> list[Any]:
+    """``items`` once each (by :func:`item_key`), in first-seen order."""
+    seen: dict[Any, Any] = {}
+    for item in items:
+        seen.setdefault(item_key(item), item)
+    return list(seen.values())

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from cenote.params import PoolingParams
 
 Prompt = str | dict[str, Any]
@@ -24,6 +26,9 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         )
     out: list[Prompt] = []
     for i, prompt in enumerate(prompts):
+        if isinstance(prompt, dict) and "multi_modal_data" in prompt:
+            out.append(_image_prompt(prompt, i))
+            continue
         if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(
                 prompt.get("prompt"), str):
             prompt = prompt["prompt"]
@@ -35,6 +40,24 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
             )
         out.append(prompt)
     return out
+
+
+def _image_prompt(prompt: dict[str, Any], index: int) -> dict[str, Any]:
+    """vLLM's multi-modal prompt, checked: one image and no text (a dual encoder embeds
+    a text or an image per input)."""
+    data = prompt["multi_modal_data"]
+    if not isinstance(data, dict) or set(data) != {"image"}:
+        raise ValueError(f"Prompt {index}: multi_modal_data must hold one 'image'.")
+    if isinstance(data["image"], (list, tuple)):
+        raise ValueError(f"Prompt {index}: one image per prompt; give several prompts.")
+    if prompt.get("prompt"):
+        raise ValueError(f"Prompt {index}: an input is a text or an image, not both; "
+                         "send the text as a prompt of its own.")
+    return prompt
+
+
+def is_image_prompt(prompt: Any) -> bool:
+    return isinstance(prompt, dict) and "multi_modal_data" in prompt
 
 
 def check_unicode(text: str, what: str) -> None:
@@ -51,6 +74,8 @@ def check_unicode(text: str, what: str) -> None:
 
 def _score_text(item: object, where: str) -> str:
     """A score input as text: a string, or vLLM's text prompt ``{"prompt": "..."}``."""
+    if is_image_prompt(item):
+        return _image_prompt(item, 0)
     if isinstance(item, dict) and isinstance(item.get("prompt"), str):
         return item["prompt"]
     if isinstance(item, str):
@@ -79,6 +104,8 @@ def make_score_pairs(text_1: str | Sequence[str], text_2: str | Sequence[str],
         raise ValueError("Score inputs must not be empty.")
     for side in sides:
         for where, text in side:
+            if not isinstance(text, str):  # an image prompt
+                continue
             if text == "":
                 raise ValueError(f"{where} is an empty string; it has nothing to encode.")
             check_unicode(text, where)
@@ -111,8 +138,12 @@ class SequenceInput:
     # Tokens whose rows a token-level output leaves out (a ColBERT document's
     # punctuation).
     drop_token_ids: frozenset[int] = frozenset()
+    # An image input instead of text: its pre-processed pixels ([3, H, W]) and what it
+    # costs a batch (a ViT's patch count, its tokens).
+    pixel_values: torch.Tensor | None = None
+    image_cost: int = 0
 
     @property
     def cost(self) -> int:
-        """What the sequence takes of a batch's token budget."""
-        return len(self.token_ids)
+        """What the record takes of a batch's token budget."""
+        return self.image_cost if self.pixel_values is not None else len(self.token_ids)

@@ -29,6 +29,11 @@ class PoolingModel(nn.Module):
     # Whether ``forward`` honours ``batch.pooled``: the last layer then computes only
     # each sequence's pooled row and the output has the rows of ``batch.pooled_rows``.
     computes_pooled_rows_only: bool = False
+    # Whether ``forward`` returns one row per sequence itself (a dual encoder's
+    # projected text features) instead of one per token.
+    returns_pooled_rows: bool = False
+    # Whether ``image_features`` embeds pre-processed images (a dual encoder).
+    embeds_images: bool = False
     # Whether ``use_head_from_tokens`` builds the classifier from LM-head rows
     # (vLLM's classifier_from_token).
     builds_head_from_tokens: bool = False
@@ -49,6 +54,9 @@ class PoolingModel(nn.Module):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         raise NotImplementedError
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not embed images.")
 
     def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot build a head from tokens.")

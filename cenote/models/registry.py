@@ -103,7 +103,11 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
         raise ValueError(f"classifier_from_token is not supported for {config.architecture}; "
                          "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
                          "Mistral).")
-    if cls is None:
+    if "image" in config.modalities:
+        from cenote.models.dual_encoder import DualEncoderModel
+
+        model = DualEncoderModel(config)
+    elif cls is None:
         from cenote.models.fallback import TransformersFallbackModel
 
         logger.info("No native implementation for %s; using transformers.", config.architecture)

@@ -16,6 +16,7 @@ from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.server.context import ServerContext, ServerLimits
 from cenote.server.errors import error_response, install_error_handlers
 from cenote.server.guard import RequestGuardMiddleware
+from cenote.server.media import MediaPolicy
 from cenote.server.metrics import MetricsMiddleware, ServerMetrics
 from cenote.server.routes import ROUTERS
 from cenote.version import __version__
@@ -66,6 +67,7 @@ def build_app(
     log_inputs: bool = False,
     chat_template: str | None = None,
     trust_request_chat_template: bool = False,
+    media: MediaPolicy | None = None,
 ) -> FastAPI:
     """The cenote HTTP app around ``engine``.
 
@@ -92,7 +94,8 @@ def build_app(
     engine.on_batch = metrics.observe_batch
     context = ServerContext(engine, names, metrics, limits or ServerLimits(),
                             chat_template=chat_template,
-                            trust_request_chat_template=trust_request_chat_template)
+                            trust_request_chat_template=trust_request_chat_template,
+                            media=media or MediaPolicy())
     app.state.context = context
     install_error_handlers(app)
     for router in ROUTERS:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from cenote.engine.async_engine import AsyncPoolingEngine
+from cenote.inputs.prompts import Prompt
 from cenote.server.errors import ModelNotFoundError
+from cenote.server.media import MediaPolicy
 from cenote.server.metrics import ServerMetrics
-from cenote.server.protocol import ChatFields
+from cenote.server.protocol_chat import ChatFields, ImagePart, TextPart
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,37 @@ class ServerContext:
     chat_template: str | None = None
     # --trust-request-chat-template: a request's own Jinja chat template is rendered.
     trust_request_chat_template: bool = False
+    # Where images may come from, and their limits.
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+
+    async def prompt_from_messages(self, body: ChatFields) -> Prompt:
+        """A chat-form request's input: for a dual encoder (CLIP, SigLIP) its one image
+        or its text parts; for a text model its messages through the chat template."""
+        if "image" not in self.engine.config.modalities:
+            return await self.render_chat(body)
+        return await self.prompt_from_parts(
+            [part for message in body.messages for part in message.parts()])
+
+    async def prompt_from_parts(self, parts: list[TextPart | ImagePart]) -> Prompt:
+        """Content parts as one input: an image (a model that takes images), or the text
+        parts joined."""
+        if "image" not in self.engine.config.modalities and any(
+                isinstance(part, ImagePart) for part in parts):
+            raise ValueError("This model takes text only; image inputs need a multi-modal "
+                             "model (CLIP, SigLIP).")
+        urls = [part.image_url.url for part in parts if isinstance(part, ImagePart)]
+        texts = [part.text for part in parts if isinstance(part, TextPart)]
+        if len(urls) > self.media.max_images_per_prompt:
+            raise ValueError(f"{len(urls)} images in one prompt; this server takes at most "
+                             f"{self.media.max_images_per_prompt} (--limit-mm-per-prompt).")
+        if urls and texts:
+            raise ValueError("This model embeds a text or an image per input, not both: send "
+                             "them as separate inputs.")
+        if urls:
+            return {"prompt": "", "multi_modal_data": {"image": await self.media.image(urls[0])}}
+        if not texts:
+            raise ValueError("messages have no content to embed.")
+        return "\n".join(texts)
 
     def model_name(self, requested: str | None) -> str:
         """The name to answer with; an unknown ``model`` is a 404 (OpenAI's behaviour).

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cenote.server.context import ServerContext
 from cenote.server.errors import error_response
-from cenote.server.protocol import client_request_id
+from cenote.server.protocol_base import client_request_id
 
 logger = logging.getLogger(__name__)
 

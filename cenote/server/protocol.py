@@ -7,14 +7,10 @@ clients work unchanged. Types are strict: ``"1"`` is not a token id and
 
 from __future__ import annotations
 
-import time
 import uuid
-from contextvars import ContextVar
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -23,76 +19,14 @@ from pydantic import (
 )
 
 from cenote.params import PoolingParams
-
-# The client's X-Request-Id, for the request being answered (set by the request guard).
-client_request_id: ContextVar[str | None] = ContextVar("client_request_id", default=None)
-
-
-def random_id(prefix: str) -> str:
-    """A response id: the client's X-Request-Id when it sent one (as vLLM), else random."""
-    return f"{prefix}-{client_request_id.get() or uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-class APIModel(BaseModel):
-    # OpenAI clients and SDK wrappers send fields of their own (e.g. ``user``
-    # extras); unknown fields are ignored as OpenAI-compatible servers do.
-    model_config = ConfigDict(extra="ignore")
-
+from cenote.server.protocol_base import APIModel, now, random_id
+from cenote.server.protocol_chat import ChatFields, ContentDocument
 
 # A text, texts, one token-id prompt or several: the OpenAI ``input`` union.
 PromptInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
 
 # ---- requests ----------------------------------------------------------
-
-
-class TextPart(APIModel):
-    type: Literal["text"]
-    text: StrictStr
-
-
-class ChatMessage(APIModel):
-    model_config = ConfigDict(extra="allow")  # name, tool fields...: the template may read them
-
-    role: StrictStr
-    content: StrictStr | list[TextPart] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        # Text parts joined as vLLM joins them; other fields (name, ...) kept for templates.
-        content = self.content or ""
-        if isinstance(content, list):
-            content = "\n".join(part.text for part in content)
-        return {**(self.model_extra or {}), "role": self.role, "content": content}
-
-
-class ChatFields(APIModel):
-    """vLLM's chat form of a request: ``messages`` rendered with the model's chat
-    template, for models trained on chat-formatted text. ``add_special_tokens``
-    defaults, as in vLLM, to false with ``messages`` (the template writes them) and
-    true for plain text."""
-
-    messages: list[ChatMessage] | None = None
-    add_special_tokens: StrictBool | None = None
-    add_generation_prompt: StrictBool = False
-    continue_final_message: StrictBool = False
-    chat_template: StrictStr | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
-
-    def _text_or_messages(self, text: object, name: str) -> None:
-        if (text is None) == (self.messages is None):
-            raise ValueError(f"give either {name} or messages")
-        if self.messages is not None and not self.messages:
-            raise ValueError("messages must not be empty")
-
-    @property
-    def special_tokens(self) -> bool:
-        if self.add_special_tokens is not None:
-            return self.add_special_tokens
-        return self.messages is None
 
 
 class TruncationFields(APIModel):
@@ -175,7 +109,7 @@ class ScoreRequest(ActivationFields):
 
     model: str | None = None
     text_1: StrictStr | list[StrictStr]
-    text_2: StrictStr | list[StrictStr]
+    text_2: StrictStr | ContentDocument | list[StrictStr | ContentDocument]
     user: str | None = None
 
     @model_validator(mode="before")
@@ -192,7 +126,7 @@ class ScoreRequest(ActivationFields):
 class RerankRequest(ActivationFields):
     model: str | None = None
     query: StrictStr
-    documents: list[StrictStr]
+    documents: list[StrictStr | ContentDocument]
     top_n: StrictInt = Field(default=0, description="How many results; 0 or less returns all.")
     user: str | None = None
 
@@ -320,7 +254,10 @@ class ScoreResponse(APIModel):
 
 
 class RerankDocument(APIModel):
-    text: str
+    """The document as sent: its text, or its content parts."""
+
+    text: str | None = None
+    content: list[dict[str, Any]] | None = None
 
 
 class RerankResult(APIModel):
@@ -365,6 +302,7 @@ class ModelCard(APIModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    modalities: list[str] = Field(default_factory=lambda: ["text"])
     permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 

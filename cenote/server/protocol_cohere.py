@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, model_serializer, model_validator
 
-from cenote.server.protocol import APIModel, random_id
+from cenote.server.protocol_base import APIModel, random_id
 
 
 class CohereContent(APIModel):

@@ -28,7 +28,7 @@ router = APIRouter()
 async def _prompts(ctx: ServerContext,
                    body: EmbeddingRequest | ClassificationRequest) -> list[Prompt]:
     if body.messages is not None:
-        return [await ctx.render_chat(body)]
+        return [await ctx.prompt_from_messages(body)]
     prompts = prompts_from_input(body.input)
     ctx.check_num_inputs(len(prompts))
     return prompts

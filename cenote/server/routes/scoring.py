@@ -23,6 +23,7 @@ from cenote.server.protocol import (
     ScoreResponseData,
     UsageInfo,
 )
+from cenote.server.protocol_chat import ContentDocument
 
 router = APIRouter()
 
@@ -32,7 +33,7 @@ router = APIRouter()
 async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_context)) -> Response:
     """Scores of ``text_1`` x ``text_2`` pairs: 1:1, 1:N or N:N."""
     model = ctx.model_name(body.model)
-    pairs = make_score_pairs(body.text_1, body.text_2)
+    pairs = make_score_pairs(body.text_1, await _documents(ctx, body.text_2))
     ctx.check_num_inputs(len(pairs), "text_1 x text_2")
     outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
 
@@ -57,13 +58,14 @@ async def create_rerank(body: RerankRequest,
     if not body.documents:
         raise ValueError("documents must not be empty.")
     ctx.check_num_inputs(len(body.documents), "documents")
-    pairs = make_score_pairs(body.query, body.documents, names=("query", "documents"))
+    pairs = make_score_pairs(body.query, await _documents(ctx, body.documents),
+                             names=("query", "documents"))
     outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens,
                                      operation="embedding generation")  # vLLM's wording
 
     def build() -> RerankResponse:
         results = sorted(
-            (RerankResult(index=i, document=RerankDocument(text=body.documents[i]),
+            (RerankResult(index=i, document=_as_sent(body.documents[i]),
                           relevance_score=o.outputs.score) for i, o in enumerate(outputs)),
             key=lambda r: r.relevance_score, reverse=True)
         if body.top_n > 0:  # 0 or less: all of them, as vLLM
@@ -73,3 +75,19 @@ async def create_rerank(body: RerankRequest,
             usage=RerankUsage(total_tokens=sum(len(o.prompt_token_ids) for o in outputs)))
 
     return await render(build, len(outputs))
+
+
+async def _documents(ctx: ServerContext, documents):
+    """Documents as engine inputs: texts as they are, content parts as one input each."""
+    if isinstance(documents, ContentDocument):
+        return await ctx.prompt_from_parts(documents.content)
+    if not isinstance(documents, list):
+        return documents
+    return [await ctx.prompt_from_parts(d.content) if isinstance(d, ContentDocument) else d
+            for d in documents]
+
+
+def _as_sent(document: str | ContentDocument) -> RerankDocument:
+    if isinstance(document, ContentDocument):
+        return RerankDocument(content=[part.model_dump() for part in document.content])
+    return RerankDocument(text=document)

@@ -12,7 +12,7 @@ from pydantic import StrictBool, StrictStr
 from cenote.params import PoolingParams
 from cenote.server.context import ServerContext, get_context
 from cenote.server.payloads import json_response, sparse_payload
-from cenote.server.protocol import APIModel
+from cenote.server.protocol_base import APIModel
 
 router = APIRouter()
 

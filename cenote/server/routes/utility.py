@@ -43,7 +43,8 @@ async def version() -> Response:
 def _model_card(ctx: ServerContext, name: str) -> ModelCard:
     # root names the model, not the folder it was loaded from (no internal paths).
     return ModelCard(id=name, root=ctx.served_model_names[0],
-                     max_model_len=ctx.engine.config.max_model_len)
+                     max_model_len=ctx.engine.config.max_model_len,
+                     modalities=list(ctx.engine.config.modalities))
 
 
 @router.get("/v1/models", response_model=ModelList)

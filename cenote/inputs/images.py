@@ -1,0 +1,96 @@
+"""Image inputs for dual encoders (CLIP, SigLIP): decoded safely, pre-processed with the
+checkpoint's own image processor settings (resize, crop, rescale, normalise; PIL, no
+torchvision), and costed as the vision tower's tokens (its patches)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
+    """Image bytes as an RGB ``PIL.Image``, upright (EXIF orientation); ``ValueError`` for
+    bytes that are not an image, and for an image over ``max_pixels`` (checked from its
+    header, before it is decoded in full: a decompression bomb never expands)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"The image has {width}x{height} = {width * height} pixels, "
+                                 f"more than the {max_pixels} this server takes "
+                                 "(--max-image-pixels).")
+            image.load()
+    except Image.DecompressionBombError:  # PIL's own check, at twice its default limit
+        raise ValueError(f"The image has more pixels than the {max_pixels} this server "
+                         "takes (--max-image-pixels).") from None
+    except ValueError:
+        raise
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"The image does not decode: {type(exc).__name__}: {exc}") from None
+    return _upright_rgb(image)
+
+
+def as_image(value: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
+    """A prompt's image (a ``PIL.Image``, an ``HxWx3`` uint8 array, or image bytes) as an
+    upright RGB ``PIL.Image``."""
+    from PIL import Image
+
+    if isinstance(value, (bytes, bytearray)):
+        return decode_image(bytes(value), max_pixels)
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] not in (3, 4):
+            raise ValueError(f"An image array must be HxWx3 (or 4) uint8, not "
+                             f"{value.shape} {value.dtype}.")
+        value = Image.fromarray(value)
+    if not isinstance(value, Image.Image):
+        raise TypeError(f"An image must be a PIL.Image, an HxWx3 uint8 array or bytes, not "
+                        f"{type(value).__name__}.")
+    if value.width * value.height > max_pixels:
+        raise ValueError(f"The image has {value.width * value.height} pixels, more than "
+                         f"{max_pixels}.")
+    return _upright_rgb(value)
+
+
+def _upright_rgb(image: Any) -> Any:
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class ImageProcessor:
+    """The checkpoint's image processor (``preprocessor_config.json`` or
+    ``processor_config.json``), on its PIL backend."""
+
+    def __init__(self, path: Path, vision_config: Any) -> None:
+        import logging
+
+        from transformers import AutoImageProcessor
+
+        # Without torchvision transformers picks the PIL backend, and says so once.
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(path)
+        except Exception as exc:  # no or broken processor files
+            raise ValueError(f"{path} has no usable image processor "
+                             f"(preprocessor_config.json): {exc}") from exc
+        size = getattr(vision_config, "image_size", 224)
+        patch = getattr(vision_config, "patch_size", 16)
+        # A ViT's tokens: one per patch, and its class token.
+        self.cost = (size // patch) ** 2 + 1
+
+    def pixels(self, images: list[Any]) -> list[torch.Tensor]:
+        """Each image as ``[3, H, W]`` pixel values."""
+        batch = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return list(batch.float().unbind(0))

@@ -1,0 +1,110 @@
+"""Images named in requests: where they may come from, and fetching them.
+
+- ``data:image/...;base64,...`` always;
+- ``file://`` only under ``--allowed-local-media-path`` (no ``..`` or link escapes);
+- ``http(s)://`` only from hosts in ``--allowed-media-domains``, with a timeout, a
+  size cap and no redirects (a redirect could lead off the allowed hosts).
+
+Anything else is refused with a message naming the flag that would allow it; a
+server never fetches a URL its operator did not allow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from starlette.concurrency import run_in_threadpool
+
+from cenote.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Which image sources a server takes, and its limits; each is a ``cenote serve`` flag."""
+
+    allowed_local_media_path: Path | None = None
+    allowed_media_domains: frozenset[str] = field(default_factory=frozenset)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_s: float = 10.0
+    # Images per prompt (--limit-mm-per-prompt '{"image": N}').
+    max_images_per_prompt: int = 1
+
+    async def image(self, url: str) -> Any:
+        """The image ``url`` names, decoded (``ValueError`` for anything not allowed or
+        not an image)."""
+        data = await self._bytes(url)
+        if len(data) > self.max_image_bytes:
+            raise ValueError(f"The image is {len(data)} bytes, more than the "
+                             f"{self.max_image_bytes} this server takes.")
+        return await run_in_threadpool(decode_image, data, self.max_image_pixels)
+
+    async def _bytes(self, url: str) -> bytes:
+        if not isinstance(url, str) or not url:
+            raise ValueError("image_url.url must be a non-empty string.")
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "data":
+            return _data_uri(url)
+        if scheme == "file":
+            return await run_in_threadpool(self._local_file, url)
+        if scheme in ("http", "https"):
+            return await self._remote(url)
+        raise ValueError(f"Image URLs may be data:, file: or http(s): URLs, not {scheme or url!r}.")
+
+    def _local_file(self, url: str) -> bytes:
+        root = self.allowed_local_media_path
+        if root is None:
+            raise ValueError("file:// images are not allowed on this server (start it with "
+                             "--allowed-local-media-path DIR to allow a folder).")
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError("file:// URLs must name a local path (file:///path).")
+        path = Path(unquote(parts.path)).resolve()
+        allowed = root.resolve()
+        if not path.is_relative_to(allowed):
+            raise ValueError(f"The file {unquote(parts.path)!r} is outside the folder "
+                             "--allowed-local-media-path allows.")
+        if not path.is_file():
+            raise ValueError(f"No such image file: {unquote(parts.path)!r}.")
+        if path.stat().st_size > self.max_image_bytes:
+            raise ValueError(f"The image file is larger than the {self.max_image_bytes} bytes "
+                             "this server takes.")
+        return path.read_bytes()
+
+    async def _remote(self, url: str) -> bytes:
+        host = (urlsplit(url).hostname or "").lower()
+        if host not in self.allowed_media_domains:
+            raise ValueError(f"Images from {host or url!r} are not allowed on this server "
+                             "(start it with --allowed-media-domains HOST to allow a host).")
+        try:
+            async with httpx.AsyncClient(timeout=self.fetch_timeout_s,
+                                         follow_redirects=False) as client:
+                async with client.stream("GET", url) as response:
+                    if response.status_code != 200:
+                        raise ValueError(f"Fetching the image answered HTTP "
+                                         f"{response.status_code}.")
+                    data = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > self.max_image_bytes:
+                            raise ValueError(f"The image is larger than the "
+                                             f"{self.max_image_bytes} bytes this server takes.")
+                    return bytes(data)
+        except httpx.HTTPError as exc:
+            raise ValueError(f"Could not fetch the image: {type(exc).__name__}.") from None
+
+
+def _data_uri(url: str) -> bytes:
+    header, _, payload = url.partition(",")
+    if not header.lower().startswith("data:image/") or not header.lower().endswith(";base64"):
+        raise ValueError("A data: image URL must be data:image/<type>;base64,<data>.")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("The data: image URL is not valid base64.") from None
