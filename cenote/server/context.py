@@ -47,6 +47,14 @@ class ServerContext:
     # Where images may come from, and their limits.
     media: MediaPolicy = field(default_factory=MediaPolicy)
 
+    def special_tokens(self, body: ChatFields) -> bool:
+        """Whether the request's text gets the tokenizer's special tokens: as the request
+        says (by default not for messages a chat template rendered: it writes them);
+        a dual encoder's messages are not rendered, so they get them by default."""
+        if body.add_special_tokens is None and "image" in self.engine.config.modalities:
+            return True
+        return body.special_tokens
+
     async def prompt_from_messages(self, body: ChatFields) -> Prompt:
         """A chat-form request's input: for a dual encoder (CLIP, SigLIP) its one image
         or its text parts; for a text model its messages through the chat template."""

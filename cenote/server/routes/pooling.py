@@ -43,7 +43,7 @@ async def create_embeddings(body: EmbeddingRequest,
     sparse = body.embedding_type == "sparse"
     outputs = await ctx.engine.encode(await _prompts(ctx, body),
                                       "embed_sparse" if sparse else "embed", body.pooling_params(),
-                                      body.truncate_prompt_tokens, body.special_tokens,
+                                      body.truncate_prompt_tokens, ctx.special_tokens(body),
                                       prompt_name=body.prompt_name)
 
     def vector(data) -> list[float] | str | SparseVector:
@@ -68,7 +68,7 @@ async def create_pooling(body: PoolingRequest,
     """Pooler output per input for ``task`` (``LLM.encode``): all token rows by default."""
     model = ctx.model_name(body.model)
     outputs = await ctx.engine.encode(await _prompts(ctx, body), body.task, body.pooling_params(),
-                                      body.truncate_prompt_tokens, body.special_tokens,
+                                      body.truncate_prompt_tokens, ctx.special_tokens(body),
                                       prompt_name=body.prompt_name)
 
     def build() -> PoolingResponse:
@@ -91,7 +91,7 @@ async def create_classification(body: ClassificationRequest,
     """Class probabilities and the most likely label per input (``LLM.classify``)."""
     model = ctx.model_name(body.model)
     outputs = await ctx.engine.encode(await _prompts(ctx, body), "classify", body.pooling_params(),
-                                      body.truncate_prompt_tokens, body.special_tokens)
+                                      body.truncate_prompt_tokens, ctx.special_tokens(body))
     id2label = ctx.engine.config.id2label
 
     def build() -> ClassificationResponse:
