@@ -15,6 +15,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    model_serializer,
     model_validator,
 )
 
@@ -258,6 +259,10 @@ class RerankDocument(APIModel):
 
     text: str | None = None
     content: list[dict[str, Any]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_sent_only(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class RerankResult(APIModel):
