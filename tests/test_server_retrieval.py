@@ -107,3 +107,17 @@ def test_sparse_on_a_dense_only_model_names_what_it_serves():
         response = post(server, "/embed_sparse", inputs="hello")
         assert response.status_code == 400
         assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("fixture", ["colbert_path", "splade_path"])
+def test_a_model_without_a_dense_vector_serves(fixture, request):
+    """ColBERT and SPLADE folders have no embed task: the server still starts (its
+    warm-up runs the model's own output) and answers with it."""
+    path = request.getfixturevalue(fixture)
+    with cenote_serve([str(path), "--dtype", "float32"]) as server:
+        response = post(server, "/rerank", query=QUERY, documents=DOCUMENTS)
+        assert response.status_code == 200, response.text
+        offline = LLM(str(path), dtype="float32")
+        expected = [o.outputs.score for o in offline.score(QUERY, DOCUMENTS)]
+        for result in response.json()["results"]:
+            assert abs(result["relevance_score"] - expected[result["index"]]) < 1e-3

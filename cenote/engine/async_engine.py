@@ -182,7 +182,10 @@ class AsyncPoolingEngine:
 
     async def warmup(self) -> None:
         """Run a tiny request so the first client does not pay one-off kernel setup."""
+        served = self.config.supported_pooling_tasks
         task = OWN_POOLING_TASK[self.config.task]
+        if task not in served:  # a model with no dense vector: its own output
+            task = next(t for t in ("token_embed", "embed_sparse", "encode") if t in served)
         # Cut to max_model_len (-1), however small it was set.
         await self.encode(["Warm-up.", "A second, slightly longer warm-up sentence."], task,
                           truncate_prompt_tokens=-1)
