@@ -13,15 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 
 from cenote.compat.vllm import IGNORED_VLLM_OPTIONS, task_from_vllm_options, vllm_arg_problem
 from cenote.tasks import MODEL_TASKS
-
-if TYPE_CHECKING:
-    from cenote.server.media import MediaPolicy
 
 logger = logging.getLogger("cenote")
 
@@ -229,24 +226,6 @@ def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
                            help=argparse.SUPPRESS, **kwargs)
 
 
-def media_policy(args: argparse.Namespace) -> MediaPolicy:
-    """The image sources and limits the media flags allow."""
-    from cenote.server.media import MediaPolicy
-
-    limits = args.limit_mm_per_prompt or {}
-    unknown = sorted(set(limits) - {"image"})
-    images = limits.get("image", 1)
-    if unknown or isinstance(images, bool) or not isinstance(images, int) or images < 0:
-        raise SystemExit("--limit-mm-per-prompt takes '{\"image\": N}' with N >= 0.")
-    folder = args.allowed_local_media_path
-    if folder is not None and not Path(folder).is_dir():
-        raise SystemExit(f"--allowed-local-media-path {folder!r} is not a folder.")
-    return MediaPolicy(allowed_local_media_path=Path(folder) if folder else None,
-                       allowed_media_domains=frozenset(d.lower() for d in
-                                                       args.allowed_media_domains),
-                       max_image_pixels=args.max_image_pixels, max_images_per_prompt=images)
-
-
 def _read_template(value: str | None) -> str | None:
     """--chat-template: a file's contents, or the template given inline (as vLLM)."""
     if value is None:
@@ -286,6 +265,7 @@ def serve(args: argparse.Namespace) -> int:
     from cenote.engine.async_engine import AsyncPoolingEngine
     from cenote.server.app import begin_draining, build_app
     from cenote.server.context import ServerLimits
+    from cenote.server.media import MediaPolicy
 
     problem = resolve_vllm_options(args)
     if problem:
@@ -332,7 +312,7 @@ def serve(args: argparse.Namespace) -> int:
                           request_timeout_s=args.request_timeout,
                           engine_stall_timeout_s=args.engine_stall_timeout)
     app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
-                    media=media_policy(args),
+                    media=MediaPolicy.from_flags(args),
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,
                     chat_template=_read_template(args.chat_template),
                     trust_request_chat_template=args.trust_request_chat_template)

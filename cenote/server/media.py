@@ -36,6 +36,21 @@ class MediaPolicy:
     # Images per prompt (--limit-mm-per-prompt '{"image": N}').
     max_images_per_prompt: int = 1
 
+    @classmethod
+    def from_flags(cls, args: Any) -> MediaPolicy:
+        """The policy of ``cenote serve``'s media flags (``SystemExit`` for bad ones)."""
+        limits = args.limit_mm_per_prompt or {}
+        images = limits.get("image", 1)
+        if set(limits) - {"image"} or isinstance(images, bool) or not isinstance(images, int) \
+                or images < 0:
+            raise SystemExit("--limit-mm-per-prompt takes '{\"image\": N}' with N >= 0.")
+        folder = args.allowed_local_media_path
+        if folder is not None and not Path(folder).is_dir():
+            raise SystemExit(f"--allowed-local-media-path {folder!r} is not a folder.")
+        return cls(allowed_local_media_path=Path(folder) if folder else None,
+                   allowed_media_domains=frozenset(d.lower() for d in args.allowed_media_domains),
+                   max_image_pixels=args.max_image_pixels, max_images_per_prompt=images)
+
     async def image(self, url: str) -> Any:
         """The image ``url`` names, decoded (``ValueError`` for anything not allowed or
         not an image)."""
