@@ -91,8 +91,12 @@ async def _answer(client: httpx.AsyncClient, request: dict[str, Any]) -> dict[st
     if "_error" in request:
         return {"id": line_id, "custom_id": custom_id, "response": None,
                 "error": {"code": "invalid_request", "message": request["_error"]}}
-    response = await client.post(request["url"], json=request["body"],
-                                 headers={"X-Request-Id": line_id})
+    try:
+        response = await client.post(request["url"], json=request["body"],
+                                     headers={"X-Request-Id": line_id})
+    except ValueError as exc:  # a body JSON cannot carry (NaN, Infinity)
+        return {"id": line_id, "custom_id": custom_id, "response": None,
+                "error": {"code": "invalid_request", "message": f"body: {exc}"}}
     try:
         body = response.json()
     except ValueError:  # not expected: every answer of the app is JSON
@@ -120,9 +124,11 @@ def _finished_ids(path: Path) -> set[Any]:
             if not raw.endswith(b"\n"):
                 break
             try:
-                done.add(json.loads(raw)["custom_id"])
+                custom_id = json.loads(raw)["custom_id"]
             except (ValueError, KeyError, TypeError):
                 break
+            if custom_id is not None:  # lines without one cannot be told apart: they rerun
+                done.add(custom_id)
             keep += len(raw)
     with path.open("r+b") as file:
         file.truncate(keep)

@@ -161,3 +161,20 @@ def test_an_image_and_text_in_one_prompt_is_refused(tiny_dual_encoder):
     llm = LLM(str(tiny_dual_encoder("clip")), dtype="float32")
     with pytest.raises(ValueError, match="a text or an image, not both"):
         llm.embed({"prompt": "a dog", "multi_modal_data": {"image": images(1)[0]}})
+
+
+def test_a_long_thin_image_is_refused_before_it_is_resized():
+    buffer = io.BytesIO()
+    Image.new("L", (80_000, 2)).save(buffer, format="PNG")  # 545 bytes; 20 GB to resize
+    with pytest.raises(ValueError, match="sides differ by more than 100 times"):
+        decode_image(buffer.getvalue())
+
+
+def test_an_image_is_never_cut_into_chunks(tiny_dual_encoder):
+    path = tiny_dual_encoder("clip")
+    llm = LLM(str(path), dtype="float32", max_model_len=8,
+              override_pooler_config={"enable_chunked_processing": True})
+    (chunked,) = llm.embed(image_prompt(images(1)[0]))  # costs 17 vision tokens > 8
+    (plain,) = LLM(str(path), dtype="float32").embed(image_prompt(images(1)[0]))
+    assert torch.allclose(torch.tensor(chunked.outputs.embedding),
+                          torch.tensor(plain.outputs.embedding), atol=1e-6)

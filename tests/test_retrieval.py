@@ -205,3 +205,19 @@ def test_a_sparse_batch_equals_its_items_one_by_one(bge_m3):
         assert alone.outputs.indices == out.outputs.indices
         assert torch.allclose(torch.tensor(alone.outputs.values), torch.tensor(out.outputs.values),
                               atol=1e-5)
+
+
+def test_a_sentence_transformers_body_saved_under_a_masked_lm_architecture_loads(
+        minilm_path, tmp_path):
+    """Sentence-Transformers keeps the base model's architecture name (…ForMaskedLM) but
+    saves only the body: without SPLADE modules no masked-LM head is wanted."""
+    import json
+    import shutil
+
+    folder = tmp_path / "body"
+    shutil.copytree(minilm_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (out,) = LLM(str(folder), dtype="float32").embed("hello")
+    assert len(out.outputs.embedding) == 384

@@ -95,8 +95,11 @@ def test_a_run_killed_in_the_middle_resumes_without_losing_or_repeating_lines(tm
                               atol=1e-5)
 
 
-@pytest.mark.parametrize("line", ['[1, 2]', json.dumps({"custom_id": "x", "url": "/v1/embeddings",
-                                                        "body": "text"})])
+@pytest.mark.parametrize("line", [
+    '[1, 2]',
+    json.dumps({"custom_id": "x", "url": "/v1/embeddings", "body": "text"}),
+    '{"custom_id": "nan", "url": "/v1/embeddings", "body": {"input": "x", "dimensions": NaN}}',
+])
 def test_a_line_of_the_wrong_shape_is_an_error_line(tmp_path, line):
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text(line + "\n")

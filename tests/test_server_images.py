@@ -178,6 +178,7 @@ def bomb_png() -> str:
     (image_messages("file:///etc/passwd"), "outside the folder"),
     (image_messages("ftp://example.com/x.png"), "data:, file: or http(s)"),
     (image_messages("https://example.com/x.png"), "--allowed-media-domains"),
+    (image_messages("http://localhost:abc/x.png"), "Could not fetch the image"),
     (image_messages(data_uri(png(1))) + image_messages(data_uri(png(2))),
      "--limit-mm-per-prompt"),
     ([{"role": "user", "content": [{"type": "text", "text": "a dog"},
@@ -206,3 +207,12 @@ def test_an_image_sent_to_a_text_only_model_is_a_400():
         assert "takes text only" in response.json()["message"]
         (card,) = httpx.get(f"{server.url}/v1/models").json()["data"]
         assert card["modalities"] == ["text"]
+
+
+def test_cohere_v2_embed_takes_images_on_a_model_that_embeds_them(server, offline):
+    response = httpx.post(f"{server.url}/v2/embed", json={
+        "model": "clip", "images": [data_uri(png(1))], "embedding_types": ["float"]},
+        timeout=60)
+    assert response.status_code == 200, response.text
+    got = torch.tensor(response.json()["embeddings"]["float"][0])
+    assert torch.allclose(got, offline_image(offline, png(1)), atol=1e-5)

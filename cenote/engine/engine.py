@@ -4,7 +4,6 @@ outputs."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -37,6 +36,7 @@ class PoolingEngine:
                                    max_embed_len=config.max_embed_len)
         self.runner = ModelRunner(config, self.tokenizer)
         self.policy = self.runner.policy
+        self._prompt_lengths: dict[str, int] = {}
         self.images = (ImageProcessor(config.path, config.hf_config.vision_config)
                        if "image" in config.modalities else None)
         late = config.retrieval.late_interaction
@@ -151,14 +151,16 @@ class PoolingEngine:
             return None
         return instruction(self.config.st_config, prompt_name)
 
-    @functools.lru_cache(maxsize=32)  # noqa: B019 (the engine lives as long as the process)
     def _pool_skip(self, prefix: str | None) -> int:
         """Leading tokens MEAN pooling leaves out: the instruction's, where the model's
-        Pooling excludes it (include_prompt false), as Sentence-Transformers counts them."""
+        Pooling excludes it (include_prompt false), as Sentence-Transformers counts them
+        (each prompt measured once)."""
         st = self.config.st_config
         if prefix is None or st is None or st.include_prompt:
             return 0
-        return self.tokenizer.prompt_length(prefix)
+        if prefix not in self._prompt_lengths:
+            self._prompt_lengths[prefix] = self.tokenizer.prompt_length(prefix)
+        return self._prompt_lengths[prefix]
 
     def split(self, seqs: Sequence[SequenceInput], pooling_task: str
               ) -> tuple[list[SequenceInput], Merge]:

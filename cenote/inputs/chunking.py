@@ -27,12 +27,12 @@ def split_into_chunks(seqs: Sequence[SequenceInput], max_len: int
     """The records to run for ``seqs`` and the function that turns their outputs (in
     the same order) back into one output per input. Inputs within ``max_len`` run as
     they are; only longer ones are split."""
-    if all(s.cost <= max_len for s in seqs):
+    if all(s.cost <= max_len or s.pixel_values is not None for s in seqs):
         return list(seqs), list
     records: list[SequenceInput] = []
     spans: list[tuple[int, int] | None] = []  # the records of each split input
     for seq in seqs:
-        if seq.cost <= max_len:
+        if seq.cost <= max_len or seq.pixel_values is not None:  # an image is one record
             spans.append(None)
             records.append(seq)
             continue

@@ -13,6 +13,11 @@ import numpy as np
 import torch
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# Image processors scale the short side to the model's size: a very long, thin image
+# would become a huge one (an 80000x2 PNG of 545 bytes took 20 GB to resize).
+MAX_ASPECT_RATIO = 100
+# The formats untrusted bytes may be parsed as (no EPS: PIL hands it to Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
@@ -24,12 +29,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(f"The image has {width}x{height} = {width * height} pixels, "
-                                 f"more than the {max_pixels} this server takes "
-                                 "(--max-image-pixels).")
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            check_size(*image.size, max_pixels)
             image.load()
     except Image.DecompressionBombError:  # PIL's own check, at twice its default limit
         raise ValueError(f"The image has more pixels than the {max_pixels} this server "
@@ -56,10 +57,18 @@ def as_image(value: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
     if not isinstance(value, Image.Image):
         raise TypeError(f"An image must be a PIL.Image, an HxWx3 uint8 array or bytes, not "
                         f"{type(value).__name__}.")
-    if value.width * value.height > max_pixels:
-        raise ValueError(f"The image has {value.width * value.height} pixels, more than "
-                         f"{max_pixels}.")
+    check_size(value.width, value.height, max_pixels)
     return _upright_rgb(value)
+
+
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """``ValueError`` for an image over ``max_pixels`` or of an extreme aspect ratio."""
+    if width * height > max_pixels:
+        raise ValueError(f"The image has {width}x{height} = {width * height} pixels, more "
+                         f"than the {max_pixels} this server takes (--max-image-pixels).")
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise ValueError(f"The image is {width}x{height}: its sides differ by more than "
+                         f"{MAX_ASPECT_RATIO} times.")
 
 
 def _upright_rgb(image: Any) -> Any:

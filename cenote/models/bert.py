@@ -174,6 +174,7 @@ class BertFamilyModel(PoolingModel):
     """
 
     computes_pooled_rows_only = True
+    builds_vocab_head = True
 
     def __init__(self, config, task: str) -> None:
         super().__init__()
@@ -186,13 +187,15 @@ class BertFamilyModel(PoolingModel):
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         heads = config.num_attention_heads
         self.attention_shape = AttentionShape(heads, heads, config.hidden_size // heads, False)
-        if task == "embed" and (config.architectures or [""])[0].endswith("ForMaskedLM"):
-            self.vocab_head = MaskedLMHead(config)
         if task == "classify":
             if config.model_type == "bert":
                 self.classifier = BertClassifierHead(config)
             else:
                 self.classifier = RobertaClassifierHead(config)
+
+    def use_vocab_head(self) -> None:
+        """Load the checkpoint's masked-LM head too (SPLADE reads its logits)."""
+        self.vocab_head = MaskedLMHead(self.config)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embeddings(batch)

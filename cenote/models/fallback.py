@@ -88,8 +88,10 @@ class TransformersFallbackModel(PoolingModel):
 
     def _forward(self, batch: PackedBatch) -> torch.Tensor:
         ids = batch.to_padded(batch.input_ids.unsqueeze(1)).squeeze(-1)
-        if batch.padded_index is not None:
-            ids = ids.masked_fill(~batch.key_padding_mask[:, 0, 0, :], self.pad_token_id or 0)
+        if batch.padded_index is not None:  # the padding only, not tokens hidden from keys
+            lens = torch.tensor(batch.seq_lens, device=ids.device)
+            padding = torch.arange(batch.max_len, device=ids.device)[None, :] >= lens[:, None]
+            ids = ids.masked_fill(padding, self.pad_token_id or 0)
         mask = (batch.key_padding_mask[:, 0, 0, :].long() if batch.key_padding_mask is not None
                 else torch.ones_like(ids))
         kwargs = {"input_ids": ids, "attention_mask": mask}

@@ -34,6 +34,8 @@ class PoolingModel(nn.Module):
     returns_pooled_rows: bool = False
     # Whether ``image_features`` embeds pre-processed images (a dual encoder).
     embeds_images: bool = False
+    # Whether ``use_vocab_head`` loads a masked-LM head over the vocabulary (SPLADE's).
+    builds_vocab_head: bool = False
     # Whether ``use_head_from_tokens`` builds the classifier from LM-head rows
     # (vLLM's classifier_from_token).
     builds_head_from_tokens: bool = False
@@ -57,6 +59,9 @@ class PoolingModel(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not embed images.")
+
+    def use_vocab_head(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no masked-LM head here.")
 
     def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot build a head from tokens.")

@@ -118,6 +118,9 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
         if head_from_tokens is not None:
             method, tokens = head_from_tokens
             model.use_head_from_tokens(method, vocabulary.vocab_ids(tokens))
+        sparse = config.retrieval.sparse
+        if sparse is not None and sparse.kind == "splade" and cls.builds_vocab_head:
+            model.use_vocab_head()
         try:
             model.load_weights(iter_checkpoint(config.path))
         except Exception as exc:  # safetensors, pickle and name/shape errors alike

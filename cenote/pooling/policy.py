@@ -41,9 +41,6 @@ class PoolingPolicy:
             except ValueError as exc:
                 raise ValueError(f"The model's {task!r} pooler: {exc}") from exc
 
-    def pooling_type(self, task: str) -> PoolingType:
-        return self.task_poolers[task].pooling_type
-
     def resolve_params(self, task: str, params: PoolingParams | None) -> PoolingParams:
         """Validate ``params`` for the task and fill unset fields from the defaults."""
         params = params or PoolingParams()

@@ -111,7 +111,7 @@ class MediaPolicy:
                             raise ValueError(f"The image is larger than the "
                                              f"{self.max_image_bytes} bytes this server takes.")
                     return bytes(data)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ValueError(f"Could not fetch the image: {type(exc).__name__}.") from None
 
 

@@ -27,10 +27,24 @@ router = APIRouter()
 _TRUNCATION_SIDES = {"START": "left", "END": "right"}
 
 
+async def _inputs(ctx: ServerContext, body: CohereEmbedRequest) -> list:
+    """The texts, or for a model that takes images, the images (data URIs and the
+    sources the server allows), as engine prompts."""
+    images = body.images or []
+    if body.images is None and any(part.type == "image_url" for item in body.inputs or ()
+                                   for part in item.content):
+        images = None  # inputs with image parts: one prompt per item, parts as given
+    if images is None or images:
+        if "image" not in ctx.engine.config.modalities:
+            raise ValueError("This model takes text only; images need a multi-modal model.")
+        if images:
+            return [{"prompt": "", "multi_modal_data": {"image": await ctx.media.image(uri)}}
+                    for uri in images]
+        return [await ctx.prompt_from_parts(item.content) for item in body.inputs]
+    return _texts(body)
+
+
 def _texts(body: CohereEmbedRequest) -> list[str]:
-    if body.images or any(part.type == "image_url" for item in body.inputs or ()
-                          for part in item.content):
-        raise ValueError("This model takes text only; images need a multi-modal model.")
     if body.texts is not None:
         return list(body.texts)
     texts = []
@@ -47,8 +61,9 @@ async def cohere_embed(body: CohereEmbedRequest,
                        ctx: ServerContext = Depends(get_context)) -> Response:
     """Embeddings in Cohere's shape: one list per requested embedding type."""
     ctx.model_name(body.model)
-    texts = _texts(body)
-    ctx.check_num_inputs(len(texts), "texts")
+    count = len(body.texts or body.images or body.inputs or ())
+    ctx.check_num_inputs(count, "inputs")  # before any image is fetched
+    texts = await _inputs(ctx, body)
     types = list(dict.fromkeys(body.embedding_types or ["float"]))
     check_embedding_types(types)
     side = _TRUNCATION_SIDES.get(body.truncate)
@@ -70,7 +85,8 @@ async def cohere_embed(body: CohereEmbedRequest,
             embeddings[kind] = values if isinstance(values, list) else values.tolist()
         embeddings = CohereEmbeddings.model_validate(embeddings)
         tokens = sum(len(o.prompt_token_ids) for o in outputs)
-        return CohereEmbedResponse(embeddings=embeddings, texts=texts,
+        return CohereEmbedResponse(embeddings=embeddings,
+                                   texts=[t for t in texts if isinstance(t, str)],
                                    meta=CohereMeta(billed_units=CohereBilledUnits(
                                        input_tokens=tokens)))
 
