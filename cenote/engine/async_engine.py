@@ -90,13 +90,9 @@ class AsyncPoolingEngine:
     ``start()`` launches the worker; ``shutdown()`` stops it and fails whatever
     still waits with :class:`EngineStoppedError`.
 
-    Admission control refuses a request with :class:`QueueFullError` when it
-    arrives while the queue holds more than ``max_queued_tokens`` tokens, or,
-    for a request bigger than one batch, while the work queued ahead of it
-    would take more than ``max_queue_seconds`` at the recent throughput. Small
-    requests jump ahead of the backlog, so only big ones would wait that long
-    (and time out) on a slow or overloaded machine. A request is always
-    admitted into a queue below both limits, however big it is.
+    ``max_queued_tokens`` and ``max_queue_seconds`` are the engine core's admission
+    control (:class:`~cenote.engine.core.EngineCore`): a request it refuses raises
+    :class:`QueueFullError`.
     """
 
     def __init__(
