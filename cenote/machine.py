@@ -7,15 +7,21 @@ from pathlib import Path
 
 
 @functools.cache
-def cpu_flags() -> str:
-    """The CPU feature flags of /proc/cpuinfo (space-separated; empty where unreadable)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where unreadable)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.partition(":")[2].strip()
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
+
+
+def cpu_flags() -> str:
+    """The CPU feature flags (space-separated; empty where unreadable)."""
+    return _cpuinfo().get("flags", "")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -24,13 +30,6 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-@functools.cache
 def cpu_name() -> str:
     """The CPU's model name (for reports beside measured figures)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    return _cpuinfo().get("model name", "unknown CPU")

@@ -255,7 +255,7 @@ def test_health_fails_and_requests_get_503_once_the_worker_died(make_app, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the batch picker")
 
-    monkeypatch.setattr(engine.client.core._queue, "next_batch", broken)
+    monkeypatch.setattr(engine.client._queue, "next_batch", broken)
 
     async def scenario():
         async with client(app) as http:

@@ -105,11 +105,10 @@ class AsyncPoolingEngine:
         max_queue_seconds: float | None = None,
     ) -> None:
         self.engine = engine
-        core = EngineCore(engine.runner, model_thread or ModelThread(),
-                          engine.config.max_num_batched_tokens, on_batch=on_batch,
-                          max_queued_tokens=max_queued_tokens,
-                          max_queue_seconds=max_queue_seconds)
-        self.client: EngineClient = InProcessEngineClient(core)
+        self.client: EngineClient = InProcessEngineClient(
+            engine.runner, model_thread or ModelThread(), engine.config.max_num_batched_tokens,
+            on_batch=on_batch, max_queued_tokens=max_queued_tokens,
+            max_queue_seconds=max_queue_seconds)
         # Two tokenising threads: small requests never queue behind the tokenising
         # of a huge one, which would undo the fairness the batch picker gives them.
         self._small_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize")

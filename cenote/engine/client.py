@@ -1,6 +1,6 @@
 """What the front end talks to: an engine that runs input records and answers on the
-event loop. ``InProcessEngineClient`` drives an :class:`EngineCore` in this process;
-an engine in another process would answer to the same interface."""
+event loop. ``InProcessEngineClient`` is an :class:`EngineCore` in this process; an
+engine in another process would answer to the same interface."""
 
 from __future__ import annotations
 
@@ -40,44 +40,9 @@ class EngineClient(Protocol):
     async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]: ...
 
 
-class InProcessEngineClient:
-    """An :class:`EngineCore` on a thread of this process, answering asyncio futures."""
-
-    def __init__(self, core: EngineCore) -> None:
-        self.core = core
-
-    @property
-    def on_batch(self) -> Callable[[BatchStats], None] | None:
-        return self.core.on_batch
-
-    @on_batch.setter
-    def on_batch(self, observer: Callable[[BatchStats], None] | None) -> None:
-        self.core.on_batch = observer
-
-    def start(self) -> None:
-        self.core.start()
-
-    def shutdown(self) -> None:
-        self.core.shutdown()
-
-    @property
-    def is_running(self) -> bool:
-        return self.core.is_running
-
-    @property
-    def num_waiting_seqs(self) -> int:
-        return self.core.num_waiting_seqs
-
-    @property
-    def num_waiting_tokens(self) -> int:
-        return self.core.num_waiting_tokens
-
-    @property
-    def seconds_without_progress(self) -> float:
-        return self.core.seconds_without_progress
-
-    def check_admission(self, num_tokens: int = 0) -> None:
-        self.core.check_admission(num_tokens)
+class InProcessEngineClient(EngineCore):
+    """An :class:`EngineCore` on a thread of this process, answering asyncio futures:
+    the core's lifecycle, health and admission as they are, plus ``run``."""
 
     async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         """Queue the records and wait for their outputs (input order). If the caller is
@@ -89,11 +54,11 @@ class InProcessEngineClient:
             loop.call_soon_threadsafe(_settle, future, outcome)
 
         request = CoreRequest(seqs, on_done)
-        self.core.submit(request, pooling_task)
+        self.submit(request, pooling_task)
         try:
             return await future
         except asyncio.CancelledError:
-            self.core.withdraw(request)
+            self.withdraw(request)
             raise
 
 

@@ -176,10 +176,10 @@ class EngineCore:
         with self._cond:
             if not self.is_running:
                 raise EngineStoppedError("The engine is not running.")
+            costs = [s.cost for s in request.seqs]
             # Checked again: the queue may have filled while this request was tokenised.
-            self.check_admission(sum(s.cost for s in request.seqs))
-            request.lane = self._queue.add(request, pooling_task,
-                                           [s.cost for s in request.seqs])
+            self.check_admission(sum(costs))
+            request.lane = self._queue.add(request, pooling_task, costs)
             self._cond.notify()
 
     def withdraw(self, request: CoreRequest) -> None:
