@@ -101,46 +101,54 @@ class PoolingEngine:
         self.check_task(pooling_task)
         resolved = self.resolve_params(pooling_task, params, len(prompts), truncate_prompt_tokens)
         images = [i for i, p in enumerate(prompts) if is_image_prompt(p)]
-        if images:
-            return self._with_images(prompts, images, pooling_task, resolved,
-                                     add_special_tokens, prompt_name)
+        if not images:
+            return self._text_records(prompts, pooling_task, resolved, add_special_tokens,
+                                      prompt_name)
+        out: list[SequenceInput | None] = [None] * len(prompts)
+        for i, seq in zip(images, self._image_records([prompts[i] for i in images],
+                                                      pooling_task,
+                                                      [resolved[i] for i in images]),
+                          strict=True):
+            out[i] = seq
+        texts = [i for i, seq in enumerate(out) if seq is None]
+        if texts:
+            for i, seq in zip(texts, self._text_records(
+                    [prompts[i] for i in texts], pooling_task, [resolved[i] for i in texts],
+                    add_special_tokens, prompt_name), strict=True):
+                out[i] = seq
+        return out
+
+    def _text_records(self, prompts: Sequence[Prompt], pooling_task: str,
+                      params: list[PoolingParams], add_special_tokens: bool,
+                      prompt_name: str | None) -> list[SequenceInput]:
+        """Texts and token-id prompts, tokenised (with the model's instruction)."""
         prefix = self._instruction(prompt_name)
         if prefix is not None:
             prompts = [prefix + p if isinstance(p, str) else p for p in prompts]
         chunked = pooling_task == "embed" and self.config.chunked_processing
         tokenized = self._tokenize_grouped(
-            resolved, lambda idx, cut: self.tokenizer.encode_prompts(
+            params, lambda idx, cut: self.tokenizer.encode_prompts(
                 [prompts[i] for i in idx], cut, add_special_tokens, chunked=chunked)
         )
         skip = self._pool_skip(prefix)
         seqs = [SequenceInput(t.token_ids, t.token_type_ids, p,
                               pool_skip=skip if isinstance(prompt, str) else 0)
-                for t, p, prompt in zip(tokenized, resolved, prompts, strict=True)]
+                for t, p, prompt in zip(tokenized, params, prompts, strict=True)]
         if pooling_task == "token_embed" and self.late is not None:
             seqs = self.late.documents(seqs)  # plain inputs read as documents, as ST does
         return seqs
 
-    def _with_images(self, prompts: Sequence[Prompt], images: list[int], pooling_task: str,
-                     params: list[PoolingParams], add_special_tokens: bool,
-                     prompt_name: str | None) -> list[SequenceInput]:
-        """Records of a mix of texts and images, in prompt order (images: their pixels)."""
+    def _image_records(self, prompts: Sequence[Prompt], pooling_task: str,
+                       params: list[PoolingParams]) -> list[SequenceInput]:
+        """Image prompts as their pre-processed pixels."""
         if self.images is None:
             raise ValueError("This model takes text only; image inputs need a multi-modal "
                              "model (CLIP, SigLIP).")
         if pooling_task != "embed":
             raise ValueError(f"Images are embedded (the embed task), not {pooling_task!r}.")
-        out: list[SequenceInput | None] = [None] * len(prompts)
-        texts = [i for i in range(len(prompts)) if i not in set(images)]
-        if texts:
-            for i, seq in zip(texts, self.prepare([prompts[i] for i in texts], pooling_task,
-                                                  [params[i] for i in texts], None,
-                                                  add_special_tokens, prompt_name), strict=True):
-                out[i] = seq
-        pictures = [as_image(prompts[i]["multi_modal_data"]["image"]) for i in images]
-        for i, pixels in zip(images, self.images.pixels(pictures), strict=True):
-            out[i] = SequenceInput([], None, params[i], pixel_values=pixels,
-                                   image_cost=self.images.cost)
-        return out
+        pictures = [as_image(p["multi_modal_data"]["image"]) for p in prompts]
+        return [SequenceInput([], None, p, pixel_values=pixels, image_cost=self.images.cost)
+                for pixels, p in zip(self.images.pixels(pictures), params, strict=True)]
 
     def _instruction(self, prompt_name: str | None) -> str | None:
         """The instruction an embedding model's inputs start with (None: none)."""

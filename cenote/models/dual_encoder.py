@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import PoolingModel
@@ -41,15 +42,15 @@ class DualEncoderModel(PoolingModel):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """The projected text features, one row per sequence."""
-        lens = batch.seq_lens
-        width = self.pads_to or batch.max_len
-        ids = batch.input_ids.new_full((batch.num_seqs, width), self.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for b, chunk in enumerate(batch.input_ids[:batch.num_tokens].split(lens)):
-            ids[b, :len(chunk)] = chunk
-            mask[b, :len(chunk)] = 1
-        kwargs = {} if self.pads_to else {"attention_mask": mask}
-        return _features(self.hf_model.get_text_features(input_ids=ids, **kwargs))
+        ids = batch.to_padded(batch.input_ids.unsqueeze(1)).squeeze(-1)
+        lens = torch.tensor(batch.seq_lens, device=ids.device)
+        mask = torch.arange(batch.max_len, device=ids.device)[None, :] < lens[:, None]
+        ids = ids.masked_fill(~mask, self.pad_token_id)
+        if self.pads_to:  # SigLIP: every text padded to max_length, no mask
+            ids = F.pad(ids, (0, self.pads_to - batch.max_len), value=self.pad_token_id)
+            return _features(self.hf_model.get_text_features(input_ids=ids))
+        return _features(self.hf_model.get_text_features(input_ids=ids,
+                                                         attention_mask=mask.long()))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The projected image features, one row per image."""
