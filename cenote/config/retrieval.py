@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cenote.config.hub import read_json
+from cenote.config.hub import read_json, read_json_list
 from cenote.config.sentence_transformers import is_token_level_dense
 
 # ColBERT's defaults where a PyLate folder leaves them out (PyLate's own).
@@ -77,7 +76,7 @@ def read_retrieval_config(path: Path) -> RetrievalConfig:
     if (path / "colbert_linear.pt").is_file() or (path / "sparse_linear.pt").is_file():
         return _bge_m3(path)
     saved = read_json(path / "config_sentence_transformers.json")
-    modules = _modules(path)
+    modules = [m for m in read_json_list(path / "modules.json") if isinstance(m, dict)]
     kinds = [m.get("type", "") for m in modules]
     if saved.get("model_type") == "SparseEncoder" or any(k.endswith("SpladePooling")
                                                           for k in kinds):
@@ -86,11 +85,6 @@ def read_retrieval_config(path: Path) -> RetrievalConfig:
             or any(k.endswith("MultiVectorMask") or k.startswith("pylate.") for k in kinds)):
         return RetrievalConfig(late_interaction=_colbert(path, modules, saved), dense=False)
     return RetrievalConfig()
-
-
-def _modules(path: Path) -> list[dict[str, Any]]:
-    file = path / "modules.json"
-    return json.loads(file.read_text()) if file.is_file() else []
 
 
 def _bge_m3(path: Path) -> RetrievalConfig:
