@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import logging
@@ -18,22 +17,16 @@ from typing import Any
 import uvicorn
 
 from cenote.compat.vllm import IGNORED_VLLM_OPTIONS, task_from_vllm_options, vllm_arg_problem
+from cenote.launch import (
+    CPU_SERVER_MAX_NUM_BATCHED_TOKENS,
+    QUEUE_SHARE_OF_TIMEOUT,
+    QUEUED_BATCHES,
+    LaunchError,
+    load_models,
+)
 from cenote.tasks import MODEL_TASKS
 
 logger = logging.getLogger("cenote")
-
-DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-# The server's batch budget on CPU when none is given. Past a few hundred tokens
-# a CPU batch costs time in proportion to its size, so bigger batches add little
-# throughput while every other client waits for them (vLLM likewise gives its
-# server and its offline class different defaults).
-CPU_SERVER_MAX_NUM_BATCHED_TOKENS = 512
-# Admission control: by default the queue takes this many batches' worth of tokens,
-QUEUED_BATCHES = 128
-# and a request bigger than one batch waits behind at most this share of
-# --request-timeout of work: sharing the backlog with others, it then still
-# finishes in time.
-QUEUE_SHARE_OF_TIMEOUT = 0.25
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -82,10 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "classify or reward to convert a *ForCausalLM checkpoint.")
     serve.add_argument("--host", default="0.0.0.0", help="Address to listen on.")
     serve.add_argument("--port", type=int, default=8000, help="Port to listen on.")
-    serve.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+    serve.add_argument("--served-model-name", nargs="+", action="append", default=None,
+                       metavar="NAME",
                        help="Name(s) clients may pass as `model`; a response names the "
                             "model its request asked for (the first name when it gave none), "
-                            "and error messages use the first. Default: MODEL as given.")
+                            "and error messages use the first. Default: MODEL as given. "
+                            "With several --model, give it once per model, in order.")
+    serve.add_argument("--data-parallel-size", "-dp", type=_positive_int, default=1,
+                       metavar="N",
+                       help="Run N engine processes behind this one front end (which "
+                            "tokenises and routes each request to the least-loaded engine). "
+                            "On a CPU the threads and cores are split between them; on CUDA "
+                            "one per visible GPU, round robin. An engine that dies is "
+                            "restarted; only its requests fail (503 with Retry-After).")
     serve.add_argument("--dtype", default="auto",
                        choices=["auto", "float32", "bfloat16", "float16"],
                        help="Weight and activation precision. auto: bfloat16 on CPUs with "
@@ -211,8 +213,11 @@ def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
         "vLLM's names for choices made above, and vLLM options that do not apply here "
         "(accepted and ignored, so a vLLM command line runs unchanged: "
         f"{', '.join(name for name, _ in IGNORED_VLLM_OPTIONS)}).")
-    group.add_argument("--model", dest="model_option", default=None, metavar="MODEL",
-                       help="MODEL given as an option, as older vLLM versions take it.")
+    group.add_argument("--model", dest="model_option", action="append", default=None,
+                       metavar="MODEL",
+                       help="MODEL given as an option, as older vLLM versions take it. "
+                            "Repeat it to serve several models, each with its own engine; "
+                            "requests pick one by `model`.")
     group.add_argument("--runner", default="auto", choices=["auto", "pooling", "generate"],
                        help="vLLM's runner; cenote runs pooling models only.")
     group.add_argument("--convert", default="auto",
@@ -237,10 +242,12 @@ def _read_template(value: str | None) -> str | None:
 def resolve_vllm_options(args: argparse.Namespace) -> str | None:
     """Fold vLLM's spellings into cenote's (``--model``, ``--convert``); returns an error
     message for a vLLM option that asks for what cenote cannot do, else None."""
+    args.models = [args.model]
     if args.model_option is not None:
-        if args.model is not None and args.model != args.model_option:
-            return f"MODEL given twice: {args.model!r} and --model {args.model_option!r}."
-        args.model = args.model_option
+        if args.model is not None and args.model != args.model_option[0]:
+            return f"MODEL given twice: {args.model!r} and --model {args.model_option[0]!r}."
+        args.models = list(dict.fromkeys(args.model_option))
+        args.model = args.models[0]
     try:
         args.task = task_from_vllm_options(args.task, args.runner, args.convert)
     except ValueError as exc:
@@ -261,8 +268,6 @@ def serve(args: argparse.Namespace) -> int:
     file through the same app)."""
     import torch
 
-    from cenote.config import ModelConfig
-    from cenote.engine.async_engine import AsyncPoolingEngine
     from cenote.server.app import begin_draining, build_app
     from cenote.server.context import ServerLimits
     from cenote.server.media import MediaPolicy
@@ -275,43 +280,18 @@ def serve(args: argparse.Namespace) -> int:
         # Global: the model thread picks it up at its first operation.
         torch.set_num_threads(args.threads)
     try:
-        config = ModelConfig.from_args(
-            model=args.model, task=args.task, dtype=args.dtype,
-            max_model_len=args.max_model_len, device=args.device,
-            override_pooler_config=args.override_pooler_config,
-            hf_overrides=args.hf_overrides,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            trust_remote_code=args.trust_remote_code, revision=args.revision,
-            tokenizer=args.tokenizer, runner=args.runner)
-    except (ValueError, OSError) as exc:
-        logger.error("Cannot load the model: %s", exc)
-        return 1
-    max_queued_tokens = args.max_queued_tokens or QUEUED_BATCHES * config.max_num_batched_tokens
-    # After the queue cap: smaller CPU batches must not shrink how much work is admitted.
-    if args.max_num_batched_tokens is None and config.device.type == "cpu":
-        budget = max(CPU_SERVER_MAX_NUM_BATCHED_TOKENS, config.max_model_len)
-        config = dataclasses.replace(config, max_num_batched_tokens=budget)
-    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
-    config = dataclasses.replace(config, served_model_name=names[0])
-    threads = ""
-    if config.device.type == "cpu":
-        count = torch.get_num_threads()
-        threads = f", {count} thread{'s' if count != 1 else ''}"
-    logger.info("Loading %s (task %s, %s on %s%s, batches of up to %d tokens)", config.model,
-                config.task, str(config.dtype).removeprefix("torch."), config.device, threads,
-                config.max_num_batched_tokens)
-    try:
-        engine = AsyncPoolingEngine.from_config(
-            config, max_queued_tokens=max_queued_tokens,
-            max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * args.request_timeout)
-    except (ValueError, OSError) as exc:  # weights that do not load, a pooler that cannot work
+        models = load_models(args)
+    except LaunchError as exc:
+        logger.error("%s", exc)
+        return 2
+    except (ValueError, OSError) as exc:  # no such model, weights that do not load, ...
         logger.error("Cannot load the model: %s", exc)
         return 1
     limits = ServerLimits(max_request_body_bytes=args.max_request_body_bytes,
                           max_inputs_per_request=args.max_inputs_per_request,
                           request_timeout_s=args.request_timeout,
                           engine_stall_timeout_s=args.engine_stall_timeout)
-    app = build_app(engine, served_model_names=names, api_key=args.api_key, limits=limits,
+    app = build_app(models, api_key=args.api_key, limits=limits,
                     media=MediaPolicy.from_flags(args),
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,
                     chat_template=_read_template(args.chat_template),
@@ -329,7 +309,8 @@ def serve(args: argparse.Namespace) -> int:
     server = _Server(uvicorn.Config(app, host=args.host, port=args.port,
                                     log_level=args.log_level, access_log=args.access_log,
                                     timeout_graceful_shutdown=int(args.request_timeout) + 5),
-                     names[0], on_exit=lambda: begin_draining(app))
+                     ", ".join(model.names[0] for model in models),
+                     on_exit=lambda: begin_draining(app))
     # uvicorn re-raises SIGTERM to the handler found at start once it has shut down
     # gracefully; a handler that ignores it makes a drained shutdown exit 0, not -15.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -32,7 +32,7 @@ IGNORED_VLLM_OPTIONS = (
     ("--disable-log-stats", False), ("--enable-prefix-caching", False),
     ("--no-enable-prefix-caching", False), ("--disable-custom-all-reduce", False),
     ("--disable-uvicorn-access-log", False), ("--enable-chunked-prefill", False),
-    ("--no-enable-chunked-prefill", False), ("--data-parallel-size", True),
+    ("--no-enable-chunked-prefill", False),
     ("--download-dir", True), ("--tokenizer-mode", True), ("--load-format", True),
     ("--quantization", True), ("--disable-fastapi-docs", False),
     ("--enable-request-id-headers", False),
@@ -53,8 +53,11 @@ def vllm_arg_problem(name: str, value: Any, label: str | None = None) -> str | N
     trivial = _TRIVIAL_VLLM_VALUES.get(name)
     if trivial is None or str(value) in trivial:
         return None
-    what = ("cenote does not quantize models" if name == "quantization"
-            else "cenote runs a model on one device")
+    what = {"quantization": "cenote does not quantize models",
+            "data_parallel_size": "the offline LLM runs one engine (serve with "
+                                  "--data-parallel-size, or embed a dataset with "
+                                  "cenote.integrations.ray)",
+            }.get(name, "cenote runs a model on one device")
     return f"{label or f'{name}={value}'}: {what}."
 
 

@@ -31,7 +31,8 @@ from cenote.engine.core import (  # noqa: F401  (the errors the server maps to H
     EngineStoppedError,
     QueueFullError,
 )
-from cenote.engine.engine import PoolingEngine, request_outputs
+from cenote.engine.data_parallel import DataParallelEngineClient
+from cenote.engine.engine import PoolingEngine, request_outputs, warmup_records
 from cenote.engine.model_thread import ModelThread
 from cenote.inputs.chat import render_chat
 from cenote.inputs.prompts import Prompt, SequenceInput, check_unicode
@@ -39,7 +40,7 @@ from cenote.inputs.tokenizer import ContextLengthError
 from cenote.outputs import PoolingRequestOutput, ScoringRequestOutput
 from cenote.params import PoolingParams
 from cenote.pooling.compact import calibration_ranges, calibration_texts
-from cenote.tasks import OWN_POOLING_TASK
+from cenote.pooling.policy import PoolingPolicy
 from cenote.tasks import pooling_task as pooling_task_named
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,16 @@ class AsyncPoolingEngine:
         model_thread: ModelThread | None = None,
         max_queued_tokens: int | None = None,
         max_queue_seconds: float | None = None,
+        client: EngineClient | None = None,
     ) -> None:
         self.engine = engine
-        self.client: EngineClient = InProcessEngineClient(
+        # ``client``: engines elsewhere (data parallel); else the engine's own model here.
+        self.client: EngineClient = client or InProcessEngineClient(
             engine.runner, model_thread or ModelThread(), engine.config.max_num_batched_tokens,
             on_batch=on_batch, max_queued_tokens=max_queued_tokens,
             max_queue_seconds=max_queue_seconds)
+        if client is not None and on_batch is not None:
+            client.on_batch = on_batch
         # Two tokenising threads: small requests never queue behind the tokenising
         # of a huge one, which would undo the fairness the batch picker gives them.
         self._small_pool = ThreadPoolExecutor(1, thread_name_prefix="cenote-tokenize")
@@ -119,8 +124,22 @@ class AsyncPoolingEngine:
         self._calibration_lock: asyncio.Lock | None = None
 
     @classmethod
-    def from_config(cls, config: ModelConfig, **kwargs: Any) -> AsyncPoolingEngine:
-        """Load the model described by ``config`` on the thread that will run it."""
+    def from_config(cls, config: ModelConfig, data_parallel_size: int = 1,
+                    **kwargs: Any) -> AsyncPoolingEngine:
+        """Load the model described by ``config`` on the thread that will run it, or,
+        with ``data_parallel_size`` above 1, in that many engine processes (this process
+        then only tokenises and routes: it loads the tokenizer, not the weights)."""
+        if data_parallel_size > 1:
+            client = DataParallelEngineClient(
+                config, data_parallel_size, max_queued_tokens=kwargs.pop("max_queued_tokens", None),
+                max_queue_seconds=kwargs.pop("max_queue_seconds", None))
+            width = client.load()
+            try:
+                engine = PoolingEngine(config, policy=PoolingPolicy(config, output_width=width))
+            except BaseException:
+                client.shutdown()
+                raise
+            return cls(engine, client=client, **kwargs)
         model_thread = ModelThread()
         try:
             engine = model_thread.submit(lambda: PoolingEngine(config)).result()
@@ -175,15 +194,22 @@ class AsyncPoolingEngine:
         while idle); a value that keeps growing means the model hangs."""
         return self.client.seconds_without_progress
 
+    @property
+    def num_engines(self) -> int:
+        """Engines running batches (above 1 with data-parallel engine processes)."""
+        return self.client.num_engines
+
+    @property
+    def num_alive(self) -> int:
+        """Engines taking work now (fewer than ``num_engines`` while one restarts)."""
+        return self.client.num_alive
+
     async def warmup(self) -> None:
-        """Run a tiny request so the first client does not pay one-off kernel setup."""
-        served = self.config.supported_pooling_tasks
-        task = OWN_POOLING_TASK[self.config.task]
-        if task not in served:  # a model with no dense vector: its own output
-            task = next(t for t in ("token_embed", "embed_sparse", "encode") if t in served)
-        # Cut to max_model_len (-1), however small it was set.
-        await self.encode(["Warm-up.", "A second, slightly longer warm-up sentence."], task,
-                          truncate_prompt_tokens=-1)
+        """Run a tiny request through each engine so the first client does not pay
+        one-off kernel setup."""
+        seqs, task = await self._off_loop(warmup_records, self.engine, size=_SMALL_REQUEST_CHARS)
+        # Concurrent requests go to different engines (the least loaded takes each).
+        await asyncio.gather(*(self.run(seqs, task) for _ in range(self.num_engines)))
 
     # ---- requests --------------------------------------------------------
 

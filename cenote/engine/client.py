@@ -1,6 +1,7 @@
 """What the front end talks to: an engine that runs input records and answers on the
-event loop. ``InProcessEngineClient`` is an :class:`EngineCore` in this process; an
-engine in another process would answer to the same interface."""
+event loop. ``InProcessEngineClient`` is an :class:`EngineCore` in this process;
+:class:`~cenote.engine.data_parallel.DataParallelEngineClient` is engines in other
+processes, answering to the same interface."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ class EngineClient(Protocol):
     """An engine as the front end sees it."""
 
     on_batch: Callable[[BatchStats], None] | None
+
+    @property
+    def num_engines(self) -> int: ...
+
+    @property
+    def num_alive(self) -> int: ...
 
     def start(self) -> None: ...
 
@@ -44,6 +51,12 @@ class InProcessEngineClient(EngineCore):
     """An :class:`EngineCore` on a thread of this process, answering asyncio futures:
     the core's lifecycle, health and admission as they are, plus ``run``."""
 
+    num_engines = 1
+
+    @property
+    def num_alive(self) -> int:
+        return int(self.is_running)
+
     async def run(self, seqs: list[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         """Queue the records and wait for their outputs (input order). If the caller is
         cancelled (timeout, client gone), the records not yet run leave the queue."""
@@ -51,7 +64,7 @@ class InProcessEngineClient(EngineCore):
         future = loop.create_future()
 
         def on_done(outcome: Outcome) -> None:  # on the model thread
-            loop.call_soon_threadsafe(_settle, future, outcome)
+            loop.call_soon_threadsafe(settle_future, future, outcome)
 
         request = CoreRequest(seqs, on_done)
         self.submit(request, pooling_task)
@@ -62,8 +75,9 @@ class InProcessEngineClient(EngineCore):
             raise
 
 
-def _settle(future: asyncio.Future, outcome: Outcome) -> None:
-    # The awaiting side may have been cancelled (timeout, disconnect) meanwhile.
+def settle_future(future: asyncio.Future, outcome: Outcome) -> None:
+    """Give ``future`` its outcome (on its event loop), unless its awaiting side was
+    cancelled meanwhile (timeout, disconnect)."""
     if future.done():
         return
     if isinstance(outcome, BaseException):

@@ -35,6 +35,15 @@ class EngineStoppedError(RuntimeError):
     """The engine is shutting down or its worker has died; no new work is taken."""
 
 
+class EngineDiedError(EngineStoppedError):
+    """The engine process running this request died (it is being restarted); the
+    request may be sent again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class BatchFailedError(RuntimeError):
     """The model raised on one of this request's inputs, even when it ran alone."""
 
@@ -60,7 +69,8 @@ class BatchStats:
     num_tokens: int
     seconds: float
     num_requests: int
-
+    engine: int = 0
+    """Which engine ran it (data-parallel engines are numbered from 0)."""
 
 
 @dataclass(eq=False)

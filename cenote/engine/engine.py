@@ -20,6 +20,8 @@ from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_ima
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingOutput, PoolingRequestOutput
 from cenote.params import PoolingParams
+from cenote.pooling.policy import PoolingPolicy
+from cenote.tasks import OWN_POOLING_TASK
 from cenote.tasks import pooling_task as task_named
 
 
@@ -28,14 +30,18 @@ class UnsupportedTaskError(ValueError):
 
 
 class PoolingEngine:
-    def __init__(self, config: ModelConfig) -> None:
+    """Validates requests, prepares their input records, runs them and assembles the
+    outputs. Given a ``policy``, it loads no model (``runner`` is None): the front end
+    of engines in other processes, which only prepares records and assembles outputs."""
+
+    def __init__(self, config: ModelConfig, policy: PoolingPolicy | None = None) -> None:
         self.config = config
         self.tokenizer = Tokenizer(config.tokenizer_path or config.path, config.max_model_len,
                                    config.trust_remote_code,
                                    getattr(config.hf_config, "vocab_size", None),
                                    max_embed_len=config.max_embed_len)
-        self.runner = ModelRunner(config, self.tokenizer)
-        self.policy = self.runner.policy
+        self.runner = ModelRunner(config, self.tokenizer) if policy is None else None
+        self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}
         self.images = (ImageProcessor(config.path, config.hf_config.vision_config)
                        if "image" in config.modalities else None)
@@ -260,6 +266,18 @@ class PoolingEngine:
                 on_batch_done(len(batch))
         return out
 
+
+def warmup_records(engine: PoolingEngine) -> tuple[list[SequenceInput], str]:
+    """Two short records of the model's own output task, to run once before the first
+    client so it does not pay one-off kernel setup."""
+    served = engine.config.supported_pooling_tasks
+    task = OWN_POOLING_TASK[engine.config.task]
+    if task not in served:  # a model with no dense vector: its own output
+        task = next(t for t in ("token_embed", "embed_sparse", "encode") if t in served)
+    # Cut to max_model_len (-1), however small it was set.
+    seqs = engine.prepare(["Warm-up.", "A second, slightly longer warm-up sentence."], task,
+                          truncate_prompt_tokens=-1)
+    return seqs, task
 
 
 def request_outputs(seqs: Sequence[SequenceInput], data: Sequence[torch.Tensor],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cenote.engine.async_engine import AsyncPoolingEngine
-from cenote.server.context import ServerContext, ServerLimits
+from cenote.server.context import ServedModel, ServerContext, ServerLimits
 from cenote.server.errors import error_response, install_error_handlers
 from cenote.server.guard import RequestGuardMiddleware
 from cenote.server.media import MediaPolicy
@@ -59,7 +59,7 @@ _LENIENT_CONTENT_TYPE = ({"strict_content_type": False}
 
 
 def build_app(
-    engine: AsyncPoolingEngine,
+    engine: AsyncPoolingEngine | Sequence[ServedModel],
     served_model_names: list[str] | None = None,
     api_key: str | None = None,
     limits: ServerLimits | None = None,
@@ -69,30 +69,37 @@ def build_app(
     trust_request_chat_template: bool = False,
     media: MediaPolicy | None = None,
 ) -> FastAPI:
-    """The cenote HTTP app around ``engine``.
+    """The cenote HTTP app around ``engine`` (served as ``served_model_names``), or
+    around several models, each a :class:`ServedModel` (its names and its engine).
 
-    The app's lifespan starts the engine's worker (and warms the model up) and
-    shuts it down when the server stops. ``limits`` bound what one request may
+    The app's lifespan starts the engines' workers (and warms the models up) and
+    shuts them down when the server stops. ``limits`` bound what one request may
     ask; CORS headers are sent only for ``allowed_origins``; request bodies
     are logged only with ``log_inputs``.
     """
-    names = list(served_model_names or [engine.config.model])
+    if isinstance(engine, AsyncPoolingEngine):
+        models = [ServedModel(list(served_model_names or [engine.config.model]), engine)]
+    else:
+        models = list(engine)
+    _check_names(models)
+    engines = [model.engine for model in models]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.start()
-        await engine.warmup()
         try:
+            for each in engines:
+                each.start()
+                await each.warmup()
             yield
         finally:
-            engine.shutdown()
+            for each in engines:
+                each.shutdown()
 
     app = FastAPI(title="cenote", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible server for pooling models.",
                   **_LENIENT_CONTENT_TYPE)
-    metrics = ServerMetrics(engine)
-    engine.on_batch = metrics.observe_batch
-    context = ServerContext(engine, names, metrics, limits or ServerLimits(),
+    metrics = ServerMetrics(models)
+    context = ServerContext(models, metrics, limits or ServerLimits(),
                             chat_template=chat_template,
                             trust_request_chat_template=trust_request_chat_template,
                             media=media or MediaPolicy())
@@ -110,6 +117,16 @@ def build_app(
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _check_names(models: list[ServedModel]) -> None:
+    if not models or any(not model.names for model in models):
+        raise ValueError("Every served model needs a name.")
+    names = [name for model in models for name in model.names]
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"Served model names must differ; given more than once: "
+                         f"{', '.join(twice)}.")
 
 
 def begin_draining(app: FastAPI) -> None:

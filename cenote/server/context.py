@@ -1,4 +1,5 @@
-"""What every route needs: the engine, the served model names and the metrics."""
+"""What every route needs: the served models (names and engines), the limits and the
+metrics; and, per request, the model it asks for (:class:`ModelContext`)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,18 @@ class ServerLimits:
     """/health fails once the busy engine has not started or finished a batch for this long."""
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model the server serves: the names clients may ask for it by (the first is
+    its own) and its engine."""
+
+    names: list[str]
+    engine: AsyncPoolingEngine
+
+
 @dataclass
 class ServerContext:
-    engine: AsyncPoolingEngine
-    served_model_names: list[str]
+    models: list[ServedModel]
     metrics: ServerMetrics
     limits: ServerLimits = field(default_factory=ServerLimits)
     # Set on SIGTERM: new requests get 503 while those in flight finish.
@@ -46,6 +55,42 @@ class ServerContext:
     trust_request_chat_template: bool = False
     # Where images may come from, and their limits.
     media: MediaPolicy = field(default_factory=MediaPolicy)
+
+    @property
+    def served_model_names(self) -> list[str]:
+        return [name for model in self.models for name in model.names]
+
+    @property
+    def engines(self) -> list[AsyncPoolingEngine]:
+        return [model.engine for model in self.models]
+
+    def model(self, requested: str | None) -> ModelContext:
+        """The model a request asks for, by one of its served names; an unknown
+        ``model`` is a 404 (OpenAI's behaviour). No ``model``, or an empty one, means
+        the first model served (as vLLM)."""
+        if not requested:
+            return ModelContext(self, self.models[0].names[0], self.models[0].engine)
+        for model in self.models:
+            if requested in model.names:
+                return ModelContext(self, requested, model.engine)
+        raise ModelNotFoundError(requested)
+
+    def check_num_inputs(self, count: int, what: str = "input") -> None:
+        """400 when a request carries more inputs than ``max_inputs_per_request``."""
+        cap = self.limits.max_inputs_per_request
+        if count > cap:
+            raise ValueError(f"{what} has {count} items; this server takes at most {cap} "
+                             "per request. Split it into several requests.")
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """A request's model: the name to answer with, its engine, and how its inputs are
+    read (chat templates, images)."""
+
+    server: ServerContext
+    name: str
+    engine: AsyncPoolingEngine
 
     def special_tokens(self, body: ChatFields) -> bool:
         """Whether the request's text gets the tokenizer's special tokens: as the request
@@ -72,45 +117,31 @@ class ServerContext:
                              "model (CLIP, SigLIP).")
         urls = [part.image_url.url for part in parts if isinstance(part, ImagePart)]
         texts = [part.text for part in parts if isinstance(part, TextPart)]
-        if len(urls) > self.media.max_images_per_prompt:
+        media = self.server.media
+        if len(urls) > media.max_images_per_prompt:
             raise ValueError(f"{len(urls)} images in one prompt; this server takes at most "
-                             f"{self.media.max_images_per_prompt} (--limit-mm-per-prompt).")
+                             f"{media.max_images_per_prompt} (--limit-mm-per-prompt).")
         if urls and texts:
             raise ValueError("This model embeds a text or an image per input, not both: send "
                              "them as separate inputs.")
         if urls:
-            return {"prompt": "", "multi_modal_data": {"image": await self.media.image(urls[0])}}
+            return {"prompt": "", "multi_modal_data": {"image": await media.image(urls[0])}}
         if not texts:
             raise ValueError("messages have no content to embed.")
         return "\n".join(texts)
 
-    def model_name(self, requested: str | None) -> str:
-        """The name to answer with; an unknown ``model`` is a 404 (OpenAI's behaviour).
-        No ``model``, or an empty one, means the served model (as vLLM)."""
-        if not requested:
-            return self.served_model_names[0]
-        if requested not in self.served_model_names:
-            raise ModelNotFoundError(requested)
-        return requested
-
     async def render_chat(self, body: ChatFields) -> str:
         """A chat-form request's ``messages`` as the text the model reads."""
-        if body.chat_template is not None and not self.trust_request_chat_template:
+        server = self.server
+        if body.chat_template is not None and not server.trust_request_chat_template:
             raise ValueError("This server does not take chat templates in requests (start it "
                              "with --trust-request-chat-template to allow them).")
         return await self.engine.render_chat(
             [m.as_dict() for m in body.messages],
-            chat_template=body.chat_template or self.chat_template,
+            chat_template=body.chat_template or server.chat_template,
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,
             chat_template_kwargs=body.chat_template_kwargs)
-
-    def check_num_inputs(self, count: int, what: str = "input") -> None:
-        """400 when a request carries more inputs than ``max_inputs_per_request``."""
-        cap = self.limits.max_inputs_per_request
-        if count > cap:
-            raise ValueError(f"{what} has {count} items; this server takes at most {cap} "
-                             "per request. Split it into several requests.")
 
 
 async def get_context(request: Request) -> ServerContext:

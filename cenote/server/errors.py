@@ -114,7 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineStoppedError)
     async def engine_stopped(request: Request, exc: EngineStoppedError) -> Response:
-        return error_response(503, str(exc))
+        # An engine process that died: its requests may come back once it is restarted.
+        retry_after = getattr(exc, "retry_after_s", None)
+        return error_response(503, str(exc),
+                              {"Retry-After": str(retry_after)} if retry_after else None)
 
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, exc: QueueFullError) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,15 +19,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cenote.engine.async_engine import AsyncPoolingEngine, BatchStats
 
+if TYPE_CHECKING:
+    from cenote.server.context import ServedModel
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _TOKEN_BUCKETS = tuple(2 ** k for k in range(3, 16))
 _COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class ServerMetrics:
-    """The server's metrics, in a registry of their own (one per app)."""
+    """The server's metrics, in a registry of their own (one per app). The batch metrics
+    are labelled by model (its first served name) and engine (its number among the
+    model's data-parallel engines); the queue gauges sum over all engines."""
 
-    def __init__(self, engine: AsyncPoolingEngine) -> None:
+    def __init__(self, models: list[ServedModel]) -> None:
+        engines = [model.engine for model in models]
         self.registry = CollectorRegistry()
         r = self.registry
         # The process's memory, CPU time, open files and GC, as on a default registry.
@@ -40,34 +47,47 @@ class ServerMetrics:
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
         waiting_seqs = Gauge("cenote_queue_waiting_sequences",
                              "Sequences queued and not yet in a batch.", registry=r)
-        waiting_seqs.set_function(lambda: engine.num_waiting_seqs)
+        waiting_seqs.set_function(lambda: sum(e.num_waiting_seqs for e in engines))
         waiting_tokens = Gauge("cenote_queue_waiting_tokens",
                                "Tokens queued and not yet in a batch.", registry=r)
-        waiting_tokens.set_function(lambda: engine.num_waiting_tokens)
+        waiting_tokens.set_function(lambda: sum(e.num_waiting_tokens for e in engines))
+        alive = Gauge("cenote_engines_alive", "Engines taking work, by model.", ["model"],
+                      registry=r)
+        for model in models:
+            alive.labels(model.names[0]).set_function(_count_alive(model.engine))
+        labels = ["model", "engine"]
         self.batch_tokens = Histogram("cenote_batch_tokens", "Tokens per executed batch.",
-                                      buckets=_TOKEN_BUCKETS, registry=r)
+                                      labels, buckets=_TOKEN_BUCKETS, registry=r)
         self.batch_seqs = Histogram("cenote_batch_sequences", "Sequences per executed batch.",
-                                    buckets=_COUNT_BUCKETS, registry=r)
+                                    labels, buckets=_COUNT_BUCKETS, registry=r)
         self.batch_requests = Histogram(
             "cenote_batch_requests",
             "Requests sharing an executed batch (above 1 means continuous batching at work).",
-            buckets=_COUNT_BUCKETS, registry=r)
+            labels, buckets=_COUNT_BUCKETS, registry=r)
         self.batch_seconds = Histogram("cenote_batch_duration_seconds",
                                        "Time the model took per batch.",
-                                       buckets=_LATENCY_BUCKETS, registry=r)
+                                       labels, buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("cenote_tokens_processed", "Tokens run through the model.",
-                              ["pooling_task"], registry=r)
+                              ["model", "engine", "pooling_task"], registry=r)
+        for model in models:
+            model.engine.on_batch = (
+                lambda stats, name=model.names[0]: self.observe_batch(stats, name))
 
-    def observe_batch(self, stats: BatchStats) -> None:
-        """The engine's ``on_batch`` observer (called from its worker thread)."""
-        self.batch_tokens.observe(stats.num_tokens)
-        self.batch_seqs.observe(stats.num_seqs)
-        self.batch_requests.observe(stats.num_requests)
-        self.batch_seconds.observe(stats.seconds)
-        self.tokens.labels(stats.pooling_task).inc(stats.num_tokens)
+    def observe_batch(self, stats: BatchStats, model: str) -> None:
+        """An engine's ``on_batch`` observer (called from its worker or reader thread)."""
+        labels = (model, str(stats.engine))
+        self.batch_tokens.labels(*labels).observe(stats.num_tokens)
+        self.batch_seqs.labels(*labels).observe(stats.num_seqs)
+        self.batch_requests.labels(*labels).observe(stats.num_requests)
+        self.batch_seconds.labels(*labels).observe(stats.seconds)
+        self.tokens.labels(*labels, stats.pooling_task).inc(stats.num_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _count_alive(engine: AsyncPoolingEngine):
+    return lambda: engine.num_alive
 
 
 class MetricsMiddleware:

@@ -331,6 +331,21 @@ class VersionResponse(APIModel):
     version: str
 
 
+class EngineCapacity(APIModel):
+    """A served model's engines, and how many of them take work now."""
+
+    model: str
+    alive: int
+    total: int
+
+
+class HealthResponse(APIModel):
+    """/health's body when the server runs below full capacity (an engine restarting)."""
+
+    status: Literal["degraded"]
+    engines: list[EngineCapacity]
+
+
 class ErrorResponse(APIModel):
     """The one error shape every failure answers with."""
 

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from cenote.inputs.instructions import prompt_name_for_input_type
 from cenote.params import PoolingParams
 from cenote.pooling.compact import check_embedding_types, compact
-from cenote.server.context import ServerContext, get_context
+from cenote.server.context import ModelContext, ServerContext, get_context
 from cenote.server.payloads import render
 from cenote.server.protocol_cohere import (
     CohereBilledUnits,
@@ -27,7 +27,7 @@ router = APIRouter()
 _TRUNCATION_SIDES = {"START": "left", "END": "right"}
 
 
-async def _inputs(ctx: ServerContext, body: CohereEmbedRequest) -> list:
+async def _inputs(m: ModelContext, body: CohereEmbedRequest) -> list:
     """The texts, or for a model that takes images, the images (data URIs and the
     sources the server allows), as engine prompts."""
     images = body.images or []
@@ -35,12 +35,13 @@ async def _inputs(ctx: ServerContext, body: CohereEmbedRequest) -> list:
                                    for part in item.content):
         images = None  # inputs with image parts: one prompt per item, parts as given
     if images is None or images:
-        if "image" not in ctx.engine.config.modalities:
+        if "image" not in m.engine.config.modalities:
             raise ValueError("This model takes text only; images need a multi-modal model.")
         if images:
-            return [{"prompt": "", "multi_modal_data": {"image": await ctx.media.image(uri)}}
+            media = m.server.media
+            return [{"prompt": "", "multi_modal_data": {"image": await media.image(uri)}}
                     for uri in images]
-        return [await ctx.prompt_from_parts(item.content) for item in body.inputs]
+        return [await m.prompt_from_parts(item.content) for item in body.inputs]
     return _texts(body)
 
 
@@ -60,21 +61,21 @@ def _texts(body: CohereEmbedRequest) -> list[str]:
 async def cohere_embed(body: CohereEmbedRequest,
                        ctx: ServerContext = Depends(get_context)) -> Response:
     """Embeddings in Cohere's shape: one list per requested embedding type."""
-    ctx.model_name(body.model)
+    m = ctx.model(body.model)
     count = len(body.texts or body.images or body.inputs or ())
     ctx.check_num_inputs(count, "inputs")  # before any image is fetched
-    texts = await _inputs(ctx, body)
+    texts = await _inputs(m, body)
     types = list(dict.fromkeys(body.embedding_types or ["float"]))
     check_embedding_types(types)
     side = _TRUNCATION_SIDES.get(body.truncate)
     if body.max_tokens is not None and body.max_tokens < 1:
         raise ValueError("max_tokens must be positive.")
-    limit = ctx.engine.config.max_model_len
+    limit = m.engine.config.max_model_len
     keep = min(body.max_tokens or limit, limit) if side is not None else None
     params = PoolingParams(dimensions=body.output_dimension, truncation_side=side)
-    prompt_name = prompt_name_for_input_type(ctx.engine.config.st_config, body.input_type)
-    outputs = await ctx.engine.encode(texts, "embed", params, keep, prompt_name=prompt_name)
-    ranges = (await ctx.engine.int8_ranges(params)
+    prompt_name = prompt_name_for_input_type(m.engine.config.st_config, body.input_type)
+    outputs = await m.engine.encode(texts, "embed", params, keep, prompt_name=prompt_name)
+    ranges = (await m.engine.int8_ranges(params)
               if {"int8", "uint8"} & set(types) else None)
 
     def build() -> CohereEmbedResponse:

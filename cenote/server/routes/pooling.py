@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from cenote.inputs.prompts import Prompt
-from cenote.server.context import ServerContext, get_context
+from cenote.server.context import ModelContext, ServerContext, get_context
 from cenote.server.payloads import float_payload, prompts_from_input, render, sparse_payload
 from cenote.server.protocol import (
     ClassificationData,
@@ -25,12 +25,12 @@ from cenote.server.protocol import (
 router = APIRouter()
 
 
-async def _prompts(ctx: ServerContext,
+async def _prompts(m: ModelContext,
                    body: EmbeddingRequest | ClassificationRequest) -> list[Prompt]:
     if body.messages is not None:
-        return [await ctx.prompt_from_messages(body)]
+        return [await m.prompt_from_messages(body)]
     prompts = prompts_from_input(body.input)
-    ctx.check_num_inputs(len(prompts))
+    m.server.check_num_inputs(len(prompts))
     return prompts
 
 
@@ -39,11 +39,11 @@ async def create_embeddings(body: EmbeddingRequest,
                             ctx: ServerContext = Depends(get_context)) -> Response:
     """OpenAI embeddings: one vector per input (``LLM.embed``); with ``embedding_type``
     sparse, the model's sparse vector (``LLM.embed_sparse``) as indices and values."""
-    model = ctx.model_name(body.model)
+    m = ctx.model(body.model)
     sparse = body.embedding_type == "sparse"
-    outputs = await ctx.engine.encode(await _prompts(ctx, body),
+    outputs = await m.engine.encode(await _prompts(m, body),
                                       "embed_sparse" if sparse else "embed", body.pooling_params(),
-                                      body.truncate_prompt_tokens, ctx.special_tokens(body),
+                                      body.truncate_prompt_tokens, m.special_tokens(body),
                                       prompt_name=body.prompt_name)
 
     def vector(data) -> list[float] | str | SparseVector:
@@ -53,7 +53,7 @@ async def create_embeddings(body: EmbeddingRequest,
 
     def build() -> EmbeddingResponse:
         return EmbeddingResponse(
-            model=model,
+            model=m.name,
             data=[EmbeddingResponseData(index=i, embedding=vector(o.outputs.data))
                   for i, o in enumerate(outputs)],
             usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
@@ -66,14 +66,14 @@ async def create_embeddings(body: EmbeddingRequest,
 async def create_pooling(body: PoolingRequest,
                          ctx: ServerContext = Depends(get_context)) -> Response:
     """Pooler output per input for ``task`` (``LLM.encode``): all token rows by default."""
-    model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(await _prompts(ctx, body), body.task, body.pooling_params(),
-                                      body.truncate_prompt_tokens, ctx.special_tokens(body),
+    m = ctx.model(body.model)
+    outputs = await m.engine.encode(await _prompts(m, body), body.task, body.pooling_params(),
+                                      body.truncate_prompt_tokens, m.special_tokens(body),
                                       prompt_name=body.prompt_name)
 
     def build() -> PoolingResponse:
         return PoolingResponse(
-            model=model,
+            model=m.name,
             data=[PoolingResponseData(index=i, data=float_payload(o.outputs.data,
                                                                   body.encoding_format))
                   for i, o in enumerate(outputs)],
@@ -89,10 +89,10 @@ async def create_pooling(body: PoolingRequest,
 async def create_classification(body: ClassificationRequest,
                                 ctx: ServerContext = Depends(get_context)) -> Response:
     """Class probabilities and the most likely label per input (``LLM.classify``)."""
-    model = ctx.model_name(body.model)
-    outputs = await ctx.engine.encode(await _prompts(ctx, body), "classify", body.pooling_params(),
-                                      body.truncate_prompt_tokens, ctx.special_tokens(body))
-    id2label = ctx.engine.config.id2label
+    m = ctx.model(body.model)
+    outputs = await m.engine.encode(await _prompts(m, body), "classify", body.pooling_params(),
+                                      body.truncate_prompt_tokens, m.special_tokens(body))
+    id2label = m.engine.config.id2label
 
     def build() -> ClassificationResponse:
         data = []
@@ -102,7 +102,7 @@ async def create_classification(body: ClassificationRequest,
             data.append(ClassificationData(index=i, label=id2label.get(best, str(best)),
                                            probs=probs, num_classes=len(probs)))
         return ClassificationResponse(
-            model=model, data=data,
+            model=m.name, data=data,
             usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)))
 
     return await render(build, len(outputs))

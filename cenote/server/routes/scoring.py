@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from cenote.inputs.prompts import make_score_pairs
-from cenote.server.context import ServerContext, get_context
+from cenote.server.context import ModelContext, ServerContext, get_context
 from cenote.server.payloads import render
 from cenote.server.protocol import (
     RerankDocument,
@@ -32,14 +32,14 @@ router = APIRouter()
 @router.post("/v1/score", response_model=ScoreResponse)
 async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_context)) -> Response:
     """Scores of ``text_1`` x ``text_2`` pairs: 1:1, 1:N or N:N."""
-    model = ctx.model_name(body.model)
-    pairs = make_score_pairs(body.text_1, await _documents(ctx, body.text_2))
+    m = ctx.model(body.model)
+    pairs = make_score_pairs(body.text_1, await _documents(m, body.text_2))
     ctx.check_num_inputs(len(pairs), "text_1 x text_2")
-    outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
+    outputs = await m.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
 
     def build() -> ScoreResponse:
         return ScoreResponse(
-            model=model,
+            model=m.name,
             data=[ScoreResponseData(index=i, score=o.outputs.score)
                   for i, o in enumerate(outputs)],
             usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
@@ -54,13 +54,13 @@ async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_cont
 async def create_rerank(body: RerankRequest,
                         ctx: ServerContext = Depends(get_context)) -> Response:
     """Jina/Cohere rerank: documents ordered by relevance to the query."""
-    model = ctx.model_name(body.model)
+    m = ctx.model(body.model)
     if not body.documents:
         raise ValueError("documents must not be empty.")
     ctx.check_num_inputs(len(body.documents), "documents")
-    pairs = make_score_pairs(body.query, await _documents(ctx, body.documents),
+    pairs = make_score_pairs(body.query, await _documents(m, body.documents),
                              names=("query", "documents"))
-    outputs = await ctx.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens,
+    outputs = await m.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens,
                                      operation="embedding generation")  # vLLM's wording
 
     def build() -> RerankResponse:
@@ -71,19 +71,19 @@ async def create_rerank(body: RerankRequest,
         if body.top_n > 0:  # 0 or less: all of them, as vLLM
             results = results[:body.top_n]
         return RerankResponse(
-            model=model, results=results,
+            model=m.name, results=results,
             usage=RerankUsage(total_tokens=sum(len(o.prompt_token_ids) for o in outputs)))
 
     return await render(build, len(outputs))
 
 
-async def _documents(ctx: ServerContext, documents):
+async def _documents(m: ModelContext, documents):
     """Documents as engine inputs: texts as they are, content parts as one input each."""
     if isinstance(documents, ContentDocument):
-        return await ctx.prompt_from_parts(documents.content)
+        return await m.prompt_from_parts(documents.content)
     if not isinstance(documents, list):
         return documents
-    return [await ctx.prompt_from_parts(d.content) if isinstance(d, ContentDocument) else d
+    return [await m.prompt_from_parts(d.content) if isinstance(d, ContentDocument) else d
             for d in documents]
 
 

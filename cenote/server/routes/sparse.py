@@ -31,13 +31,13 @@ class EmbedSparseRequest(APIModel):
 @router.post("/embed_sparse")
 async def embed_sparse(body: EmbedSparseRequest,
                        ctx: ServerContext = Depends(get_context)) -> Response:
-    ctx.model_name(body.model)
+    m = ctx.model(body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     if not texts:
         raise ValueError("inputs must not be empty.")
     ctx.check_num_inputs(len(texts), "inputs")
     params = PoolingParams(truncation_side=body.truncation_direction.lower())
-    outputs = await ctx.engine.encode(texts, "embed_sparse", params,
+    outputs = await m.engine.encode(texts, "embed_sparse", params,
                                       -1 if body.truncate else None,
                                       prompt_name=body.prompt_name)
     vectors = []

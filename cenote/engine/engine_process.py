@@ -1,0 +1,239 @@
+"""An engine in a process of its own: the child's side (a :class:`PoolingEngine` and an
+:class:`EngineCore`, driven by messages on a pipe) and the parent's handle on it.
+
+Messages are pickled tuples. Parent to child: ``("run", id, records, task)``,
+``("withdraw", id)``, ``("stop",)``. Child to parent: ``("ready", output_width)`` or
+``("failed", message)`` once loaded, then ``("done", id, outputs or error)`` per request
+and ``("batch", BatchStats)`` per batch. The standard pickler is used on purpose: the
+one ``multiprocessing`` uses would move tensors through shared-memory files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cenote.config import ModelConfig
+from cenote.engine.core import (
+    BatchFailedError,
+    BatchStats,
+    CoreRequest,
+    EngineCore,
+    EngineStoppedError,
+    Outcome,
+    QueueFullError,
+)
+from cenote.engine.engine import PoolingEngine, warmup_records
+from cenote.engine.model_thread import ModelThread
+
+logger = logging.getLogger(__name__)
+
+# Fork is unsafe in a process with threads and an OpenMP runtime: children start fresh.
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one engine runs: its number, its torch threads and CPUs (on a CPU), or its
+    device (``cuda:K``)."""
+
+    index: int
+    threads: int | None = None
+    cpus: tuple[int, ...] | None = None
+    device: str | None = None
+
+    def describe(self) -> str:
+        if self.device is not None:
+            return f"engine {self.index} on {self.device}"
+        cpus = f" on CPUs {_ranges(self.cpus)}" if self.cpus else ""
+        return f"engine {self.index}: {self.threads} thread(s){cpus}"
+
+
+def placements(config: ModelConfig, count: int) -> list[Placement]:
+    """``count`` engines: on CUDA one per visible GPU, round robin (several per GPU when
+    ``count`` is larger); on a CPU the torch threads and the CPUs this process may use
+    are split between them, each engine on CPUs of its own."""
+    if config.device.type == "cuda":
+        gpus = max(1, torch.cuda.device_count())
+        return [Placement(i, device=f"cuda:{i % gpus}") for i in range(count)]
+    threads = max(1, torch.get_num_threads() // count)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < count:
+        return [Placement(i, threads) for i in range(count)]
+    share = len(cpus) // count
+    return [Placement(i, threads, tuple(cpus[i * share:(i + 1) * share]))
+            for i in range(count)]
+
+
+def _ranges(cpus: tuple[int, ...]) -> str:
+    return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else str(cpus[0])
+
+
+class EngineProcess:
+    """The parent's handle on one engine process: spawn it, wait until it has loaded
+    the model, then exchange messages with it."""
+
+    def __init__(self, config: ModelConfig, placement: Placement,
+                 max_queue_seconds: float | None = None) -> None:
+        self.placement = placement
+        self._conn, child_conn = _SPAWN.Pipe()
+        self._send_lock = threading.Lock()
+        self._process = _SPAWN.Process(
+            target=_engine_main, args=(config, placement, max_queue_seconds, child_conn),
+            name=f"cenote-engine-{placement.index}", daemon=True)
+        self._process.start()
+        child_conn.close()  # the child's end lives in the child: EOF here once it exits
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def wait_ready(self) -> int | None:
+        """Block until the model is loaded; its output width. ``ValueError`` when it
+        could not load, ``EngineStoppedError`` when the process died first."""
+        try:
+            message = self.recv()
+        except (EOFError, OSError):
+            self._process.join(5)
+            raise EngineStoppedError(
+                f"Engine process {self.placement.index} exited while loading the model "
+                f"(exit code {self._process.exitcode}).") from None
+        if message[0] == "failed":
+            self._process.join(5)
+            raise ValueError(message[1])
+        return message[1]
+
+    def send(self, message: tuple) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._send_lock:
+            self._conn.send_bytes(data)
+
+    def recv(self) -> tuple:
+        """The next message; ``EOFError`` once the process is gone."""
+        return pickle.loads(self._conn.recv_bytes())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the engine to stop, wait for it, and kill it if it does not."""
+        try:
+            self.send(("stop",))
+        except (OSError, ValueError):
+            pass  # already gone
+        self._process.join(timeout)
+        if self._process.is_alive():
+            logger.warning("Engine process %d did not stop in %.0f s; killing it",
+                           self.placement.index, timeout)
+            self._process.kill()
+            self._process.join(5)
+        self._conn.close()
+
+
+def to_wire(outputs: list[torch.Tensor]) -> list[Any]:
+    """Outputs as numpy arrays where they can be (pickled as raw bytes); other tensors
+    (sparse, bfloat16) as themselves."""
+    return [out.numpy() if out.layout is torch.strided and out.dtype != torch.bfloat16
+            else out for out in outputs]
+
+
+def from_wire(outputs: list[Any]) -> list[torch.Tensor]:
+    return [torch.from_numpy(out) if isinstance(out, np.ndarray) else out for out in outputs]
+
+
+def error_to_wire(exc: BaseException) -> tuple:
+    return ("error", type(exc).__name__, str(exc), getattr(exc, "retry_after_s", None))
+
+
+def error_from_wire(kind: str, message: str, retry_after_s: int | None) -> BaseException:
+    if kind == "QueueFullError":
+        return QueueFullError(message, retry_after_s or 1)
+    if kind == "BatchFailedError":
+        return BatchFailedError(message)
+    return EngineStoppedError(message)
+
+
+def _engine_main(config: ModelConfig, placement: Placement, max_queue_seconds: float | None,
+                 conn: Any) -> None:
+    """The engine process: load, warm up, say ready, then serve messages until told to
+    stop or until the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when engines stop
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with lock:
+            try:
+                conn.send_bytes(data)
+            except OSError:
+                pass  # the parent is gone; the receive loop ends on its own
+
+    if placement.cpus:
+        os.sched_setaffinity(0, placement.cpus)
+    if placement.threads:
+        torch.set_num_threads(placement.threads)
+    if placement.device is not None:
+        config = _on_device(config, placement.device)
+    model_thread = ModelThread()
+    try:
+        engine = model_thread.submit(lambda: _load_and_warm_up(config)).result()
+    except BaseException as exc:  # reported to the parent, which refuses to start
+        send(("failed", f"{type(exc).__name__}: {exc}"))
+        model_thread.close()
+        return
+
+    def on_batch(stats: BatchStats) -> None:
+        stats.engine = placement.index
+        send(("batch", stats))
+
+    core = EngineCore(engine.runner, model_thread, config.max_num_batched_tokens,
+                      on_batch=on_batch, max_queue_seconds=max_queue_seconds)
+    core.start()
+    send(("ready", engine.policy.output_width))
+    requests: dict[int, CoreRequest] = {}
+
+    def on_done(request_id: int, outcome: Outcome) -> None:  # on the model thread
+        requests.pop(request_id, None)
+        send(("done", request_id, error_to_wire(outcome) if isinstance(outcome, BaseException)
+              else to_wire(outcome)))
+
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if message[0] == "run":
+            _, request_id, seqs, task = message
+            request = CoreRequest(seqs, lambda outcome, rid=request_id: on_done(rid, outcome))
+            requests[request_id] = request
+            try:
+                core.submit(request, task)
+            except (EngineStoppedError, QueueFullError) as exc:
+                requests.pop(request_id, None)
+                send(("done", request_id, error_to_wire(exc)))
+        elif message[0] == "withdraw":
+            if (request := requests.pop(message[1], None)) is not None:
+                core.withdraw(request)
+        elif message[0] == "stop":
+            break
+    core.shutdown()
+
+
+def _load_and_warm_up(config: ModelConfig) -> PoolingEngine:
+    engine = PoolingEngine(config)
+    seqs, task = warmup_records(engine)
+    engine.runner.execute(seqs, task)
+    return engine
+
+
+def _on_device(config: ModelConfig, device: str) -> ModelConfig:
+    return dataclasses.replace(config, device=torch.device(device))
