@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 
@@ -64,21 +65,33 @@ def load_models(args: argparse.Namespace) -> list[ServedModel]:
 
 
 def _load_engine(args: argparse.Namespace, model: str | None, name: str) -> AsyncPoolingEngine:
-    config = ModelConfig.from_args(
-        model=model, task=args.task, dtype=args.dtype,
-        max_model_len=args.max_model_len, device=args.device,
-        override_pooler_config=args.override_pooler_config,
-        hf_overrides=args.hf_overrides,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        trust_remote_code=args.trust_remote_code, revision=args.revision,
-        tokenizer=args.tokenizer, runner=args.runner)
-    max_queued_tokens = args.max_queued_tokens or QUEUED_BATCHES * config.max_num_batched_tokens
+    options = dict(task=args.task, dtype=args.dtype, max_model_len=args.max_model_len,
+                   device=args.device, override_pooler_config=args.override_pooler_config,
+                   hf_overrides=args.hf_overrides,
+                   max_num_batched_tokens=args.max_num_batched_tokens,
+                   trust_remote_code=args.trust_remote_code, revision=args.revision,
+                   tokenizer=args.tokenizer, runner=args.runner)
+    return load_engine(model, name, options, data_parallel_size=args.data_parallel_size,
+                       max_queued_tokens=args.max_queued_tokens,
+                       request_timeout_s=args.request_timeout)
+
+
+def load_engine(model: str | None, name: str, model_options: dict[str, Any], *,
+                data_parallel_size: int = 1, max_queued_tokens: int | None = None,
+                request_timeout_s: float = 120.0) -> AsyncPoolingEngine:
+    """A server's engine for ``model`` (served as ``name``), as ``cenote serve`` loads
+    it: ``model_options`` are ``ModelConfig.from_args``'s; on a CPU, batches small
+    enough that concurrent clients take turns; admission control from
+    ``max_queued_tokens`` (default: ``QUEUED_BATCHES`` batches) and
+    ``request_timeout_s``."""
+    config = ModelConfig.from_args(model=model, **model_options)
+    max_queued_tokens = max_queued_tokens or QUEUED_BATCHES * config.max_num_batched_tokens
     # After the queue cap: smaller CPU batches must not shrink how much work is admitted.
-    if args.max_num_batched_tokens is None and config.device.type == "cpu":
+    if model_options.get("max_num_batched_tokens") is None and config.device.type == "cpu":
         budget = max(CPU_SERVER_MAX_NUM_BATCHED_TOKENS, config.max_model_len)
         config = dataclasses.replace(config, max_num_batched_tokens=budget)
     config = dataclasses.replace(config, served_model_name=name)
-    size = args.data_parallel_size
+    size = data_parallel_size
     where = str(config.device)
     if config.device.type == "cpu":
         count = torch.get_num_threads()
@@ -91,4 +104,4 @@ def _load_engine(args: argparse.Namespace, model: str | None, name: str) -> Asyn
                 config.max_num_batched_tokens)
     return AsyncPoolingEngine.from_config(
         config, data_parallel_size=size, max_queued_tokens=max_queued_tokens,
-        max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * args.request_timeout)
+        max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * request_timeout_s)

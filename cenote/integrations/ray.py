@@ -1,0 +1,196 @@
+"""Ray Data: embed, classify or score a ``ray.data.Dataset`` with a pool of engine actors.
+
+    import ray
+    from cenote.integrations.ray import embed_dataset
+
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    ds = embed_dataset(ds, concurrency=2, num_cpus=1)  # adds an "embedding" column
+
+Each actor loads one :class:`cenote.LLM` and runs ``LLM.embed`` (``classify``,
+``score``) on each batch of rows, so every row gets what ``LLM.embed`` gives its
+text in a single process. Ray Data does not keep the rows' order by default: carry
+an id column to match results to inputs (or set ``preserve_order`` on the
+dataset's ``DataContext``).
+
+Nothing else in cenote imports this module; without Ray it raises an ImportError
+that says ``pip install 'cenote[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cenote.integrations import import_ray, use_assigned_cpus
+from cenote.llm import LLM
+from cenote.params import PoolingParams
+
+ray = import_ray("data")
+
+METHODS = ("embed", "classify", "score")
+_DEFAULT_OUTPUT_COLUMN = {"embed": "embedding", "classify": "probs", "score": "score"}
+
+
+class LLMPredictor:
+    """A callable class for ``Dataset.map_batches``: one :class:`cenote.LLM` per actor.
+
+    ``method`` says what each batch gets: ``"embed"`` adds ``output_column``
+    (default ``"embedding"``, a ``[rows, dim]`` float32 array); ``"classify"`` adds
+    ``output_column`` (default ``"probs"``, ``[rows, num_labels]``) and, unless
+    ``label_column`` is None, each row's most likely label name; ``"score"`` adds
+    ``output_column`` (default ``"score"``, float32) for the pair of texts in
+    ``text_column`` and ``text_pair_column``. The other columns pass through.
+
+    ``model`` and ``llm_options`` (``task``, ``dtype``, ``max_model_len``, ...) are
+    those of :class:`cenote.LLM`; ``pooling_params`` applies to every row. In a Ray
+    actor, torch gets as many threads as the CPUs Ray assigned it::
+
+        ds.map_batches(LLMPredictor, fn_constructor_kwargs={"model": path},
+                       concurrency=2, num_cpus=1, batch_size=256)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        method: str = "embed",
+        text_column: str = "text",
+        text_pair_column: str = "text_pair",
+        output_column: str | None = None,
+        label_column: str | None = "label",
+        pooling_params: PoolingParams | None = None,
+        **llm_options: Any,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        self.method = method
+        self.text_column = text_column
+        self.text_pair_column = text_pair_column
+        self.output_column = output_column or _DEFAULT_OUTPUT_COLUMN[method]
+        self.label_column = label_column
+        self.pooling_params = pooling_params
+        use_assigned_cpus()
+        self.llm = LLM(model, **llm_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = _column_texts(batch, self.text_column)
+        out = dict(batch)
+        if self.method == "embed":
+            outputs = self.llm.embed(texts, pooling_params=self.pooling_params, use_tqdm=False)
+            out[self.output_column] = _matrix([o.outputs.embedding for o in outputs])
+        elif self.method == "classify":
+            outputs = self.llm.classify(texts, pooling_params=self.pooling_params,
+                                        use_tqdm=False)
+            probs = _matrix([o.outputs.probs for o in outputs])
+            out[self.output_column] = probs
+            if self.label_column is not None:
+                names = self.llm.config.id2label
+                out[self.label_column] = np.array(
+                    [names.get(int(i), str(int(i))) for i in probs.argmax(axis=1)]
+                    if len(texts) else [], dtype=object)
+        else:
+            pairs = _column_texts(batch, self.text_pair_column)
+            outputs = (self.llm.score(texts, pairs, pooling_params=self.pooling_params,
+                                      use_tqdm=False) if texts else [])
+            out[self.output_column] = np.array([o.outputs.score for o in outputs],
+                                               dtype=np.float32)
+        return out
+
+
+def _column_texts(batch: dict[str, np.ndarray], column: str) -> list[str]:
+    if column not in batch:
+        raise KeyError(f"The batch has no column {column!r} (it has {sorted(batch)}).")
+    return batch[column].tolist()
+
+
+def _matrix(rows: list[list[float]]) -> np.ndarray:
+    """One float32 row per input (a 0 x 0 array for an empty batch)."""
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.array(rows, dtype=np.float32)
+
+
+def embed_dataset(
+    ds: ray.data.Dataset,
+    model: str | os.PathLike | None = None,
+    *,
+    text_column: str = "text",
+    output_column: str = "embedding",
+    pooling_params: PoolingParams | None = None,
+    concurrency: int | tuple[int, int] = 2,
+    batch_size: int = 256,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    **llm_options: Any,
+) -> ray.data.Dataset:
+    """``ds`` with an ``output_column`` of embeddings of ``text_column`` (float32
+    ``[dim]`` per row), computed by ``concurrency`` engine actors (an int, or a
+    ``(min, max)`` pair for an autoscaling pool), each with ``num_cpus`` CPUs (its
+    torch threads) and ``num_gpus`` GPUs, taking ``batch_size`` rows at a time.
+    ``llm_options`` go to :class:`cenote.LLM`. Lazy, as every Ray Data transform; for
+    other actor options call ``ds.map_batches`` with :class:`LLMPredictor`."""
+    return _map_with_engines(
+        ds, dict(model=model, method="embed", text_column=text_column,
+                 output_column=output_column, pooling_params=pooling_params, **llm_options),
+        concurrency, batch_size, num_cpus, num_gpus)
+
+
+def classify_dataset(
+    ds: ray.data.Dataset,
+    model: str | os.PathLike | None = None,
+    *,
+    text_column: str = "text",
+    output_column: str = "probs",
+    label_column: str | None = "label",
+    pooling_params: PoolingParams | None = None,
+    concurrency: int | tuple[int, int] = 2,
+    batch_size: int = 256,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    **llm_options: Any,
+) -> ray.data.Dataset:
+    """``ds`` with each row's class probabilities in ``output_column`` and its most
+    likely label's name in ``label_column`` (None: no label column); the other
+    arguments as :func:`embed_dataset`."""
+    return _map_with_engines(
+        ds, dict(model=model, method="classify", text_column=text_column,
+                 output_column=output_column, label_column=label_column,
+                 pooling_params=pooling_params, **llm_options),
+        concurrency, batch_size, num_cpus, num_gpus)
+
+
+def score_dataset(
+    ds: ray.data.Dataset,
+    model: str | os.PathLike | None = None,
+    *,
+    text_column: str = "text",
+    text_pair_column: str = "text_pair",
+    output_column: str = "score",
+    pooling_params: PoolingParams | None = None,
+    concurrency: int | tuple[int, int] = 2,
+    batch_size: int = 256,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    **llm_options: Any,
+) -> ray.data.Dataset:
+    """``ds`` with the score of each row's pair (``text_column``, ``text_pair_column``)
+    in ``output_column``, as ``LLM.score``: a cross-encoder's relevance, or the
+    cosine similarity of an embedding model's two vectors; the other arguments as
+    :func:`embed_dataset`."""
+    return _map_with_engines(
+        ds, dict(model=model, method="score", text_column=text_column,
+                 text_pair_column=text_pair_column, output_column=output_column,
+                 pooling_params=pooling_params, **llm_options),
+        concurrency, batch_size, num_cpus, num_gpus)
+
+
+def _map_with_engines(ds: ray.data.Dataset, predictor_options: dict[str, Any],
+                      concurrency: int | tuple[int, int], batch_size: int, num_cpus: float,
+                      num_gpus: float) -> ray.data.Dataset:
+    # A restarted actor reloads the model and its batch runs again (Ray Data's
+    # default for actor pools): a lost actor costs time, never rows.
+    return ds.map_batches(LLMPredictor, fn_constructor_kwargs=predictor_options,
+                          batch_format="numpy", batch_size=batch_size,
+                          concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
