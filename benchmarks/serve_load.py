@@ -196,6 +196,10 @@ def print_targets(by_server: dict[str, list[Result]], args, offline: float | Non
               f"{cenote[0].inputs_per_s:.0f} / {offline:.0f} inputs/s = "
               f"{cenote[0].inputs_per_s / offline:.0%} (target >= 60 % with 32-text requests)")
     for name, results in by_server.items():
+        if cenote and name.startswith("cenote -dp"):
+            print(f"- {name} / cenote (one engine): load "
+                  f"{results[0].requests_per_s / cenote[0].requests_per_s:.2f}x")
+    for name, results in by_server.items():
         idle = results[1]
         line = f"- {name}: idle p50 {idle.percentile_ms(50):.1f} ms (target <= 10 ms)"
         if len(results) > 2:
@@ -224,6 +228,8 @@ def main() -> None:
                         help="seconds the big client runs before the small one starts")
     parser.add_argument("--cenote-args", default="",
                         help="extra `cenote serve` arguments, e.g. '--dtype float32'")
+    parser.add_argument("--data-parallel-sizes", default="1",
+                        help="cenote runs once per size, e.g. '1,2' (--data-parallel-size)")
     parser.add_argument("--servers", default="sentence-transformers,cenote",
                         help="which servers to run, comma-separated")
     parser.add_argument("--offline", action="store_true",
@@ -237,16 +243,22 @@ def main() -> None:
     sentences, paragraphs = corpus(model_dir, 256)
     print(f"model {model_dir}; {len(sentences)} sentences, {len(paragraphs)} paragraphs; "
           f"{os.cpu_count()} CPUs")
+    def cenote(size: int) -> Callable[[int], list[str]]:
+        return lambda port: [
+            sys.executable, "-m", "cenote", "serve", model_dir, "--host", "127.0.0.1",
+            "--port", str(port), "--served-model-name", "bench",
+            "--data-parallel-size", str(size), *shlex.split(args.cenote_args)]
+
     commands = {
         "sentence-transformers": lambda port: [
             sys.executable, str(HERE / "st_baseline_server.py"), model_dir, "--port", str(port)],
-        "cenote": lambda port: [
-            sys.executable, "-m", "cenote", "serve", model_dir, "--host", "127.0.0.1",
-            "--port", str(port), "--served-model-name", "bench",
-            *shlex.split(args.cenote_args)],
     }
+    for size in map(int, args.data_parallel_sizes.split(",")):
+        commands["cenote" if size == 1 else f"cenote -dp {size}"] = cenote(size)
+    names = [n for name in args.servers.split(",")
+             for n in (commands if name == "cenote" else [name]) if n.startswith(name)]
     by_server: dict[str, list[Result]] = {}
-    for name in args.servers.split(","):
+    for name in names:
         port = free_port()
         with launched(commands[name](port), port) as server:
             by_server[name] = asyncio.run(scenarios(server.url, name, args, sentences,

@@ -293,5 +293,8 @@ class DataParallelEngineClient:
             engine.pending.clear()
             engine.num_seqs = engine.num_tokens = 0
         for pending in failed:
-            pending.loop.call_soon_threadsafe(settle_future, pending.future, exc)
+            try:
+                pending.loop.call_soon_threadsafe(settle_future, pending.future, exc)
+            except RuntimeError:  # its event loop has closed: nobody waits any more
+                pass
 

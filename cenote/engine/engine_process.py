@@ -164,7 +164,11 @@ def _engine_main(config: ModelConfig, placement: Placement, max_queue_seconds: f
                  conn: Any) -> None:
     """The engine process: load, warm up, say ready, then serve messages until told to
     stop or until the parent is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when engines stop
+    # The parent decides when engines stop (after draining): Ctrl-C or a SIGTERM sent to
+    # the whole process group must not end an engine under requests in flight. Without a
+    # parent, the pipe closes and the loop below ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lock = threading.Lock()
