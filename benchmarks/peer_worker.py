@@ -47,8 +47,12 @@ def _versions(*packages: str) -> dict[str, str]:
 def _cenote(model: str, options: dict) -> tuple[Encoder, dict]:
     from cenote import LLM
 
-    llm = LLM(model)
+    llm = LLM(model, **options)
     note = "dtype " + str(llm.config.dtype).removeprefix("torch.")
+    if llm.engine.int8_accuracy is not None:
+        accuracy = llm.engine.int8_accuracy
+        note = (f"int8 matmuls; at load, cosine to float min {accuracy.min_cosine:.4f}, "
+                f"mean {accuracy.mean_cosine:.4f}")
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         outs = llm.embed(list(texts), use_tqdm=False)

@@ -90,6 +90,7 @@ SYSTEMS = (
     System(REFERENCE, "sentence-transformers", PROJECT_ENV, "bundled", {"dtype": "float32"}),
     System(ST_BF16, "sentence-transformers", PROJECT_ENV, "bundled", {"dtype": "bfloat16"}),
     System("cenote", "cenote", PROJECT_ENV, "bundled"),
+    System("cenote int8", "cenote", PROJECT_ENV, "bundled", {"quantization": "int8"}),
     System("sentence-transformers ONNX fp32", "sentence-transformers-onnx", "st-onnx", "onnx",
            {"file_name": "onnx/model.onnx"}),
     System("sentence-transformers ONNX int8", "sentence-transformers-onnx", "st-onnx", "onnx",

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["auto", "float32", "bfloat16", "float16"],
                        help="Weight and activation precision. auto: bfloat16 on CPUs with "
                             "native bf16, else float32; the checkpoint's half type on CUDA.")
+    serve.add_argument("--quantization", "-q", default=None, metavar="int8",
+                       help="int8: opt-in int8 matmuls on CPUs (natively run models), their "
+                            "cosine to the float model's outputs logged at start. Default: "
+                            "none (the dtype throughout).")
     serve.add_argument("--device", default="auto",
                        help="auto, cpu, or cuda[:N].")
     serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
@@ -248,6 +252,9 @@ def resolve_vllm_options(args: argparse.Namespace) -> str | None:
             return f"MODEL given twice: {args.model!r} and --model {args.model_option[0]!r}."
         args.models = list(dict.fromkeys(args.model_option))
         args.model = args.models[0]
+    if args.quantization not in (None, "none", "None", "int8"):
+        return (f"--quantization {args.quantization}: cenote's one quantization is int8 "
+                "(opt-in int8 matmuls on CPUs).")
     try:
         args.task = task_from_vllm_options(args.task, args.runner, args.convert)
     except ValueError as exc:

@@ -70,24 +70,30 @@ def _load_engine(args: argparse.Namespace, model: str | None, name: str) -> Asyn
                    hf_overrides=args.hf_overrides,
                    max_num_batched_tokens=args.max_num_batched_tokens,
                    trust_remote_code=args.trust_remote_code, revision=args.revision,
-                   tokenizer=args.tokenizer, runner=args.runner)
+                   tokenizer=args.tokenizer, runner=args.runner,
+                   quantization=args.quantization)
     return load_engine(model, name, options, data_parallel_size=args.data_parallel_size,
                        max_queued_tokens=args.max_queued_tokens,
-                       request_timeout_s=args.request_timeout)
+                       request_timeout_s=args.request_timeout,
+                       # A batch file has no client waiting on one answer: the engine's
+                       # own (throughput) batch budget, not the server's smaller one.
+                       small_cpu_batches=args.command == "serve")
 
 
 def load_engine(model: str | None, name: str, model_options: dict[str, Any], *,
                 data_parallel_size: int = 1, max_queued_tokens: int | None = None,
-                request_timeout_s: float = 120.0) -> AsyncPoolingEngine:
+                request_timeout_s: float = 120.0,
+                small_cpu_batches: bool = True) -> AsyncPoolingEngine:
     """A server's engine for ``model`` (served as ``name``), as ``cenote serve`` loads
-    it: ``model_options`` are ``ModelConfig.from_args``'s; on a CPU, batches small
-    enough that concurrent clients take turns; admission control from
-    ``max_queued_tokens`` (default: ``QUEUED_BATCHES`` batches) and
+    it: ``model_options`` are ``ModelConfig.from_args``'s; with ``small_cpu_batches``,
+    batches on a CPU small enough that concurrent clients take turns; admission control
+    from ``max_queued_tokens`` (default: ``QUEUED_BATCHES`` batches) and
     ``request_timeout_s``."""
     config = ModelConfig.from_args(model=model, **model_options)
     max_queued_tokens = max_queued_tokens or QUEUED_BATCHES * config.max_num_batched_tokens
     # After the queue cap: smaller CPU batches must not shrink how much work is admitted.
-    if model_options.get("max_num_batched_tokens") is None and config.device.type == "cpu":
+    if (small_cpu_batches and model_options.get("max_num_batched_tokens") is None
+            and config.device.type == "cpu"):
         budget = max(CPU_SERVER_MAX_NUM_BATCHED_TOKENS, config.max_model_len)
         config = dataclasses.replace(config, max_num_batched_tokens=budget)
     config = dataclasses.replace(config, served_model_name=name)

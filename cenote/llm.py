@@ -55,6 +55,7 @@ class LLM:
         convert: str = "auto",
         tokenizer: str | os.PathLike | None = None,
         pooler_config: PoolerConfig | dict | None = None,
+        quantization: str | None = None,
         **vllm_engine_args: Any,
     ) -> None:
         if pooler_config is not None:  # vLLM's newer name for override_pooler_config
@@ -85,6 +86,7 @@ class LLM:
             revision=revision,
             tokenizer=tokenizer,
             runner=runner,
+            quantization=quantization,
         )
         self.engine = PoolingEngine(self.config)
         self._request_counter = itertools.count()

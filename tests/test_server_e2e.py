@@ -415,7 +415,7 @@ def test_a_vllm_command_line_serves(cross_encoder_server):
     (["--runner", "generate"], "pooling models only"),
     (["--tensor-parallel-size", "2"], "one device"),
     (["-tp", "4"], "one device"),
-    (["--quantization", "awq"], "does not quantize"),
+    (["--quantization", "awq"], "one quantization is int8"),
     (["--task", "embed", "--convert", "classify"], "disagree"),
     (["a", "--model", "b"], "MODEL given twice"),
 ])

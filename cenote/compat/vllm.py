@@ -34,14 +34,14 @@ IGNORED_VLLM_OPTIONS = (
     ("--disable-uvicorn-access-log", False), ("--enable-chunked-prefill", False),
     ("--no-enable-chunked-prefill", False),
     ("--download-dir", True), ("--tokenizer-mode", True), ("--load-format", True),
-    ("--quantization", True), ("--disable-fastapi-docs", False),
+    ("--disable-fastapi-docs", False),
     ("--enable-request-id-headers", False),
 )
 
 # vLLM arguments accepted only with the value that asks for nothing: cenote runs one
 # unquantised model on one device.
 _TRIVIAL_VLLM_VALUES = {"tensor_parallel_size": ("1",), "pipeline_parallel_size": ("1",),
-                        "data_parallel_size": ("1",), "quantization": ("None", "none")}
+                        "data_parallel_size": ("1",)}
 
 RUNNERS = ("auto", "pooling", "generate")
 CONVERTS = ("auto", "none", *CONVERTIBLE_TASKS)
@@ -53,8 +53,7 @@ def vllm_arg_problem(name: str, value: Any, label: str | None = None) -> str | N
     trivial = _TRIVIAL_VLLM_VALUES.get(name)
     if trivial is None or str(value) in trivial:
         return None
-    what = {"quantization": "cenote does not quantize models",
-            "data_parallel_size": "the offline LLM runs one engine (serve with "
+    what = {"data_parallel_size": "the offline LLM runs one engine (serve with "
                                   "--data-parallel-size, or embed a dataset with "
                                   "cenote.integrations.ray)",
             }.get(name, "cenote runs a model on one device")

@@ -106,6 +106,23 @@ def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_enc
     return "embed"
 
 
+def check_quantization(quantization: str | None, device: torch.device,
+                       dtype: str | torch.dtype) -> str | None:
+    """``"int8"`` or None (vLLM's ``None``/``"none"``); ValueError for what cenote
+    does not do."""
+    if quantization is None or str(quantization).lower() in ("none", ""):
+        return None
+    if quantization != "int8":
+        raise ValueError(f"quantization={quantization!r}: cenote's one quantization is "
+                         "'int8' (int8 matmuls on CPUs, opt-in).")
+    if device.type != "cpu":
+        raise ValueError("quantization='int8' runs on CPUs; on a GPU use a half dtype.")
+    if dtype not in ("auto", "float32", torch.float32):
+        raise ValueError(f"quantization='int8' runs the layers around its matmuls in "
+                         f"float32; dtype={dtype!r} does not apply with it.")
+    return "int8"
+
+
 @dataclass
 class ModelConfig:
     """Everything decided about a model before its weights are loaded."""
@@ -128,6 +145,8 @@ class ModelConfig:
     tokenizer_path: Path | None = None
     # Late-interaction and sparse outputs the folder declares (embedding models).
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    # "int8": opt-in int8 matmuls (cenote.models.quantization); None: the dtype throughout.
+    quantization: str | None = None
 
     @classmethod
     def from_args(
@@ -144,6 +163,7 @@ class ModelConfig:
         revision: str | None = None,
         tokenizer: str | os.PathLike | None = None,
         runner: str = "auto",
+        quantization: str | None = None,
     ) -> ModelConfig:
         from transformers import AutoConfig
 
@@ -177,7 +197,10 @@ class ModelConfig:
         resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder,
                                      pooling_runner=runner == "pooling")
         dev = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, dev, hf_config)
+        quantization = check_quantization(quantization, dev, dtype)
+        # int8 matmuls take fp32 activations: the layers around them run in fp32 too.
+        resolved_dtype = (torch.float32 if quantization is not None
+                          else resolve_dtype(dtype, dev, hf_config))
         limit = derive_max_model_len(hf_config, st_config, max_model_len)
         budget = max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, limit)
         if budget < limit:
@@ -203,6 +226,7 @@ class ModelConfig:
             trust_remote_code=trust_remote_code,
             tokenizer_path=tokenizer_path,
             retrieval=retrieval,
+            quantization=quantization,
         )
 
     @property

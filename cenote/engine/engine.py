@@ -24,6 +24,8 @@ from cenote.pooling.policy import PoolingPolicy
 from cenote.tasks import OWN_POOLING_TASK
 from cenote.tasks import pooling_task as task_named
 
+WARMUP_TEXTS = ("Warm-up.", "A second, slightly longer warm-up sentence.")
+
 
 class UnsupportedTaskError(ValueError):
     """A pooling task the loaded model does not serve."""
@@ -42,6 +44,12 @@ class PoolingEngine:
                                    max_embed_len=config.max_embed_len)
         self.runner = ModelRunner(config, self.tokenizer) if policy is None else None
         self.policy = self.runner.policy if policy is None else policy
+        # With quantization="int8": its cosine to the float model's outputs, measured now.
+        self.int8_accuracy = None
+        if self.runner is not None and config.quantization == "int8":
+            from cenote.engine.quantization import measure_int8
+
+            self.int8_accuracy = measure_int8(self)
         self._prompt_lengths: dict[str, int] = {}
         self.images = (ImageProcessor(config.path, config.hf_config.vision_config)
                        if "image" in config.modalities else None)
@@ -267,16 +275,16 @@ class PoolingEngine:
         return out
 
 
-def warmup_records(engine: PoolingEngine) -> tuple[list[SequenceInput], str]:
-    """Two short records of the model's own output task, to run once before the first
-    client so it does not pay one-off kernel setup."""
+def warmup_records(engine: PoolingEngine, texts: Sequence[str] = WARMUP_TEXTS
+                   ) -> tuple[list[SequenceInput], str]:
+    """Records of ``texts`` (by default two short ones) for the model's own output task:
+    run once before the first client, so it does not pay one-off kernel setup."""
     served = engine.config.supported_pooling_tasks
     task = OWN_POOLING_TASK[engine.config.task]
     if task not in served:  # a model with no dense vector: its own output
         task = next(t for t in ("token_embed", "embed_sparse", "encode") if t in served)
     # Cut to max_model_len (-1), however small it was set.
-    seqs = engine.prepare(["Warm-up.", "A second, slightly longer warm-up sentence."], task,
-                          truncate_prompt_tokens=-1)
+    seqs = engine.prepare(list(texts), task, truncate_prompt_tokens=-1)
     return seqs, task
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -337,6 +338,10 @@ class Linear(nn.Linear):
     """
 
     packed: torch.Tensor | None = None
+    # Opt-in int8 (cenote.models.quantization): fbgemm's packed int8 weight.
+    int8: Any = None
+    int8_input_scale: torch.Tensor | None = None  # per input channel, before quantizing
+    int8_observed: torch.Tensor | None = None  # per input channel |max|, while calibrating
 
     def pack(self) -> None:
         if self.packed is None and can_pack(self.weight):
@@ -345,6 +350,14 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         """``activation(x @ W.T + b)``; ``activation`` is a key of ``_FUSED_ACTIVATIONS``."""
+        if self.int8 is not None:
+            if self.int8_input_scale is not None:
+                x = x * self.int8_input_scale
+            out = torch.ops.quantized.linear_dynamic(x, self.int8, False)
+            return _FUSED_ACTIVATIONS[activation][2](out) if activation else out
+        if self.int8_observed is not None:
+            torch.maximum(self.int8_observed, x.detach().abs().amax(dim=0).float(),
+                          out=self.int8_observed)
         if self.packed is None:
             out = F.linear(x, self.weight, self.bias)
             return _FUSED_ACTIVATIONS[activation][2](out) if activation else out
@@ -354,6 +367,8 @@ class Linear(nn.Linear):
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
+        if self.int8 is not None or self.int8_observed is not None:
+            return residual + self.forward(x)
         if self.packed is None:
             return residual + F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias,

@@ -18,6 +18,7 @@ from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import pack_linears, settle_cpu_attention
 from cenote.models.loading import iter_checkpoint, load_state_dict
+from cenote.models.quantization import check_int8_support
 from cenote.pooling.heads import DenseLayers, resolve_torch_activation
 from cenote.pooling.policy import PoolingPolicy
 from cenote.pooling.pooler import HeadWeights, Pooler
@@ -126,7 +127,14 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
         except Exception as exc:  # safetensors, pickle and name/shape errors alike
             raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
     model = model.to(device=config.device, dtype=config.dtype).eval()
-    pack_linears(model)
+    if config.quantization == "int8":
+        if cls is None or "image" in config.modalities:
+            raise ValueError(f"quantization='int8' applies to the models cenote runs natively "
+                             f"(the BERT family, Qwen2/Qwen3, Llama, Mistral), not "
+                             f"{config.architecture}.")
+        check_int8_support()  # the engine quantizes after calibrating (engine/quantization)
+    else:
+        pack_linears(model)
     if model.attention_shape is not None and config.device.type == "cpu":
         native_attention()  # built (or loaded from its cache) now, not on the first request
         native_rowwise()

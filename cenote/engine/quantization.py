@@ -1,0 +1,58 @@
+"""What opt-in int8 costs in accuracy: the model's outputs on the calibration texts the
+package ships, with float and with int8 matmuls, compared once at load and logged (and
+kept on the engine, for benchmarks and ``/v1/models`` users to read)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from cenote.models.quantization import drop_float_weights, observe_inputs, quantize_linears
+from cenote.pooling.compact import calibration_texts
+
+if TYPE_CHECKING:
+    from cenote.engine.engine import PoolingEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Int8Accuracy:
+    """Cosine similarity of int8 outputs to float ones, over the calibration texts."""
+
+    min_cosine: float
+    mean_cosine: float
+    num_texts: int
+    pooling_task: str
+
+    def __str__(self) -> str:
+        return (f"cosine to the float model on {self.num_texts} calibration texts "
+                f"({self.pooling_task}): min {self.min_cosine:.4f}, "
+                f"mean {self.mean_cosine:.5f}")
+
+
+def measure_int8(engine: PoolingEngine) -> Int8Accuracy:
+    """Run the calibration texts with float matmuls (recording each matmul's input
+    ranges), quantize, run them again with int8 matmuls; free the float weights."""
+    from cenote.engine.engine import warmup_records
+
+    model = engine.runner.model
+    seqs, task = warmup_records(engine, calibration_texts())
+    with observe_inputs(model):
+        reference = engine.run(seqs, task)
+    quantize_linears(model)
+    quantized = engine.run(seqs, task)
+    drop_float_weights(model)
+    cosines = torch.stack([F.cosine_similarity(_flat(a), _flat(b), dim=0)
+                           for a, b in zip(reference, quantized, strict=True)])
+    accuracy = Int8Accuracy(cosines.min().item(), cosines.mean().item(), len(seqs), task)
+    logger.info("int8 matmuls: %s", accuracy)
+    return accuracy
+
+
+def _flat(output: torch.Tensor) -> torch.Tensor:
+    return (output.to_dense() if output.is_sparse else output).flatten().float()
