@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
-import os
 import pickle
 import signal
 import threading
@@ -44,39 +43,29 @@ _SPAWN = multiprocessing.get_context("spawn")
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one engine runs: its number, its torch threads and CPUs (on a CPU), or its
-    device (``cuda:K``)."""
+    """Where one engine runs: its number, and its torch threads (on a CPU) or its device
+    (``cuda:K``)."""
 
     index: int
     threads: int | None = None
-    cpus: tuple[int, ...] | None = None
     device: str | None = None
 
     def describe(self) -> str:
         if self.device is not None:
             return f"engine {self.index} on {self.device}"
-        cpus = f" on CPUs {_ranges(self.cpus)}" if self.cpus else ""
-        return f"engine {self.index}: {self.threads} thread(s){cpus}"
+        return f"engine {self.index}: {self.threads} thread(s)"
 
 
 def placements(config: ModelConfig, count: int) -> list[Placement]:
     """``count`` engines: on CUDA one per visible GPU, round robin (several per GPU when
-    ``count`` is larger); on a CPU the torch threads and the CPUs this process may use
-    are split between them, each engine on CPUs of its own."""
+    ``count`` is larger); on a CPU the torch threads are split between them. Engines are
+    not pinned to cores: the front end shares them, and on 2 cores pinned engines
+    served 0.63x of one engine's load, unpinned 1.00x (benchmarks/README.md)."""
     if config.device.type == "cuda":
         gpus = max(1, torch.cuda.device_count())
         return [Placement(i, device=f"cuda:{i % gpus}") for i in range(count)]
     threads = max(1, torch.get_num_threads() // count)
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) < count:
-        return [Placement(i, threads) for i in range(count)]
-    share = len(cpus) // count
-    return [Placement(i, threads, tuple(cpus[i * share:(i + 1) * share]))
-            for i in range(count)]
-
-
-def _ranges(cpus: tuple[int, ...]) -> str:
-    return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else str(cpus[0])
+    return [Placement(i, threads) for i in range(count)]
 
 
 class EngineProcess:
@@ -181,8 +170,6 @@ def _engine_main(config: ModelConfig, placement: Placement, max_queue_seconds: f
             except OSError:
                 pass  # the parent is gone; the receive loop ends on its own
 
-    if placement.cpus:
-        os.sched_setaffinity(0, placement.cpus)
     if placement.threads:
         torch.set_num_threads(placement.threads)
     if placement.device is not None:
