@@ -51,24 +51,36 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                        help="auto: bf16 where the CPU has native bf16, else fp32 (cenote's "
+                             "default dtype there)")
+    parser.add_argument("--spread", type=int, default=8,
+                        help="lengths in a batch within this many tokens of the longest (8: an "
+                             "offline run's sorted batches; a server's mixed batches spread wider)")
     args = parser.parse_args()
+    from cenote.machine import cpu_has_native_bf16, cpu_name
+
+    dtype = (getattr(torch, args.dtype) if args.dtype != "auto"
+             else torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
 
     kernel = kernels.native_attention()
     if kernel is None:
         raise SystemExit(f"no native attention here: {kernels._attention_reason}")
     heads, dim = args.heads, args.head_dim
-    print(f"{heads} heads x {dim}, bf16, torch threads {torch.get_num_threads()}")
+    print(f"{heads} heads x {dim}, {str(dtype).removeprefix('torch.')}, lengths within "
+          f"{args.spread} of the longest, torch threads {torch.get_num_threads()}, "
+          f"CPU {cpu_name()}, kernel {kernels.attention_source()}")
     print()
     print("| sequences x longest | SDPA + copies ms | native ms | speed-up | "
           "max error SDPA | max error native |")
     print("|---|---:|---:|---:|---:|---:|")
     generator = torch.Generator().manual_seed(0)
     for num_seqs, longest in SHAPES:
-        lens = torch.randint(max(1, longest - 8), longest + 1, (num_seqs,),
+        lens = torch.randint(max(1, longest - args.spread), longest + 1, (num_seqs,),
                              generator=generator).tolist()
         lens[0] = longest
         batch = PackedBatch.build([[1] * n for n in lens], bucket=True)
-        qkv = torch.randn(batch.num_rows, 3 * heads * dim, generator=generator).to(torch.bfloat16)
+        qkv = torch.randn(batch.num_rows, 3 * heads * dim, generator=generator).to(dtype)
         expected = fp32_reference(qkv, lens, heads, dim)
         results = {}
         for name, enabled in (("sdpa", False), ("native", True)):

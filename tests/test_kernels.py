@@ -1,4 +1,7 @@
-"""The native attention kernel against fp32 attention, its build cache and its fallbacks."""
+"""The native attention kernel against fp32 attention, its build cache and its fallbacks.
+
+The kernel is the AVX-512 one on CPUs with AVX-512 and the portable C one elsewhere
+(AVX2 here, NEON on ARM): each is tested on the machine that builds it."""
 
 from __future__ import annotations
 
@@ -148,11 +151,11 @@ def test_lengths_past_the_limit_and_other_dtypes_go_to_sdpa():
 @needs_kernel
 def test_build_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("CENOTE_CACHE_DIR", str(tmp_path))
-    first = kernels.build("attention")
+    first = kernels.build(kernels.attention_source())
     assert first.parent == tmp_path / "kernels" and first.exists()
     built_at = first.stat().st_mtime_ns
     start = time.perf_counter()
-    assert kernels.build("attention") == first
+    assert kernels.build(kernels.attention_source()) == first
     assert first.stat().st_mtime_ns == built_at
     assert time.perf_counter() - start < 2  # no compile, just the compiler's --version
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temp left
@@ -461,3 +464,19 @@ def test_silu_gate_matches_the_reference(dtype, rows, width):
         differs = got != expected
         differs[0, :3] = False  # the planted extremes, checked above
         assert differs.float().mean() < 0.01
+
+
+@pytest.mark.parametrize("portable, lens, suits", [
+    (True, [40] * 8, True),                # short: the portable kernel wins
+    (True, [300] * 8, False),              # long and alike: SDPA wins
+    (True, [300] + [20] * 15, True),       # mixed: SDPA's padding would waste most work
+    (False, [300] * 8, True),              # the AVX-512 kernel takes every batch
+])
+def test_the_portable_kernel_takes_the_batches_it_wins(portable, lens, suits):
+    from types import SimpleNamespace
+
+    batch = PackedBatch.build([[1] * n for n in lens])
+    kernel = SimpleNamespace(portable=portable, **{
+        name: getattr(kernels.NativeAttention, name)
+        for name in ("PORTABLE_MAX_ALIKE_LEN", "PORTABLE_MIN_PADDING")})
+    assert kernels.NativeAttention.suits(kernel, batch) is suits

@@ -118,9 +118,17 @@ def build(name: str) -> Path:
 
 
 class NativeAttention:
-    """``csrc/attention.c``: attention within each sequence of a packed bf16 or fp32 batch."""
+    """``csrc/attention.c`` (or ``attention_portable.c``): attention within each sequence
+    of a packed bf16 or fp32 batch."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    # The portable kernel against SDPA on an AVX2-only EPYC (benchmarks/README.md,
+    # "Portable attention kernel"): ahead up to 128 tokens, behind past ~200 when the
+    # lengths are alike (0.7x), ahead at every length when they are mixed (1.5-2.9x).
+    PORTABLE_MAX_ALIKE_LEN = 128
+    PORTABLE_MIN_PADDING = 1.5  # SDPA's padded size over the tokens, past which it loses
+
+    def __init__(self, library: ctypes.CDLL, portable: bool = False) -> None:
+        self.portable = portable
         self._fn = library.cenote_attention
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         self._fn.restype = ctypes.c_int
@@ -135,6 +143,13 @@ class NativeAttention:
     def supports(x: torch.Tensor, head_dim: int, max_len: int) -> bool:
         return (x.device.type == "cpu" and x.dtype in _DTYPES and head_dim % 16 == 0
                 and max_len <= MAX_NATIVE_ATTENTION_LEN)
+
+    def suits(self, batch: PackedBatch) -> bool:
+        """Whether this kernel beats SDPA on ``batch``: the AVX-512 one on every batch,
+        the portable one on short sequences or mixed lengths."""
+        return (not self.portable or batch.max_len <= self.PORTABLE_MAX_ALIKE_LEN
+                or batch.num_seqs * batch.max_len > self.PORTABLE_MIN_PADDING
+                * batch.num_tokens)
 
     def __call__(
         self,
@@ -204,8 +219,11 @@ def native_attention() -> NativeAttention | None:
     with _lock:
         if _attention is None and _attention_reason is None:
             try:
-                _attention = NativeAttention(_load("attention"))
-                logger.info("Attention: native CPU kernel (AVX-512).")
+                source = attention_source()
+                portable = source.endswith("_portable")
+                _attention = NativeAttention(_load(source), portable)
+                logger.info("Attention: native CPU kernel (%s).",
+                            "portable C" if portable else "AVX-512")
             except RuntimeError as exc:
                 _attention_reason = str(exc)
                 logger.info("Attention: torch SDPA (native kernel unavailable: %s).", exc)
@@ -361,12 +379,20 @@ def native_kernels_forced() -> bool:
     return _kernels_setting() in ("1", "true", "yes", "on")
 
 
+def attention_source() -> str:
+    """The attention kernel for this CPU: AVX-512 intrinsics, or the portable C that
+    the compiler vectorises for AVX2 (or NEON)."""
+    return "attention" if "avx512f" in cpu_flags().split() else "attention_portable"
+
+
 def _load(name: str) -> ctypes.CDLL:
     if _kernels_setting() in ("0", "false", "no", "off"):
         raise RuntimeError("turned off by CENOTE_NATIVE_KERNELS")
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    portable = name.endswith("_portable")
+    if platform.system() != "Linux" or (
+            not portable and platform.machine() not in ("x86_64", "AMD64")):
         raise RuntimeError(f"needs Linux on x86-64, not {platform.system()} {platform.machine()}")
-    if "avx512f" not in cpu_flags().split():
+    if not portable and "avx512f" not in cpu_flags().split():
         raise RuntimeError("this CPU has no AVX-512")
     runtimes = _openmp_runtimes()
     if not any(r.startswith("libgomp") for r in runtimes):

@@ -44,7 +44,8 @@ def packed_attention(
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     kernel = None if batch.hides_keys else native_attention()
-    if kernel is not None and kernel.supports(q, head_dim, batch.max_len):
+    if (kernel is not None and kernel.supports(q, head_dim, batch.max_len)
+            and kernel.suits(batch)):
         rows, kv_heads = q.shape[0], k.shape[1]
         return kernel(q.reshape(rows, -1), k.reshape(rows, -1), v.reshape(rows, -1), batch,
                       num_heads, kv_heads, head_dim, causal, sliding_window, pooled_only)
@@ -230,7 +231,8 @@ def packed_qkv_attention(
     """
     head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
     kernel = None if batch.hides_keys else native_attention()
-    if kernel is not None and kernel.supports(qkv, head_dim, batch.max_len):
+    if (kernel is not None and kernel.supports(qkv, head_dim, batch.max_len)
+            and kernel.suits(batch)):
         q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
         return kernel(qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], batch, num_heads,
                       num_kv_heads, head_dim, causal, pooled_only=pooled_only)
