@@ -85,6 +85,11 @@ def _parse(line: str, number: int) -> dict[str, Any]:
     return request
 
 
+# A line answered 429 or 503 with Retry-After is sent again, up to this many times.
+_RETRIES = 5
+_MAX_RETRY_WAIT_S = 30.0
+
+
 async def _answer(client: httpx.AsyncClient, request: dict[str, Any]) -> dict[str, Any]:
     line_id = f"batch_req_{uuid.uuid4().hex}"
     custom_id = request.get("custom_id")
@@ -92,8 +97,15 @@ async def _answer(client: httpx.AsyncClient, request: dict[str, Any]) -> dict[st
         return {"id": line_id, "custom_id": custom_id, "response": None,
                 "error": {"code": "invalid_request", "message": request["_error"]}}
     try:
-        response = await client.post(request["url"], json=request["body"],
-                                     headers={"X-Request-Id": line_id})
+        for attempt in range(_RETRIES + 1):
+            response = await client.post(request["url"], json=request["body"],
+                                         headers={"X-Request-Id": line_id})
+            # Busy (429), or its engine process died and restarts (503): come back later,
+            # as a client of the server would, rather than write off the line.
+            retry_after = response.headers.get("Retry-After")
+            if response.status_code not in (429, 503) or not retry_after or attempt == _RETRIES:
+                break
+            await asyncio.sleep(min(float(retry_after), _MAX_RETRY_WAIT_S))
     except ValueError as exc:  # a body JSON cannot carry (NaN, Infinity)
         return {"id": line_id, "custom_id": custom_id, "response": None,
                 "error": {"code": "invalid_request", "message": f"body: {exc}"}}

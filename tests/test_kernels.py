@@ -480,3 +480,25 @@ def test_the_portable_kernel_takes_the_batches_it_wins(portable, lens, suits):
         name: getattr(kernels.NativeAttention, name)
         for name in ("PORTABLE_MAX_ALIKE_LEN", "PORTABLE_MIN_PADDING")})
     assert kernels.NativeAttention.suits(kernel, batch) is suits
+
+
+@pytest.mark.parametrize("causal, window", [(False, None), (True, None), (True, 3)])
+def test_the_portable_kernel_matches_fp32_attention_on_every_cpu(causal, window):
+    # On AVX-512 CPUs the AVX-512 kernel is the one used; the portable one is built here
+    # too, so that its numerics are checked on every machine the suite runs on.
+    try:
+        portable = kernels.NativeAttention(kernels._load("attention_portable"), portable=True)
+    except RuntimeError as exc:  # no compiler, kernels turned off, another OpenMP runtime
+        pytest.skip(f"the portable kernel cannot be built here: {exc}")
+    lens = [7, 19, 1, 33]
+    batch = PackedBatch.build([[1] * n for n in lens])
+    generator = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(batch.num_rows, 4, 16, generator=generator).to(dtype)
+                   for _ in range(3))
+        out = portable(q.reshape(batch.num_rows, -1), k.reshape(batch.num_rows, -1),
+                       v.reshape(batch.num_rows, -1), batch, 4, 4, 16, causal, window)
+        want = reference(q, k, v, lens, causal, window)
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out[:batch.num_tokens].float(), want,
+                                   rtol=tolerance, atol=tolerance)

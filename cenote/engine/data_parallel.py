@@ -59,6 +59,7 @@ class _Engine:
 
     placement: Placement
     process: EngineProcess | None = None
+    loading: EngineProcess | None = None  # a process starting, not taking work yet
     alive: bool = False
     restarts: int = 0
     pending: dict[int, _Pending] = field(default_factory=dict)
@@ -111,15 +112,22 @@ class DataParallelEngineClient:
         return loads[0].result()
 
     def _spawn(self, engine: _Engine) -> int | None:
-        process = EngineProcess(self.config, engine.placement, self.max_queue_seconds)
+        with self._lock:
+            if self._stopping:
+                raise EngineStoppedError("The engine is shutting down.")
+            process = engine.loading = EngineProcess(self.config, engine.placement,
+                                                     self.max_queue_seconds)
         try:
-            width = process.wait_ready()
+            width = process.wait_ready(abandon=lambda: self._stopping)
+            with self._lock:
+                if self._stopping:  # shut down while it loaded: it never takes work
+                    raise EngineStoppedError("The engine is shutting down.")
+                engine.process, engine.alive, engine.loading = process, True, None
+                engine.last_event = time.monotonic()
         except BaseException:
+            engine.loading = None
             process.stop(timeout=5)
             raise
-        with self._lock:
-            engine.process, engine.alive = process, True
-            engine.last_event = time.monotonic()
         return width
 
     def start(self) -> None:
@@ -134,13 +142,19 @@ class DataParallelEngineClient:
             self._readers.append(reader)
 
     def shutdown(self) -> None:
-        """Stop every engine; fail whatever they still held."""
-        self._stopping = True
+        """Stop every engine (all asked at once, then each waited for); fail whatever
+        they still held. An engine still loading is stopped too."""
+        with self._lock:
+            self._stopping = True
+            processes = [p for e in self.engines for p in (e.process, e.loading) if p]
+            for engine in self.engines:
+                engine.alive = False
+        for process in processes:
+            process.request_stop()
+        for process in processes:
+            process.join(30.0)
         for engine in self.engines:
-            if engine.process is not None:
-                engine.process.stop()
             self._fail_pending(engine, EngineStoppedError("The engine is shutting down."))
-            engine.alive = False
 
     @property
     def num_engines(self) -> int:
@@ -172,14 +186,11 @@ class DataParallelEngineClient:
         return max((now - e.last_event for e in self.engines if e.alive and e.pending),
                    default=0.0)
 
-    def engine_states(self) -> list[dict[str, object]]:
-        """Each engine's number, process id, state and restarts (for /health)."""
-        return [{"index": e.placement.index, "pid": e.process.pid if e.process else None,
-                 "alive": e.alive, "restarts": e.restarts} for e in self.engines]
-
     # ---- requests --------------------------------------------------------
 
     def check_admission(self, num_tokens: int = 0) -> None:
+        """429 while more than ``max_queued_tokens`` are outstanding over all engines
+        (the rule for requests bigger than one batch is each engine's own)."""
         waiting = self.num_waiting_tokens
         if self.max_queued_tokens is None or waiting <= self.max_queued_tokens:
             return
@@ -211,6 +222,9 @@ class DataParallelEngineClient:
             process.send(("run", request_id, seqs, pooling_task))
         except (OSError, ValueError):  # the process died just now: its reader fails this
             pass
+        except BaseException:  # could not be sent at all (not picklable): not outstanding
+            self._settle(engine, request_id)
+            raise
         try:
             return await pending.future
         except asyncio.CancelledError:
@@ -227,21 +241,32 @@ class DataParallelEngineClient:
         while not self._stopping:
             try:
                 message = engine.process.recv()
-            except (EOFError, OSError):
+                engine.last_event = time.monotonic()
+                self._handle(engine, message)
+            except Exception as exc:  # the pipe closed (EOF), or a message made no sense
                 if self._stopping:
                     return
-                self._on_death(engine)
-                continue
-            engine.last_event = time.monotonic()
-            if message[0] == "done":
-                _, request_id, payload = message
-                pending = self._settle(engine, request_id)
-                if pending is not None:
-                    outcome = (error_from_wire(*payload[1:])
-                               if isinstance(payload, tuple) else from_wire(payload))
-                    pending.loop.call_soon_threadsafe(settle_future, pending.future, outcome)
-            elif message[0] == "batch":
-                self._observe(engine, message[1])
+                if not isinstance(exc, (EOFError, OSError)):
+                    logger.exception("Engine %d sent what cannot be read; restarting it",
+                                     engine.placement.index)
+                try:
+                    self._on_death(engine)
+                except Exception:  # shut down while restarting
+                    if not self._stopping:
+                        logger.exception("Restarting engine %d failed",
+                                         engine.placement.index)
+                    return
+
+    def _handle(self, engine: _Engine, message: tuple) -> None:
+        if message[0] == "done":
+            _, request_id, payload = message
+            pending = self._settle(engine, request_id)
+            if pending is not None:
+                outcome = (error_from_wire(*payload[1:])
+                           if isinstance(payload, tuple) else from_wire(payload))
+                _resolve(pending, outcome)
+        elif message[0] == "batch":
+            self._observe(engine, message[1])
 
     def _settle(self, engine: _Engine, request_id: int) -> _Pending | None:
         with self._lock:
@@ -293,8 +318,13 @@ class DataParallelEngineClient:
             engine.pending.clear()
             engine.num_seqs = engine.num_tokens = 0
         for pending in failed:
-            try:
-                pending.loop.call_soon_threadsafe(settle_future, pending.future, exc)
-            except RuntimeError:  # its event loop has closed: nobody waits any more
-                pass
+            _resolve(pending, exc)
+
+
+def _resolve(pending: _Pending, outcome: list[torch.Tensor] | BaseException) -> None:
+    """Settle a request's future on its event loop (from a reader thread)."""
+    try:
+        pending.loop.call_soon_threadsafe(settle_future, pending.future, outcome)
+    except RuntimeError:  # its event loop has closed: nobody waits any more
+        pass
 

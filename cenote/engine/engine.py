@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from cenote.config import ModelConfig
+from cenote.engine.quantization import Int8Accuracy, measure_int8
 from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, distinct
@@ -20,6 +21,7 @@ from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_ima
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingOutput, PoolingRequestOutput
 from cenote.params import PoolingParams
+from cenote.pooling.compact import calibration_texts
 from cenote.pooling.policy import PoolingPolicy
 from cenote.tasks import OWN_POOLING_TASK
 from cenote.tasks import pooling_task as task_named
@@ -44,17 +46,18 @@ class PoolingEngine:
                                    max_embed_len=config.max_embed_len)
         self.runner = ModelRunner(config, self.tokenizer) if policy is None else None
         self.policy = self.runner.policy if policy is None else policy
-        # With quantization="int8": its cosine to the float model's outputs, measured now.
-        self.int8_accuracy = None
-        if self.runner is not None and config.quantization == "int8":
-            from cenote.engine.quantization import measure_int8
-
-            self.int8_accuracy = measure_int8(self)
         self._prompt_lengths: dict[str, int] = {}
         self.images = (ImageProcessor(config.path, config.hf_config.vision_config)
                        if "image" in config.modalities else None)
         late = config.retrieval.late_interaction
         self.late = LateInteractionInputs(late, self.tokenizer) if late is not None else None
+        # With quantization="int8": its cosine to the float model's outputs, measured now
+        # (last: the calibration texts are prepared as any request's).
+        self.int8_accuracy: Int8Accuracy | None = None
+        if self.runner is not None and config.quantization == "int8":
+            seqs, task = warmup_records(self, calibration_texts())
+            self.int8_accuracy = measure_int8(self.runner.model, lambda: self.run(seqs, task),
+                                              len(seqs), task)
 
     def check_task(self, pooling_task: str) -> None:
         if pooling_task in self.config.supported_pooling_tasks:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,10 +89,16 @@ class EngineProcess:
     def pid(self) -> int | None:
         return self._process.pid
 
-    def wait_ready(self) -> int | None:
+    def wait_ready(self, abandon: Callable[[], bool] = lambda: False) -> int | None:
         """Block until the model is loaded; its output width. ``ValueError`` when it
-        could not load, ``EngineStoppedError`` when the process died first."""
+        could not load, ``EngineStoppedError`` when the process died first or
+        ``abandon()`` turned true meanwhile (a shutdown)."""
         try:
+            while not self._conn.poll(0.5):
+                if abandon():
+                    raise EngineStoppedError("The engine is shutting down.")
+                if not self._process.is_alive():
+                    raise EOFError
             message = self.recv()
         except (EOFError, OSError):
             self._process.join(5)
@@ -113,10 +121,17 @@ class EngineProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the engine to stop, wait for it, and kill it if it does not."""
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
         try:
             self.send(("stop",))
         except (OSError, ValueError):
             pass  # already gone
+
+    def join(self, timeout: float) -> None:
+        """Wait for the process to end, then kill it if it has not."""
         self._process.join(timeout)
         if self._process.is_alive():
             logger.warning("Engine process %d did not stop in %.0f s; killing it",
@@ -211,6 +226,11 @@ def _engine_main(config: ModelConfig, placement: Placement, max_queue_seconds: f
             except (EngineStoppedError, QueueFullError) as exc:
                 requests.pop(request_id, None)
                 send(("done", request_id, error_to_wire(exc)))
+                if not core.is_running:  # its batch loop died: exit, so the parent restarts it
+                    logging.getLogger(__name__).error(
+                        "Engine %d's batch loop is gone; exiting to be restarted",
+                        placement.index)
+                    os._exit(1)
         elif message[0] == "withdraw":
             if (request := requests.pop(message[1], None)) is not None:
                 core.withdraw(request)

@@ -5,17 +5,19 @@ kept on the engine, for benchmarks and ``/v1/models`` users to read)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from cenote.models.quantization import drop_float_weights, observe_inputs, quantize_linears
-from cenote.pooling.compact import calibration_texts
-
-if TYPE_CHECKING:
-    from cenote.engine.engine import PoolingEngine
+from cenote.models.quantization import (
+    drop_float_weights,
+    observe_inputs,
+    quantize_linears,
+    stop_observing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +37,23 @@ class Int8Accuracy:
                 f"mean {self.mean_cosine:.5f}")
 
 
-def measure_int8(engine: PoolingEngine) -> Int8Accuracy:
-    """Run the calibration texts with float matmuls (recording each matmul's input
-    ranges), quantize, run them again with int8 matmuls; free the float weights."""
-    from cenote.engine.engine import warmup_records
-
-    model = engine.runner.model
-    seqs, task = warmup_records(engine, calibration_texts())
+def measure_int8(model: nn.Module, run: Callable[[], list[torch.Tensor]], num_texts: int,
+                 pooling_task: str) -> Int8Accuracy:
+    """``run()`` (the calibration texts through the engine) with float matmuls, recording
+    each matmul's input ranges; quantize; ``run()`` again with int8 matmuls; free the
+    float weights."""
     with observe_inputs(model):
-        reference = engine.run(seqs, task)
-    quantize_linears(model)
-    quantized = engine.run(seqs, task)
+        reference = run()
+    try:
+        quantize_linears(model)
+    finally:
+        stop_observing(model)
+    quantized = run()
     drop_float_weights(model)
     cosines = torch.stack([F.cosine_similarity(_flat(a), _flat(b), dim=0)
                            for a, b in zip(reference, quantized, strict=True)])
-    accuracy = Int8Accuracy(cosines.min().item(), cosines.mean().item(), len(seqs), task)
+    accuracy = Int8Accuracy(cosines.min().item(), cosines.mean().item(), num_texts,
+                            pooling_task)
     logger.info("int8 matmuls: %s", accuracy)
     return accuracy
 

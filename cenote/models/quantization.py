@@ -42,16 +42,21 @@ def check_int8_support() -> None:
 @contextlib.contextmanager
 def observe_inputs(model: nn.Module) -> Iterator[None]:
     """Within the block, each :class:`Linear` records the largest magnitude of each of
-    its input channels."""
-    layers = _linears(model)
-    for layer in layers:
+    its input channels (kept for :func:`quantize_linears`; :func:`stop_observing`
+    drops what is left)."""
+    for layer in _linears(model):
         layer.int8_observed = torch.zeros(layer.in_features)
     try:
         yield
     except BaseException:
-        for layer in layers:
-            layer.int8_observed = None
+        stop_observing(model)
         raise
+
+
+def stop_observing(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.int8_observed = None
 
 
 def quantize_linears(model: nn.Module) -> int:
