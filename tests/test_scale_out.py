@@ -142,12 +142,12 @@ def test_an_engine_killed_under_load_fails_only_its_requests_and_comes_back(dp_s
     assert all(r.status_code == 200 for r in again)
 
 
-def test_sigterm_stops_every_engine_process(minilm_path):
-    with cenote_serve([str(minilm_path), "--data-parallel-size", "2"]) as server:
-        pids = _engine_pids(server.process.pid)
-        assert len(pids) == 2
-        server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(60) == 0
+def test_sigterm_stops_every_engine_process(dp_server):
+    # The module's last use of this server: it ends here.
+    pids = _engine_pids(dp_server.process.pid)
+    assert len(pids) == 2
+    dp_server.process.send_signal(signal.SIGTERM)
+    assert dp_server.process.wait(60) == 0
     for pid in pids:
         deadline = time.monotonic() + 10
         while _cmdline(pid) and time.monotonic() < deadline:
