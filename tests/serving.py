@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 STARTUP_TIMEOUT_S = 240
 
@@ -79,3 +80,12 @@ def cenote_serve(args: Sequence[str], command: Sequence[str] | None = None
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with ``labels`` on the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v
+                                              for k, v in labels.items()))

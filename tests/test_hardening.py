@@ -24,7 +24,6 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from prometheus_client.parser import text_string_to_metric_families
 
 from cenote import LLM
 from cenote.config import ModelConfig
@@ -32,7 +31,7 @@ from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.engine.engine import PoolingEngine
 from cenote.server.app import begin_draining, build_app
 from cenote.server.context import ServerLimits
-from tests.serving import cenote_serve
+from tests.serving import cenote_serve, metric
 from tests.test_async_engine import TEXTS, record, wait_until
 
 POISON = 4242  # a token id the wrapped model refuses, standing in for a poisonous input
@@ -447,14 +446,6 @@ def server():
     # that could leak input text.
     with cenote_serve(["--log-level", "debug", "--access-log"]) as process:
         yield process
-
-
-def metric(server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v
-                                              for k, v in labels.items()))
 
 
 def test_serve_help_documents_every_limit():

@@ -17,9 +17,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving import cenote_serve
+from tests.serving import cenote_serve, metric
 
 TEXTS = [f"Request {r} sentence {k}: the {w} crossed the river at dawn."
          for r in range(16) for k, w in enumerate(["farmer", "pianist", "sailor", "baker"])]
@@ -61,14 +60,6 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _metric(server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v
-                                              for k, v in labels.items()))
-
-
 def _embed(server, texts: list[str]) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/embeddings", json={"model": "mini", "input": texts},
                       timeout=60)
@@ -88,8 +79,8 @@ def test_data_parallel_engines_answer_as_one_engine(dp_server, reference):
         np.testing.assert_allclose(got, want, atol=1e-5)
     # Both engines ran batches, and the metrics say which.
     for engine in ("0", "1"):
-        assert _metric(dp_server, "cenote_batch_tokens_count", model="mini", engine=engine) > 0
-    assert _metric(dp_server, "cenote_engines_alive", model="mini") == 2
+        assert metric(dp_server, "cenote_batch_tokens_count", model="mini", engine=engine) > 0
+    assert metric(dp_server, "cenote_engines_alive", model="mini") == 2
     assert httpx.get(f"{dp_server.url}/health").status_code == 200
 
 
@@ -194,8 +185,8 @@ def test_several_models_are_served_each_by_its_own_engine(two_model_server, refe
     assert unknown.status_code == 404
     default = httpx.post(f"{two_model_server.url}/v1/embeddings", json={"input": "x"})
     assert default.status_code == 200 and default.json()["model"] == "mini"
-    assert _metric(two_model_server, "cenote_batch_tokens_count", model="judge") > 0
-    assert _metric(two_model_server, "cenote_batch_tokens_count", model="mini") > 0
+    assert metric(two_model_server, "cenote_batch_tokens_count", model="judge") > 0
+    assert metric(two_model_server, "cenote_batch_tokens_count", model="mini") > 0
 
 
 @pytest.mark.parametrize("args, message", [

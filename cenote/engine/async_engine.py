@@ -205,11 +205,10 @@ class AsyncPoolingEngine:
         return self.client.num_alive
 
     async def warmup(self) -> None:
-        """Run a tiny request through each engine so the first client does not pay
-        one-off kernel setup."""
+        """Run a tiny request so the first client does not pay one-off kernel setup
+        (an engine process warms its own model up before it takes work)."""
         seqs, task = await self._off_loop(warmup_records, self.engine, size=_SMALL_REQUEST_CHARS)
-        # Concurrent requests go to different engines (the least loaded takes each).
-        await asyncio.gather(*(self.run(seqs, task) for _ in range(self.num_engines)))
+        await self.run(seqs, task)
 
     # ---- requests --------------------------------------------------------
 

@@ -61,7 +61,6 @@ class _Engine:
     process: EngineProcess | None = None
     loading: EngineProcess | None = None  # a process starting, not taking work yet
     alive: bool = False
-    restarts: int = 0
     pending: dict[int, _Pending] = field(default_factory=dict)
     num_seqs: int = 0
     num_tokens: int = 0
@@ -93,7 +92,6 @@ class DataParallelEngineClient:
         self.engines = [_Engine(p) for p in placements(config, size)]
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._readers: list[threading.Thread] = []
         self._started = False
         self._stopping = False
 
@@ -136,10 +134,8 @@ class DataParallelEngineClient:
             raise RuntimeError("The engine is already started.")
         self._started = True
         for engine in self.engines:
-            reader = threading.Thread(target=self._listen, args=(engine,), daemon=True,
-                                      name=f"cenote-engine-{engine.placement.index}-reader")
-            reader.start()
-            self._readers.append(reader)
+            threading.Thread(target=self._listen, args=(engine,), daemon=True,
+                             name=f"cenote-engine-{engine.placement.index}-reader").start()
 
     def shutdown(self) -> None:
         """Stop every engine (all asked at once, then each waited for); fail whatever
@@ -307,7 +303,6 @@ class DataParallelEngineClient:
                              engine.placement.index, exc, delay)
                 time.sleep(delay)
                 continue
-            engine.restarts += 1
             logger.info("Engine process %d is back (pid %s)", engine.placement.index,
                         engine.process.pid)
             return

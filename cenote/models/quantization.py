@@ -61,8 +61,8 @@ def stop_observing(model: nn.Module) -> None:
 
 def quantize_linears(model: nn.Module) -> int:
     """Give every :class:`Linear` of ``model`` an int8 weight, smoothed by the input
-    ranges :func:`observe_inputs` recorded; returns how many."""
-    check_int8_support()
+    ranges :func:`observe_inputs` recorded; returns how many (fbgemm's support checked by
+    :func:`check_int8_support` at load)."""
     torch.backends.quantized.engine = "fbgemm"
     count = 0
     for layer in _linears(model):

@@ -56,24 +56,20 @@ class ServerContext:
     # Where images may come from, and their limits.
     media: MediaPolicy = field(default_factory=MediaPolicy)
 
-    @property
-    def served_model_names(self) -> list[str]:
-        return [name for model in self.models for name in model.names]
-
-    @property
-    def engines(self) -> list[AsyncPoolingEngine]:
-        return [model.engine for model in self.models]
-
     def model(self, requested: str | None) -> ModelContext:
         """The model a request asks for, by one of its served names; an unknown
         ``model`` is a 404 (OpenAI's behaviour). No ``model``, or an empty one, means
         the first model served (as vLLM)."""
         if not requested:
             return ModelContext(self, self.models[0].names[0], self.models[0].engine)
+        return ModelContext(self, requested, self.served_as(requested).engine)
+
+    def served_as(self, name: str) -> ServedModel:
+        """The model served under ``name``; 404 when none is."""
         for model in self.models:
-            if requested in model.names:
-                return ModelContext(self, requested, model.engine)
-        raise ModelNotFoundError(requested)
+            if name in model.names:
+                return model
+        raise ModelNotFoundError(name)
 
     def check_num_inputs(self, count: int, what: str = "input") -> None:
         """400 when a request carries more inputs than ``max_inputs_per_request``."""

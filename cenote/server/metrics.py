@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cenote.engine.async_engine import AsyncPoolingEngine, BatchStats
+from cenote.engine.async_engine import BatchStats
 
 if TYPE_CHECKING:
     from cenote.server.context import ServedModel
@@ -54,7 +54,7 @@ class ServerMetrics:
         alive = Gauge("cenote_engines_alive", "Engines taking work, by model.", ["model"],
                       registry=r)
         for model in models:
-            alive.labels(model.names[0]).set_function(_count_alive(model.engine))
+            alive.labels(model.names[0]).set_function(lambda e=model.engine: e.num_alive)
         labels = ["model", "engine"]
         self.batch_tokens = Histogram("cenote_batch_tokens", "Tokens per executed batch.",
                                       labels, buckets=_TOKEN_BUCKETS, registry=r)
@@ -84,10 +84,6 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def _count_alive(engine: AsyncPoolingEngine):
-    return lambda: engine.num_alive
 
 
 class MetricsMiddleware:

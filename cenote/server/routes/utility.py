@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cenote.server.context import ServedModel, ServerContext, get_context
-from cenote.server.errors import ModelNotFoundError, error_response
+from cenote.server.errors import error_response
 from cenote.server.payloads import json_response
 from cenote.server.protocol import (
     DetokenizeRequest,
@@ -68,10 +68,7 @@ async def list_models(ctx: ServerContext = Depends(get_context)) -> Response:
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def retrieve_model(model_id: str, ctx: ServerContext = Depends(get_context)) -> Response:
     """OpenAI's ``models.retrieve``: the card of a served name, else 404."""
-    for model in ctx.models:
-        if model_id in model.names:
-            return json_response(_model_card(model, model_id))
-    raise ModelNotFoundError(model_id)
+    return json_response(_model_card(ctx.served_as(model_id), model_id))
 
 
 @router.get("/metrics")
