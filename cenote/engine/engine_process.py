@@ -70,6 +70,23 @@ def placements(config: ModelConfig, count: int) -> list[Placement]:
     return [Placement(i, threads) for i in range(count)]
 
 
+class Channel:
+    """One end of the pipe: pickled messages, sent whole from any thread."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self.conn.send_bytes(data)
+
+    def recv(self) -> tuple:
+        """The next message; ``EOFError`` once the other end is gone."""
+        return pickle.loads(self.conn.recv_bytes())
+
+
 class EngineProcess:
     """The parent's handle on one engine process: spawn it, wait until it has loaded
     the model, then exchange messages with it."""
@@ -77,8 +94,8 @@ class EngineProcess:
     def __init__(self, config: ModelConfig, placement: Placement,
                  max_queue_seconds: float | None = None) -> None:
         self.placement = placement
-        self._conn, child_conn = _SPAWN.Pipe()
-        self._send_lock = threading.Lock()
+        conn, child_conn = _SPAWN.Pipe()
+        self._channel = Channel(conn)
         self._process = _SPAWN.Process(
             target=_engine_main, args=(config, placement, max_queue_seconds, child_conn),
             name=f"cenote-engine-{placement.index}", daemon=True)
@@ -94,7 +111,7 @@ class EngineProcess:
         could not load, ``EngineStoppedError`` when the process died first or
         ``abandon()`` turned true meanwhile (a shutdown)."""
         try:
-            while not self._conn.poll(0.5):
+            while not self._channel.conn.poll(0.5):
                 if abandon():
                     raise EngineStoppedError("The engine is shutting down.")
                 if not self._process.is_alive():
@@ -111,13 +128,11 @@ class EngineProcess:
         return message[1]
 
     def send(self, message: tuple) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        with self._send_lock:
-            self._conn.send_bytes(data)
+        self._channel.send(message)
 
     def recv(self) -> tuple:
         """The next message; ``EOFError`` once the process is gone."""
-        return pickle.loads(self._conn.recv_bytes())
+        return self._channel.recv()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the engine to stop, wait for it, and kill it if it does not."""
@@ -138,7 +153,7 @@ class EngineProcess:
                            self.placement.index, timeout)
             self._process.kill()
             self._process.join(5)
-        self._conn.close()
+        self._channel.conn.close()
 
 
 def to_wire(outputs: list[torch.Tensor]) -> list[Any]:
@@ -175,20 +190,18 @@ def _engine_main(config: ModelConfig, placement: Placement, max_queue_seconds: f
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    lock = threading.Lock()
+    channel = Channel(conn)
 
     def send(message: tuple) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        with lock:
-            try:
-                conn.send_bytes(data)
-            except OSError:
-                pass  # the parent is gone; the receive loop ends on its own
+        try:
+            channel.send(message)
+        except OSError:
+            pass  # the parent is gone; the receive loop ends on its own
 
     if placement.threads:
         torch.set_num_threads(placement.threads)
     if placement.device is not None:
-        config = _on_device(config, placement.device)
+        config = dataclasses.replace(config, device=torch.device(placement.device))
     model_thread = ModelThread()
     try:
         engine = model_thread.submit(lambda: _load_and_warm_up(config)).result()
@@ -214,7 +227,7 @@ def _engine_main(config: ModelConfig, placement: Placement, max_queue_seconds: f
 
     while True:
         try:
-            message = pickle.loads(conn.recv_bytes())
+            message = channel.recv()
         except (EOFError, OSError):  # the parent is gone
             break
         if message[0] == "run":
@@ -245,6 +258,3 @@ def _load_and_warm_up(config: ModelConfig) -> PoolingEngine:
     engine.runner.execute(seqs, task)
     return engine
 
-
-def _on_device(config: ModelConfig, device: str) -> ModelConfig:
-    return dataclasses.replace(config, device=torch.device(device))
