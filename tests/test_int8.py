@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cenote import LLM
-from cenote.models.layers import Linear
+from cenote.models.linear import Linear
 from tests.serving import cenote_serve
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cenote.models.layers import Linear, can_pack, pack_linears
+from cenote.models.linear import Linear, can_pack, pack_linears
 
 needs_packing = pytest.mark.skipif(
     not can_pack(torch.empty(1, dtype=torch.bfloat16)),

@@ -15,7 +15,7 @@ from cenote.inputs.prompts import SequenceInput
 from cenote.models import load_model
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import Vocabulary
-from cenote.models.layers import Linear
+from cenote.models.linear import Linear
 from cenote.params import PoolingParams
 from cenote.pooling.methods import PoolingMetadata
 

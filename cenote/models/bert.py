@@ -15,18 +15,9 @@ from torch import nn
 from cenote.config.hf import position_offset
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
-from cenote.models.layers import (
-    FUSED_ACTIVATION_FUNCTIONS,
-    LayerNorm,
-    Linear,
-    packed_qkv_attention,
-    pooled_query_attention,
-)
+from cenote.models.layers import LayerNorm, packed_qkv_attention, pooled_query_attention
+from cenote.models.linear import ACTIVATION_FUNCTIONS, Linear, hidden_activation, split_rows
 from cenote.models.loading import ParameterLoader, missing_tensors_error
-
-# hidden_act -> the activation ``Linear`` applies to its output (fused when packed).
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
 class BertEmbeddings(nn.Module):
@@ -61,9 +52,7 @@ class BertLayer(nn.Module):
         self.ffn_in = Linear(hidden, config.intermediate_size)
         self.ffn_out = Linear(config.intermediate_size, hidden)
         self.ffn_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
-        if config.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"Unsupported hidden_act {config.hidden_act!r}.")
-        self.act = _ACTIVATIONS[config.hidden_act]
+        self.act = hidden_activation(config)
         # The query and key/value projections apart (see split_qkv), last layer only.
         self.q_only: Linear | None = None
         self.kv_only: Linear | None = None
@@ -71,15 +60,7 @@ class BertLayer(nn.Module):
     def split_qkv(self) -> None:
         """Also keep the query and the key/value rows of ``qkv`` as projections of their
         own, for pooled-only passes (queries for the pooled rows alone). Before packing."""
-        hidden, bias = self.attn_out.in_features, self.qkv.bias is not None
-        self.q_only = Linear(self.qkv.in_features, hidden, bias=bias)
-        self.kv_only = Linear(self.qkv.in_features, self.qkv.out_features - hidden, bias=bias)
-        with torch.no_grad():
-            for part, rows in ((self.q_only, slice(None, hidden)),
-                               (self.kv_only, slice(hidden, None))):
-                part.weight.copy_(self.qkv.weight[rows])
-                if bias:
-                    part.bias.copy_(self.qkv.bias[rows])
+        self.q_only, self.kv_only = split_rows(self.qkv, self.attn_out.in_features)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch,
                 pooled_only: bool = False) -> torch.Tensor:
@@ -134,10 +115,10 @@ class MaskedLMHead(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(hidden, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.act = _ACTIVATIONS[config.hidden_act]
+        self.act = hidden_activation(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(FUSED_ACTIVATION_FUNCTIONS[self.act](self.dense(x)))
+        x = self.norm(ACTIVATION_FUNCTIONS[self.act](self.dense(x)))
         return self.decoder(x) + self.bias
 
 

@@ -32,7 +32,8 @@ from cenote.config.hf import architecture_of, rope_settings
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.kernels import rowwise_for
-from cenote.models.layers import Linear, fp32_copies, packed_attention
+from cenote.models.layers import fp32_copies, packed_attention
+from cenote.models.linear import Linear
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 
 _ACTIVATIONS = {

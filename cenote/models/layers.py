@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ from cenote.models.kernels import (
     native_kernels_forced,
     rowwise_for,
 )
+
+if TYPE_CHECKING:
+    from cenote.models.linear import Linear
 
 logger = logging.getLogger(__name__)
 
@@ -300,88 +303,3 @@ class LayerNorm(nn.LayerNorm):
                 or x.shape[-1:] != self.normalized_shape):
             return super().forward(x)
         return kernel.layer_norm(x, *fp32_copies(self, self.weight, self.bias), self.eps)
-
-
-# Activations oneDNN can apply to a matmul's output in the same pass:
-# name -> (its post-op, algorithm, the same function for an unpacked layer).
-_FUSED_ACTIVATIONS = {
-    "gelu": ("gelu", "none", F.gelu),
-    "gelu_tanh": ("gelu", "tanh", lambda x: F.gelu(x, approximate="tanh")),
-    "relu": ("relu", "", F.relu),
-    "silu": ("swish", "", F.silu),
-}
-
-
-# Each of those activations as a plain function.
-FUSED_ACTIVATION_FUNCTIONS = {name: fn for name, (_, _, fn) in _FUSED_ACTIVATIONS.items()}
-
-
-def can_pack(weight: torch.Tensor) -> bool:
-    """Whether oneDNN can hold this weight pre-laid-out: fp32, or bf16 on a CPU with
-    bf16 support."""
-    if (weight.device.type != "cpu" or not torch.backends.mkldnn.is_available()
-            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
-        return False
-    if weight.dtype == torch.float32:
-        return True
-    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` that, once :meth:`pack` ed, multiplies with a weight kept in
-    oneDNN's own blocked layout, and can fuse an activation or a residual add.
-
-    Why: a plain bf16 ``F.linear`` on CPU lays the weight out again on every
-    call. That costs ~40 us per matmul, a third of a short sequence's forward
-    pass, and 5-10 % of a long batch's (benchmarks/README.md, "Profile and
-    packed weights"). In fp32 oneDNN with the activation fused beats MKL's
-    matmul plus a separate GELU by ~25 %. Packing frees the plain weight, so
-    memory does not double.
-    """
-
-    packed: torch.Tensor | None = None
-    # Opt-in int8 (cenote.models.quantization): fbgemm's packed int8 weight.
-    int8: Any = None
-    int8_input_scale: torch.Tensor | None = None  # per input channel, before quantizing
-    int8_observed: torch.Tensor | None = None  # per input channel |max|, while calibrating
-
-    def pack(self) -> None:
-        if self.packed is None and can_pack(self.weight):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
-            self.weight = None  # the packed copy is the only one used from now on
-
-    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        """``activation(x @ W.T + b)``; ``activation`` is a key of ``_FUSED_ACTIVATIONS``."""
-        if self.int8 is not None:
-            if self.int8_input_scale is not None:
-                x = x * self.int8_input_scale
-            out = torch.ops.quantized.linear_dynamic(x, self.int8, False)
-            return _FUSED_ACTIVATIONS[activation][2](out) if activation else out
-        if self.int8_observed is not None:
-            torch.maximum(self.int8_observed, x.detach().abs().amax(dim=0).float(),
-                          out=self.int8_observed)
-        if self.packed is None:
-            out = F.linear(x, self.weight, self.bias)
-            return _FUSED_ACTIVATIONS[activation][2](out) if activation else out
-        attr, algorithm, _ = _FUSED_ACTIVATIONS[activation] if activation else ("none", "", None)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [],
-                                                  algorithm)
-
-    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
-        if self.int8 is not None or self.int8_observed is not None:
-            return residual + self.forward(x)
-        if self.packed is None:
-            return residual + F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias,
-                                                         "add")
-
-
-def pack_linears(model: nn.Module) -> int:
-    """Pack every :class:`Linear` of ``model`` that can be; returns how many were."""
-    packed = 0
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.pack()
-            packed += module.packed is not None
-    return packed

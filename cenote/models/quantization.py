@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from cenote.models.layers import Linear
+from cenote.models.linear import Linear
 
 # How much of each channel's range moves from the activations to the weights. On
 # all-MiniLM-L6-v2 over 200 paragraphs (benchmarks/README.md, "int8"): mean cosine to

@@ -16,7 +16,8 @@ from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
 from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
-from cenote.models.layers import pack_linears, settle_cpu_attention
+from cenote.models.layers import settle_cpu_attention
+from cenote.models.linear import pack_linears
 from cenote.models.loading import iter_checkpoint, load_state_dict
 from cenote.models.quantization import check_int8_support
 from cenote.pooling.heads import DenseLayers, resolve_torch_activation
@@ -105,9 +106,7 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
                          "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
                          "Mistral).")
     if "image" in config.modalities:
-        from cenote.models.dual_encoder import DualEncoderModel
-
-        model = DualEncoderModel(config)
+        model = dual_encoder(config)
     elif cls is None:
         from cenote.models.fallback import TransformersFallbackModel
 
@@ -122,10 +121,7 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
         sparse = config.retrieval.sparse
         if sparse is not None and sparse.kind == "splade" and cls.builds_vocab_head:
             model.use_vocab_head()
-        try:
-            model.load_weights(iter_checkpoint(config.path))
-        except Exception as exc:  # safetensors, pickle and name/shape errors alike
-            raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
+        load_native_weights(model, config)
     model = model.to(device=config.device, dtype=config.dtype).eval()
     if config.quantization == "int8":
         if cls is None or "image" in config.modalities:
@@ -152,6 +148,28 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
     for head in weights.modules():
         head.to(torch.float32)
     return LoadedModel(model, pooler, policy)
+
+
+def dual_encoder(config: ModelConfig) -> PoolingModel:
+    """A dual encoder (CLIP, SigLIP) with its weights: native where its towers are,
+    else transformers' own towers."""
+    from cenote.models.clip import NativeDualEncoder, supports_natively
+
+    if runs_its_own_code(config) or not supports_natively(config.hf_config):
+        from cenote.models.dual_encoder import DualEncoderModel
+
+        logger.info("No native towers for %s; using transformers'.", config.architecture)
+        return DualEncoderModel(config)
+    model = NativeDualEncoder(config.hf_config, config.max_model_len)
+    load_native_weights(model, config)
+    return model
+
+
+def load_native_weights(model: PoolingModel, config: ModelConfig) -> None:
+    try:
+        model.load_weights(iter_checkpoint(config.path))
+    except Exception as exc:  # safetensors, pickle and name/shape errors alike
+        raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
 
 
 def load_head_weights(config: ModelConfig, model: PoolingModel,
