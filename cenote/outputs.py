@@ -93,32 +93,38 @@ class PoolingRequestOutput(Generic[OutputT]):
     outputs: OutputT
     prompt_token_ids: list[int]
     finished: bool = True
+    # The tokens the model read for this prompt, what usage counts: its token ids, or an
+    # image's vision tokens (its patches, and a class token where the tower has one).
+    num_input_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_input_tokens is None:
+            self.num_input_tokens = len(self.prompt_token_ids)
 
 
 class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> EmbeddingRequestOutput:
-        return cls(
-            out.request_id, EmbeddingOutput.from_base(out.outputs), out.prompt_token_ids
-        )
+        return cls(out.request_id, EmbeddingOutput.from_base(out.outputs), out.prompt_token_ids,
+                   num_input_tokens=out.num_input_tokens)
 
 
 class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> ClassificationRequestOutput:
-        return cls(
-            out.request_id, ClassificationOutput.from_base(out.outputs), out.prompt_token_ids
-        )
+        return cls(out.request_id, ClassificationOutput.from_base(out.outputs),
+                   out.prompt_token_ids, num_input_tokens=out.num_input_tokens)
 
 
 class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> ScoringRequestOutput:
-        return cls(out.request_id, ScoringOutput.from_base(out.outputs), out.prompt_token_ids)
+        return cls(out.request_id, ScoringOutput.from_base(out.outputs), out.prompt_token_ids,
+                   num_input_tokens=out.num_input_tokens)
 
 
 class SparseEmbeddingRequestOutput(PoolingRequestOutput[SparseEmbeddingOutput]):
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> SparseEmbeddingRequestOutput:
         return cls(out.request_id, SparseEmbeddingOutput.from_base(out.outputs),
-                   out.prompt_token_ids)
+                   out.prompt_token_ids, num_input_tokens=out.num_input_tokens)

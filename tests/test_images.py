@@ -61,6 +61,34 @@ def test_texts_and_images_embed_as_transformers_towers(tiny_dual_encoder, family
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_clip_and_siglip_run_on_native_towers(tiny_dual_encoder, family):
+    from cenote.models.clip import NativeDualEncoder
+
+    llm = LLM(str(tiny_dual_encoder(family)), dtype="float32")
+    assert isinstance(llm.engine.runner.model, NativeDualEncoder)
+
+
+def test_original_clip_configs_pool_the_highest_id_and_take_other_activations(
+        tiny_dual_encoder, tmp_path):
+    """The original CLIP checkpoints say EOS id 2 and pool the highest id (their EOS is
+    the last in the vocabulary); other CLIPs use the exact GELU."""
+    import json
+    import shutil
+
+    path = shutil.copytree(tiny_dual_encoder("clip"), tmp_path / "clip-legacy")
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"].update(eos_token_id=2, hidden_act="gelu")
+    config["vision_config"].update(hidden_act="gelu")
+    (path / "config.json").write_text(json.dumps(config))
+    llm = LLM(str(path), dtype="float32")
+    texts = TEXTS + ["[SEP] a text whose highest id is not its last token zebra"]
+    pictures = images(1)
+    outs = llm.embed(texts + [image_prompt(p) for p in pictures])
+    got = torch.tensor([o.outputs.embedding for o in outs])
+    assert F.cosine_similarity(got, reference(path, "clip", texts, pictures)).min() >= 0.9999
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_the_default_dtype_stays_close(tiny_dual_encoder, family):
     path = tiny_dual_encoder(family)
     pictures = images(2)

@@ -99,6 +99,9 @@ def test_a_data_uri_image_embeds_as_offline(server, offline):
     assert response.status_code == 200, response.text
     got = torch.tensor(response.json()["data"][0]["embedding"])
     assert torch.allclose(got, offline_image(offline, png(1)), atol=1e-5)
+    # Usage counts the vision tower's tokens: 16 patches of 8x8 in 32x32, and the class token.
+    assert response.json()["usage"] == {"prompt_tokens": 17, "total_tokens": 17,
+                                        "completion_tokens": 0, "prompt_tokens_details": None}
 
 
 def test_the_openai_client_embeds_an_image_through_extra_body(server, offline):

@@ -294,5 +294,6 @@ def warmup_records(engine: PoolingEngine, texts: Sequence[str] = WARMUP_TEXTS
 def request_outputs(seqs: Sequence[SequenceInput], data: Sequence[torch.Tensor],
                     request_id: Callable[[int], str]) -> list[PoolingRequestOutput]:
     """One output per input record; ``request_id(k)`` names the k-th."""
-    return [PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids)
+    return [PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids,
+                                 num_input_tokens=s.cost)
             for k, (s, d) in enumerate(zip(seqs, data, strict=True))]

@@ -44,7 +44,8 @@ class ScoreJob:
         """One output per pair, in pair order; ``request_id(k)`` names the k-th."""
         if self.left is None:
             return [ScoringRequestOutput.from_base(
-                        PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids))
+                        PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids,
+                                             num_input_tokens=s.cost))
                     for k, (s, d) in enumerate(zip(self.seqs, data, strict=True))]
         left = {item_key(t): i for i, t in enumerate(self.left)}
         offset = len(self.left) if self.right is not None else 0
@@ -54,7 +55,8 @@ class ScoreJob:
             ia, ib = left[item_key(a)], right[item_key(b)]
             score = self._score(data[ia], data[ib])
             base = PoolingRequestOutput(request_id(k), PoolingOutput(score),
-                                        self.seqs[ia].token_ids + self.seqs[ib].token_ids)
+                                        self.seqs[ia].token_ids + self.seqs[ib].token_ids,
+                                        num_input_tokens=self.seqs[ia].cost + self.seqs[ib].cost)
             outputs.append(ScoringRequestOutput.from_base(base))
         return outputs
 

@@ -94,10 +94,11 @@ class ImageProcessor:
         except Exception as exc:  # no or broken processor files
             raise ValueError(f"{path} has no usable image processor "
                              f"(preprocessor_config.json): {exc}") from exc
-        size = getattr(vision_config, "image_size", 224)
-        patch = getattr(vision_config, "patch_size", 16)
-        # A ViT's tokens: one per patch, and its class token.
-        self.cost = (size // patch) ** 2 + 1
+        # A ViT's tokens: one per patch (SigLIP 2 declares its most), and CLIP's class token.
+        patches = getattr(vision_config, "num_patches", None) or (
+            getattr(vision_config, "image_size", 224)
+            // getattr(vision_config, "patch_size", 16)) ** 2
+        self.cost = patches + (getattr(vision_config, "model_type", "") == "clip_vision_model")
 
     def pixels(self, images: list[Any]) -> list[torch.Tensor]:
         """Each image as ``[3, H, W]`` pixel values."""

@@ -185,6 +185,11 @@ class UsageInfo(APIModel):
     def of_prompts(cls, num_tokens: int) -> UsageInfo:
         return cls(prompt_tokens=num_tokens, total_tokens=num_tokens)
 
+    @classmethod
+    def of_outputs(cls, outputs: list) -> UsageInfo:
+        """The tokens the model read for ``outputs`` (an image's are its vision tokens)."""
+        return cls.of_prompts(sum(o.num_input_tokens for o in outputs))
+
 
 class SparseVector(APIModel):
     """A sparse embedding: vocabulary ids (ascending) and their weights."""

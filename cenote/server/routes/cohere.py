@@ -85,7 +85,7 @@ async def cohere_embed(body: CohereEmbedRequest,
             values = compact(vectors, kind, ranges)
             embeddings[kind] = values if isinstance(values, list) else values.tolist()
         embeddings = CohereEmbeddings.model_validate(embeddings)
-        tokens = sum(len(o.prompt_token_ids) for o in outputs)
+        tokens = sum(o.num_input_tokens for o in outputs)
         return CohereEmbedResponse(embeddings=embeddings,
                                    texts=[t for t in texts if isinstance(t, str)],
                                    meta=CohereMeta(billed_units=CohereBilledUnits(

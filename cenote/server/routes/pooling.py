@@ -56,7 +56,7 @@ async def create_embeddings(body: EmbeddingRequest,
             model=m.name,
             data=[EmbeddingResponseData(index=i, embedding=vector(o.outputs.data))
                   for i, o in enumerate(outputs)],
-            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
+            usage=UsageInfo.of_outputs(outputs),
         )
 
     return await render(build, len(outputs))
@@ -77,7 +77,7 @@ async def create_pooling(body: PoolingRequest,
             data=[PoolingResponseData(index=i, data=float_payload(o.outputs.data,
                                                                   body.encoding_format))
                   for i, o in enumerate(outputs)],
-            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
+            usage=UsageInfo.of_outputs(outputs),
         )
 
     # Token-level outputs are big even for few inputs; count rows, not inputs.
@@ -103,6 +103,6 @@ async def create_classification(body: ClassificationRequest,
                                            probs=probs, num_classes=len(probs)))
         return ClassificationResponse(
             model=m.name, data=data,
-            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)))
+            usage=UsageInfo.of_outputs(outputs))
 
     return await render(build, len(outputs))

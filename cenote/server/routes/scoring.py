@@ -42,7 +42,7 @@ async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_cont
             model=m.name,
             data=[ScoreResponseData(index=i, score=o.outputs.score)
                   for i, o in enumerate(outputs)],
-            usage=UsageInfo.of_prompts(sum(len(o.prompt_token_ids) for o in outputs)),
+            usage=UsageInfo.of_outputs(outputs),
         )
 
     return await render(build, len(outputs))
@@ -72,7 +72,7 @@ async def create_rerank(body: RerankRequest,
             results = results[:body.top_n]
         return RerankResponse(
             model=m.name, results=results,
-            usage=RerankUsage(total_tokens=sum(len(o.prompt_token_ids) for o in outputs)))
+            usage=RerankUsage(total_tokens=sum(o.num_input_tokens for o in outputs)))
 
     return await render(build, len(outputs))
 
