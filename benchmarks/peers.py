@@ -325,26 +325,50 @@ def run_systems(count: int, out_dir: Path, repeats: int = 1, timeout: float = 18
     return [best[s.label] for s in chosen], len(texts), tokens
 
 
-def markdown_table(results: list[Measurement], num_texts: int, num_tokens: int) -> str:
-    """The throughput table: texts/s, tokens/s, ratios to ST fp32 and bf16, min cosine."""
+def matmul_dtype(result: Measurement) -> str:
+    """The dtype a system's matmuls run in, as far as its label and settings say."""
+    if "int8" in result.label:
+        return "int8"
+    return "bfloat16" if "bf16" in result.label or "bfloat16" in result.note else "float32"
+
+
+def ceiling_share(result: Measurement, num_tokens: int, flops_per_token: float,
+                  ceilings: dict[str, float | None]) -> str:
+    """The system's matmul rate as a share of the measured GEMM ceiling of its dtype (int8
+    against the fp32 one: its gain over fp32 shows as a share over 100 %)."""
+    dtype = matmul_dtype(result)
+    ceiling = ceilings.get("float32" if dtype == "int8" else dtype)
+    if not ceiling:
+        return "n/a"
+    share = num_tokens / result.seconds * flops_per_token / 1e9 / ceiling
+    return f"{share:.0%} of {'fp32' if dtype != 'bfloat16' else 'bf16'}"
+
+
+def markdown_table(results: list[Measurement], num_texts: int, num_tokens: int,
+                   flops_per_token: float | None = None,
+                   ceilings: dict[str, float | None] | None = None) -> str:
+    """The throughput table: texts/s, tokens/s, ratios to ST fp32 and bf16, min cosine,
+    and with ``ceilings`` (GFLOP/s per dtype) each system's share of the GEMM ceiling."""
     timed = {r.label: r for r in results if r.seconds}
     reference, bf16 = timed.get(REFERENCE), timed.get(ST_BF16)
+    share = flops_per_token is not None and ceilings is not None
     lines = ["| system | environment | texts/s | tokens/s | vs ST fp32 | vs ST bf16 | "
-             "min cosine vs ST fp32 | settings |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "min cosine vs ST fp32 | " + ("GEMM ceiling | " if share else "") + "settings |",
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if share else "") + "---|"]
     for r in results:
         if r.seconds is None:
             reason = (r.error or "unknown").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {r.label} | {r.environment} | - | - | - | - | - | "
-                         f"failed: {reason[:300]} |")
+                         + ("- | " if share else "") + f"failed: {reason[:300]} |")
             continue
         ratios = [f"{base.seconds / r.seconds:.2f}x" if base else "n/a"
                   for base in (reference, bf16)]
         cosine = (f"{min_cosine(r.embeddings, reference.embeddings):.5f}"
                   if reference and r.embeddings is not None else "n/a")
+        used = (ceiling_share(r, num_tokens, flops_per_token, ceilings) + " | ") if share else ""
         lines.append(f"| {r.label} | {r.environment} | {num_texts / r.seconds:,.0f} | "
                      f"{num_tokens / r.seconds:,.0f} | {' | '.join(ratios)} | {cosine} | "
-                     f"{r.note} |")
+                     f"{used}{r.note} |")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import gemm_ceiling  # noqa: E402
 import peers  # noqa: E402
 
 README = HERE / "README.md"
@@ -70,8 +71,9 @@ class ScriptRun:
     error: str | None = None
 
 
-def machine_info() -> dict[str, str]:
-    """CPU model, core count, the ISA flags that matter for bf16/int8, and versions."""
+def machine_info() -> dict:
+    """CPU model, core count, the ISA flags that matter for bf16/int8, the GEMM ceiling
+    per dtype on MiniLM's shapes (``gemm_ceiling.py``), and versions."""
     import torch
 
     info = {"cpu": platform.processor() or platform.machine(), "cores": str(os.cpu_count())}
@@ -86,6 +88,11 @@ def machine_info() -> dict[str, str]:
                                              "amx_bf16", "amx_int8") if f in flags) or "none"
     except (OSError, subprocess.CalledProcessError):
         info["flags"] = "unknown (no lscpu)"
+    config = gemm_ceiling.model_config(peers.bundled_model_path())
+    info["flops per token"] = gemm_ceiling.flops_per_token(config)
+    for dtype in (torch.float32, torch.bfloat16):
+        info[f"ceiling {str(dtype).removeprefix('torch.')}"] = gemm_ceiling.ceiling_gflops(
+            config, dtype)
     info["torch"] = torch.__version__
     info["torch threads"] = str(torch.get_num_threads())
     info["python"] = platform.python_version()
@@ -117,6 +124,23 @@ def run_script(name: str, extra_args: str, timeout: float) -> ScriptRun:
         run.error = f"exit code {proc.returncode}: {tail}"
     print(run.stdout or run.error, flush=True)
     return run
+
+
+def table(results: list[peers.Measurement], num_texts: int, num_tokens: int,
+          machine: dict) -> str:
+    return peers.markdown_table(results, num_texts, num_tokens, machine["flops per token"],
+                                {dtype: machine[f"ceiling {dtype}"]
+                                 for dtype in ("float32", "bfloat16")})
+
+
+def ceilings_line(machine: dict) -> str:
+    rates = ", ".join(f"{dtype} {machine[f'ceiling {dtype}']:.0f} GFLOP/s"
+                      if machine[f"ceiling {dtype}"] else f"{dtype}: no packed matmul"
+                      for dtype in ("float32", "bfloat16"))
+    return (f"- GEMM ceiling (`gemm_ceiling.py`: oneDNN packed matmuls on MiniLM's layer "
+            f"shapes, 4096 rows): {rates}. A system's share is its tokens/s x "
+            f"{machine['flops per token'] / 1e6:.1f} MFLOP of matmuls per token, over the "
+            "ceiling of its dtype (int8 over fp32's).")
 
 
 def draw_chart(results: list[peers.Measurement], num_tokens: int, machine: dict[str, str],
@@ -180,9 +204,11 @@ def generated_section(results: list[peers.Measurement], num_texts: int, num_toke
         f"{min(num_texts, 256)} texts, then {repeats} timed pass{'es' if repeats > 1 else ''} "
         f"over all texts; the systems run {rounds} times in turn and each keeps its best pass.",
         "",
+        ceilings_line(machine),
+        "",
         "### Offline embedding",
         "",
-        peers.markdown_table(results, num_texts, num_tokens),
+        table(results, num_texts, num_tokens, machine),
         "",
     ]
     if chart:
@@ -246,8 +272,8 @@ def main() -> None:
     results, num_texts, num_tokens = peers.run_systems(
         args.texts, RESULTS / "peers", args.repeats, timeout=args.timeout,
         install=not args.no_install, rounds=args.rounds)
-    table = peers.markdown_table(results, num_texts, num_tokens)
-    print(f"\n{table}\n", flush=True)
+    print(f"\n{ceilings_line(machine)}\n\n{table(results, num_texts, num_tokens, machine)}\n",
+          flush=True)
     extra = {"rerank": args.rerank_args, "serve_load": args.serve_load_args}
     scripts = [run_script(name, extra.get(name, ""), args.timeout)
                for name in SCRIPTS if name not in args.skip]
