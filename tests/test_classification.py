@@ -68,9 +68,11 @@ def test_activation_false_returns_raw_logits(tiny_bert_classifier, alias):
     outs = llm.classify(TEXTS, pooling_params=PoolingParams(**{alias: False}))
     logits = torch.tensor([o.outputs.probs for o in outs])
     assert torch.allclose(logits, _hf_logits(path, TEXTS), atol=1e-4)
-    # The same switch as the model's default, in any of its names.
+    # The same switch as the model's default, in any of its names. (A second load may
+    # settle on the other attention kernel, hence a tolerance and not equality.)
     by_default = LLM(str(path), dtype="float32", override_pooler_config={alias: False})
-    assert [o.outputs.probs for o in by_default.classify(TEXTS)] == [o.outputs.probs for o in outs]
+    assert torch.allclose(torch.tensor([o.outputs.probs for o in by_default.classify(TEXTS)]),
+                          logits, atol=1e-6)
 
 
 def test_activation_aliases_must_agree():

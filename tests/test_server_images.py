@@ -72,7 +72,9 @@ def clip_path(tiny_dual_encoder):
 
 @pytest.fixture(scope="module")
 def server(clip_path, media_folder):
+    # The second name is the README example's.
     args = [str(clip_path), "--dtype", "float32", "--served-model-name", "clip",
+            "openai/clip-vit-base-patch32",
             "--allowed-local-media-path", str(media_folder),
             "--allowed-media-domains", "localhost", "--max-image-pixels", "1000000"]
     with cenote_serve(args) as running:
@@ -111,6 +113,26 @@ def test_the_openai_client_embeds_an_image_through_extra_body(server, offline):
                                                     "input": None})
     got = torch.tensor(response.data[0].embedding)
     assert torch.allclose(got, offline_image(offline, png(2)), atol=1e-5)
+
+
+def test_the_readme_image_search_example_runs_as_written(server, offline, tmp_path,
+                                                         monkeypatch, capsys):
+    from tests.test_docs_examples import ROOT, code_blocks
+
+    (block,) = [b for b in code_blocks(ROOT / "README.md") if "embed_image" in b.source]
+    photos = {}
+    for name, seed in (("dog.jpg", 11), ("car.jpg", 12)):
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+            tmp_path / name, "JPEG")
+        photos[name] = offline_image(offline, (tmp_path / name).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    source = block.source.replace("localhost:8000", server.url.removeprefix("http://"))
+    exec(compile(source, "README.md", "exec"), {})
+    (query,) = offline.embed("a dog")
+    query = torch.tensor(query.outputs.embedding)
+    best = max(photos, key=lambda name: float(query @ photos[name]))
+    assert capsys.readouterr().out.strip() == best
 
 
 def test_text_in_messages_embeds_as_the_text(server, offline):
@@ -157,8 +179,9 @@ def test_rerank_takes_image_documents(server, offline):
 
 
 def test_models_lists_the_modalities(server):
-    (card,) = httpx.get(f"{server.url}/v1/models").json()["data"]
-    assert card["modalities"] == ["text", "image"]
+    cards = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert [card["id"] for card in cards] == ["clip", "openai/clip-vit-base-patch32"]
+    assert all(card["modalities"] == ["text", "image"] for card in cards)
 
 
 def truncated_png() -> str:
