@@ -43,6 +43,21 @@ def test_prompt_token_ids_equal_the_tokenizers(minilm_fp32, st_minilm):
         assert out.prompt_token_ids == st_minilm.tokenizer(text)["input_ids"]
 
 
+def test_an_embedding_is_a_list_made_from_its_tensor_when_read(minilm_fp32):
+    from cenote.outputs import EmbeddingOutput
+
+    (out,) = minilm_fp32.embed(TEXTS[:1])
+    vector = out.outputs
+    assert isinstance(vector.data, torch.Tensor) and vector.data.shape == (384,)
+    assert isinstance(vector.embedding, list) and vector.embedding == vector.data.tolist()
+    assert vector.embedding is vector.embedding  # made once
+    assert vector.hidden_size == 384
+    assert vector == EmbeddingOutput(vector.embedding)  # as vLLM's dataclass compares
+    assert vector != EmbeddingOutput([0.0] * 384)
+    with pytest.raises(ValueError, match="1-D"):
+        EmbeddingOutput(torch.zeros(2, 3))
+
+
 def test_embeddings_are_unit_length_by_default(minilm_fp32):
     norms = _embeddings(minilm_fp32.embed(TEXTS)).norm(dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 
 from cenote.integrations import import_ray, use_assigned_cpus
 from cenote.llm import LLM
@@ -79,7 +80,9 @@ class LLMPredictor:
         out = dict(batch)
         if self.method == "embed":
             outputs = self.llm.embed(texts, pooling_params=self.pooling_params, use_tqdm=False)
-            out[self.output_column] = _matrix([o.outputs.embedding for o in outputs])
+            # The vectors' tensors, stacked: no Python float per dimension.
+            out[self.output_column] = (torch.stack([o.outputs.data for o in outputs]).float()
+                                       .numpy() if outputs else _matrix([]))
         elif self.method == "classify":
             outputs = self.llm.classify(texts, pooling_params=self.pooling_params,
                                         use_tqdm=False)

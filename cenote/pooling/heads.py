@@ -147,8 +147,11 @@ def apply_to_rows(head: nn.Module | None, pooled: Pooled) -> Pooled:
 
 def all_same(params: Sequence[PoolingParams], *names: str) -> bool:
     """Whether every params object agrees on ``names`` (so a batch op serves them all)."""
-    return bool(params) and all(getattr(p, n) == getattr(params[0], n)
-                                for p in params for n in names)
+    if not params:
+        return False
+    first = params[0]
+    values = [getattr(first, n) for n in names]
+    return all(p is first or [getattr(p, n) for n in names] == values for p in params)
 
 
 def as_float_rows(pooled: Pooled) -> list[torch.Tensor]:
