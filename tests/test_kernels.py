@@ -296,10 +296,28 @@ needs_rowwise = pytest.mark.skipif(ROWWISE is None, reason=f"no native layer nor
                                                      f"{kernels._rowwise_reason}")
 
 
+@pytest.fixture(params=["machine's", "portable"])
+def rowwise_variant(request, monkeypatch):
+    """The row-wise kernels the machine loads, and on AVX-512 CPUs the portable C ones
+    too (built here and swapped in), so both paths' numerics are checked wherever the
+    suite runs."""
+    if request.param == "portable":
+        from cenote.machine import cpu_flags
+
+        if "avx512f" not in cpu_flags().split():
+            pytest.skip("the machine's row-wise kernels are the portable ones here")
+        try:
+            portable = kernels.NativeRowwise(kernels._load("rowwise_portable"))
+        except RuntimeError as exc:
+            pytest.skip(f"the portable kernels cannot be built here: {exc}")
+        monkeypatch.setattr(kernels, "_rowwise", portable)
+    return request.param
+
+
 @needs_rowwise
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows,width", [(1, 384), (7, 768), (300, 1024), (40, 1536), (5000, 384)])
-def test_layer_norm_matches_torch(dtype, rows, width):
+def test_layer_norm_matches_torch(dtype, rows, width, rowwise_variant):
     from cenote.models.layers import LayerNorm
 
     torch.manual_seed(rows)
@@ -366,7 +384,7 @@ def rms_reference(x, weight, eps):
 @needs_rowwise
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(1, 64), (37, 896), (300, 1024), (5, 16, 128)])
-def test_rms_norm_matches_the_reference(dtype, shape):
+def test_rms_norm_matches_the_reference(dtype, shape, rowwise_variant):
     from cenote.models.decoder import RMSNorm
 
     torch.manual_seed(len(shape))
@@ -411,7 +429,7 @@ def rotary_reference(x, cos, sin):
 @needs_rowwise
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows,heads,dim", [(1, 1, 32), (13, 4, 64), (300, 16, 128)])
-def test_rotary_matches_the_reference(dtype, rows, heads, dim):
+def test_rotary_matches_the_reference(dtype, rows, heads, dim, rowwise_variant):
     from cenote.models.decoder import apply_rotary
 
     torch.manual_seed(rows)
@@ -448,7 +466,7 @@ def test_a_model_loaded_under_inference_mode_embeds(minilm_path, tiny_decoder):
 @needs_rowwise
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows,width", [(1, 16), (9, 96), (400, 3072)])
-def test_silu_gate_matches_the_reference(dtype, rows, width):
+def test_silu_gate_matches_the_reference(dtype, rows, width, rowwise_variant):
     torch.manual_seed(rows)
     x = (torch.randn(rows, 2 * width) * 6).to(dtype)  # past +-20: exp must not overflow
     x[0, :3] = torch.tensor([-100.0, 0.0, 100.0], dtype=dtype)

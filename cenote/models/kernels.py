@@ -24,6 +24,7 @@ import torch
 from cenote.models.native_build import (  # noqa: F401  (build: what tests and tools call)
     attention_source,
     build,
+    kernel_source,
     native_kernels_forced,
 )
 from cenote.models.native_build import load_kernel as _load
@@ -52,9 +53,10 @@ class NativeAttention:
     of a packed bf16 or fp32 batch."""
 
     # The portable kernel against SDPA on an AVX2-only EPYC (benchmarks/README.md,
-    # "Portable attention kernel"): ahead up to 128 tokens, behind past ~200 when the
-    # lengths are alike (0.7x), ahead at every length when they are mixed (1.5-2.9x).
-    PORTABLE_MAX_ALIKE_LEN = 128
+    # "Portable attention kernel"): with lengths alike ahead up to 250 tokens
+    # (1.1-2.0x), even at 512 (0.96-0.99x); with lengths mixed ahead at every length
+    # (2.8-3.8x).
+    PORTABLE_MAX_ALIKE_LEN = 256
     PORTABLE_MIN_PADDING = 1.5  # SDPA's padded size over the tokens, past which it loses
 
     def __init__(self, library: ctypes.CDLL, portable: bool = False) -> None:
@@ -276,7 +278,10 @@ def native_rowwise() -> NativeRowwise | None:
     with _lock:
         if _rowwise is None and _rowwise_reason is None:
             try:
-                _rowwise = NativeRowwise(_load("rowwise"))
+                source = kernel_source("rowwise")
+                _rowwise = NativeRowwise(_load(source))
+                logger.info("Norms and rotary: native CPU kernels (%s).",
+                            "portable C" if source.endswith("_portable") else "AVX-512")
             except RuntimeError as exc:
                 _rowwise_reason = str(exc)
                 logger.info("Norms and rotary: torch (native kernels unavailable: %s).", exc)

@@ -19,7 +19,9 @@ from pathlib import Path
 from cenote.machine import cpu_flags
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# -fno-trapping-math: no kernel reads floating-point exception flags, and without it
+# GCC keeps a loop with a float comparison in it (a clamp, a select) scalar.
+CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
 
 
 def cache_dir() -> Path:
@@ -98,10 +100,14 @@ def native_kernels_forced() -> bool:
     return kernels_setting() in ("1", "true", "yes", "on")
 
 
+def kernel_source(name: str) -> str:
+    """The source of kernel ``name`` for this CPU: AVX-512 intrinsics (``name``), or the
+    portable C that the compiler vectorises for AVX2 (or NEON), ``name_portable``."""
+    return name if "avx512f" in cpu_flags().split() else f"{name}_portable"
+
+
 def attention_source() -> str:
-    """The attention kernel for this CPU: AVX-512 intrinsics, or the portable C that
-    the compiler vectorises for AVX2 (or NEON)."""
-    return "attention" if "avx512f" in cpu_flags().split() else "attention_portable"
+    return kernel_source("attention")
 
 
 def load_kernel(name: str) -> ctypes.CDLL:
