@@ -20,22 +20,13 @@ import contextlib
 import cProfile
 import pstats
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import english_paragraphs  # noqa: E402
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from offline_embed import timed  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -80,9 +71,9 @@ def main() -> None:
 
     model.forward = free_forward
     llm.embed(texts[:256], use_tqdm=False)
-    best = best_time(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
+    best, _ = timed(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
     with tokenizer_cached(llm, texts):
-        rest = best_time(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
+        rest, _ = timed(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
     print(f"{len(texts)} texts, device {llm.config.device}, torch threads "
           f"{torch.get_num_threads()}, CPU {cpu_name()}: host cost {best * 1e3:.0f} ms = "
           f"{best / len(texts) * 1e6:.1f} us per text ({len(texts) / best:,.0f} texts/s "

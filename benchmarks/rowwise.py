@@ -7,20 +7,14 @@ kernel (AVX-512, or the portable C elsewhere).
 
 from __future__ import annotations
 
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-
-def best_ms(fn, repeats: int = 30) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention import best_ms  # noqa: E402
 
 
 def cases(native, dtype: torch.dtype) -> list:
@@ -72,7 +66,7 @@ def main() -> None:
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
         for name, reference, kernel in cases(native, dtype):
-            ms_torch, ms_native = best_ms(reference), best_ms(kernel)
+            ms_torch, ms_native = best_ms(reference, 30), best_ms(kernel, 30)
             difference = (kernel().float() - reference().float()).abs().max().item()
             print(f"| {name} | {str(dtype).removeprefix('torch.')} | {ms_torch:.2f} | "
                   f"{ms_native:.2f} | {ms_torch / ms_native:.2f}x | {difference:.1e} |")
