@@ -93,10 +93,8 @@ class NativeDualEncoder(PoolingModel):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         if self.pads_to is not None:
             batch = self._padded_to_max_length(batch)
-            hidden = self.text(batch)
-            return self.text_projection(hidden[batch.cu_seqlens[1:] - 1])
-        hidden = self.text(batch)
-        return self.text_projection(hidden[self._eos_rows(batch)])
+            return self.text_projection(self.text(batch, batch.cu_seqlens[1:] - 1))
+        return self.text_projection(self.text(batch, self._eos_rows(batch)))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         weight = self.vision.position_embedding.weight

@@ -81,8 +81,8 @@ class PreNormLayer(nn.Module):
 
 
 class TextTower(nn.Module):
-    """Token and position embeddings, pre-norm layers and a final norm. Returns every
-    row; the model picks each text's pooled row (CLIP's EOS token, SigLIP's last)."""
+    """Token and position embeddings, pre-norm layers and a final norm, which runs on
+    the rows the model pools only (CLIP's EOS token, SigLIP's last): it is row-wise."""
 
     def __init__(self, config: Any, causal: bool) -> None:
         super().__init__()
@@ -93,11 +93,12 @@ class TextTower(nn.Module):
                                     for _ in range(config.num_hidden_layers))
         self.final_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, batch: PackedBatch, rows: torch.Tensor) -> torch.Tensor:
+        """The final-normed hidden states of ``rows``, one per text."""
         x = self.token_embedding(batch.input_ids) + self.position_embedding(batch.positions)
         for layer in self.layers:
             x = layer(x, batch)
-        return self.final_norm(x)
+        return self.final_norm(x[rows])
 
 
 class AttentionPoolingHead(nn.Module):
