@@ -69,7 +69,7 @@ def main() -> None:
     heads, dim = args.heads, args.head_dim
     print(f"{heads} heads x {dim}, {str(dtype).removeprefix('torch.')}, lengths within "
           f"{args.spread} of the longest, torch threads {torch.get_num_threads()}, "
-          f"CPU {cpu_name()}, kernel {kernels.attention_source()}")
+          f"CPU {cpu_name()}, kernel {kernels.kernel_source('attention')}")
     print()
     print("| sequences x longest | SDPA + copies ms | native ms | speed-up | "
           "max error SDPA | max error native |")

@@ -151,11 +151,11 @@ def test_lengths_past_the_limit_and_other_dtypes_go_to_sdpa():
 @needs_kernel
 def test_build_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("CENOTE_CACHE_DIR", str(tmp_path))
-    first = kernels.build(kernels.attention_source())
+    first = kernels.build(kernels.kernel_source("attention"))
     assert first.parent == tmp_path / "kernels" and first.exists()
     built_at = first.stat().st_mtime_ns
     start = time.perf_counter()
-    assert kernels.build(kernels.attention_source()) == first
+    assert kernels.build(kernels.kernel_source("attention")) == first
     assert first.stat().st_mtime_ns == built_at
     assert time.perf_counter() - start < 2  # no compile, just the compiler's --version
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temp left

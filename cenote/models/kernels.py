@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from cenote.models.native_build import (  # noqa: F401  (build: what tests and tools call)
-    attention_source,
     build,
     kernel_source,
     native_kernels_forced,
@@ -151,7 +150,7 @@ def native_attention() -> NativeAttention | None:
     with _lock:
         if _attention is None and _attention_reason is None:
             try:
-                source = attention_source()
+                source = kernel_source("attention")
                 portable = source.endswith("_portable")
                 _attention = NativeAttention(_load(source), portable)
                 logger.info("Attention: native CPU kernel (%s).",

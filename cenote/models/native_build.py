@@ -106,9 +106,6 @@ def kernel_source(name: str) -> str:
     return name if "avx512f" in cpu_flags().split() else f"{name}_portable"
 
 
-def attention_source() -> str:
-    return kernel_source("attention")
-
 
 def load_kernel(name: str) -> ctypes.CDLL:
     if kernels_setting() in ("0", "false", "no", "off"):
