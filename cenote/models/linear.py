@@ -62,9 +62,8 @@ class Linear(nn.Linear):
     """
 
     packed: torch.Tensor | None = None
-    # Opt-in int8 (cenote.models.quantization): fbgemm's packed int8 weight.
+    # Opt-in int8: a cenote.models.quantization.Int8Weight, which then does the matmul.
     int8: Any = None
-    int8_input_scale: torch.Tensor | None = None  # per input channel, before quantizing
     int8_observed: torch.Tensor | None = None  # per input channel |max|, while calibrating
 
     def pack(self) -> None:
@@ -77,9 +76,7 @@ class Linear(nn.Linear):
         if activation in _UNFUSED_ACTIVATIONS:
             return _UNFUSED_ACTIVATIONS[activation](self.forward(x))
         if self.int8 is not None:
-            if self.int8_input_scale is not None:
-                x = x * self.int8_input_scale
-            out = torch.ops.quantized.linear_dynamic(x, self.int8, False)
+            out = self.int8(x)
             return ACTIVATION_FUNCTIONS[activation](out) if activation else out
         if self.int8_observed is not None:
             torch.maximum(self.int8_observed, x.detach().abs().amax(dim=0).float(),
@@ -93,7 +90,9 @@ class Linear(nn.Linear):
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
-        if self.int8 is not None or self.int8_observed is not None:
+        if self.int8 is not None:
+            return self.int8(x, residual)
+        if self.int8_observed is not None:
             return residual + self.forward(x)
         if self.packed is None:
             return residual + F.linear(x, self.weight, self.bias)

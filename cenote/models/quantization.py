@@ -1,42 +1,186 @@
 """Opt-in int8 (``quantization="int8"``): every matmul of a natively run model with
-weights in int8, one scale per output row, and activations quantized per batch as they
-come (fbgemm's dynamic int8 matmul: u8 x s8 products, VNNI where the CPU has it, AVX2
-elsewhere; with full 8-bit activations even without VNNI, whose 16-bit pair sums can
-saturate: the 7-bit activations that avoid it measured far worse, mean cosine 0.976
-against 0.993 on all-MiniLM-L6-v2). Norms, attention, embeddings and the pooling heads stay in fp32.
+weights in int8 (one scale per output row) and activations in uint8 with one scale and
+offset per token, on oneDNN's int8 matmul (u8 x s8 products, int32 sums). Norms,
+attention, embeddings and the pooling heads stay in fp32.
 
-Activations of transformers have a few channels far larger than the rest, which one
-scale per batch would crush; as SmoothQuant does, each input channel is divided by a
-factor taken from its range on calibration texts (and the weight's column multiplied
-by it), so the int8 range is spent where the values are. The engine runs the
-calibration texts with float weights (:func:`observe_inputs`), quantizes, runs them
-again to measure the cost, and frees the float weights."""
+Why per token: a few tokens of a transformer's activations are far larger than the rest,
+and one scale per batch (torch's dynamic int8 matmuls) crushes all the others; on
+all-MiniLM-L6-v2 that cost a mean cosine to float of 0.993, per token 0.998
+(benchmarks/README.md, "int8"). oneDNN takes one input scale per matmul, so each row is
+quantized here against its own range (``csrc/int8_rows_portable.c``) and the int32 sums
+come back through that row's scale and offset.
+
+Why smoothing: a few input channels are also far larger than the rest; as SmoothQuant
+does, each is divided by a factor taken from its range on calibration texts and the
+weight's column multiplied by it. The engine runs the calibration texts with float
+weights (:func:`observe_inputs`), quantizes, runs them again to measure the cost, and
+frees the float weights.
+
+Why 7-bit weights on some CPUs: without VNNI (AVX2, AVX-512 without VNNI) the u8 x s8
+products are summed in pairs into int16, which saturates past 32767; 255 * 63 * 2 does
+not. Whether it saturates is measured on the CPU (:func:`weight_range`), not guessed."""
 
 from __future__ import annotations
 
 import contextlib
-import warnings
+import ctypes
+import functools
+import logging
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cenote.models.linear import Linear
+from cenote.models.native_build import load_kernel
+
+logger = logging.getLogger(__name__)
 
 # How much of each channel's range moves from the activations to the weights. On
-# all-MiniLM-L6-v2 over 200 paragraphs (benchmarks/README.md, "int8"): mean cosine to
-# float 0.9925 unsmoothed, 0.979 at 0.5, 0.993 at 0.7, 0.990 at 0.8.
-SMOOTHING = 0.7
+# all-MiniLM-L6-v2 with per-token activations, mean cosine to float over 250 paragraphs
+# (benchmarks/README.md, "int8"): 0.9968 at 0.3, 0.9983 at 0.5.
+SMOOTHING = 0.5
+
+_lock = threading.Lock()
+_rows: Int8Rows | None = None
+_rows_reason: str | None = None
+
+
+def check_int8_support() -> None:
+    """Raise ValueError where torch has no oneDNN int8 matmul (not an x86 build)."""
+    try:
+        weight_range()
+    except (RuntimeError, AttributeError) as exc:
+        raise ValueError("quantization='int8' needs oneDNN's int8 matmul (torch on x86 "
+                         f"CPUs); this build of torch has none ({exc}).") from exc
+
+
+@functools.cache
+def weight_range() -> int:
+    """127 where this CPU's int8 matmul sums u8 x s8 products exactly, else 63.
+
+    Measured with one product whose 16-bit pair sums would overflow at 127."""
+    rows, depth = 4, 64
+    x = torch.full((rows, depth), 255, dtype=torch.uint8)
+    weight = torch.full((8, depth), 127, dtype=torch.int8)
+    packed = torch.ops.onednn.qlinear_prepack(weight, [rows, depth])
+    sums = _matmul(x, packed, torch.ones(8), torch.zeros(8, dtype=torch.long))
+    return 127 if torch.equal(sums, torch.full((rows, 8), 255.0 * 127 * depth)) else 63
+
+
+def _matmul(q: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+            zero_points: torch.Tensor) -> torch.Tensor:
+    """fp32 ``q @ W.T`` times each weight row's scale (``q`` uint8, ``W`` int8)."""
+    return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, packed, scales, zero_points, None,
+                                              1.0, 0, torch.float32, "none", [], "")
+
+
+class Int8Rows:
+    """``csrc/int8_rows_portable.c``: per-row quantizing and dequantizing."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        self._quantize = library.cenote_quantize_rows
+        self._quantize.restype = cint
+        self._quantize.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, cint]
+        self._dequantize = library.cenote_dequantize_rows
+        self._dequantize.restype = cint
+        self._dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint]
+
+    def quantize(self, x: torch.Tensor, smooth: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, n = x.shape
+        q = torch.empty(rows, n, dtype=torch.uint8)
+        scale, low = torch.empty(rows), torch.empty(rows)
+        status = self._quantize(x.data_ptr(), x.stride(0), smooth.data_ptr(), q.data_ptr(),
+                                scale.data_ptr(), low.data_ptr(), rows, n,
+                                torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"int8 rows: unsupported shape {tuple(x.shape)}")
+        return q, scale, low
+
+    def dequantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
+                   weight_sums: torch.Tensor, bias: torch.Tensor,
+                   residual: torch.Tensor | None) -> torch.Tensor:
+        rows, n = sums.shape
+        status = self._dequantize(
+            sums.data_ptr(), scale.data_ptr(), low.data_ptr(), weight_sums.data_ptr(),
+            bias.data_ptr(), residual.data_ptr() if residual is not None else None,
+            residual.stride(0) if residual is not None else 0, rows, n,
+            torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"int8 rows: unsupported shape {tuple(sums.shape)}")
+        return sums
+
+
+def int8_rows() -> Int8Rows | None:
+    """The native per-row kernels, built on first call; None where they cannot be
+    (the reason logged once; torch's ops do the same work, slower)."""
+    global _rows, _rows_reason
+    if _rows is not None or _rows_reason is not None:
+        return _rows
+    with _lock:
+        if _rows is None and _rows_reason is None:
+            try:
+                _rows = Int8Rows(load_kernel("int8_rows_portable"))
+            except RuntimeError as exc:
+                _rows_reason = str(exc)
+                logger.info("int8 rows: torch (native kernel unavailable: %s).", exc)
+    return _rows
+
+
+def quantize_rows(x: torch.Tensor, smooth: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x * smooth`` (``[rows, n]`` fp32) as uint8 codes with each row's scale and
+    offset: ``x * smooth ~= scale[:, None] * q + low[:, None]``."""
+    kernel = int8_rows()
+    if kernel is not None and x.stride(-1) == 1:
+        return kernel.quantize(x, smooth)
+    y = x * smooth
+    low, high = y.aminmax(dim=1)
+    scale = torch.where(high > low, (high - low) / 255, torch.ones_like(low))
+    q = ((y - low[:, None]) / scale[:, None] + 0.5).clamp_(max=255).to(torch.uint8)
+    return q, scale, low
+
+
+def dequantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
+                    weight_sums: torch.Tensor, bias: torch.Tensor,
+                    residual: torch.Tensor | None = None) -> torch.Tensor:
+    """In place on ``sums``: ``scale * sums + low * weight_sums + bias (+ residual)``."""
+    kernel = int8_rows()
+    if kernel is not None and (residual is None or residual.stride(-1) == 1):
+        return kernel.dequantize(sums, scale, low, weight_sums, bias, residual)
+    out = sums.mul_(scale[:, None]).addr_(low, weight_sums).add_(bias)
+    return out.add_(residual) if residual is not None else out
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """A :class:`Linear`'s int8 matmul: oneDNN's packed weight and what turns its sums
+    back into the float product."""
+
+    packed: torch.Tensor
+    scales: torch.Tensor  # [out] the int8 weight rows' scales
+    zero_points: torch.Tensor  # [out] zeros (symmetric weights)
+    smooth: torch.Tensor  # [in] each input channel's factor, applied before quantizing
+    weight_sums: torch.Tensor  # [out] the (smoothed, quantized) weight rows' sums
+    bias: torch.Tensor  # [out] zeros where the layer has none
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T + b`` (``+ residual``) for ``x`` of shape ``[..., in]``."""
+        shape = x.shape
+        q, scale, low = quantize_rows(x.reshape(-1, shape[-1]), self.smooth)
+        sums = _matmul(q, self.packed, self.scales, self.zero_points)
+        if residual is not None:
+            residual = residual.reshape(-1, sums.shape[-1])
+        out = dequantize_rows(sums, scale, low, self.weight_sums, self.bias, residual)
+        return out.reshape(*shape[:-1], out.shape[-1])
 
 
 def _linears(model: nn.Module) -> list[Linear]:
     return [m for m in model.modules() if isinstance(m, Linear) and m.weight is not None]
-
-
-def check_int8_support() -> None:
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise ValueError("quantization='int8' needs torch's fbgemm int8 kernels (x86 CPUs); "
-                         "this build of torch has none.")
 
 
 @contextlib.contextmanager
@@ -59,30 +203,38 @@ def stop_observing(model: nn.Module) -> None:
             module.int8_observed = None
 
 
+def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None,
+                    observed: torch.Tensor | None) -> Int8Weight:
+    """The int8 form of ``weight`` (``[out, in]``), smoothed by ``observed`` (each input
+    channel's largest magnitude on the calibration texts; None or zeros: unsmoothed)."""
+    weight = weight.detach().float()
+    smooth = torch.ones(weight.shape[1])
+    if observed is not None and observed.max() > 0:
+        columns = weight.abs().amax(dim=0).clamp(min=1e-5)
+        factor = (observed.clamp(min=1e-5) ** SMOOTHING
+                  / columns ** (1 - SMOOTHING)).clamp(min=1e-5)
+        weight = weight * factor
+        smooth = (1 / factor).contiguous()
+    limit = weight_range()
+    scales = (weight.abs().amax(dim=1) / limit).clamp(min=1e-12)
+    codes = torch.round(weight / scales[:, None]).clamp_(-limit, limit).to(torch.int8)
+    return Int8Weight(
+        packed=torch.ops.onednn.qlinear_prepack(codes, None),
+        scales=scales.contiguous(),
+        zero_points=torch.zeros(len(scales), dtype=torch.long),
+        smooth=smooth,
+        weight_sums=(codes.float() * scales[:, None]).sum(dim=1).contiguous(),
+        bias=(bias.detach().float().contiguous() if bias is not None
+              else torch.zeros(len(scales))))
+
+
 def quantize_linears(model: nn.Module) -> int:
     """Give every :class:`Linear` of ``model`` an int8 weight, smoothed by the input
-    ranges :func:`observe_inputs` recorded; returns how many (fbgemm's support checked by
-    :func:`check_int8_support` at load)."""
-    torch.backends.quantized.engine = "fbgemm"
+    ranges :func:`observe_inputs` recorded; returns how many."""
     count = 0
     for layer in _linears(model):
-        weight = layer.weight.detach().float()
-        observed = layer.int8_observed
-        layer.int8_observed = None
-        if observed is not None and observed.max() > 0:
-            columns = weight.abs().amax(dim=0).clamp(min=1e-5)
-            smooth = (observed.clamp(min=1e-5) ** SMOOTHING
-                      / columns ** (1 - SMOOTHING)).clamp(min=1e-5)
-            weight = weight * smooth
-            layer.int8_input_scale = (1 / smooth).contiguous()
-        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated
-            warnings.simplefilter("ignore", UserWarning)
-            qweight = torch.quantize_per_channel(
-                weight, scales.double(), torch.zeros(len(scales), dtype=torch.long), 0,
-                torch.qint8)
-        bias = layer.bias.detach().float() if layer.bias is not None else None
-        layer.int8 = torch.ops.quantized.linear_prepack(qweight, bias)
+        observed, layer.int8_observed = layer.int8_observed, None
+        layer.int8 = quantize_linear(layer.weight, layer.bias, observed)
         count += 1
     return count
 
