@@ -151,3 +151,18 @@ def test_the_weight_range_leaves_no_saturated_sums():
     layer = quantize_linear(torch.ones(16, 256), None, None)
     x = torch.cat([torch.zeros(2, 256), torch.ones(2, 256)])  # rows run 0 .. 1: codes 0, 255
     torch.testing.assert_close(layer(x), F.linear(x, torch.ones(16, 256)))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
+def test_the_activation_applied_after_dequantizing_is_the_models(rows_path, activation):
+    from cenote.models.linear import ACTIVATION_FUNCTIONS
+    from cenote.models.quantization import dequantize_rows
+
+    generator = torch.Generator().manual_seed(3)
+    sums = torch.randn(37, 96, generator=generator) * 4  # values out to +-12 and beyond
+    scale, low = torch.rand(37, generator=generator), torch.randn(37, generator=generator)
+    weight_sums, bias = torch.randn(96, generator=generator), torch.randn(96, generator=generator)
+    plain = scale[:, None] * sums + low[:, None] * weight_sums + bias
+    out = dequantize_rows(sums.clone(), scale, low, weight_sums, bias, activation=activation)
+    torch.testing.assert_close(out, ACTIVATION_FUNCTIONS[activation](plain), atol=2e-6,
+                               rtol=2e-6)

@@ -76,8 +76,7 @@ class Linear(nn.Linear):
         if activation in _UNFUSED_ACTIVATIONS:
             return _UNFUSED_ACTIVATIONS[activation](self.forward(x))
         if self.int8 is not None:
-            out = self.int8(x)
-            return ACTIVATION_FUNCTIONS[activation](out) if activation else out
+            return self.int8(x, activation=activation)
         if self.int8_observed is not None:
             torch.maximum(self.int8_observed, x.detach().abs().amax(dim=0).float(),
                           out=self.int8_observed)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cenote.models.linear import Linear
+from cenote.models.linear import ACTIVATION_FUNCTIONS, Linear
 from cenote.models.native_build import load_kernel
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 # all-MiniLM-L6-v2 with per-token activations, mean cosine to float over 250 paragraphs
 # (benchmarks/README.md, "int8"): 0.9968 at 0.3, 0.9983 at 0.5.
 SMOOTHING = 0.5
+
+# Activations the dequantizing kernel applies in its pass (csrc/int8_rows_portable.c);
+# the others run after it, in torch.
+KERNEL_ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
 
 _lock = threading.Lock()
 _rows: Int8Rows | None = None
@@ -87,7 +91,7 @@ class Int8Rows:
         self._quantize.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, cint]
         self._dequantize = library.cenote_dequantize_rows
         self._dequantize.restype = cint
-        self._dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint]
+        self._dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint, cint]
 
     def quantize(self, x: torch.Tensor, smooth: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,13 +107,13 @@ class Int8Rows:
 
     def dequantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                    weight_sums: torch.Tensor, bias: torch.Tensor,
-                   residual: torch.Tensor | None) -> torch.Tensor:
+                   residual: torch.Tensor | None, activation: str | None) -> torch.Tensor:
         rows, n = sums.shape
         status = self._dequantize(
             sums.data_ptr(), scale.data_ptr(), low.data_ptr(), weight_sums.data_ptr(),
             bias.data_ptr(), residual.data_ptr() if residual is not None else None,
             residual.stride(0) if residual is not None else 0, rows, n,
-            torch.get_num_threads())
+            KERNEL_ACTIVATIONS[activation], torch.get_num_threads())
         if status != 0:
             raise RuntimeError(f"int8 rows: unsupported shape {tuple(sums.shape)}")
         return sums
@@ -147,12 +151,18 @@ def quantize_rows(x: torch.Tensor, smooth: torch.Tensor
 
 def dequantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                     weight_sums: torch.Tensor, bias: torch.Tensor,
-                    residual: torch.Tensor | None = None) -> torch.Tensor:
-    """In place on ``sums``: ``scale * sums + low * weight_sums + bias (+ residual)``."""
+                    residual: torch.Tensor | None = None,
+                    activation: str | None = None) -> torch.Tensor:
+    """``activation(scale * sums + low * weight_sums + bias) (+ residual)``, in place on
+    ``sums`` where the kernel runs; ``activation`` a key of ``ACTIVATION_FUNCTIONS``."""
     kernel = int8_rows()
     if kernel is not None and (residual is None or residual.stride(-1) == 1):
-        return kernel.dequantize(sums, scale, low, weight_sums, bias, residual)
+        fused = activation if activation in KERNEL_ACTIVATIONS else None
+        out = kernel.dequantize(sums, scale, low, weight_sums, bias, residual, fused)
+        return ACTIVATION_FUNCTIONS[activation](out) if activation != fused else out
     out = sums.mul_(scale[:, None]).addr_(low, weight_sums).add_(bias)
+    if activation is not None:
+        out = ACTIVATION_FUNCTIONS[activation](out)
     return out.add_(residual) if residual is not None else out
 
 
@@ -168,14 +178,16 @@ class Int8Weight:
     weight_sums: torch.Tensor  # [out] the (smoothed, quantized) weight rows' sums
     bias: torch.Tensor  # [out] zeros where the layer has none
 
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``x @ W.T + b`` (``+ residual``) for ``x`` of shape ``[..., in]``."""
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                 activation: str | None = None) -> torch.Tensor:
+        """``activation(x @ W.T + b)`` (``+ residual``) for ``x`` of shape ``[..., in]``."""
         shape = x.shape
         q, scale, low = quantize_rows(x.reshape(-1, shape[-1]), self.smooth)
         sums = _matmul(q, self.packed, self.scales, self.zero_points)
         if residual is not None:
             residual = residual.reshape(-1, sums.shape[-1])
-        out = dequantize_rows(sums, scale, low, self.weight_sums, self.bias, residual)
+        out = dequantize_rows(sums, scale, low, self.weight_sums, self.bias, residual,
+                              activation)
         return out.reshape(*shape[:-1], out.shape[-1])
 
 

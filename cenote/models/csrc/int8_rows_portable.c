@@ -7,10 +7,43 @@
  *
  * cenote_dequantize_rows: from the matmul's sums acc[m][n] = sum_k q[m][k] * w[n][k]
  * (already times the weight row's scale), the real product is
- * scale[m] * acc[m][n] + lo[m] * wsum[n], wsum[n] the weight row's sum; plus the bias
- * and, when given, a residual. In place on acc. */
+ * scale[m] * acc[m][n] + lo[m] * wsum[n], wsum[n] the weight row's sum; plus the bias,
+ * then the activation (GELU, its tanh form or ReLU: applied here, since oneDNN cannot
+ * apply it to sums that are not yet the product) and, when given, a residual. In place
+ * on acc. */
 #include <stdint.h>
 #include <omp.h>
+#include "portable.h"
+
+enum { NONE = 0, GELU = 1, GELU_TANH = 2, RELU = 3 };
+
+/* erf by Abramowitz and Stegun 7.1.26 (absolute error 1.5e-7), on portable.h's exp2. */
+static inline float erf_approx(float x)
+{
+    const float a = x < 0.0f ? -x : x;
+    const float t = 1.0f / (1.0f + 0.3275911f * a);
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    const float e = 1.0f - p * t * exp2_nonpositive(-a * a * 1.4426950409f);
+    return x < 0.0f ? -e : e;
+}
+
+static inline float activate(float v, const int activation)
+{
+    if (activation == GELU) return 0.5f * v * (1.0f + erf_approx(v * 0.70710678118f));
+    if (activation == GELU_TANH) {
+        const float u = 0.7978845608f * (v + 0.044715f * v * v * v);
+        const float a = u < 0.0f ? -u : u;
+        const float e = exp2_nonpositive(-2.0f * a * 1.4426950409f);  /* e^-2|u| */
+        const float th = (1.0f - e) / (1.0f + e);
+        return 0.5f * v * (1.0f + (u < 0.0f ? -th : th));
+    }
+    if (activation == RELU) return v > 0.0f ? v : 0.0f;
+    return v;
+}
 
 static inline void quantize_row(const float *xr, const float *smooth, uint8_t *qr,
                                 float *scale, float *lo_out, int64_t n)
@@ -45,22 +78,37 @@ int cenote_quantize_rows(const float *x, int64_t ld_x, const float *smooth, uint
     return 0;
 }
 
+/* One row, with the activation a compile-time constant (no branch in the loop). */
+static inline __attribute__((always_inline)) void dequantize_row(
+    float *ar, float s, float l, const float *wsum, const float *bias, const float *rr,
+    int64_t n, const int activation)
+{
+    if (rr) {
+        #pragma omp simd
+        for (int64_t c = 0; c < n; c++)
+            ar[c] = activate(s * ar[c] + l * wsum[c] + bias[c], activation) + rr[c];
+    } else {
+        #pragma omp simd
+        for (int64_t c = 0; c < n; c++)
+            ar[c] = activate(s * ar[c] + l * wsum[c] + bias[c], activation);
+    }
+}
+
 int cenote_dequantize_rows(float *acc, const float *scale, const float *lo,
                            const float *wsum, const float *bias, const float *residual,
-                           int64_t ld_residual, int64_t rows, int64_t n, int threads)
+                           int64_t ld_residual, int64_t rows, int64_t n, int activation,
+                           int threads)
 {
-    if (n <= 0 || threads < 1) return -1;
+    if (n <= 0 || threads < 1 || activation < NONE || activation > RELU) return -1;
     #pragma omp parallel for num_threads(threads) schedule(static) if (rows * n >= 65536)
     for (int64_t r = 0; r < rows; r++) {
         float *ar = acc + r * n;
-        const float s = scale[r], l = lo[r];
-        if (residual) {
-            const float *rr = residual + r * ld_residual;
-            #pragma omp simd
-            for (int64_t c = 0; c < n; c++) ar[c] = s * ar[c] + l * wsum[c] + bias[c] + rr[c];
-        } else {
-            #pragma omp simd
-            for (int64_t c = 0; c < n; c++) ar[c] = s * ar[c] + l * wsum[c] + bias[c];
+        const float *rr = residual ? residual + r * ld_residual : 0;
+        switch (activation) {
+        case GELU: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, GELU); break;
+        case GELU_TANH: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, GELU_TANH); break;
+        case RELU: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, RELU); break;
+        default: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, NONE);
         }
     }
     return 0;
