@@ -9,6 +9,7 @@ different set of packages.
 
     python peer_worker.py embed --system fastembed --model DIR --texts texts.json --out DIR
     python peer_worker.py export-onnx --model DIR --out DIR
+    python peer_worker.py export-openvino --model DIR --out DIR --calibration texts.json
 """
 
 from __future__ import annotations
@@ -77,21 +78,33 @@ def _sentence_transformers(model: str, options: dict) -> tuple[Encoder, dict]:
                     "versions": _versions("sentence-transformers", "transformers", "torch")}
 
 
-def _sentence_transformers_onnx(model: str, options: dict) -> tuple[Encoder, dict]:
+def _sentence_transformers_backend(model: str, options: dict, backend: str,
+                                   packages: tuple[str, ...]) -> tuple[Encoder, dict]:
+    """sentence-transformers on ``backend`` ("onnx", "openvino"), loading the exported file
+    ``options["file_name"]`` of a local folder: never exporting, which would time the export."""
     from sentence_transformers import SentenceTransformer
 
     file_name = options["file_name"]
     if not (Path(model) / file_name).is_file():
-        raise FileNotFoundError(f"{file_name} missing in {model}: the ONNX export did not run")
-    st = SentenceTransformer(model, device="cpu", backend="onnx",
+        raise FileNotFoundError(f"{file_name} missing in {model}: the {backend} export did not run")
+    st = SentenceTransformer(model, device="cpu", backend=backend,
                              model_kwargs={"file_name": file_name})
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         return np.asarray(st.encode(list(texts)), dtype=np.float32)
 
     return encode, {"note": f"{file_name}, batch size 32 (default)",
-                    "versions": _versions("sentence-transformers", "optimum-onnx",
-                                          "onnxruntime")}
+                    "versions": _versions("sentence-transformers", *packages)}
+
+
+def _sentence_transformers_onnx(model: str, options: dict) -> tuple[Encoder, dict]:
+    return _sentence_transformers_backend(model, options, "onnx",
+                                          ("optimum-onnx", "onnxruntime"))
+
+
+def _sentence_transformers_openvino(model: str, options: dict) -> tuple[Encoder, dict]:
+    return _sentence_transformers_backend(model, options, "openvino",
+                                          ("optimum-intel", "openvino", "nncf"))
 
 
 def _fastembed(model: str, options: dict) -> tuple[Encoder, dict]:
@@ -159,6 +172,7 @@ SYSTEMS: dict[str, Callable[[str, dict], tuple[Encoder, dict]]] = {
     "cenote": _cenote,
     "sentence-transformers": _sentence_transformers,
     "sentence-transformers-onnx": _sentence_transformers_onnx,
+    "sentence-transformers-openvino": _sentence_transformers_openvino,
     "fastembed": _fastembed,
     "infinity": _infinity,
 }
@@ -222,6 +236,44 @@ def export_onnx(args: argparse.Namespace) -> None:
         staged.rename(final)
 
 
+def export_openvino(args: argparse.Namespace) -> None:
+    """Export the model folder to OpenVINO IR, fp32 and static int8, with sentence-transformers.
+
+    Writes a Sentence-Transformers folder with ``openvino/openvino_model.xml`` and
+    ``openvino/openvino_model_qint8_quantized.xml`` to ``out``. The int8 model is
+    sentence-transformers' own ``export_static_quantized_openvino_model`` (NNCF
+    post-training quantisation at its default settings); only its calibration texts
+    differ: its default is GLUE sst2 from the hub, here it is given the paragraphs of
+    ``args.calibration`` as a local dataset folder, which ``datasets`` loads offline.
+    """
+    import shutil
+    import tempfile
+
+    from optimum.intel import OVQuantizationConfig
+    from sentence_transformers import SentenceTransformer, export_static_quantized_openvino_model
+
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(args.model, tmp)
+    # No openvino/ in the folder: sentence-transformers exports the IR from the weights.
+    st = SentenceTransformer(str(tmp), device="cpu", backend="openvino")
+    st.save_pretrained(str(tmp))
+    texts: list[str] = json.loads(Path(args.calibration).read_text())
+    with tempfile.TemporaryDirectory() as data:
+        # A folder with train.jsonl is a dataset with one config ("default") and split "train".
+        (Path(data) / "train.jsonl").write_text(
+            "".join(json.dumps({"text": text}) + "\n" for text in texts))
+        # The default config but for num_samples: left unset, sentence-transformers loads
+        # 300 texts but optimum-intel then calibrates a text encoder on its own default, 128.
+        config = OVQuantizationConfig(num_samples=len(texts))
+        export_static_quantized_openvino_model(
+            st, config, str(tmp), dataset_name=data, dataset_config_name="default",
+            dataset_split="train", column_name="text")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,8 +288,15 @@ def main() -> None:
     export = commands.add_parser("export-onnx", help="export a model folder to ONNX")
     export.add_argument("--model", required=True)
     export.add_argument("--out", required=True)
+    export = commands.add_parser("export-openvino",
+                                 help="export a model folder to OpenVINO, fp32 and static int8")
+    export.add_argument("--model", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--calibration", required=True,
+                        help="JSON file with the calibration texts (a list of strings)")
     args = parser.parse_args()
-    (embed if args.command == "embed" else export_onnx)(args)
+    {"embed": embed, "export-onnx": export_onnx, "export-openvino": export_openvino}[
+        args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ that fit the model's 256 tokens whole) with the bundled all-MiniLM-L6-v2
 weights, at its own default settings, through ``peer_worker.py``. Peers whose
 pins conflict with cenote's live in their own venvs under ``benchmarks/.peers/``
 (torch pinned to the project's 2.13.0); ``install`` creates them and the local
-ONNX export the ONNX-based peers load, since nothing can come from a model hub.
+ONNX and OpenVINO exports those peers load, since nothing can come from a model hub.
+The venvs and systems are declared in ``peer_systems.py``.
 Each system runs ``--rounds`` times (default 2), in turn with the others, each
 time in a fresh process that warms up and then times ``--repeats`` passes
 (default 1); its throughput is its best pass, so a slow spell on a shared
@@ -32,74 +33,32 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from corpus import english_paragraphs  # noqa: E402
+from peer_systems import (  # noqa: E402
+    ENVIRONMENTS,
+    EXPORTS,
+    MODELS_DIR,
+    ONNX_FLAT_MODEL,
+    ONNX_MODEL,
+    OPENVINO_INT8,
+    OPENVINO_MODEL,
+    PEERS_DIR,
+    PROJECT_ENV,
+    REFERENCE,
+    ST_BF16,
+    SYSTEMS,
+    TORCH_PIN,
+    Environment,
+    System,
+)
 
-PEERS_DIR = HERE / ".peers"
-MODELS_DIR = PEERS_DIR / "models"
-ONNX_MODEL = MODELS_DIR / "all-MiniLM-L6-v2-onnx"
-ONNX_FLAT_MODEL = MODELS_DIR / "all-MiniLM-L6-v2-onnx-flat"
 WORKER = HERE / "peer_worker.py"
-TORCH_PIN = "torch==2.13.0"
-REFERENCE = "sentence-transformers fp32"
-ST_BF16 = "sentence-transformers bf16"
-PROJECT_ENV = "project"
+# Static int8 calibration: this many corpus paragraphs, taken from this far into the
+# corpus, past the first ones that the benchmark embeds and scores.
+CALIBRATION_TEXTS = 300
+CALIBRATION_START = 5000
 # The environment this script started with, before importing cenote sets
 # OMP_WAIT_POLICY in it: each peer runs at its own defaults, not at cenote's.
 USER_ENV = dict(os.environ)
-
-
-@dataclass(frozen=True)
-class Environment:
-    """A venv under ``benchmarks/.peers/`` with one peer's pinned packages."""
-
-    name: str
-    requirements: tuple[str, ...]
-    needs_torch: bool
-
-    @property
-    def path(self) -> Path:
-        return PEERS_DIR / self.name
-
-    @property
-    def python(self) -> Path:
-        return self.path / "bin" / "python"
-
-
-ENVIRONMENTS = {env.name: env for env in (
-    # sentence-transformers 6.x's onnx extra cannot resolve: it needs transformers>=5,
-    # optimum-onnx (<=0.1.0) needs transformers<4.58. 5.7.0 is the newest that installs.
-    Environment("st-onnx", ("sentence-transformers[onnx]==5.7.0",), needs_torch=True),
-    Environment("fastembed", ("fastembed==0.9.1",), needs_torch=False),
-    # Infinity's optimum extra resolves to optimum 2.x + optimum-onnx; optimum 1.x
-    # (whose ORT optimiser Infinity was written for) does not import with torch 2.13.
-    Environment("infinity", ("infinity-emb[torch,optimum]==0.0.78",), needs_torch=True),
-)}
-
-
-@dataclass(frozen=True)
-class System:
-    """One row of the table: a ``peer_worker.py`` system, its environment and model."""
-
-    label: str
-    worker: str
-    environment: str
-    model: str  # "bundled", "onnx" (ST folder with onnx/) or "onnx-flat" (model.onnx at root)
-    options: dict = field(default_factory=dict)
-
-
-SYSTEMS = (
-    System(REFERENCE, "sentence-transformers", PROJECT_ENV, "bundled", {"dtype": "float32"}),
-    System(ST_BF16, "sentence-transformers", PROJECT_ENV, "bundled", {"dtype": "bfloat16"}),
-    System("cenote", "cenote", PROJECT_ENV, "bundled"),
-    System("cenote int8", "cenote", PROJECT_ENV, "bundled", {"quantization": "int8"}),
-    System("sentence-transformers ONNX fp32", "sentence-transformers-onnx", "st-onnx", "onnx",
-           {"file_name": "onnx/model.onnx"}),
-    System("sentence-transformers ONNX int8", "sentence-transformers-onnx", "st-onnx", "onnx",
-           {"file_name": "onnx/model_qint8_avx512_vnni.onnx"}),
-    System("fastembed", "fastembed", "fastembed", "onnx-flat"),
-    System("Infinity (torch)", "infinity", "infinity", "bundled", {"engine": "torch"}),
-    System("Infinity (optimum ONNX)", "infinity", "infinity", "onnx-flat",
-           {"engine": "optimum"}),
-)
 
 
 @dataclass
@@ -156,7 +115,8 @@ def install_environment(env: Environment) -> str | None:
     """Create or update ``env``'s venv; None when it is ready, else why it is not."""
     stamp = env.path / ".cenote-requirements"
     wanted = "\n".join(((TORCH_PIN,) if env.needs_torch else ()) + env.requirements)
-    if env.python.exists() and stamp.exists() and stamp.read_text() == wanted:
+    state = wanted + "".join(f"\n-{name}" for name in env.remove)
+    if env.python.exists() and stamp.exists() and stamp.read_text() == state:
         return None
     PEERS_DIR.mkdir(parents=True, exist_ok=True)
     log = PEERS_DIR / f"{env.name}.install.log"
@@ -169,11 +129,13 @@ def install_environment(env: Environment) -> str | None:
         # can make pip swap the CPU build for another (multi-GB) one.
         steps.append(pip + [TORCH_PIN])
     steps.append(pip + wanted.splitlines())
+    if env.remove:
+        steps.append([str(env.python), "-m", "pip", "uninstall", "--yes", *env.remove])
     for step in steps:
         error = _log_run(step, log)
         if error:
-            return f"pip install failed, {error}"
-    stamp.write_text(wanted)
+            return f"pip failed, {error}"
+    stamp.write_text(state)
     return None
 
 
@@ -194,8 +156,37 @@ def prepare_onnx_models(errors: dict[str, str]) -> str | None:
     return f"ONNX export failed, {error}" if error else None
 
 
+def calibration_texts() -> list[str]:
+    """The paragraphs that static int8 is calibrated on: local (nothing can come from a hub,
+    where sentence-transformers' default, GLUE sst2, lives) and not among those it is
+    scored on, which the benchmark takes from the start of the corpus."""
+    return english_paragraphs(CALIBRATION_START + CALIBRATION_TEXTS)[-CALIBRATION_TEXTS:]
+
+
+def prepare_openvino_models(errors: dict[str, str]) -> str | None:
+    """Export MiniLM to OpenVINO IR, fp32 and static int8, with the st-openvino venv, once;
+    None when ready, else why not."""
+    if (OPENVINO_MODEL / OPENVINO_INT8).is_file():
+        return None
+    if "st-openvino" in errors:
+        return f"no OpenVINO export: the st-openvino environment failed ({errors['st-openvino']})"
+    print(f"exporting OpenVINO models to {MODELS_DIR}", flush=True)
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    texts = PEERS_DIR / "openvino-calibration.json"
+    texts.write_text(json.dumps(calibration_texts()))
+    log = PEERS_DIR / "openvino-export.log"
+    log.write_text("")
+    # datasets writes its cache beside the venvs, not in the user's home.
+    env = dict(_offline_env(), HF_HOME=str(PEERS_DIR / "hf-home"))
+    error = _log_run([str(ENVIRONMENTS["st-openvino"].python), str(WORKER), "export-openvino",
+                      "--model", str(bundled_model_path()), "--out", str(OPENVINO_MODEL),
+                      "--calibration", str(texts)], log, env=env, timeout=1800)
+    return f"OpenVINO export failed, {error}" if error else None
+
+
 def install_all() -> dict[str, str]:
-    """Install every peer environment and the ONNX export; failure reasons by environment.
+    """Install every peer environment and the local exports; failure reasons by environment
+    or export.
 
     Failures are recorded, not raised: the benchmark reports them in its table.
     """
@@ -205,10 +196,12 @@ def install_all() -> dict[str, str]:
         if error:
             errors[env.name] = error
             print(f"{env.name}: {error}", flush=True)
-    onnx_error = prepare_onnx_models(errors)
-    if onnx_error:
-        errors["onnx-export"] = onnx_error
-        print(onnx_error, flush=True)
+    for name, prepare in (("onnx-export", prepare_onnx_models),
+                          ("openvino-export", prepare_openvino_models)):
+        error = prepare(errors)
+        if error:
+            errors[name] = error
+            print(error, flush=True)
     return errors
 
 
@@ -221,7 +214,7 @@ def _offline_env() -> dict[str, str]:
 
 def _model_folder(kind: str) -> Path:
     return {"bundled": bundled_model_path(), "onnx": ONNX_MODEL,
-            "onnx-flat": ONNX_FLAT_MODEL}[kind]
+            "onnx-flat": ONNX_FLAT_MODEL, "openvino": OPENVINO_MODEL}[kind]
 
 
 def benchmark_texts(count: int) -> tuple[list[str], int]:
@@ -252,8 +245,7 @@ def run_system(system: System, texts_file: Path, out_dir: Path, repeats: int,
                timeout: float, env_errors: dict[str, str]) -> Measurement:
     """Time ``system`` in a subprocess of its environment's Python; never raises."""
     result = Measurement(system.label, system.environment)
-    blocker = env_errors.get(system.environment) or (
-        env_errors.get("onnx-export") if system.model != "bundled" else None)
+    blocker = env_errors.get(system.environment) or env_errors.get(EXPORTS.get(system.model, ""))
     if blocker:
         result.error = blocker
         return result
@@ -376,7 +368,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help="create the peer venvs and the ONNX export")
+    commands.add_parser("install", help="create the peer venvs and the local exports")
     run = commands.add_parser("run", help="time every system and print a table")
     run.add_argument("--texts", type=int, default=2000)
     run.add_argument("--repeats", type=int, default=1, help="timed passes per process")
