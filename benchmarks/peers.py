@@ -326,14 +326,13 @@ def matmul_dtype(result: Measurement) -> str:
 
 def ceiling_share(result: Measurement, num_tokens: int, flops_per_token: float,
                   ceilings: dict[str, float | None]) -> str:
-    """The system's matmul rate as a share of the measured GEMM ceiling of its dtype (int8
-    against the fp32 one: its gain over fp32 shows as a share over 100 %)."""
+    """The system's matmul rate as a share of the measured GEMM ceiling of its dtype."""
     dtype = matmul_dtype(result)
-    ceiling = ceilings.get("float32" if dtype == "int8" else dtype)
+    ceiling = ceilings.get(dtype)
     if not ceiling:
         return "n/a"
     share = num_tokens / result.seconds * flops_per_token / 1e9 / ceiling
-    return f"{share:.0%} of {'fp32' if dtype != 'bfloat16' else 'bf16'}"
+    return f"{share:.0%} of {dict(float32='fp32', bfloat16='bf16').get(dtype, dtype)}"
 
 
 def markdown_table(results: list[Measurement], num_texts: int, num_tokens: int,

@@ -90,7 +90,7 @@ def machine_info() -> dict:
         info["flags"] = "unknown (no lscpu)"
     config = gemm_ceiling.model_config(peers.bundled_model_path())
     info["flops per token"] = gemm_ceiling.flops_per_token(config)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in gemm_ceiling.DTYPES:
         info[f"ceiling {str(dtype).removeprefix('torch.')}"] = gemm_ceiling.ceiling_gflops(
             config, dtype)
     info["torch"] = torch.__version__
@@ -130,17 +130,17 @@ def table(results: list[peers.Measurement], num_texts: int, num_tokens: int,
           machine: dict) -> str:
     return peers.markdown_table(results, num_texts, num_tokens, machine["flops per token"],
                                 {dtype: machine[f"ceiling {dtype}"]
-                                 for dtype in ("float32", "bfloat16")})
+                                 for dtype in ("float32", "bfloat16", "int8")})
 
 
 def ceilings_line(machine: dict) -> str:
     rates = ", ".join(f"{dtype} {machine[f'ceiling {dtype}']:.0f} GFLOP/s"
                       if machine[f"ceiling {dtype}"] else f"{dtype}: no packed matmul"
-                      for dtype in ("float32", "bfloat16"))
+                      for dtype in ("float32", "bfloat16", "int8"))
     return (f"- GEMM ceiling (`gemm_ceiling.py`: oneDNN packed matmuls on MiniLM's layer "
-            f"shapes, 4096 rows): {rates}. A system's share is its tokens/s x "
-            f"{machine['flops per token'] / 1e6:.1f} MFLOP of matmuls per token, over the "
-            "ceiling of its dtype (int8 over fp32's).")
+            f"shapes, 4096 rows; int8: u8 x s8 with fp32 sums): {rates}. A system's share "
+            f"is its tokens/s x {machine['flops per token'] / 1e6:.1f} MFLOP of matmuls per "
+            "token, over the ceiling of its dtype.")
 
 
 def draw_chart(results: list[peers.Measurement], num_tokens: int, machine: dict[str, str],
