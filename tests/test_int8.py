@@ -168,3 +168,26 @@ def test_the_activation_applied_after_dequantizing_is_the_models(rows_path, acti
     out = dequantize_rows(sums.clone(), scale, low, weight_sums, bias, activation=activation)
     torch.testing.assert_close(out, ACTIVATION_FUNCTIONS[activation](plain), atol=2e-6,
                                rtol=2e-6)
+
+
+def test_a_cross_encoder_scores_in_int8_close_to_float(cross_encoder_path):
+    floats = [o.outputs.score for o in
+              LLM(str(cross_encoder_path), dtype="float32").score(QUERIES[0], PASSAGES)]
+    llm = LLM(str(cross_encoder_path), quantization="int8")
+    ints = [o.outputs.score for o in llm.score(QUERIES[0], PASSAGES)]
+    # one logit: its cosine is only its sign, so the load reports the largest difference
+    accuracy = llm.engine.int8_accuracy
+    assert accuracy.pooling_task == "classify" and 0 < accuracy.max_abs_diff < 0.05
+    assert max(abs(a - b) for a, b in zip(floats, ints, strict=True)) < 0.05 and floats != ints
+
+
+def test_a_decoder_embeds_in_int8_close_to_float(tiny_decoder):
+    folder = str(tiny_decoder("qwen3", "Qwen3Model"))
+    texts = QUERIES + PASSAGES
+    floats = torch.stack([o.outputs.data for o in
+                          LLM(folder, dtype="float32", task="embed").embed(texts)])
+    llm = LLM(folder, quantization="int8", task="embed")
+    ints = torch.stack([o.outputs.data for o in llm.embed(texts)])
+    assert all(m.int8 is not None for m in llm.engine.runner.model.modules()
+               if isinstance(m, Linear))
+    assert F.cosine_similarity(floats, ints).min() > 0.99 and not torch.equal(floats, ints)

@@ -24,17 +24,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Int8Accuracy:
-    """Cosine similarity of int8 outputs to float ones, over the calibration texts."""
+    """Cosine similarity of int8 outputs to float ones, over the calibration texts, and
+    the largest difference of any value (what counts for a score or a single logit,
+    whose cosine is only its sign)."""
 
     min_cosine: float
     mean_cosine: float
     num_texts: int
     pooling_task: str
+    max_abs_diff: float = 0.0
 
     def __str__(self) -> str:
         return (f"cosine to the float model on {self.num_texts} calibration texts "
                 f"({self.pooling_task}): min {self.min_cosine:.4f}, "
-                f"mean {self.mean_cosine:.5f}")
+                f"mean {self.mean_cosine:.5f}; largest difference {self.max_abs_diff:.2e}")
 
 
 def measure_int8(model: nn.Module, run: Callable[[], list[torch.Tensor]], num_texts: int,
@@ -50,10 +53,11 @@ def measure_int8(model: nn.Module, run: Callable[[], list[torch.Tensor]], num_te
         stop_observing(model)
     quantized = run()
     drop_float_weights(model)
-    cosines = torch.stack([F.cosine_similarity(_flat(a), _flat(b), dim=0)
-                           for a, b in zip(reference, quantized, strict=True)])
+    pairs = [(_flat(a), _flat(b)) for a, b in zip(reference, quantized, strict=True)]
+    cosines = torch.stack([F.cosine_similarity(a, b, dim=0) for a, b in pairs])
+    difference = max((a - b).abs().max().item() for a, b in pairs)
     accuracy = Int8Accuracy(cosines.min().item(), cosines.mean().item(), num_texts,
-                            pooling_task)
+                            pooling_task, difference)
     logger.info("int8 matmuls: %s", accuracy)
     return accuracy
 
