@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cenote import LLM
-from cenote.config.model import DEFAULT_INT8_MAX_NUM_BATCHED_TOKENS
+from cenote.config.model import CPU_FP32_MAX_NUM_BATCHED_TOKENS
 from cenote.models.linear import Linear
 from cenote.models.quantization import check_int8_support
 from tests.serving import cenote_serve
@@ -49,7 +49,7 @@ def test_every_matmul_is_int8_and_its_accuracy_is_measured(int8_llm):
     # measured min 0.979, mean 0.9936
     assert 0.99 < accuracy.min_cosine <= accuracy.mean_cosine < 1.0 and accuracy.mean_cosine > 0.997
     assert int8_llm.config.dtype == torch.float32
-    assert int8_llm.config.max_num_batched_tokens == DEFAULT_INT8_MAX_NUM_BATCHED_TOKENS
+    assert int8_llm.config.max_num_batched_tokens == CPU_FP32_MAX_NUM_BATCHED_TOKENS
 
 
 def test_int8_vectors_are_close_to_float_and_rank_alike(int8_llm, minilm_path):
