@@ -140,7 +140,7 @@ def quantize_rows(x: torch.Tensor, smooth: torch.Tensor
     """``x * smooth`` (``[rows, n]`` fp32) as uint8 codes with each row's scale and
     offset: ``x * smooth ~= scale[:, None] * q + low[:, None]``."""
     kernel = int8_rows()
-    if kernel is not None and x.stride(-1) == 1:
+    if kernel is not None and x.dtype == torch.float32 and x.stride(-1) == 1:
         return kernel.quantize(x, smooth)
     y = x * smooth
     low, high = y.aminmax(dim=1)
@@ -156,7 +156,8 @@ def dequantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
     """``activation(scale * sums + low * weight_sums + bias) (+ residual)``, in place on
     ``sums`` where the kernel runs; ``activation`` a key of ``ACTIVATION_FUNCTIONS``."""
     kernel = int8_rows()
-    if kernel is not None and (residual is None or residual.stride(-1) == 1):
+    if kernel is not None and (residual is None or (
+            residual.dtype == torch.float32 and residual.stride(-1) == 1)):
         fused = activation if activation in KERNEL_ACTIVATIONS else None
         out = kernel.dequantize(sums, scale, low, weight_sums, bias, residual, fused)
         return ACTIVATION_FUNCTIONS[activation](out) if activation != fused else out
@@ -182,6 +183,9 @@ class Int8Weight:
                  activation: str | None = None) -> torch.Tensor:
         """``activation(x @ W.T + b)`` (``+ residual``) for ``x`` of shape ``[..., in]``."""
         shape = x.shape
+        if x.numel() == 0:
+            out = torch.zeros(*shape[:-1], len(self.bias))
+            return out + residual if residual is not None else out
         q, scale, low = quantize_rows(x.reshape(-1, shape[-1]), self.smooth)
         sums = _matmul(q, self.packed, self.scales, self.zero_points)
         if residual is not None:
