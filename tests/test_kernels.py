@@ -61,6 +61,16 @@ def assert_close(got, q, k, v, lens, causal, window=None, rows=slice(None)):
     assert excess <= 0, f"an element is {excess:.2e} past its bound"
 
 
+@pytest.fixture
+def two_threads():
+    """At most two threads: batches of 8+ sequences then take the portable kernel's
+    whole-sequence path, fewer its (sequence, head) one, on any machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    yield
+    torch.set_num_threads(threads)
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("heads,kv_heads,dim,causal,window,lens", [
@@ -69,8 +79,12 @@ def assert_close(got, q, k, v, lens, causal, window=None, rows=slice(None)):
     (4, 4, 64, True, 7, [3, 7, 8, 20, 50]),
     (2, 1, 128, False, None, [9, 200]),
     (3, 3, 48, True, None, [31, 2]),
+    # enough sequences that the portable kernel stages each whole, for all its kv heads
+    (8, 2, 32, True, 5, [1, 4, 9, 16, 17, 30, 2, 64, 5, 33, 12, 8]),
+    (6, 3, 64, False, None, [7, 1, 19, 40, 3, 26, 11, 2, 65]),
 ])
-def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens, dtype):
+def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens, dtype,
+                                two_threads):
     torch.manual_seed(0)
     tokens = sum(lens)
     q = torch.randn(tokens, heads, dim).to(dtype)
@@ -87,9 +101,10 @@ def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens, dtyp
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("queries", ["first", "last"])
 @pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 6)])
-def test_only_the_pooled_queries(queries, causal, window, dtype):
+@pytest.mark.parametrize("lens", [[1, 9, 40, 17], [1, 9, 40, 17, 3, 22, 5, 8, 2]])
+def test_only_the_pooled_queries(queries, causal, window, dtype, lens, two_threads):
     torch.manual_seed(3)
-    heads, kv_heads, dim, lens = 4, 2, 32, [1, 9, 40, 17]
+    heads, kv_heads, dim = 4, 2, 32
     tokens = sum(lens)
     q = torch.randn(tokens, heads, dim).to(dtype)
     k = torch.randn(tokens, kv_heads, dim).to(dtype)
@@ -98,7 +113,7 @@ def test_only_the_pooled_queries(queries, causal, window, dtype):
     cu = batch.cu_seqlens
     got = KERNEL(q.flatten(1), k.flatten(1), v.flatten(1), batch, heads, kv_heads, dim,
                  causal, window, pooled_only=True)
-    assert got.shape == (16, heads * dim)
+    assert got.shape == (-(-len(lens) // 16) * 16, heads * dim)
     rows = cu[:-1] if queries == "first" else cu[1:] - 1
     assert got.dtype == dtype
     assert_close(got[:len(lens)], q, k, v, lens, causal, window, rows)

@@ -68,7 +68,7 @@ class NativeAttention:
                              ptr, i64, ctypes.c_int]
         self._workspace = library.cenote_attention_workspace
         self._workspace.restype = i64
-        self._workspace.argtypes = [i64, i64]
+        self._workspace.argtypes = [i64, i64, i64]
 
     @staticmethod
     def supports(x: torch.Tensor, head_dim: int, max_len: int) -> bool:
@@ -123,7 +123,7 @@ class NativeAttention:
             out[written:].zero_()
         # Work space from torch, on this thread: the kernel's OpenMP threads never allocate.
         threads = torch.get_num_threads()
-        per_thread = self._workspace(batch.max_len, head_dim)
+        per_thread = self._workspace(batch.max_len, head_dim, num_kv_heads)
         workspace = torch.empty(threads * per_thread + 16, dtype=torch.float32)
         skip = (-workspace.data_ptr() // 4) % 16  # to a 64-byte boundary
         cu = batch.cu_seqlens

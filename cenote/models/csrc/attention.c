@@ -292,8 +292,10 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
 
 /* Floats of work space one thread needs for sequences of up to max_len tokens:
    keys [dim][lp], values [lp][dim], scores [QB][lp], rounded to 64 bytes. */
-int64_t cenote_attention_workspace(int64_t max_len, int64_t dim)
+int64_t cenote_attention_workspace(int64_t max_len, int64_t dim, int64_t kv_heads)
 {
+    (void)kv_heads;  /* one (sequence, head) at a time here (the portable kernel stages a
+                        whole sequence) */
     const int64_t lp = (max_len + 15) & ~(int64_t)15;
     return (dim * lp + lp * dim + QB * lp + 15) & ~(int64_t)15;
 }
@@ -301,7 +303,7 @@ int64_t cenote_attention_workspace(int64_t max_len, int64_t dim)
 /* query_mode 0: every token is a query, out has a row per token (the rows of q).
    1 or 2: only each sequence's first or last token is, out row b is sequence b's
    (what CLS or LAST pooling keeps of a last layer).
-   workspace: threads * cenote_attention_workspace(longest sequence, dim) floats,
+   workspace: threads * cenote_attention_workspace(longest sequence, dim, kv_heads) floats,
    64-byte aligned, allocated by the caller (so that the OpenMP threads never
    allocate). Returns 0, or -1 for an unsupported shape, mode or work space. */
 int cenote_attention(const void *q, const void *k, const void *v,
@@ -318,7 +320,7 @@ int cenote_attention(const void *q, const void *k, const void *v,
     for (int64_t b = 0; b < num_seqs; b++)
         if (cu[b + 1] - cu[b] > max_len) max_len = cu[b + 1] - cu[b];
     const int64_t lp = (max_len + 15) & ~(int64_t)15;
-    const int64_t per_thread = cenote_attention_workspace(max_len, dim);
+    const int64_t per_thread = cenote_attention_workspace(max_len, dim, kv_heads);
     if (workspace_floats < per_thread * threads || ((uintptr_t)workspace & 63)) return -1;
     const int64_t group = heads / kv_heads;
     #pragma omp parallel num_threads(threads)
