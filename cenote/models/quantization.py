@@ -26,7 +26,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -46,10 +45,6 @@ SMOOTHING = 0.5
 # Activations the dequantizing kernel applies in its pass (csrc/int8_rows_portable.c);
 # the others run after it, in torch.
 KERNEL_ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
-
-_lock = threading.Lock()
-_rows: Int8Rows | None = None
-_rows_reason: str | None = None
 
 
 def check_int8_support() -> None:
@@ -119,20 +114,15 @@ class Int8Rows:
         return sums
 
 
+@functools.cache
 def int8_rows() -> Int8Rows | None:
     """The native per-row kernels, built on first call; None where they cannot be
     (the reason logged once; torch's ops do the same work, slower)."""
-    global _rows, _rows_reason
-    if _rows is not None or _rows_reason is not None:
-        return _rows
-    with _lock:
-        if _rows is None and _rows_reason is None:
-            try:
-                _rows = Int8Rows(load_kernel("int8_rows_portable"))
-            except RuntimeError as exc:
-                _rows_reason = str(exc)
-                logger.info("int8 rows: torch (native kernel unavailable: %s).", exc)
-    return _rows
+    try:
+        return Int8Rows(load_kernel("int8_rows_portable"))
+    except RuntimeError as exc:
+        logger.info("int8 rows: torch (native kernel unavailable: %s).", exc)
+        return None
 
 
 def quantize_rows(x: torch.Tensor, smooth: torch.Tensor
