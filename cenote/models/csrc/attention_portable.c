@@ -19,6 +19,9 @@
 
 #define QB 4  /* queries per block */
 #define KB 16 /* keys (and value columns) per register block */
+/* Floats a whole sequence's staged keys and values may take (1 MB, about a core's L2):
+   past it, one (sequence, head) at a time, and the work space stays small. */
+#define WHOLE_MAX_FLOATS (256 * 1024)
 
 /* A sequence's keys and values for `heads` consecutive kv heads, laid out for
    attend_one: per head, kt [lp/KB][dim][KB] (keys transposed in blocks of KB, each block
@@ -126,13 +129,20 @@ static void attend_one(const void *q, int64_t ld_q, const float *kt, const float
     }
 }
 
+/* Whether sequences of up to lp (padded) tokens can be staged whole, all kv heads. */
+static int fits_whole(int64_t lp, int64_t dim, int64_t kv_heads)
+{
+    return 2 * kv_heads * dim * lp <= WHOLE_MAX_FLOATS;
+}
+
 /* Floats of work space one thread needs for sequences of up to max_len tokens: keys
-   [dim][max_len] and values [max_len][dim] for every kv head (a whole sequence is
-   staged at once), scores [QB][max_len], rounded to 64 bytes. */
+   [dim][max_len] and values [max_len][dim] for every kv head where a whole sequence
+   fits (else for one), scores [QB][max_len], rounded to 64 bytes. */
 int64_t cenote_attention_workspace(int64_t max_len, int64_t dim, int64_t kv_heads)
 {
     const int64_t lp = (max_len + KB - 1) / KB * KB;
-    return (2 * kv_heads * dim * lp + QB * lp + 15) & ~(int64_t)15;
+    const int64_t staged = fits_whole(lp, dim, kv_heads) ? kv_heads : 1;
+    return (2 * staged * dim * lp + QB * lp + 15) & ~(int64_t)15;
 }
 
 /* As attention.c's: query_mode 0 (every token a query, out row per token), 1 or 2
@@ -156,14 +166,15 @@ int cenote_attention(const void *q, const void *k, const void *v,
     const int64_t group = heads / kv_heads;
     /* A work item is a whole sequence (staged once for all heads) where there are enough
        of them to share between the threads, else one (sequence, head). */
-    const int whole = num_seqs >= 4 * threads;
+    const int64_t lpmax = (max_len + KB - 1) / KB * KB;
+    const int whole = num_seqs >= 4 * threads && fits_whole(lpmax, dim, kv_heads);
     const int64_t items = whole ? num_seqs : num_seqs * heads;
+    const int64_t staged = whole ? kv_heads : 1;
     #pragma omp parallel num_threads(threads)
     {
         float *buf = workspace + per_thread * omp_get_thread_num();
-        const int64_t lpmax = (max_len + KB - 1) / KB * KB;
-        float *kt = buf, *vf = buf + kv_heads * dim * lpmax;
-        float *s = vf + kv_heads * dim * lpmax;
+        float *kt = buf, *vf = buf + staged * dim * lpmax;
+        float *s = vf + staged * dim * lpmax;
         #pragma omp for schedule(guided)
         for (int64_t item = 0; item < items; item++) {
             const int64_t b = whole ? item : item / heads;
