@@ -190,3 +190,39 @@ def test_a_decoder_embeds_in_int8_close_to_float(tiny_decoder):
     assert all(m.int8 is not None for m in llm.engine.runner.model.modules()
                if isinstance(m, Linear))
     assert F.cosine_similarity(floats, ints).min() > 0.99 and not torch.equal(floats, ints)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu", None])
+def test_requantizing_is_dequantizing_then_quantizing(rows_path, activation):
+    from cenote.models.quantization import dequantize_rows, quantize_rows, requantize_rows
+
+    generator = torch.Generator().manual_seed(4)
+    sums = torch.randn(23, 160, generator=generator) * 3
+    scale, low = torch.rand(23, generator=generator), torch.randn(23, generator=generator)
+    weight_sums = torch.randn(160, generator=generator)
+    bias = torch.randn(160, generator=generator)
+    smooth = torch.rand(160, generator=generator) + 0.5
+    q, scale_out, low_out = requantize_rows(sums.clone(), scale, low, weight_sums, bias,
+                                            activation, smooth)
+    activated = dequantize_rows(sums.clone(), scale, low, weight_sums, bias,
+                                activation=activation)
+    expected_q, expected_scale, expected_low = quantize_rows(activated, smooth)
+    assert (q.int() - expected_q.int()).abs().max() <= 1  # a rounding apart at most
+    torch.testing.assert_close(scale_out, expected_scale)
+    torch.testing.assert_close(low_out, expected_low)
+
+
+def test_a_feed_forward_block_in_int8_is_its_two_matmuls(rows_path):
+    from cenote.models.quantization import quantize_linear
+
+    generator = torch.Generator().manual_seed(5)
+    x = _tokens_with_an_outlier(width=64)
+    first = quantize_linear(torch.randn(256, 64, generator=generator),
+                            torch.randn(256, generator=generator), x.abs().amax(dim=0))
+    hidden = F.gelu(F.linear(x, torch.randn(256, 64)))
+    second = quantize_linear(torch.randn(64, 256, generator=generator),
+                             torch.randn(64, generator=generator), hidden.abs().amax(dim=0))
+    residual = torch.randn(x.shape[0], 64, generator=generator)
+    fused = first.feed_forward(x, "gelu", second, residual)
+    apart = second(first(x, activation="gelu"), residual)
+    torch.testing.assert_close(fused, apart, atol=1e-2 * apart.abs().max().item(), rtol=0)

@@ -76,7 +76,7 @@ class BertLayer(nn.Module):
         if pooled_only:
             x = x[batch.pooled_rows]
         x = self.attn_norm(self.attn_out.add(attn, x))
-        return self.ffn_norm(self.ffn_out.add(self.ffn_in(x, self.act), x))
+        return self.ffn_norm(self.ffn_in.feed_forward(x, self.act, self.ffn_out, x))
 
 
 class BertClassifierHead(nn.Module):

@@ -87,6 +87,14 @@ class Linear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [],
                                                   algorithm)
 
+    def feed_forward(self, x: torch.Tensor, activation: str | None, then: Linear,
+                     residual: torch.Tensor) -> torch.Tensor:
+        """``then(activation(self(x))) + residual``: a feed-forward block's two matmuls
+        (with int8 weights, the activation between them never leaves uint8 in full)."""
+        if self.int8 is not None and then.int8 is not None and x.dim() == 2:
+            return self.int8.feed_forward(x, activation, then.int8, residual)
+        return then.add(self.forward(x, activation), residual)
+
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
         if self.int8 is not None:

@@ -87,6 +87,10 @@ class Int8Rows:
         self._dequantize = library.cenote_dequantize_rows
         self._dequantize.restype = cint
         self._dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint, cint]
+        self._requantize = library.cenote_requantize_rows
+        self._requantize.restype = cint
+        self._requantize.argtypes = [ptr, ptr, ptr, ptr, ptr, cint, ptr, ptr, ptr, ptr, i64,
+                                     i64, cint]
 
     def quantize(self, x: torch.Tensor, smooth: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,6 +116,21 @@ class Int8Rows:
         if status != 0:
             raise RuntimeError(f"int8 rows: unsupported shape {tuple(sums.shape)}")
         return sums
+
+
+    def requantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
+                   weight_sums: torch.Tensor, bias: torch.Tensor, activation: str | None,
+                   smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, n = sums.shape
+        q = torch.empty(rows, n, dtype=torch.uint8)
+        scale_out, low_out = torch.empty(rows), torch.empty(rows)
+        status = self._requantize(
+            sums.data_ptr(), scale.data_ptr(), low.data_ptr(), weight_sums.data_ptr(),
+            bias.data_ptr(), KERNEL_ACTIVATIONS[activation], smooth.data_ptr(), q.data_ptr(),
+            scale_out.data_ptr(), low_out.data_ptr(), rows, n, torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"int8 rows: unsupported shape {tuple(sums.shape)}")
+        return q, scale_out, low_out
 
 
 @functools.cache
@@ -157,6 +176,18 @@ def dequantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
     return out.add_(residual) if residual is not None else out
 
 
+def requantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
+                    weight_sums: torch.Tensor, bias: torch.Tensor, activation: str | None,
+                    smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows` of :func:`dequantize_rows`' output, for the next matmul
+    (its ``smooth``), without the fp32 activation written out where the kernel runs."""
+    kernel = int8_rows()
+    if kernel is not None and activation in KERNEL_ACTIVATIONS and sums.shape[1] <= 16384:
+        return kernel.requantize(sums, scale, low, weight_sums, bias, activation, smooth)
+    out = dequantize_rows(sums, scale, low, weight_sums, bias, activation=activation)
+    return quantize_rows(out, smooth)
+
+
 @dataclass(frozen=True)
 class Int8Weight:
     """A :class:`Linear`'s int8 matmul: oneDNN's packed weight and what turns its sums
@@ -183,6 +214,20 @@ class Int8Weight:
         out = dequantize_rows(sums, scale, low, self.weight_sums, self.bias, residual,
                               activation)
         return out.reshape(*shape[:-1], out.shape[-1])
+
+    def feed_forward(self, x: torch.Tensor, activation: str | None, then: Int8Weight,
+                     residual: torch.Tensor) -> torch.Tensor:
+        """``then(activation(self(x))) + residual`` for ``x`` ``[rows, in]``: the
+        activation between the two matmuls goes from one's sums to the other's uint8
+        codes in one pass (it is the widest of a layer: 4x the hidden size in BERT)."""
+        if x.numel() == 0:
+            return then(self(x, activation=activation), residual)
+        q, scale, low = quantize_rows(x, self.smooth)
+        sums = _matmul(q, self.packed, self.scales, self.zero_points)
+        q, scale, low = requantize_rows(sums, scale, low, self.weight_sums, self.bias,
+                                        activation, then.smooth)
+        sums = _matmul(q, then.packed, then.scales, then.zero_points)
+        return dequantize_rows(sums, scale, low, then.weight_sums, then.bias, residual)
 
 
 def _linears(model: nn.Module) -> list[Linear]:

@@ -77,7 +77,7 @@ class PreNormLayer(nn.Module):
         if pooled_only:
             x = x[batch.pooled_rows]
         x = self.attn_out.add(attn, x)
-        return self.fc2.add(self.fc1(self.norm2(x), self.act), x)
+        return self.fc1.feed_forward(self.norm2(x), self.act, self.fc2, x)
 
 
 class TextTower(nn.Module):

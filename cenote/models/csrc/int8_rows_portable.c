@@ -113,3 +113,32 @@ int cenote_dequantize_rows(float *acc, const float *scale, const float *lo,
     }
     return 0;
 }
+
+/* Between the two matmuls of a feed-forward block: the first's sums dequantized and
+ * activated (as cenote_dequantize_rows, no residual), times the second's smoothing,
+ * quantized per row for it (as cenote_quantize_rows). Each row passes through a buffer
+ * on the stack, so the wide activation is never written out in fp32 (n <= 16384). */
+int cenote_requantize_rows(const float *acc, const float *scale, const float *lo,
+                           const float *wsum, const float *bias, int activation,
+                           const float *smooth, uint8_t *q, float *scale_out,
+                           float *lo_out, int64_t rows, int64_t n, int threads)
+{
+    if (n <= 0 || n > 16384 || threads < 1 || activation < NONE || activation > RELU)
+        return -1;
+    #pragma omp parallel num_threads(threads) if (rows * n >= 65536)
+    {
+        float row[n];
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t c = 0; c < n; c++) row[c] = acc[r * n + c];
+            switch (activation) {
+            case GELU: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, GELU); break;
+            case GELU_TANH: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, GELU_TANH); break;
+            case RELU: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, RELU); break;
+            default: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, NONE);
+            }
+            quantize_row(row, smooth, q + r * n, scale_out + r, lo_out + r, n);
+        }
+    }
+    return 0;
+}
