@@ -106,7 +106,6 @@ def kernel_source(name: str) -> str:
     return name if "avx512f" in cpu_flags().split() else f"{name}_portable"
 
 
-
 def load_kernel(name: str) -> ctypes.CDLL:
     if kernels_setting() in ("0", "false", "no", "off"):
         raise RuntimeError("turned off by CENOTE_NATIVE_KERNELS")

@@ -97,26 +97,21 @@ class Int8Rows:
         rows, n = x.shape
         q = torch.empty(rows, n, dtype=torch.uint8)
         scale, low = torch.empty(rows), torch.empty(rows)
-        status = self._quantize(x.data_ptr(), x.stride(0), smooth.data_ptr(), q.data_ptr(),
-                                scale.data_ptr(), low.data_ptr(), rows, n,
-                                torch.get_num_threads())
-        if status != 0:
-            raise RuntimeError(f"int8 rows: unsupported shape {tuple(x.shape)}")
+        _check(self._quantize(x.data_ptr(), x.stride(0), smooth.data_ptr(), q.data_ptr(),
+                              scale.data_ptr(), low.data_ptr(), rows, n,
+                              torch.get_num_threads()), x)
         return q, scale, low
 
     def dequantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                    weight_sums: torch.Tensor, bias: torch.Tensor,
                    residual: torch.Tensor | None, activation: str | None) -> torch.Tensor:
         rows, n = sums.shape
-        status = self._dequantize(
+        _check(self._dequantize(
             sums.data_ptr(), scale.data_ptr(), low.data_ptr(), weight_sums.data_ptr(),
             bias.data_ptr(), residual.data_ptr() if residual is not None else None,
             residual.stride(0) if residual is not None else 0, rows, n,
-            KERNEL_ACTIVATIONS[activation], torch.get_num_threads())
-        if status != 0:
-            raise RuntimeError(f"int8 rows: unsupported shape {tuple(sums.shape)}")
+            KERNEL_ACTIVATIONS[activation], torch.get_num_threads()), sums)
         return sums
-
 
     def requantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                    weight_sums: torch.Tensor, bias: torch.Tensor, activation: str | None,
@@ -124,13 +119,16 @@ class Int8Rows:
         rows, n = sums.shape
         q = torch.empty(rows, n, dtype=torch.uint8)
         scale_out, low_out = torch.empty(rows), torch.empty(rows)
-        status = self._requantize(
+        _check(self._requantize(
             sums.data_ptr(), scale.data_ptr(), low.data_ptr(), weight_sums.data_ptr(),
             bias.data_ptr(), KERNEL_ACTIVATIONS[activation], smooth.data_ptr(), q.data_ptr(),
-            scale_out.data_ptr(), low_out.data_ptr(), rows, n, torch.get_num_threads())
-        if status != 0:
-            raise RuntimeError(f"int8 rows: unsupported shape {tuple(sums.shape)}")
+            scale_out.data_ptr(), low_out.data_ptr(), rows, n, torch.get_num_threads()), sums)
         return q, scale_out, low_out
+
+
+def _check(status: int, rows: torch.Tensor) -> None:
+    if status != 0:
+        raise RuntimeError(f"int8 rows: unsupported shape {tuple(rows.shape)}")
 
 
 @functools.cache

@@ -78,6 +78,13 @@ int cenote_quantize_rows(const float *x, int64_t ld_x, const float *smooth, uint
     return 0;
 }
 
+/* Call `row` with the activation as a compile-time constant (no branch in its loop). */
+#define BY_ACTIVATION(activation, row, ...) do { switch (activation) { \
+    case GELU: row(__VA_ARGS__, GELU); break; \
+    case GELU_TANH: row(__VA_ARGS__, GELU_TANH); break; \
+    case RELU: row(__VA_ARGS__, RELU); break; \
+    default: row(__VA_ARGS__, NONE); } } while (0)
+
 /* One row, with the activation a compile-time constant (no branch in the loop). */
 static inline __attribute__((always_inline)) void dequantize_row(
     float *ar, float s, float l, const float *wsum, const float *bias, const float *rr,
@@ -104,12 +111,7 @@ int cenote_dequantize_rows(float *acc, const float *scale, const float *lo,
     for (int64_t r = 0; r < rows; r++) {
         float *ar = acc + r * n;
         const float *rr = residual ? residual + r * ld_residual : 0;
-        switch (activation) {
-        case GELU: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, GELU); break;
-        case GELU_TANH: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, GELU_TANH); break;
-        case RELU: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, RELU); break;
-        default: dequantize_row(ar, scale[r], lo[r], wsum, bias, rr, n, NONE);
-        }
+        BY_ACTIVATION(activation, dequantize_row, ar, scale[r], lo[r], wsum, bias, rr, n);
     }
     return 0;
 }
@@ -131,12 +133,7 @@ int cenote_requantize_rows(const float *acc, const float *scale, const float *lo
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t c = 0; c < n; c++) row[c] = acc[r * n + c];
-            switch (activation) {
-            case GELU: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, GELU); break;
-            case GELU_TANH: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, GELU_TANH); break;
-            case RELU: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, RELU); break;
-            default: dequantize_row(row, scale[r], lo[r], wsum, bias, 0, n, NONE);
-            }
+            BY_ACTIVATION(activation, dequantize_row, row, scale[r], lo[r], wsum, bias, 0, n);
             quantize_row(row, smooth, q + r * n, scale_out + r, lo_out + r, n);
         }
     }
