@@ -4,7 +4,8 @@ Runs ``LLM.embed`` over the benchmark paragraphs once under ``torch.profiler``
 (CPU, self time per operator) and prints the share of matmuls, attention,
 activation, normalisation, layout copies and the rest, then the top operators,
 plus the wall time outside torch operators (tokenising, scheduling, pooling
-glue in Python). The tool behind the profiles quoted in ``benchmarks/README.md``.
+glue in Python; with ``--quantization int8`` also the per-row quantizing kernels,
+called through ctypes). The tool behind the profiles quoted in ``benchmarks/README.md``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_embed.py
 """
@@ -24,7 +25,7 @@ from corpus import english_paragraphs  # noqa: E402
 KINDS = [
     ("attention", ("native_attention", "scaled_dot_product", "flash_attention", "_softmax",
                    "baddbmm", "bmm")),
-    ("matmul", ("addmm", "mm", "linear", "matmul")),
+    ("matmul", ("addmm", "mm", "linear", "matmul", "qlinear")),
     ("activation", ("gelu", "silu", "tanh", "sigmoid")),
     ("normalisation", ("layer_norm", "rms_norm", "norm")),
     ("layout copies", ("copy_", "index_copy", "index_select", "clone", "contiguous", "cat",
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: bundled MiniLM)")
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", default=None, choices=[None, "int8"])
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
 
@@ -56,7 +58,8 @@ def main() -> None:
     from cenote import LLM
     from cenote.config import default_model_path
 
-    llm = LLM(str(args.model or default_model_path()), dtype=args.dtype)
+    llm = LLM(str(args.model or default_model_path()), dtype=args.dtype,
+              quantization=args.quantization)
     tokenizer = llm.get_tokenizer()
     texts = [t for t in english_paragraphs(args.texts + 200)
              if len(tokenizer(t)["input_ids"]) <= llm.config.max_model_len][: args.texts]
@@ -72,7 +75,7 @@ def main() -> None:
     # Self time of leaf operators only: an aten op's children are counted once.
     self_us: Counter = Counter()
     for event in prof.key_averages():
-        if event.key.startswith(("aten::", "mkldnn", "cenote::")):
+        if event.key.startswith(("aten::", "mkldnn", "onednn::", "cenote::")):
             self_us[event.key] += event.self_cpu_time_total
     total_ops_s = sum(self_us.values()) / 1e6
     by_kind: Counter = Counter()

@@ -33,10 +33,11 @@ TEXTS = [
 
 
 class RecordingRunner:
-    """Stands in for ``runner.execute``: records batches, can hold the first, can fail."""
+    """Wraps ``runner.prepare``, the first step of every batch (and of each input run
+    alone): records batches, can hold the first, can fail."""
 
-    def __init__(self, execute, hold_first: bool = False, poison: int | None = None) -> None:
-        self.execute = execute
+    def __init__(self, prepare, hold_first: bool = False, poison: int | None = None) -> None:
+        self.prepare = prepare
         self.poison = poison
         self.batches: list[list[tuple[int, ...]]] = []
         self.entered = threading.Event()
@@ -50,7 +51,7 @@ class RecordingRunner:
         self.release.wait(60)
         if self.poison is not None and any(self.poison in s.token_ids for s in seqs):
             raise RuntimeError("poisoned batch")
-        return self.execute(seqs, pooling_task)
+        return self.prepare(seqs, pooling_task)
 
 
 @pytest.fixture
@@ -70,8 +71,8 @@ def small_budget_engine(minilm_path):
 
 
 def record(monkeypatch, engine: AsyncPoolingEngine, **kwargs) -> RecordingRunner:
-    recorder = RecordingRunner(engine.engine.runner.execute, **kwargs)
-    monkeypatch.setattr(engine.engine.runner, "execute", recorder)
+    recorder = RecordingRunner(engine.engine.runner.prepare, **kwargs)
+    monkeypatch.setattr(engine.engine.runner, "prepare", recorder)
     return recorder
 
 
@@ -203,13 +204,13 @@ def test_the_model_is_loaded_on_the_thread_that_runs_its_batches(minilm_bf16, mo
         return minilm_bf16.engine
 
     monkeypatch.setattr(async_engine, "PoolingEngine", load)
-    execute = minilm_bf16.engine.runner.execute
+    launch = minilm_bf16.engine.runner.launch
 
-    def run(seqs, pooling_task):
+    def run(prepared):
         threads["run"] = threading.current_thread()
-        return execute(seqs, pooling_task)
+        return launch(prepared)
 
-    monkeypatch.setattr(minilm_bf16.engine.runner, "execute", run)
+    monkeypatch.setattr(minilm_bf16.engine.runner, "launch", run)
     engine = AsyncPoolingEngine.from_config(minilm_bf16.config)
     engine.start()
     try:

@@ -117,3 +117,34 @@ def test_a_refusing_flash_kernel_falls_back_to_sdpa_for_good(monkeypatch, caplog
         q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)
     ).transpose(0, 1).reshape(b - a, -1) for a, b in ((0, 5), (5, 14))])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@requires_cuda
+def test_a_batch_goes_to_the_gpu_without_waiting_for_queued_kernels():
+    # Pinned memory and non-blocking copies: the next batch is prepared while one runs
+    # (cenote/engine/pipeline.py). A copy that waits for the device raises here.
+    from cenote.models.batch import PackedBatch
+
+    busy = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        busy @ busy  # queued, still running while the batch is built
+        batch = PackedBatch.build([[101, 7, 8, 102], [101, 102]], [[0, 0, 1, 1], [0, 0]],
+                                  device="cuda", bucket=True, pooled="first")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert batch.input_ids.device.type == "cuda"
+    assert batch.input_ids[:6].tolist() == [101, 7, 8, 102, 101, 102]
+    assert batch.key_padding_mask.dtype == torch.bool
+    assert batch.pooled_rows[:2].tolist() == [0, 4]
+
+
+@requires_cuda
+def test_one_batch_ahead_on_the_gpu_gives_the_outputs_of_one_at_a_time(minilm_path):
+    llm = LLM(str(minilm_path), device="cuda", max_num_batched_tokens=64)
+    texts = [f"Sentence number {i} about a topic." * (1 + i % 3) for i in range(40)]
+    ahead = torch.stack([o.outputs.data for o in llm.embed(texts)])
+    runner = llm.engine.runner
+    alone = torch.stack([runner.execute(s, "embed")[0]
+                         for s in ([seq] for seq in llm.engine.prepare(texts, "embed"))])
+    assert F.cosine_similarity(ahead.float(), alone.float()).min() >= 0.999

@@ -405,7 +405,7 @@ def test_a_server_error_answers_without_traceback_or_paths(make_app, monkeypatch
     if where == "route":
         monkeypatch.setattr(engine, "encode", explode)
     else:
-        monkeypatch.setattr(engine.engine.runner, "execute", explode)
+        monkeypatch.setattr(engine.engine.runner, "launch", explode)
 
     async def scenario():
         async with client(app) as http:

@@ -22,6 +22,7 @@ import torch
 
 from cenote.engine.memory import HeapTrimmer
 from cenote.engine.model_thread import ModelThread
+from cenote.engine.pipeline import BatchOutcome, Picked, run_one_ahead
 from cenote.engine.request_queue import Lane, RequestQueue, ScheduledBatch
 from cenote.engine.runner import ModelRunner
 from cenote.inputs.prompts import SequenceInput
@@ -83,6 +84,15 @@ class CoreRequest:
     results: list[torch.Tensor | None] = field(init=False)
     remaining: int = field(init=False)
     lane: Lane | None = None
+    # Whether ``on_done`` was called. A request can fail while a batch with more of its
+    # records is already in flight (batches run one ahead); that batch's outputs for it
+    # are dropped.
+    settled: bool = field(default=False, init=False)
+
+    def settle(self, outcome: Outcome) -> None:
+        if not self.settled:
+            self.settled = True
+            self.on_done(outcome)
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.seqs)
@@ -232,30 +242,39 @@ class EngineCore:
             raise
 
     def _batch_loop(self) -> None:
+        run_one_ahead(self.runner, self._next_batch, self._finish)
+        with self._cond:  # stopping: after the batches in flight, fail what still waits
+            self._fail_waiting(EngineStoppedError("The engine is shutting down."))
+
+    def _next_batch(self, wait: bool) -> Picked | None:
+        """The next batch to run (None: stopping, or none queued and ``wait`` false)."""
         while True:
             with self._cond:
-                while not self._stopping and not len(self._queue):
+                while wait and not self._stopping and not len(self._queue):
                     self._idle = True
                     self._cond.wait()
+                if self._stopping or not len(self._queue):
+                    return None
                 self._last_progress = time.monotonic()
                 if self._idle:  # busy time starts now, for the throughput estimate
                     self._idle = False
                     self._rate_clock = self._last_progress
-                if self._stopping:
-                    self._fail_waiting(EngineStoppedError("The engine is shutting down."))
-                    return
                 batch = self._queue.next_batch()
             if batch is not None and batch.members:
-                self._execute(batch)
-                self._heap.maybe_trim()
+                seqs = [lane.owner.seqs[i] for lane, i in batch.members]
+                return (batch, time.perf_counter()), seqs, batch.pooling_task
 
-    def _execute(self, batch: ScheduledBatch[CoreRequest]) -> None:
-        started = time.perf_counter()
-        outputs = self._run_isolating_failures(batch)
+    def _finish(self, picked: tuple[ScheduledBatch[CoreRequest], float],
+                outcome: BatchOutcome) -> None:
+        batch, started = picked
+        outputs = (list(outcome) if not isinstance(outcome, Exception)
+                   else self._run_one_by_one(batch, outcome))
         requests = {lane.owner: None for lane, _ in batch.members}
         # The first input of each request that failed even when run alone.
         failed: dict[CoreRequest, int] = {}
         for (lane, index), output in zip(batch.members, outputs, strict=True):
+            if lane.owner.settled:
+                continue
             if output is None:
                 failed.setdefault(lane.owner, index)
                 continue
@@ -265,12 +284,13 @@ class EngineCore:
         if failed:
             self._fail_requests(failed)
         for request in requests:
-            if request.remaining == 0 and request not in failed:
-                request.on_done(request.results)
+            if request.remaining == 0:
+                request.settle(request.results)
         seconds = time.perf_counter() - started
         busy_until, self._rate_clock = self._rate_clock, time.monotonic()
         self._recent_tokens = 0.95 * self._recent_tokens + batch.num_tokens
         self._recent_seconds = 0.95 * self._recent_seconds + self._rate_clock - busy_until
+        self._heap.maybe_trim()
         if self.on_batch is not None:
             stats = BatchStats(batch.pooling_task, len(outputs), batch.num_tokens, seconds,
                                len(requests))
@@ -279,31 +299,23 @@ class EngineCore:
             except Exception:  # metrics must never take the worker down
                 logger.exception("The batch observer failed")
 
-    def _run_isolating_failures(
-        self, batch: ScheduledBatch[CoreRequest]
-    ) -> list[torch.Tensor | None]:
-        """The batch's outputs in member order; ``None`` where an input made the model fail.
-
-        When the batch as a whole raises (one poisonous input, out of memory),
-        each member runs again alone, so only the inputs that fail by themselves
-        fail their requests and every other request in the batch still succeeds.
+    def _run_one_by_one(self, batch: ScheduledBatch[CoreRequest], error: Exception
+                        ) -> list[torch.Tensor | None]:
+        """The outputs of a batch that raised as a whole (one poisonous input, out of
+        memory), each member run again alone: ``None`` where an input fails by itself,
+        so only its request fails and every other request in the batch still succeeds.
         """
         seqs = [lane.owner.seqs[i] for lane, i in batch.members]
-        try:
-            outputs = self.runner.execute(seqs, batch.pooling_task)
-            if len(outputs) != len(seqs):
-                raise RuntimeError(f"{len(outputs)} outputs for {len(seqs)} sequences")
-            return list(outputs)
-        except Exception:  # a bad batch must never take the worker down
-            if len(seqs) == 1:
-                logger.exception("The model failed on a sequence of %d tokens",
-                                 seqs[0].cost)
-                return [None]
-            logger.exception("A batch of %d sequences failed; running each alone", len(seqs))
+        if len(seqs) == 1:
+            logger.error("The model failed on a sequence of %d tokens", seqs[0].cost,
+                         exc_info=error)
+            return [None]
+        logger.error("A batch of %d sequences failed; running each alone", len(seqs),
+                     exc_info=error)
         outputs: list[torch.Tensor | None] = []
         failed: set[CoreRequest] = set()
         for (lane, _), seq in zip(batch.members, seqs, strict=True):
-            if lane.owner in failed:  # its request has failed already: spare the model
+            if lane.owner in failed or lane.owner.settled:  # spare the model
                 outputs.append(None)
                 continue
             try:
@@ -324,10 +336,10 @@ class EngineCore:
                 self._queue.remove(request.lane)
         for request, index in failed.items():
             # The model's own message may hold internals; the client gets a plain one.
-            request.on_done(BatchFailedError(
+            request.settle(BatchFailedError(
                 f"The model failed on input {index} of this request."))
 
     def _fail_waiting(self, exc: BaseException) -> None:
         # Called with the lock held, on shutdown.
         for request in self._queue.clear():
-            request.on_done(exc)
+            request.settle(exc)

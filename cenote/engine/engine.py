@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from cenote.config import ModelConfig
+from cenote.engine.pipeline import run_one_ahead
 from cenote.engine.quantization import Int8Accuracy, measure_int8
 from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
@@ -266,15 +267,25 @@ class PoolingEngine:
         pooling_task: str,
         on_batch_done: Callable[[int], None] | None = None,
     ) -> list[torch.Tensor]:
-        """Run prompts in length-sorted, token-budgeted batches; outputs in input order."""
+        """Run prompts in length-sorted, token-budgeted batches, one ahead (the next is
+        prepared while one runs on a GPU); outputs in input order."""
         out: list[torch.Tensor | None] = [None] * len(seqs)
         lengths = [s.cost for s in seqs]
-        for batch in schedule_batches(lengths, self.config.max_num_batched_tokens):
-            results = self.runner.execute([seqs[i] for i in batch], pooling_task)
-            for i, result in zip(batch, results, strict=True):
+        batches = iter(schedule_batches(lengths, self.config.max_num_batched_tokens))
+
+        def next_batch(wait: bool) -> tuple[list[int], list[SequenceInput], str] | None:
+            batch = next(batches, None)
+            return None if batch is None else (batch, [seqs[i] for i in batch], pooling_task)
+
+        def finish(batch: list[int], outcome: list[torch.Tensor] | Exception) -> None:
+            if isinstance(outcome, Exception):
+                raise outcome
+            for i, result in zip(batch, outcome, strict=True):
                 out[i] = result
             if on_batch_done is not None:
                 on_batch_done(len(batch))
+
+        run_one_ahead(self.runner, next_batch, finish)
         return out
 
 

@@ -1,7 +1,8 @@
 """Running one scheduled batch in three steps: ``prepare`` (pack the input records into
 device tensors), ``launch`` (model and pooler; on a GPU this only queues kernels) and
 ``collect`` (the outputs on the CPU, in one copy). ``execute`` does all three; the
-steps are apart so a GPU engine can prepare the next batch while one is in flight."""
+steps are apart so that the next batch is prepared while one is in flight
+(:mod:`cenote.engine.pipeline`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from cenote.config import ModelConfig, PoolingType
 from cenote.inputs.prompts import SequenceInput
 from cenote.models import load_model
-from cenote.models.batch import PackedBatch
+from cenote.models.batch import PackedBatch, upload
 from cenote.models.interface import Vocabulary
 from cenote.models.linear import Linear
 from cenote.params import PoolingParams
@@ -51,6 +52,12 @@ class ModelRunner:
         # Whether a one-token pooler runs the last layer for the pooled rows only.
         self.prunes_last_layer = self.model.computes_pooled_rows_only
 
+    @property
+    def launches_async(self) -> bool:
+        """Whether :meth:`launch` returns before the batch has run (it queues a GPU's
+        kernels; on a CPU it computes)."""
+        return torch.device(self.config.device).type == "cuda"
+
     @torch.inference_mode()
     def execute(self, seqs: Sequence[SequenceInput], pooling_task: str) -> list[torch.Tensor]:
         """The pooled output of each record, on the CPU, in order."""
@@ -65,8 +72,8 @@ class ModelRunner:
                     if text_rows else PreparedBatch(None, pooling_task, []))
         prepared.text_rows, prepared.image_rows = text_rows, image_rows
         prepared.params = [s.params for s in seqs]
-        prepared.pixel_values = torch.stack([seqs[i].pixel_values for i in image_rows]).to(
-            self.config.device)
+        prepared.pixel_values = upload(torch.stack([seqs[i].pixel_values for i in image_rows]),
+                                       self.config.device)
         return prepared
 
     def _prepare_texts(self, seqs: Sequence[SequenceInput], pooling_task: str) -> PreparedBatch:

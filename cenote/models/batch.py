@@ -81,33 +81,33 @@ class PackedBatch:
             # Tokens are laid out sequence by sequence, so their padded slots are
             # exactly the valid cells of the mask in row-major order.
             slots = np.flatnonzero(valid)
-            padded_index = torch.from_numpy(slots).to(device)
+            padded_index = upload(slots, device)
             seen = valid
             if hides_keys:  # every token attends to the first visible_lens keys only
                 limits = np.asarray([n if v is None else v
                                      for v, n in zip(visible_lens, seq_lens, strict=True)])
                 seen = np.arange(max_len)[None, :] < limits[:, None]
-            mask = torch.from_numpy(seen)[:, None, None, :].to(device)
+            mask = upload(seen, device)[:, None, None, :]
         if filler:
             if slots is None:
                 slots = np.arange(num_tokens, dtype=np.int64)
-            row_index = torch.from_numpy(
-                np.concatenate([slots, np.zeros(filler, dtype=np.int64)])).to(device)
+            row_index = upload(np.concatenate([slots, np.zeros(filler, dtype=np.int64)]),
+                               device)
         else:
             row_index = padded_index
         pooled_rows = None
         if pooled is not None:
             picked = cu_seqlens[:-1] if pooled == "first" else cu_seqlens[1:] - 1
             count = bucket_rows(len(seq_lens)) if bucket else len(seq_lens)
-            pooled_rows = torch.from_numpy(
-                np.concatenate([picked, np.zeros(count - len(seq_lens), dtype=np.int64)])
-            ).to(device)
+            pooled_rows = upload(
+                np.concatenate([picked, np.zeros(count - len(seq_lens), dtype=np.int64)]),
+                device)
         return cls(
-            input_ids=input_ids.to(device),
-            positions=torch.from_numpy(positions).to(device),
-            token_type_ids=types.to(device) if types is not None else None,
+            input_ids=upload(input_ids, device),
+            positions=upload(positions, device),
+            token_type_ids=upload(types, device) if types is not None else None,
             seq_lens=seq_lens,
-            cu_seqlens=torch.from_numpy(cu_seqlens).to(device),
+            cu_seqlens=upload(cu_seqlens, device),
             max_len=max_len,
             padded_index=padded_index,
             key_padding_mask=mask,
@@ -152,6 +152,17 @@ def _flat(lists: list[list[int]], count: int, rows: int) -> torch.Tensor:
     out = np.zeros(rows, dtype=np.int64)
     out[:count] = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=count)
     return torch.from_numpy(out)
+
+
+def upload(data: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``data`` on ``device``. To a GPU it goes through pinned memory without waiting:
+    a copy from pageable memory waits for every kernel queued before it, so the next
+    batch could not be prepared while one runs (:mod:`cenote.engine.pipeline`)."""
+    tensor = torch.from_numpy(data) if isinstance(data, np.ndarray) else data
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def bucket_rows(num_tokens: int) -> int:
