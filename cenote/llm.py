@@ -106,14 +106,22 @@ class LLM:
         prompt_name: str | None = None,
     ) -> list[PoolingRequestOutput]:
         """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt)."""
-        _no_lora(lora_request)
         if pooling_task is None:  # as vLLM: embed where the model embeds, else encode
             pooling_task = ("embed" if "embed" in self.config.supported_pooling_tasks
                             else "encode")
-        prompts = normalize_prompts(prompts)
-        seqs = self.engine.prepare(prompts, pooling_task, pooling_params, truncate_prompt_tokens,
-                                   prompt_name=prompt_name)
-        return self._run(seqs, pooling_task, use_tqdm)
+        return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                          lora_request, pooling_task, prompt_name)
+
+    def _pool(self, prompts: Prompt | Sequence[Prompt], pooling_params: ParamsArg,
+              truncate_prompt_tokens: int | None, use_tqdm: bool | Callable[..., tqdm],
+              lora_request: Any, pooling_task: str, prompt_name: str | None = None,
+              kind: type[PoolingRequestOutput] = PoolingRequestOutput) -> list:
+        """``kind`` of output per prompt, for ``pooling_task``."""
+        _no_lora(lora_request)
+        seqs = self.engine.prepare(normalize_prompts(prompts), pooling_task, pooling_params,
+                                   truncate_prompt_tokens, prompt_name=prompt_name)
+        data = self._run_data(seqs, pooling_task, use_tqdm)
+        return request_outputs(seqs, data, lambda _: self._next_id(), kind)
 
     def embed(
         self,
@@ -128,10 +136,8 @@ class LLM:
         """One embedding vector per prompt. ``prompt_name``: the model's instruction
         to put before each text (Sentence-Transformers' ``prompts``; by default its
         ``default_prompt_name``)."""
-        outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed",
-                           prompt_name=prompt_name)
-        return [EmbeddingRequestOutput.from_base(o) for o in outs]
+        return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                          lora_request, "embed", prompt_name, EmbeddingRequestOutput)
 
     def embed_sparse(
         self,
@@ -145,10 +151,8 @@ class LLM:
     ) -> list[SparseEmbeddingRequestOutput]:
         """One sparse vector per prompt (SPLADE, BGE-M3's lexical weights):
         ``outputs.indices`` (vocabulary ids, ascending) and ``outputs.values``."""
-        outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, lora_request=lora_request,
-                           pooling_task="embed_sparse", prompt_name=prompt_name)
-        return [SparseEmbeddingRequestOutput.from_base(o) for o in outs]
+        return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                          lora_request, "embed_sparse", prompt_name, SparseEmbeddingRequestOutput)
 
     def classify(
         self,
@@ -160,9 +164,8 @@ class LLM:
         lora_request: Any = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt."""
-        outs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="classify")
-        return [ClassificationRequestOutput.from_base(o) for o in outs]
+        return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                          lora_request, "classify", None, ClassificationRequestOutput)
 
     def reward(
         self,
@@ -200,11 +203,6 @@ class LLM:
 
     def _next_id(self) -> str:
         return str(next(self._request_counter))
-
-    def _run(self, seqs: list[SequenceInput], pooling_task: str,
-             use_tqdm: bool | Callable[..., tqdm]) -> list[PoolingRequestOutput]:
-        data = self._run_data(seqs, pooling_task, use_tqdm)
-        return request_outputs(seqs, data, lambda _: self._next_id())
 
     def _run_data(self, seqs: list[SequenceInput], pooling_task: str,
                   use_tqdm: bool | Callable[..., tqdm]) -> list[torch.Tensor]:

@@ -125,8 +125,15 @@ class PoolingRequestOutput(Generic[OutputT]):
         if self.num_input_tokens is None:
             self.num_input_tokens = len(self.prompt_token_ids)
 
+    @staticmethod
+    def output_of(data: torch.Tensor) -> OutputT:
+        """The ``outputs`` of a prompt whose pooled data is ``data``."""
+        return PoolingOutput(data)
+
 
 class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
+    output_of = staticmethod(EmbeddingOutput)  # straight from the tensor, no list made
+
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> EmbeddingRequestOutput:
         return cls(out.request_id, EmbeddingOutput.from_base(out.outputs), out.prompt_token_ids,
@@ -134,6 +141,10 @@ class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
 
 
 class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
+    @staticmethod
+    def output_of(data: torch.Tensor) -> ClassificationOutput:
+        return ClassificationOutput.from_base(PoolingOutput(data))
+
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> ClassificationRequestOutput:
         return cls(out.request_id, ClassificationOutput.from_base(out.outputs),
@@ -141,6 +152,10 @@ class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
 
 
 class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
+    @staticmethod
+    def output_of(data: torch.Tensor) -> ScoringOutput:
+        return ScoringOutput.from_base(PoolingOutput(data))
+
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> ScoringRequestOutput:
         return cls(out.request_id, ScoringOutput.from_base(out.outputs), out.prompt_token_ids,
@@ -148,6 +163,10 @@ class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
 
 
 class SparseEmbeddingRequestOutput(PoolingRequestOutput[SparseEmbeddingOutput]):
+    @staticmethod
+    def output_of(data: torch.Tensor) -> SparseEmbeddingOutput:
+        return SparseEmbeddingOutput.from_base(PoolingOutput(data))
+
     @classmethod
     def from_base(cls, out: PoolingRequestOutput) -> SparseEmbeddingRequestOutput:
         return cls(out.request_id, SparseEmbeddingOutput.from_base(out.outputs),

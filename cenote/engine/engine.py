@@ -20,7 +20,7 @@ from cenote.inputs.instructions import instruction
 from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_image_prompt
 from cenote.inputs.tokenizer import Tokenizer, Truncation
-from cenote.outputs import PoolingOutput, PoolingRequestOutput
+from cenote.outputs import PoolingRequestOutput
 from cenote.params import PoolingParams
 from cenote.pooling.compact import calibration_texts
 from cenote.pooling.policy import PoolingPolicy
@@ -303,8 +303,10 @@ def warmup_records(engine: PoolingEngine, texts: Sequence[str] = WARMUP_TEXTS
 
 
 def request_outputs(seqs: Sequence[SequenceInput], data: Sequence[torch.Tensor],
-                    request_id: Callable[[int], str]) -> list[PoolingRequestOutput]:
-    """One output per input record; ``request_id(k)`` names the k-th."""
-    return [PoolingRequestOutput(request_id(k), PoolingOutput(d), s.token_ids,
-                                 num_input_tokens=s.cost)
+                    request_id: Callable[[int], str],
+                    kind: type[PoolingRequestOutput] = PoolingRequestOutput
+                    ) -> list[PoolingRequestOutput]:
+    """One ``kind`` of output per input record; ``request_id(k)`` names the k-th."""
+    output_of = kind.output_of
+    return [kind(request_id(k), output_of(d), s.token_ids, num_input_tokens=s.cost)
             for k, (s, d) in enumerate(zip(seqs, data, strict=True))]

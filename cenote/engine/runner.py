@@ -135,7 +135,7 @@ class ModelRunner:
     def collect(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The batch's outputs on the CPU, in one device-to-host copy (one per output
         would wait for the device once per sequence)."""
-        if not outputs or all(out.device.type == "cpu" for out in outputs):
+        if not outputs or outputs[0].device.type == "cpu":  # one device for a whole batch
             return list(outputs)
         if len({out.dtype for out in outputs}) > 1 or any(out.is_sparse for out in outputs):
             return [out.cpu() for out in outputs]
