@@ -3,8 +3,9 @@
 Requests' input records wait in a :class:`~cenote.engine.request_queue.RequestQueue`,
 which packs records from all clients into shared token-budget batches; the loop runs
 the batches through the runner, one ahead (:mod:`cenote.engine.pipeline`), and hands
-every request its outputs, in input order, through the callback it came with. A batch that fails is retried member by member so
-that only the inputs that fail alone fail their requests. Admission control and the
+every request its outputs, in input order, through the callback it came with. A batch
+that fails is retried member by member so that only the inputs that fail alone fail
+their requests. Admission control and the
 health figures (``seconds_without_progress``) live here, beside the queue they read.
 """
 
