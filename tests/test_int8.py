@@ -226,3 +226,45 @@ def test_a_feed_forward_block_in_int8_is_its_two_matmuls(rows_path):
     fused = first.feed_forward(x, "gelu", second, residual)
     apart = second(first(x, activation="gelu"), residual)
     torch.testing.assert_close(fused, apart, atol=1e-2 * apart.abs().max().item(), rtol=0)
+
+
+def test_bf16_rows_are_quantized_as_their_fp32_values(rows_path):
+    from cenote.models.quantization import quantize_rows
+
+    x = _tokens_with_an_outlier(width=96).bfloat16()
+    smooth = torch.rand(96, generator=torch.Generator().manual_seed(6)) + 0.5
+    for got, expected in zip(quantize_rows(x, smooth), quantize_rows(x.float(), smooth),
+                             strict=True):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("activation", ["gelu", None])
+def test_dequantizing_to_bf16_is_the_fp32_result_rounded(rows_path, activation):
+    from cenote.models.quantization import dequantize_rows
+
+    generator = torch.Generator().manual_seed(7)
+    sums = torch.randn(29, 160, generator=generator) * 3
+    scale, low = torch.rand(29, generator=generator), torch.randn(29, generator=generator)
+    weight_sums, bias = torch.randn(160, generator=generator), torch.randn(160, generator=generator)
+    fp32 = dequantize_rows(sums.clone(), scale, low, weight_sums, bias, activation=activation)
+    bf16 = dequantize_rows(sums.clone(), scale, low, weight_sums, bias, activation=activation,
+                           out_dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, fp32.bfloat16())
+
+
+def test_q_k_v_reach_attention_in_its_dtype_and_the_rest_stays_fp32(int8_llm):
+    from cenote.machine import cpu_has_native_bf16
+    from cenote.models.kernels import native_attention
+    from cenote.models.quantization import attention_dtype
+
+    kernel = native_attention()
+    expected = (torch.bfloat16 if cpu_has_native_bf16() and kernel is not None
+                and not kernel.portable else torch.float32)
+    assert attention_dtype() == expected
+    layer = int8_llm.engine.runner.model.layers[0]
+    assert layer.qkv.int8.out_dtype == expected
+    assert layer.attn_out.int8.out_dtype == layer.ffn_in.int8.out_dtype == torch.float32
+    x = torch.randn(5, layer.qkv.in_features)
+    assert layer.qkv(x).dtype == expected
+    # with a residual to add, the output is the residual stream's: fp32
+    assert layer.qkv.int8(x, torch.zeros(5, layer.qkv.out_features)).dtype == torch.float32

@@ -47,6 +47,7 @@ class BertLayer(nn.Module):
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.qkv = Linear(hidden, 3 * hidden)
+        self.qkv.feeds_attention = True
         self.attn_out = Linear(hidden, hidden)
         self.attn_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
         self.ffn_in = Linear(hidden, config.intermediate_size)

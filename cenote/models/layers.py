@@ -272,7 +272,7 @@ def pooled_query_attention(
         return None
     kv = kv_proj(x)
     # The kernel reads sequence b's query from its pooled token's row; no other row.
-    q = x.new_empty(x.shape[0], q_proj.out_features)
+    q = kv.new_empty(x.shape[0], q_proj.out_features)  # kv's dtype: bf16 from int8 layers
     q[batch.pooled_rows] = q_proj(x[batch.pooled_rows])
     k_end = num_kv_heads * head_dim
     return kernel(q, kv[:, :k_end], kv[:, k_end:], batch, num_heads, num_kv_heads, head_dim,

@@ -62,6 +62,9 @@ class Linear(nn.Linear):
     """
 
     packed: torch.Tensor | None = None
+    # Whether the output is attention's q/k/v (see cenote.models.quantization's
+    # attention_dtype): set by the model, kept by split_rows.
+    feeds_attention: bool = False
     # Opt-in int8: a cenote.models.quantization.Int8Weight, which then does the matmul.
     int8: Any = None
     int8_observed: torch.Tensor | None = None  # per input channel |max|, while calibrating
@@ -114,6 +117,8 @@ def split_rows(linear: Linear, first: int) -> tuple[Linear, Linear]:
     bias = linear.bias is not None
     parts = (Linear(linear.in_features, first, bias=bias),
              Linear(linear.in_features, linear.out_features - first, bias=bias))
+    for part in parts:
+        part.feeds_attention = linear.feeds_attention
     with torch.no_grad():
         for part, rows in zip(parts, (slice(None, first), slice(first, None)), strict=True):
             part.weight.copy_(linear.weight[rows])

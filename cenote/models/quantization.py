@@ -1,7 +1,6 @@
 """Opt-in int8 (``quantization="int8"``): every matmul of a natively run model with
 weights in int8 (one scale per output row) and activations in uint8 with one scale and
-offset per token, on oneDNN's int8 matmul (u8 x s8 products, int32 sums). Norms,
-attention, embeddings and the pooling heads stay in fp32.
+offset per token, on oneDNN's int8 matmul (u8 x s8 products, int32 sums).
 
 Why per token: a few tokens of a transformer's activations are far larger than the rest,
 and one scale per batch (torch's dynamic int8 matmuls) crushes all the others; on
@@ -9,6 +8,10 @@ all-MiniLM-L6-v2 that cost a mean cosine to float of 0.993, per token 0.998
 (benchmarks/README.md, "int8"). oneDNN takes one input scale per matmul, so each row is
 quantized here against its own range (``csrc/int8_rows_portable.c``) and the int32 sums
 come back through that row's scale and offset.
+
+Norms, embeddings and the pooling heads stay in fp32; the projection that feeds
+attention hands it q/k/v in :func:`attention_dtype` (bf16 where the CPU has bf16 dot
+products), its sums rounded to bf16 in the dequantizing pass.
 
 Why smoothing: a few input channels are also far larger than the rest; as SmoothQuant
 does, each is divided by a factor taken from its range on calibration texts and the
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cenote.machine import cpu_has_native_bf16
+from cenote.models.kernels import native_attention
 from cenote.models.linear import ACTIVATION_FUNCTIONS, Linear
 from cenote.models.native_build import load_kernel
 
@@ -45,6 +50,7 @@ SMOOTHING = 0.5
 # Activations the dequantizing kernel applies in its pass (csrc/int8_rows_portable.c);
 # the others run after it, in torch.
 KERNEL_ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+_ROW_DTYPES = (torch.float32, torch.bfloat16)  # what the quantizing kernel reads
 
 
 def check_int8_support() -> None:
@@ -83,10 +89,11 @@ class Int8Rows:
         i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
         self._quantize = library.cenote_quantize_rows
         self._quantize.restype = cint
-        self._quantize.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, cint]
+        self._quantize.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, cint, cint]
         self._dequantize = library.cenote_dequantize_rows
         self._dequantize.restype = cint
-        self._dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint, cint]
+        self._dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, cint,
+                                     cint]
         self._requantize = library.cenote_requantize_rows
         self._requantize.restype = cint
         self._requantize.argtypes = [ptr, ptr, ptr, ptr, ptr, cint, ptr, ptr, ptr, ptr, i64,
@@ -99,19 +106,22 @@ class Int8Rows:
         scale, low = torch.empty(rows), torch.empty(rows)
         _check(self._quantize(x.data_ptr(), x.stride(0), smooth.data_ptr(), q.data_ptr(),
                               scale.data_ptr(), low.data_ptr(), rows, n,
-                              torch.get_num_threads()), x)
+                              int(x.dtype == torch.float32), torch.get_num_threads()), x)
         return q, scale, low
 
     def dequantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                    weight_sums: torch.Tensor, bias: torch.Tensor,
-                   residual: torch.Tensor | None, activation: str | None) -> torch.Tensor:
+                   residual: torch.Tensor | None, activation: str | None,
+                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         rows, n = sums.shape
+        out = sums if out_dtype == torch.float32 else torch.empty(rows, n, dtype=out_dtype)
         _check(self._dequantize(
             sums.data_ptr(), scale.data_ptr(), low.data_ptr(), weight_sums.data_ptr(),
             bias.data_ptr(), residual.data_ptr() if residual is not None else None,
-            residual.stride(0) if residual is not None else 0, rows, n,
+            residual.stride(0) if residual is not None else 0,
+            out.data_ptr() if out is not sums else None, rows, n,
             KERNEL_ACTIVATIONS[activation], torch.get_num_threads()), sums)
-        return sums
+        return out
 
     def requantize(self, sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                    weight_sums: torch.Tensor, bias: torch.Tensor, activation: str | None,
@@ -144,10 +154,10 @@ def int8_rows() -> Int8Rows | None:
 
 def quantize_rows(x: torch.Tensor, smooth: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x * smooth`` (``[rows, n]`` fp32) as uint8 codes with each row's scale and
-    offset: ``x * smooth ~= scale[:, None] * q + low[:, None]``."""
+    """``x * smooth`` (``[rows, n]`` fp32 or bf16) as uint8 codes with each row's scale
+    and offset: ``x * smooth ~= scale[:, None] * q + low[:, None]``."""
     kernel = int8_rows()
-    if kernel is not None and x.dtype == torch.float32 and x.stride(-1) == 1:
+    if kernel is not None and x.dtype in _ROW_DTYPES and x.stride(-1) == 1:
         return kernel.quantize(x, smooth)
     y = x * smooth
     low, high = y.aminmax(dim=1)
@@ -159,19 +169,24 @@ def quantize_rows(x: torch.Tensor, smooth: torch.Tensor
 def dequantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                     weight_sums: torch.Tensor, bias: torch.Tensor,
                     residual: torch.Tensor | None = None,
-                    activation: str | None = None) -> torch.Tensor:
-    """``activation(scale * sums + low * weight_sums + bias) (+ residual)``, in place on
-    ``sums`` where the kernel runs; ``activation`` a key of ``ACTIVATION_FUNCTIONS``."""
+                    activation: str | None = None,
+                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``activation(scale * sums + low * weight_sums + bias) (+ residual)`` in
+    ``out_dtype`` (fp32: in place on ``sums`` where the kernel runs; bf16: without a
+    residual); ``activation`` a key of ``ACTIVATION_FUNCTIONS``."""
     kernel = int8_rows()
+    fused = activation if activation in KERNEL_ACTIVATIONS else None
     if kernel is not None and (residual is None or (
-            residual.dtype == torch.float32 and residual.stride(-1) == 1)):
-        fused = activation if activation in KERNEL_ACTIVATIONS else None
-        out = kernel.dequantize(sums, scale, low, weight_sums, bias, residual, fused)
+            residual.dtype == torch.float32 and residual.stride(-1) == 1)) and (
+            out_dtype == torch.float32 or (residual is None and fused == activation)):
+        out = kernel.dequantize(sums, scale, low, weight_sums, bias, residual, fused,
+                                out_dtype)
         return ACTIVATION_FUNCTIONS[activation](out) if activation != fused else out
     out = sums.mul_(scale[:, None]).addr_(low, weight_sums).add_(bias)
     if activation is not None:
         out = ACTIVATION_FUNCTIONS[activation](out)
-    return out.add_(residual) if residual is not None else out
+    out = out.add_(residual) if residual is not None else out
+    return out.to(out_dtype)
 
 
 def requantize_rows(sums: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
@@ -197,20 +212,24 @@ class Int8Weight:
     smooth: torch.Tensor  # [in] each input channel's factor, applied before quantizing
     weight_sums: torch.Tensor  # [out] the (smoothed, quantized) weight rows' sums
     bias: torch.Tensor  # [out] zeros where the layer has none
+    # What __call__ returns without a residual: bf16 for attention's q/k/v where the
+    # bf16 attention kernel runs (see attention_dtype).
+    out_dtype: torch.dtype = torch.float32
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                  activation: str | None = None) -> torch.Tensor:
         """``activation(x @ W.T + b)`` (``+ residual``) for ``x`` of shape ``[..., in]``."""
         shape = x.shape
+        out_dtype = self.out_dtype if residual is None else torch.float32
         if x.numel() == 0:
-            out = torch.zeros(*shape[:-1], len(self.bias))
+            out = torch.zeros(*shape[:-1], len(self.bias), dtype=out_dtype)
             return out + residual if residual is not None else out
         q, scale, low = quantize_rows(x.reshape(-1, shape[-1]), self.smooth)
         sums = _matmul(q, self.packed, self.scales, self.zero_points)
         if residual is not None:
             residual = residual.reshape(-1, sums.shape[-1])
         out = dequantize_rows(sums, scale, low, self.weight_sums, self.bias, residual,
-                              activation)
+                              activation, out_dtype)
         return out.reshape(*shape[:-1], out.shape[-1])
 
     def feed_forward(self, x: torch.Tensor, activation: str | None, then: Int8Weight,
@@ -226,6 +245,18 @@ class Int8Weight:
                                         activation, then.smooth)
         sums = _matmul(q, then.packed, then.scales, then.zero_points)
         return dequantize_rows(sums, scale, low, then.weight_sums, then.bias, residual)
+
+
+def attention_dtype() -> torch.dtype:
+    """The dtype int8 models hand attention's q/k/v in: bf16 where the CPU has bf16 dot
+    products and the AVX-512 attention kernel runs, else fp32. The bf16 kernel takes
+    attention 1.7x faster (0.32 s against 0.56 s of a 3.3 s pass of all-MiniLM-L6-v2 on an
+    AVX512-BF16 EPYC, benchmarks/README.md, "int8"), and bf16 keeps 8 bits of mantissa
+    where the int8 codes around it keep 8 bits in all."""
+    kernel = native_attention()
+    if cpu_has_native_bf16() and kernel is not None and not kernel.portable:
+        return torch.bfloat16
+    return torch.float32
 
 
 def _linears(model: nn.Module) -> list[Linear]:
@@ -253,9 +284,11 @@ def stop_observing(model: nn.Module) -> None:
 
 
 def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None,
-                    observed: torch.Tensor | None) -> Int8Weight:
+                    observed: torch.Tensor | None,
+                    out_dtype: torch.dtype = torch.float32) -> Int8Weight:
     """The int8 form of ``weight`` (``[out, in]``), smoothed by ``observed`` (each input
-    channel's largest magnitude on the calibration texts; None or zeros: unsmoothed)."""
+    channel's largest magnitude on the calibration texts; None or zeros: unsmoothed),
+    returning ``out_dtype`` (where no residual is added)."""
     weight = weight.detach().float()
     smooth = torch.ones(weight.shape[1])
     if observed is not None and observed.max() > 0:
@@ -274,16 +307,20 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None,
         smooth=smooth,
         weight_sums=(codes.float() * scales[:, None]).sum(dim=1).contiguous(),
         bias=(bias.detach().float().contiguous() if bias is not None
-              else torch.zeros(len(scales))))
+              else torch.zeros(len(scales))),
+        out_dtype=out_dtype)
 
 
 def quantize_linears(model: nn.Module) -> int:
     """Give every :class:`Linear` of ``model`` an int8 weight, smoothed by the input
-    ranges :func:`observe_inputs` recorded; returns how many."""
+    ranges :func:`observe_inputs` recorded; returns how many. Those that feed attention
+    return its q/k/v in :func:`attention_dtype`."""
     count = 0
+    to_attention = attention_dtype()
     for layer in _linears(model):
         observed, layer.int8_observed = layer.int8_observed, None
-        layer.int8 = quantize_linear(layer.weight, layer.bias, observed)
+        layer.int8 = quantize_linear(layer.weight, layer.bias, observed,
+                                     to_attention if layer.feeds_attention else torch.float32)
         count += 1
     return count
 

@@ -37,6 +37,7 @@ class PreNormLayer(nn.Module):
         eps = config.layer_norm_eps
         self.norm1 = LayerNorm(hidden, eps=eps)
         self.qkv = Linear(hidden, 3 * hidden)
+        self.qkv.feeds_attention = True
         self.attn_out = Linear(hidden, hidden)
         self.norm2 = LayerNorm(hidden, eps=eps)
         self.fc1 = Linear(hidden, config.intermediate_size)

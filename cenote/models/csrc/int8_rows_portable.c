@@ -3,14 +3,14 @@
  *
  * cenote_quantize_rows: each row of x, times the per-channel smoothing factor, is mapped
  * onto 0..255 by its own range: q = round((x * smooth - lo) / scale), with
- * scale = (hi - lo) / 255, so that x * smooth ~= scale * q + lo.
+ * scale = (hi - lo) / 255, so that x * smooth ~= scale * q + lo. x is fp32 or bf16.
  *
  * cenote_dequantize_rows: from the matmul's sums acc[m][n] = sum_k q[m][k] * w[n][k]
  * (already times the weight row's scale), the real product is
  * scale[m] * acc[m][n] + lo[m] * wsum[n], wsum[n] the weight row's sum; plus the bias,
  * then the activation (GELU, its tanh form or ReLU: applied here, since oneDNN cannot
  * apply it to sums that are not yet the product) and, when given, a residual. In place
- * on acc. */
+ * on acc, or rounded to bf16 into a separate output (for the bf16 attention kernel). */
 #include <stdint.h>
 #include <omp.h>
 #include "portable.h"
@@ -45,13 +45,15 @@ static inline float activate(float v, const int activation)
     return v;
 }
 
-static inline void quantize_row(const float *xr, const float *smooth, uint8_t *qr,
-                                float *scale, float *lo_out, int64_t n)
+/* One row; fp32 a compile-time constant (fp32 or bf16 input, no branch in the loops). */
+static inline __attribute__((always_inline)) void quantize_row(
+    const void *xr, const float *smooth, uint8_t *qr, float *scale, float *lo_out,
+    int64_t n, const int fp32)
 {
-    float lo = xr[0] * smooth[0], hi = lo;
+    float lo = load(xr, 0, fp32) * smooth[0], hi = lo;
     #pragma omp simd reduction(min:lo) reduction(max:hi)
     for (int64_t k = 0; k < n; k++) {
-        const float v = xr[k] * smooth[k];
+        const float v = load(xr, k, fp32) * smooth[k];
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
     }
@@ -60,7 +62,7 @@ static inline void quantize_row(const float *xr, const float *smooth, uint8_t *q
     const float inv = 1.0f / s;
     #pragma omp simd
     for (int64_t k = 0; k < n; k++) {
-        float t = (xr[k] * smooth[k] - lo) * inv + 0.5f;  /* >= 0.5: truncation rounds */
+        float t = (load(xr, k, fp32) * smooth[k] - lo) * inv + 0.5f;  /* >= 0.5: truncation rounds */
         t = t > 255.0f ? 255.0f : t;
         qr[k] = (uint8_t)(int32_t)t;
     }
@@ -68,13 +70,19 @@ static inline void quantize_row(const float *xr, const float *smooth, uint8_t *q
     *lo_out = lo;
 }
 
-int cenote_quantize_rows(const float *x, int64_t ld_x, const float *smooth, uint8_t *q,
-                         float *scale, float *lo, int64_t rows, int64_t n, int threads)
+/* x: rows of fp32 (x_fp32 = 1) or bf16 (0), ld_x elements apart. */
+int cenote_quantize_rows(const void *x, int64_t ld_x, const float *smooth, uint8_t *q,
+                         float *scale, float *lo, int64_t rows, int64_t n, int x_fp32,
+                         int threads)
 {
     if (n <= 0 || threads < 1) return -1;
+    const int64_t bytes = x_fp32 ? 4 : 2;
     #pragma omp parallel for num_threads(threads) schedule(static) if (rows * n >= 65536)
-    for (int64_t r = 0; r < rows; r++)
-        quantize_row(x + r * ld_x, smooth, q + r * n, scale + r, lo + r, n);
+    for (int64_t r = 0; r < rows; r++) {
+        const char *xr = (const char *)x + r * ld_x * bytes;
+        if (x_fp32) quantize_row(xr, smooth, q + r * n, scale + r, lo + r, n, 1);
+        else quantize_row(xr, smooth, q + r * n, scale + r, lo + r, n, 0);
+    }
     return 0;
 }
 
@@ -85,12 +93,17 @@ int cenote_quantize_rows(const float *x, int64_t ld_x, const float *smooth, uint
     case RELU: row(__VA_ARGS__, RELU); break; \
     default: row(__VA_ARGS__, NONE); } } while (0)
 
-/* One row, with the activation a compile-time constant (no branch in the loop). */
+/* One row, with the activation a compile-time constant (no branch in the loop); into
+ * ob as bf16 where ob is given (no residual then), else in place. */
 static inline __attribute__((always_inline)) void dequantize_row(
-    float *ar, float s, float l, const float *wsum, const float *bias, const float *rr,
-    int64_t n, const int activation)
+    float *ar, uint16_t *ob, float s, float l, const float *wsum, const float *bias,
+    const float *rr, int64_t n, const int activation)
 {
-    if (rr) {
+    if (ob) {
+        #pragma omp simd
+        for (int64_t c = 0; c < n; c++)
+            ob[c] = round_bf16(activate(s * ar[c] + l * wsum[c] + bias[c], activation));
+    } else if (rr) {
         #pragma omp simd
         for (int64_t c = 0; c < n; c++)
             ar[c] = activate(s * ar[c] + l * wsum[c] + bias[c], activation) + rr[c];
@@ -101,17 +114,20 @@ static inline __attribute__((always_inline)) void dequantize_row(
     }
 }
 
+/* out_bf16: null (the result replaces acc) or [rows, n] bf16 (then no residual). */
 int cenote_dequantize_rows(float *acc, const float *scale, const float *lo,
                            const float *wsum, const float *bias, const float *residual,
-                           int64_t ld_residual, int64_t rows, int64_t n, int activation,
-                           int threads)
+                           int64_t ld_residual, uint16_t *out_bf16, int64_t rows, int64_t n,
+                           int activation, int threads)
 {
-    if (n <= 0 || threads < 1 || activation < NONE || activation > RELU) return -1;
+    if (n <= 0 || threads < 1 || activation < NONE || activation > RELU
+            || (out_bf16 && residual)) return -1;
     #pragma omp parallel for num_threads(threads) schedule(static) if (rows * n >= 65536)
     for (int64_t r = 0; r < rows; r++) {
         float *ar = acc + r * n;
         const float *rr = residual ? residual + r * ld_residual : 0;
-        BY_ACTIVATION(activation, dequantize_row, ar, scale[r], lo[r], wsum, bias, rr, n);
+        uint16_t *ob = out_bf16 ? out_bf16 + r * n : 0;
+        BY_ACTIVATION(activation, dequantize_row, ar, ob, scale[r], lo[r], wsum, bias, rr, n);
     }
     return 0;
 }
@@ -133,8 +149,8 @@ int cenote_requantize_rows(const float *acc, const float *scale, const float *lo
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t c = 0; c < n; c++) row[c] = acc[r * n + c];
-            BY_ACTIVATION(activation, dequantize_row, row, scale[r], lo[r], wsum, bias, 0, n);
-            quantize_row(row, smooth, q + r * n, scale_out + r, lo_out + r, n);
+            BY_ACTIVATION(activation, dequantize_row, row, 0, scale[r], lo[r], wsum, bias, 0, n);
+            quantize_row(row, smooth, q + r * n, scale_out + r, lo_out + r, n, 1);
         }
     }
     return 0;
