@@ -254,12 +254,9 @@ def test_dequantizing_to_bf16_is_the_fp32_result_rounded(rows_path, activation):
 
 def test_q_k_v_reach_attention_in_its_dtype_and_the_rest_stays_fp32(int8_llm):
     from cenote.machine import cpu_has_native_bf16
-    from cenote.models.kernels import native_attention
     from cenote.models.quantization import attention_dtype
 
-    kernel = native_attention()
-    expected = (torch.bfloat16 if cpu_has_native_bf16() and kernel is not None
-                and not kernel.portable else torch.float32)
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert attention_dtype() == expected
     layer = int8_llm.engine.runner.model.layers[0]
     assert layer.qkv.int8.out_dtype == expected

@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from cenote.machine import cpu_has_native_bf16
-from cenote.models.kernels import native_attention
 from cenote.models.linear import ACTIVATION_FUNCTIONS, Linear
 from cenote.models.native_build import load_kernel
 
@@ -248,15 +247,14 @@ class Int8Weight:
 
 
 def attention_dtype() -> torch.dtype:
-    """The dtype int8 models hand attention's q/k/v in: bf16 where the CPU has bf16 dot
-    products and the AVX-512 attention kernel runs, else fp32. The bf16 kernel takes
-    attention 1.7x faster (0.32 s against 0.56 s of a 3.3 s pass of all-MiniLM-L6-v2 on an
-    AVX512-BF16 EPYC, benchmarks/README.md, "int8"), and bf16 keeps 8 bits of mantissa
-    where the int8 codes around it keep 8 bits in all."""
-    kernel = native_attention()
-    if cpu_has_native_bf16() and kernel is not None and not kernel.portable:
-        return torch.bfloat16
-    return torch.float32
+    """The dtype int8 models hand attention's q/k/v in: bf16 on CPUs with bf16 dot
+    products (AVX512-BF16, AMX), else fp32. There the AVX-512 attention kernel takes
+    attention 1.9x faster in bf16 (0.29 s against 0.56 s of a 3 s pass of
+    all-MiniLM-L6-v2 on an AVX512-BF16 EPYC, benchmarks/README.md, "int8 on an
+    AVX512-BF16 CPU"); where SDPA is chosen instead, the model's load measured it in
+    this dtype too. bf16 keeps 8 bits of mantissa where the int8 codes around it keep
+    8 bits in all."""
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def _linears(model: nn.Module) -> list[Linear]:

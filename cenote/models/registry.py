@@ -17,9 +17,9 @@ from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_en
 from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import settle_cpu_attention
-from cenote.models.linear import pack_linears
+from cenote.models.linear import Linear, pack_linears
 from cenote.models.loading import iter_checkpoint, load_state_dict
-from cenote.models.quantization import check_int8_support
+from cenote.models.quantization import attention_dtype, check_int8_support
 from cenote.pooling.heads import DenseLayers, resolve_torch_activation
 from cenote.pooling.policy import PoolingPolicy
 from cenote.pooling.pooler import HeadWeights, Pooler
@@ -135,7 +135,11 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
         native_attention()  # built (or loaded from its cache) now, not on the first request
         native_rowwise()
         shape = model.attention_shape
-        settle_cpu_attention(shape.num_heads, shape.num_kv_heads, shape.head_dim, config.dtype,
+        # int8 layers that feed attention hand it q/k/v in a dtype of their own
+        int8_qkv = config.quantization == "int8" and any(
+            isinstance(m, Linear) and m.feeds_attention for m in model.modules())
+        dtype = attention_dtype() if int8_qkv else config.dtype
+        settle_cpu_attention(shape.num_heads, shape.num_kv_heads, shape.head_dim, dtype,
                              causal=shape.causal)
     weights = load_head_weights(config, model, vocabulary)
     width = (getattr(weights.token_head, "out_features", None)
