@@ -265,3 +265,19 @@ def test_q_k_v_reach_attention_in_its_dtype_and_the_rest_stays_fp32(int8_llm):
     assert layer.qkv(x).dtype == expected
     # with a residual to add, the output is the residual stream's: fp32
     assert layer.qkv.int8(x, torch.zeros(5, layer.qkv.out_features)).dtype == torch.float32
+
+
+def test_int8_batches_are_bucketed_and_filler_rows_change_nothing(int8_llm):
+    # oneDNN's int8 matmul caches a kernel per row count, as its float one does: a
+    # server's varied batches must come in few row counts
+    runner = int8_llm.engine.runner
+    assert runner.bucket_rows
+    texts = QUERIES + PASSAGES
+    bucketed = torch.tensor([o.outputs.embedding for o in int8_llm.embed(texts, use_tqdm=False)])
+    runner.bucket_rows = False
+    try:
+        exact = torch.tensor([o.outputs.embedding for o in int8_llm.embed(texts, use_tqdm=False)])
+    finally:
+        runner.bucket_rows = True
+    # each row is quantized against its own range: filler rows touch no other row
+    assert F.cosine_similarity(bucketed, exact).min() > 0.99999

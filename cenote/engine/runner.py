@@ -46,9 +46,10 @@ class ModelRunner:
         self.config = config
         loaded = load_model(config, vocabulary)
         self.model, self.pooler, self.policy = loaded.model, loaded.pooler, loaded.policy
-        # Packed oneDNN matmuls cache a kernel per row count: give them few row counts.
-        self.bucket_rows = any(isinstance(m, Linear) and m.packed is not None
-                               for m in self.model.modules())
+        # oneDNN's matmuls, packed float or int8 (quantized after calibration, so not yet
+        # here), cache a kernel per row count: give them few row counts.
+        self.bucket_rows = config.quantization == "int8" or any(
+            isinstance(m, Linear) and m.packed is not None for m in self.model.modules())
         # Whether a one-token pooler runs the last layer for the pooled rows only.
         self.prunes_last_layer = self.model.computes_pooled_rows_only
 
