@@ -63,20 +63,13 @@ static inline __attribute__((always_inline)) void write_codes(
     /* A constant row: every q is 0 and the product is lo * wsum, exactly. */
     const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
     const float inv = 1.0f / s;
-    if (smooth) {
-        #pragma omp simd
-        for (int64_t k = 0; k < n; k++) {
-            float t = (load(xr, k, fp32) * smooth[k] - lo) * inv + 0.5f;  /* >= 0.5: truncation rounds */
-            t = t > 255.0f ? 255.0f : t;
-            qr[k] = (uint8_t)(int32_t)t;
-        }
-    } else {
-        #pragma omp simd
-        for (int64_t k = 0; k < n; k++) {
-            float t = (((const float *)xr)[k] - lo) * inv + 0.5f;
-            t = t > 255.0f ? 255.0f : t;
-            qr[k] = (uint8_t)(int32_t)t;
-        }
+    /* smooth is the same for the whole loop: the compiler makes one loop per case */
+    #pragma omp simd
+    for (int64_t k = 0; k < n; k++) {
+        const float v = smooth ? load(xr, k, fp32) * smooth[k] : ((const float *)xr)[k];
+        float t = (v - lo) * inv + 0.5f;  /* >= 0.5: truncation rounds */
+        t = t > 255.0f ? 255.0f : t;
+        qr[k] = (uint8_t)(int32_t)t;
     }
     *scale = s;
     *lo_out = lo;
