@@ -17,6 +17,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from cenote.config import ModelConfig, PoolerConfig, PoolingType
+from cenote.exceptions import VLLMValidationError
 from cenote.llm import LLM
 from cenote.outputs import (
     ClassificationOutput,
@@ -49,5 +50,6 @@ __all__ = [
     "ScoringRequestOutput",
     "SparseEmbeddingOutput",
     "SparseEmbeddingRequestOutput",
+    "VLLMValidationError",
     "__version__",
 ]

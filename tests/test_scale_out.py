@@ -112,7 +112,7 @@ def test_an_engine_killed_under_load_fails_only_its_requests_and_comes_back(dp_s
     for k, response in results:
         if response.status_code == 503:
             assert int(response.headers["Retry-After"]) > 0
-            assert "died" in response.json()["message"]
+            assert "died" in response.json()["error"]["message"]
             continue
         got = np.array([d["embedding"] for d in response.json()["data"]])
         want = np.array([reference[t] for t in TEXTS[4 * k:4 * k + 4] * 4])

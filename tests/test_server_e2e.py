@@ -96,8 +96,10 @@ def assert_error(response: httpx.Response, status: int, message_part: str = "") 
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"object", "message", "type", "param", "code"}
-    assert body["object"] == "error" and body["code"] == status and body["param"] is None
+    assert set(body) == {"error"}
+    body = body["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    assert body["code"] == status
     assert message_part in body["message"]
     return body
 

@@ -155,7 +155,7 @@ def test_a_remote_image_is_fetched_only_from_an_allowed_host(server, offline, im
     url, body = image_host
     refused = embed(server, messages=image_messages(url))  # 127.0.0.1 is not "localhost"
     assert refused.status_code == 400
-    assert "--allowed-media-domains" in refused.json()["message"]
+    assert "--allowed-media-domains" in refused.json()["error"]["message"]
     allowed = embed(server, messages=image_messages(url.replace("127.0.0.1", "localhost")))
     assert allowed.status_code == 200, allowed.text
     got = torch.tensor(allowed.json()["data"][0]["embedding"])
@@ -215,14 +215,14 @@ def bomb_png() -> str:
 def test_bad_images_are_a_400_and_the_server_stays_healthy(server, messages, message):
     response = embed(server, messages=messages)
     assert response.status_code == 400, response.text
-    assert message in response.json()["message"]
+    assert message in response.json()["error"]["message"]
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
 def test_a_file_escaping_the_allowed_folder_is_refused(server, media_folder):
     response = embed(server, messages=image_messages(f"file://{media_folder}/../outside.png"))
     assert response.status_code == 400
-    assert "outside the folder" in response.json()["message"]
+    assert "outside the folder" in response.json()["error"]["message"]
 
 
 def test_an_image_sent_to_a_text_only_model_is_a_400():
@@ -230,7 +230,7 @@ def test_an_image_sent_to_a_text_only_model_is_a_400():
         response = httpx.post(f"{server.url}/v1/embeddings", json={
             "messages": image_messages(data_uri(png()))}, timeout=60)
         assert response.status_code == 400
-        assert "takes text only" in response.json()["message"]
+        assert "takes text only" in response.json()["error"]["message"]
         (card,) = httpx.get(f"{server.url}/v1/models").json()["data"]
         assert card["modalities"] == ["text"]
 

@@ -62,7 +62,7 @@ def test_a_long_input_is_embedded_in_chunks_as_offline(server, offline):
 def test_an_input_over_max_embed_len_is_a_400_naming_both_lengths(server):
     response = embeddings(server, input=LONG_TEXT * 5)
     assert response.status_code == 400
-    message = response.json()["message"]
+    message = response.json()["error"]["message"]
     assert "max_embed_len) is 1000 tokens" in message and "max_model_len = 32" in message
     assert httpx.get(f"{server.url}/health").status_code == 200
 
@@ -93,7 +93,7 @@ def test_prompt_name_per_request_is_as_offline(server, offline):
 def test_an_unknown_prompt_name_is_a_400_listing_the_names(server):
     response = embeddings(server, input=TEXTS, prompt_name="title")
     assert response.status_code == 400
-    assert "'query', 'document'" in response.json()["message"]
+    assert "'query', 'document'" in response.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_cohere_bad_input_is_a_400_naming_the_problem(server, body, message):
     response = httpx.post(f"{server.url}/v2/embed", json={"model": "prompted", **body},
                           timeout=60)
     assert response.status_code == 400, response.text
-    assert message in response.json()["message"]
+    assert message in response.json()["error"]["message"]
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 

@@ -95,7 +95,7 @@ def test_bad_retrieval_input_is_a_400_and_the_server_stays_healthy(m3_server, ro
         assert response.status_code == 200, response.text
     else:
         assert response.status_code == 400, response.text
-        assert message in response.json()["message"]
+        assert message in response.json()["error"]["message"]
     assert httpx.get(f"{m3_server.url}/health").status_code == 200
 
 
@@ -103,7 +103,7 @@ def test_sparse_on_a_dense_only_model_names_what_it_serves():
     with cenote_serve([]) as server:  # the bundled MiniLM: dense vectors only
         response = post(server, "/v1/embeddings", input="hello", embedding_type="sparse")
         assert response.status_code == 400
-        assert "encode, embed, token_embed" in response.json()["message"]
+        assert "encode, embed, token_embed" in response.json()["error"]["message"]
         response = post(server, "/embed_sparse", inputs="hello")
         assert response.status_code == 400
         assert httpx.get(f"{server.url}/health").status_code == 200

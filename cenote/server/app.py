@@ -33,7 +33,7 @@ class BearerAuthMiddleware:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in _PUBLIC_PATHS:
@@ -41,8 +41,11 @@ class BearerAuthMiddleware:
             return
         given = next((value for name, value in scope["headers"] if name == b"authorization"),
                      b"")
+        # The scheme is case-insensitive (RFC 7235): "bearer KEY" is as good as "Bearer KEY".
+        scheme, _, key = given.partition(b" ")
         # Constant-time comparison: response timing must not reveal the key.
-        if not hmac.compare_digest(given, self.expected):
+        if not (hmac.compare_digest(key.strip(), self.expected)
+                and scheme.lower() == b"bearer"):
             response = error_response(401, "Invalid or missing API key.",
                                       headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)

@@ -1,13 +1,19 @@
-"""One error shape for every failure: ``{"object":"error","message",...,"code"}``.
+"""One error shape for every failure: ``{"error": {"message", "type", "param", "code"}}``.
 
 Exception handlers turn everything a request can raise (bad JSON, failed
 validation, unknown routes, engine errors, bugs) into that shape, so no client
-ever sees HTML, FastAPI's 422 layout or a stack trace.
+ever sees HTML, FastAPI's 422 layout or a stack trace. Every message passes
+through :func:`client_message` on its way out: no object repr, memory address or
+path of this machine's installation reaches a client, whatever raised it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import tempfile
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -16,7 +22,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cenote.engine.async_engine import BatchFailedError, EngineStoppedError, QueueFullError
-from cenote.server.protocol import ErrorResponse
+from cenote.exceptions import VLLMValidationError
+from cenote.server.protocol import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +42,41 @@ _ERROR_TYPES = {
 _MAX_LISTED_PROBLEMS = 3
 
 
+# What must never reach a client: object reprs (``<_io.BytesIO object at 0x7f...>``, the
+# first step of CVE-2026-22778), bare addresses, and this machine's own folders.
+_OBJECT_REPR = re.compile(r"<[^<>]{0,200}? at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+
+
+def _private_folders() -> list[str]:
+    folders = {sys.prefix, sys.base_prefix, sys.exec_prefix, tempfile.gettempdir(),
+               os.path.expanduser("~"), os.path.dirname(os.path.dirname(__file__))}
+    # Longest first, so /usr/lib/python3/... goes before /usr.
+    return sorted((f for f in folders if f and f != os.sep), key=len, reverse=True)
+
+
+_PRIVATE_PATH = re.compile(
+    "(?:" + "|".join(re.escape(folder) for folder in _private_folders()) + r")[^\s'\"`,;)]*")
+
+
+def client_message(message: str) -> str:
+    """``message`` as it may be sent to a client: object reprs, memory addresses and
+    paths inside this machine's Python, home, temporary or cenote folders are cut out."""
+    message = _OBJECT_REPR.sub("<object>", message)
+    message = _ADDRESS.sub("0x…", message)
+    return _PRIVATE_PATH.sub("<path>", message)
+
+
 class APIError(Exception):
     """An error with an HTTP status and a message meant for the client."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.param = param
 
 
 class ModelNotFoundError(APIError):
@@ -62,14 +96,18 @@ def error_type(status: int) -> str:
     return "".join(word.capitalize() for word in phrase.replace("-", " ").split()) + "Error"
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = ErrorResponse(message=message, type=error_type(status), code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None,
+                   param: str | None = None) -> Response:
+    """The JSON error answer; the one place a message leaves for a client."""
+    body = ErrorResponse(error=ErrorInfo(message=client_message(message),
+                                         type=error_type(status), param=param, code=status))
     return Response(body.model_dump_json(), status_code=status, headers=headers,
                     media_type="application/json")
 
 
 def validation_message(exc: RequestValidationError) -> str:
-    """A short, readable summary of what was wrong with the body (never echoing input)."""
+    """A short, readable summary of what was wrong with the body (never echoing input),
+    each problem with pydantic's error type as vLLM's messages carry it."""
     problems = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
@@ -82,7 +120,8 @@ def validation_message(exc: RequestValidationError) -> str:
                             .rstrip(": "))
             continue
         where = ".".join(loc)
-        problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+        problem = f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+        problems.append(f"{problem} [type={error.get('type')}]" if error.get("type") else problem)
     problems = list(dict.fromkeys(problems))
     message = "; ".join(problems[:_MAX_LISTED_PROBLEMS])
     if len(problems) > _MAX_LISTED_PROBLEMS:
@@ -90,16 +129,25 @@ def validation_message(exc: RequestValidationError) -> str:
     return message or "The request body is invalid."
 
 
+def validation_param(exc: RequestValidationError) -> str | None:
+    """The body field of the first problem (``input``, ``encoding_format``), if any."""
+    for error in exc.errors():
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        if loc and isinstance(loc[0], str):
+            return loc[0]
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every failure the SPEC's error shape."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> Response:
-        return error_response(exc.status, exc.message, exc.headers)
+        return error_response(exc.status, exc.message, exc.headers, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(400, validation_message(exc))
+        return error_response(400, validation_message(exc), param=validation_param(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -110,6 +158,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     @app.exception_handler(TypeError)
     async def bad_request(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, VLLMValidationError):
+            return error_response(400, exc.args[0] if exc.args else str(exc), param=exc.parameter)
         return error_response(400, str(exc))
 
     @app.exception_handler(EngineStoppedError)

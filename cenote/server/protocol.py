@@ -351,12 +351,19 @@ class HealthResponse(APIModel):
     engines: list[EngineCapacity]
 
 
-class ErrorResponse(APIModel):
-    """The one error shape every failure answers with."""
+class ErrorInfo(APIModel):
+    """What went wrong: a message for people, the error's type (``BadRequestError``), the
+    request field at fault where one is, and the HTTP status."""
 
-    object: Literal["error"] = "error"
     message: str
     type: str
     param: str | None = None
     code: int
+
+
+class ErrorResponse(APIModel):
+    """The one error shape every failure answers with (vLLM 0.34's, OpenAI's own):
+    ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorInfo
 
