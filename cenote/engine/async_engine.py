@@ -281,8 +281,15 @@ class AsyncPoolingEngine:
         return calibration_ranges(vectors.numpy())
 
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text`` (no length check: this is how users measure inputs)."""
+        """Token ids of ``text`` (no check against ``max_model_len``: this is how users
+        measure inputs; a text too long for any tokens limit to matter is refused)."""
         check_unicode(text, "The prompt")
+        bound = self.engine.tokenizer.max_text_chars(chunked=True) or \
+            self.engine.tokenizer.max_text_chars()
+        if len(text) > bound:
+            raise ValueError(f"The prompt has {len(text)} characters; this server tokenises at "
+                             f"most {bound} per prompt (64 per token of the model's length "
+                             "limit).")
         hf = self.engine.tokenizer.hf
         encoded = await self._off_loop(hf, text, add_special_tokens=add_special_tokens,
                                        size=len(text))

@@ -164,9 +164,12 @@ class PoolingEngine:
                              "model (CLIP, SigLIP).")
         if pooling_task != "embed":
             raise ValueError(f"Images are embedded (the embed task), not {pooling_task!r}.")
-        pictures = [as_image(p["multi_modal_data"]["image"]) for p in prompts]
-        return [SequenceInput([], None, p, pixel_values=pixels, image_cost=self.images.cost)
-                for pixels, p in zip(self.images.pixels(pictures), params, strict=True)]
+        # One at a time: a decoded image is dropped as soon as its pixels are made, so a
+        # request holds at most one full-size image at once, not all of them.
+        return [SequenceInput([], None, p, image_cost=self.images.cost,
+                              pixel_values=self.images.pixels(
+                                  [as_image(prompt["multi_modal_data"]["image"])])[0])
+                for prompt, p in zip(prompts, params, strict=True)]
 
     def _instruction(self, prompt_name: str | None) -> str | None:
         """The instruction an embedding model's inputs start with (None: none)."""
@@ -225,7 +228,8 @@ class PoolingEngine:
         params: list[PoolingParams],
         encode: Callable[[list[int], Truncation | None], list[TokenizedPrompt]],
     ) -> list[TokenizedPrompt]:
-        # Prompts are tokenised together per truncation setting (nearly always one group).
+        # Prompts are tokenised together per truncation setting (nearly always one group),
+        # then padded where asked (cut first, as Transformers does).
         groups: dict[tuple[int | None, str | None], list[int]] = {}
         for i, p in enumerate(params):
             groups.setdefault((p.truncate_prompt_tokens, p.truncation_side), []).append(i)
@@ -233,7 +237,7 @@ class PoolingEngine:
         for (keep, side), idx in groups.items():
             cut = self.tokenizer.resolve_truncation(keep, side)
             for i, tok in zip(idx, encode(idx, cut), strict=True):
-                out[i] = tok
+                out[i] = self.tokenizer.pad(tok) if params[i].padding == "max_length" else tok
         return out
 
     def prepare_score(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,43 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 100
 # The formats untrusted bytes may be parsed as (no EPS: PIL hands it to Ghostscript).
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """Image bytes whose header has been read and checked, not yet decoded: what a
+    server request carries until its images are decoded, one at a time, when its
+    records are made."""
+
+    data: bytes = field(repr=False)
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> EncodedImage:
+    """``data`` checked from its header alone (format, size, aspect ratio): nothing is
+    decoded, so a decompression bomb costs nothing here."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"The image has more pixels than the {max_pixels} this server "
+                         "takes (--max-image-pixels).") from None
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError):
+        raise ValueError(_NOT_AN_IMAGE) from None
+    check_size(width, height, max_pixels)
+    return EncodedImage(data, width, height)
+
+
+_NOT_AN_IMAGE = f"The image does not decode: not a {', '.join(IMAGE_FORMATS)} image, or damaged."
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
@@ -37,16 +75,19 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any
                          "takes (--max-image-pixels).") from None
     except ValueError:
         raise
-    except (UnidentifiedImageError, OSError, EOFError, SyntaxError) as exc:
-        raise ValueError(f"The image does not decode: {type(exc).__name__}: {exc}") from None
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError):
+        # PIL's own messages name its objects (`<_io.BytesIO object at 0x...>`): not sent.
+        raise ValueError(_NOT_AN_IMAGE) from None
     return _upright_rgb(image)
 
 
 def as_image(value: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
-    """A prompt's image (a ``PIL.Image``, an ``HxWx3`` uint8 array, or image bytes) as an
-    upright RGB ``PIL.Image``."""
+    """A prompt's image (a ``PIL.Image``, an ``HxWx3`` uint8 array, image bytes, or an
+    :class:`EncodedImage`) as an upright RGB ``PIL.Image``."""
     from PIL import Image
 
+    if isinstance(value, EncodedImage):  # its size was checked against the server's limit
+        return decode_image(value.data, max(value.pixels, 1))
     if isinstance(value, (bytes, bytearray)):
         return decode_image(bytes(value), max_pixels)
     if isinstance(value, np.ndarray):
@@ -78,6 +119,17 @@ def _upright_rgb(image: Any) -> Any:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _patches(vision_config: Any) -> int:
+    return getattr(vision_config, "num_patches", None) or (
+        getattr(vision_config, "image_size", 224) // getattr(vision_config, "patch_size", 16)) ** 2
+
+
+def processed_pixels(vision_config: Any) -> int:
+    """The pixels of one image as the vision tower reads it: what even a 1x1 image costs
+    in memory once pre-processed."""
+    return _patches(vision_config) * getattr(vision_config, "patch_size", 16) ** 2
+
+
 class ImageProcessor:
     """The checkpoint's image processor (``preprocessor_config.json`` or
     ``processor_config.json``), on its PIL backend."""
@@ -95,10 +147,8 @@ class ImageProcessor:
             raise ValueError(f"{path} has no usable image processor "
                              f"(preprocessor_config.json): {exc}") from exc
         # A ViT's tokens: one per patch (SigLIP 2 declares its most), and CLIP's class token.
-        patches = getattr(vision_config, "num_patches", None) or (
-            getattr(vision_config, "image_size", 224)
-            // getattr(vision_config, "patch_size", 16)) ** 2
-        self.cost = patches + (getattr(vision_config, "model_type", "") == "clip_vision_model")
+        self.cost = _patches(vision_config) + (
+            getattr(vision_config, "model_type", "") == "clip_vision_model")
 
     def pixels(self, images: list[Any]) -> list[torch.Tensor]:
         """Each image as ``[3, H, W]`` pixel values."""

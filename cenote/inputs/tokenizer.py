@@ -14,6 +14,13 @@ from cenote.config.hub import TOKENIZER_FILES, has_tokenizer_files
 from cenote.inputs.prompts import Prompt, TokenizedPrompt, check_unicode
 
 TRUNCATION_SIDES = ("left", "right")
+# No tokenizer's tokens span this many characters on average, so a text longer than this
+# many characters per token of the length limit cannot fit in it: it is cut (when the
+# request truncates) or refused before the tokenizer sees it. Tokenising a 30 MB string
+# only to refuse it took 75 s and 4 GB. The floor keeps whitespace-heavy texts of short-
+# context models (a BERT word piece skips any run of spaces) from being refused.
+CHARS_PER_TOKEN_BOUND = 64
+MIN_TEXT_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -38,31 +45,37 @@ class ContextLengthError(ValueError):
     "classification", "score"), when set, names what the input was for, as vLLM's
     server words it."""
 
-    def __init__(self, max_model_len: int, num_tokens: int) -> None:
+    def __init__(self, max_model_len: int, num_tokens: int, at_least: bool = False) -> None:
         super().__init__(max_model_len, num_tokens)
         self.max_model_len = max_model_len
         self.num_tokens = num_tokens
+        # Counted on the input's first characters only (it was too long to tokenise whole).
+        self.at_least = at_least
         self.operation: str | None = None
+
+    def requested(self) -> str:
+        return f"{'at least ' if self.at_least else ''}{self.num_tokens} tokens"
 
     def __str__(self) -> str:
         purpose = f" for {self.operation}" if self.operation else ""
         return (f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"you requested {self.num_tokens} tokens in the input{purpose}. Please reduce "
+                f"you requested {self.requested()} in the input{purpose}. Please reduce "
                 "the length of the input.")
 
 
 class EmbedLengthError(ContextLengthError):
     """An input longer than ``max_embed_len``, with chunked processing on."""
 
-    def __init__(self, max_embed_len: int, max_model_len: int, num_tokens: int) -> None:
-        super().__init__(max_model_len, num_tokens)
+    def __init__(self, max_embed_len: int, max_model_len: int, num_tokens: int,
+                 at_least: bool = False) -> None:
+        super().__init__(max_model_len, num_tokens, at_least)
         self.max_embed_len = max_embed_len
 
     def __str__(self) -> str:
         return (f"This model's maximum embedding input length (max_embed_len) is "
                 f"{self.max_embed_len} tokens; inputs are processed in chunks of "
                 f"max_model_len = {self.max_model_len} tokens. However, you requested "
-                f"{self.num_tokens} tokens in the input. Please reduce the length of the input.")
+                f"{self.requested()} in the input. Please reduce the length of the input.")
 
 
 class Tokenizer:
@@ -130,7 +143,7 @@ class Tokenizer:
                 if not prompt:
                     raise ValueError(f"Prompt {i} is an empty string; it has nothing to encode.")
                 check_unicode(prompt, f"Prompt {i}")
-                texts.append(prompt)
+                texts.append(self.bound_text(prompt, cut, chunked, add_special_tokens))
                 text_slots.append(i)
             else:
                 ids = self.validate_token_ids(prompt["prompt_token_ids"], i)
@@ -158,6 +171,7 @@ class Tokenizer:
                 raise ValueError(f"Score pair {i} has an empty string; it has nothing to encode.")
             check_unicode(a, f"Score pair {i}")
             check_unicode(b, f"Score pair {i}")
+        pairs = [(self.bound_text(a, cut), self.bound_text(b, cut)) for a, b in pairs]
         if as_one_text:
             out = [TokenizedPrompt(ids)
                    for ids in self._encode_texts([a + b for a, b in pairs], cut)]
@@ -178,6 +192,31 @@ class Tokenizer:
             self._check_model_knows(prompt.token_ids, f"Score pair {i}")
             self.check_length(len(prompt.token_ids))
         return out
+
+    def max_text_chars(self, chunked: bool = False) -> int | None:
+        """The most characters of one text the tokenizer sees (None: no limit, for chunked
+        processing without ``max_embed_len``)."""
+        limit = self.max_embed_len if chunked else self.max_model_len
+        return None if limit is None else max(MIN_TEXT_CHARS, CHARS_PER_TOKEN_BOUND * limit)
+
+    def bound_text(self, text: str, cut: Truncation | None, chunked: bool = False,
+                   add_special_tokens: bool = True) -> str:
+        """``text``, or as much of it as could ever be read: the characters on the kept
+        side when the input is truncated (the tokens kept are the same), and a length
+        error counted on its first characters when it is not."""
+        bound = self.max_text_chars(chunked)
+        if bound is None or len(text) <= bound:
+            return text
+        if cut is not None:
+            return text[-bound:] if cut.side == "left" else text[:bound]
+        (ids,) = self._encode_texts([text[:bound]], None, add_special_tokens)
+        if chunked:
+            raise EmbedLengthError(self.max_embed_len, self.max_model_len, len(ids), True)
+        if len(ids) > self.max_model_len:
+            raise ContextLengthError(self.max_model_len, len(ids), True)
+        raise ValueError(f"The input has {len(text)} characters; this model reads at most "
+                         f"{bound} untruncated ({CHARS_PER_TOKEN_BOUND} per token of its "
+                         "length limit). Shorten it, or send truncate_prompt_tokens.")
 
     def _check_model_knows(self, ids: list[int], where: str) -> None:
         """Where the tokenizer has more ids than the model has embeddings: refuse a text
@@ -260,6 +299,26 @@ class Tokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids)
+
+    def pad(self, prompt: TokenizedPrompt) -> TokenizedPrompt:
+        """``prompt`` padded to ``max_model_len`` with the pad token, on the tokenizer's
+        padding side (vLLM's ``padding="max_length"``: the model reads the pad tokens as
+        any others, without an attention mask); token type ids are padded with 0."""
+        extra = self.max_model_len - len(prompt.token_ids)
+        if extra <= 0:
+            return prompt
+        if self.hf.pad_token_id is None:
+            raise ValueError("padding 'max_length' needs a pad token; this model's tokenizer "
+                             "has none.")
+        left = self.hf.padding_side == "left"
+
+        def padded(ids: list[int] | None, value: int) -> list[int] | None:
+            if ids is None:
+                return None
+            return [value] * extra + ids if left else ids + [value] * extra
+
+        return TokenizedPrompt(padded(prompt.token_ids, self.hf.pad_token_id),
+                               padded(prompt.token_type_ids, 0))
 
 
 def _cut(cut: Truncation | None, ids: list[int] | None) -> list[int] | None:

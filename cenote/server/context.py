@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from cenote.engine.async_engine import AsyncPoolingEngine
+from cenote.inputs.images import processed_pixels
 from cenote.inputs.prompts import Prompt
 from cenote.server.errors import ModelNotFoundError
+from cenote.server.guard import MediaBudget
 from cenote.server.media import MediaPolicy
 from cenote.server.metrics import ServerMetrics
 from cenote.server.protocol_chat import ChatFields, ImagePart, TextPart
@@ -31,6 +33,18 @@ class ServerLimits:
     """A request still unanswered after this long gets 504 and its queued work is dropped."""
     engine_stall_timeout_s: float = 120.0
     """/health fails once the busy engine has not started or finished a batch for this long."""
+    request_body_timeout_s: float = 30.0
+    """A request body still arriving after this long gets 408 (slow or stalled clients)."""
+    max_mm_pixels_per_request: int = 64_000_000
+    """Image pixels (from headers, before decoding) one request may carry; 400 above."""
+    max_mm_pixels_in_flight: int = 128_000_000
+    """Image pixels all requests being answered may hold at once; more wait, then 429."""
+
+    @property
+    def max_json_containers(self) -> int:
+        """JSON arrays and objects one body may hold (400 above, before it is parsed):
+        room for every input to be a token-id list or a message of several parts."""
+        return max(65536, 16 * self.max_inputs_per_request)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,12 @@ class ServerContext:
     trust_request_chat_template: bool = False
     # Where images may come from, and their limits.
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    # Image pixels per request and in flight (--max-mm-pixels-*).
+    media_budget: MediaBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.media_budget = MediaBudget(self.limits.max_mm_pixels_per_request,
+                                        self.limits.max_mm_pixels_in_flight)
 
     def model(self, requested: str | None) -> ModelContext:
         """The model a request asks for, by one of its served names; an unknown
@@ -121,7 +141,10 @@ class ModelContext:
             raise ValueError("This model embeds a text or an image per input, not both: send "
                              "them as separate inputs.")
         if urls:
-            return {"prompt": "", "multi_modal_data": {"image": await media.image(urls[0])}}
+            # Even a 1x1 image costs a whole input of the vision tower once pre-processed.
+            floor = processed_pixels(self.engine.config.hf_config.vision_config)
+            return {"prompt": "", "multi_modal_data": {"image": await media.image(urls[0],
+                                                                                  floor)}}
         if not texts:
             raise ValueError("messages have no content to embed.")
         return "\n".join(texts)

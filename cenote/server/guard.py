@@ -2,7 +2,12 @@
 
 :class:`RequestGuardMiddleware` reads the whole body itself, so it can refuse
 an oversized one early (413, from ``Content-Length`` or by counting a chunked
-body as it streams in). It then runs the route in a task of its own and
+body as it streams in), one that takes too long to arrive (408: a client that
+drips a body holds a connection no longer than ``--request-body-timeout``), and
+one whose JSON would cost too much to parse: ``json.loads`` holds the GIL, so a
+body of millions of tiny arrays (4 s for 5 million) freezes every request even
+on a worker thread, and is refused from a count of its brackets first. It then
+runs the route in a task of its own and
 watches the connection meanwhile: when the client goes away, or the request
 outlives ``--request-timeout`` (504), the route is cancelled, and the engine
 drops that request's sequences that have not run yet. While the server drains
@@ -13,12 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cenote.server.context import ServerContext
-from cenote.server.errors import error_response
+from cenote.server.errors import APIError, error_response
 from cenote.server.protocol_base import client_request_id
+
+if TYPE_CHECKING:
+    from cenote.server.context import ServerContext
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +42,88 @@ def _request_id(scope: Scope) -> str | None:
     if not value or len(value) > 256 or not all(32 <= c < 127 for c in value):
         return None
     return value.decode("ascii")
+
+
+class MediaBudget:
+    """Image pixels, counted from headers before anything is decoded: what one request
+    may ask for (``--max-mm-pixels-per-request``) and what the requests being answered
+    may hold at once (``--max-mm-pixels-in-flight``). A request over its own cap is a
+    400; one that would take the server over its cap waits for others to finish, and
+    gets 429 if they do not within ``wait_s``. Memory then stays bounded however many
+    images arrive, instead of a few kilobytes of PNGs decoding into gigabytes."""
+
+    def __init__(self, per_request: int, in_flight: int, wait_s: float = 10.0) -> None:
+        if in_flight < per_request:
+            raise ValueError(f"The in-flight image budget ({in_flight} pixels) must hold at "
+                             f"least one request's ({per_request}).")
+        self.per_request = per_request
+        self.in_flight = in_flight
+        self.wait_s = wait_s
+        self.used = 0
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:  # made in the server's event loop, on first use
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def acquire(self, pixels: int) -> None:
+        changed = self._condition()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        async with changed:
+            while self.used + pixels > self.in_flight:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise APIError(429, "The server is decoding as many images as it may hold "
+                                        "at once; retry shortly.", {"Retry-After": "1"})
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+            self.used += pixels
+
+    async def release(self, pixels: int) -> None:
+        if pixels:
+            changed = self._condition()
+            async with changed:
+                self.used -= pixels
+                changed.notify_all()
+
+
+@dataclass
+class RequestMedia:
+    """One request's images so far: their pixels and bytes against its caps, and the
+    pixels it holds of the server's budget until it is answered."""
+
+    budget: MediaBudget
+    max_bytes: int
+    pixels: int = 0
+    bytes: int = 0
+    held: int = 0
+
+    async def charge(self, pixels: int, num_bytes: int) -> None:
+        """Count an image in (``ValueError`` past this request's caps), then take its
+        pixels from the server's budget (waiting, or 429)."""
+        self.pixels += pixels
+        self.bytes += num_bytes
+        if self.pixels > self.budget.per_request:
+            raise ValueError(f"This request's images add up to more than the "
+                             f"{self.budget.per_request} pixels one request may hold "
+                             "(--max-mm-pixels-per-request); send fewer or smaller images.")
+        if self.bytes > self.max_bytes:
+            raise ValueError(f"This request's images add up to more than {self.max_bytes} "
+                             "bytes (--max-request-body-bytes); send fewer or smaller images.")
+        await self.budget.acquire(pixels)
+        self.held += pixels
+
+    async def release(self) -> None:
+        held, self.held = self.held, 0
+        await self.budget.release(held)
+
+
+# The images of the request being answered (set by the guard, charged where they are read).
+request_media: ContextVar[RequestMedia | None] = ContextVar("request_media", default=None)
 
 
 class RequestGuardMiddleware:
@@ -62,17 +154,35 @@ class RequestGuardMiddleware:
         if declared is not None and declared > cap:
             await _refuse(scope, receive, send, 413, _too_large(cap))
             return
-        body = await _read_body(receive, cap)
+        limits = self.context.limits
+        try:
+            body = await asyncio.wait_for(_read_body(receive, cap),
+                                          limits.request_body_timeout_s)
+        except asyncio.TimeoutError:
+            await _refuse(scope, receive, send, 408,
+                          f"The request body did not arrive within "
+                          f"{limits.request_body_timeout_s:g} s.")
+            return
         if body is None:  # the client left while sending
             return
         if isinstance(body, int):
             await _refuse(scope, receive, send, 413, _too_large(cap))
             return
+        if too_many_json_containers(body, limits.max_json_containers):
+            await _refuse(scope, receive, send, 400,
+                          f"The request body has more than {limits.max_json_containers} JSON "
+                          "arrays and objects. Send fewer inputs per request.")
+            return
         if self.log_inputs:
             logger.info("%s %s body: %s", scope["method"], scope["path"],
                         body[:_LOGGED_BODY_CHARS].decode("utf-8", errors="replace"))
         client_request_id.set(_request_id(scope))  # seen by the route's task, made below
-        await self._run_guarded(scope, body, receive, send)
+        media = RequestMedia(self.context.media_budget, limits.max_request_body_bytes)
+        request_media.set(media)
+        try:
+            await self._run_guarded(scope, body, receive, send)
+        finally:
+            await media.release()
 
     async def _run_guarded(self, scope: Scope, body: bytes, receive: Receive,
                            send: Send) -> None:
@@ -120,6 +230,18 @@ class RequestGuardMiddleware:
                 504, f"The request did not finish within {timeout:g} s; its queued work was "
                      "dropped. Send fewer or shorter inputs per request, or retry later.",
             )(scope, replay_body, send)
+
+
+def too_many_json_containers(body: bytes, cap: int) -> bool:
+    """Whether ``body`` holds more than ``cap`` JSON arrays and objects. Counting
+    brackets is a byte scan; only when text in strings could explain the count are the
+    strings taken out and the brackets counted again."""
+    if body.count(b"[") + body.count(b"{") <= cap:
+        return False
+    # Escaped backslashes, then escaped quotes, out of the way: every quote left opens or
+    # closes a string, so the pieces between them alternate structure and text.
+    pieces = body.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')
+    return sum(p.count(b"[") + p.count(b"{") for p in pieces[::2]) > cap
 
 
 def _content_length(scope: Scope) -> int | None:

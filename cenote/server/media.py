@@ -6,13 +6,19 @@
   size cap and no redirects (a redirect could lead off the allowed hosts).
 
 Anything else is refused with a message naming the flag that would allow it; a
-server never fetches a URL its operator did not allow.
+server never fetches a URL its operator did not allow. An image is read only as far
+as its header here: its size is checked and charged to the request's pixel budget
+(:class:`~cenote.server.guard.RequestMedia`), and it is decoded later, one at a time,
+when the engine makes the request's records. URLs are logged without credentials or
+query strings (presigned URLs carry secrets there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,21 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from starlette.concurrency import run_in_threadpool
 
-from cenote.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from cenote.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, EncodedImage, read_header
+from cenote.server.guard import request_media
+
+logger = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, credentials and query string included.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def loggable_url(url: str) -> str:
+    """``url`` fit for a log: scheme, host and path, without userinfo, query or fragment;
+    a data: URL as its media type and length."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "data":
+        return f"{url.partition(',')[0][:64]},... ({len(url)} characters)"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 @dataclass(frozen=True)
@@ -32,6 +52,7 @@ class MediaPolicy:
     allowed_media_domains: frozenset[str] = field(default_factory=frozenset)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = 20 * 1024 * 1024
+    # The whole fetch of a remote image, however slowly its host sends it.
     fetch_timeout_s: float = 10.0
     # Images per prompt (--limit-mm-per-prompt '{"image": N}').
     max_images_per_prompt: int = 1
@@ -51,14 +72,19 @@ class MediaPolicy:
                    allowed_media_domains=frozenset(d.lower() for d in args.allowed_media_domains),
                    max_image_pixels=args.max_image_pixels, max_images_per_prompt=images)
 
-    async def image(self, url: str) -> Any:
-        """The image ``url`` names, decoded (``ValueError`` for anything not allowed or
-        not an image)."""
+    async def image(self, url: str, min_pixels: int = 0) -> EncodedImage:
+        """The image ``url`` names, its header checked and its pixels (at least
+        ``min_pixels``: what it costs pre-processed) charged to the request's budget;
+        ``ValueError`` for anything not allowed or not an image."""
         data = await self._bytes(url)
         if len(data) > self.max_image_bytes:
             raise ValueError(f"The image is {len(data)} bytes, more than the "
                              f"{self.max_image_bytes} this server takes.")
-        return await run_in_threadpool(decode_image, data, self.max_image_pixels)
+        image = read_header(data, self.max_image_pixels)
+        media = request_media.get()
+        if media is not None:
+            await media.charge(max(image.pixels, min_pixels), len(data))
+        return image
 
     async def _bytes(self, url: str) -> bytes:
         if not isinstance(url, str) or not url:
@@ -97,6 +123,14 @@ class MediaPolicy:
         if host not in self.allowed_media_domains:
             raise ValueError(f"Images from {host or url!r} are not allowed on this server "
                              "(start it with --allowed-media-domains HOST to allow a host).")
+        logger.debug("Fetching an image from %s", loggable_url(url))
+        try:
+            return await asyncio.wait_for(self._fetch(url), self.fetch_timeout_s)
+        except asyncio.TimeoutError:
+            raise ValueError(f"Fetching the image took longer than {self.fetch_timeout_s:g} s."
+                             ) from None
+
+    async def _fetch(self, url: str) -> bytes:
         try:
             async with httpx.AsyncClient(timeout=self.fetch_timeout_s,
                                          follow_redirects=False) as client:

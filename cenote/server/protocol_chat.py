@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictStr
 
-from cenote.server.protocol_base import APIModel
+from cenote.server.protocol_base import APIModel, Items
 
 
 class TextPart(APIModel):
@@ -31,7 +31,7 @@ class ChatMessage(APIModel):
     model_config = ConfigDict(extra="allow")  # name, tool fields...: the template may read them
 
     role: StrictStr
-    content: StrictStr | list[ContentPart] | None = None
+    content: StrictStr | Items[ContentPart] | None = None
 
     def parts(self) -> list[TextPart | ImagePart]:
         if isinstance(self.content, list):
@@ -55,7 +55,7 @@ class ChatFields(APIModel):
     defaults, as in vLLM, to false with ``messages`` (the template writes them) and
     true for plain text."""
 
-    messages: list[ChatMessage] | None = None
+    messages: Items[ChatMessage] | None = None
     add_special_tokens: StrictBool | None = None
     add_generation_prompt: StrictBool = False
     continue_final_message: StrictBool = False
@@ -79,4 +79,4 @@ class ContentDocument(APIModel):
     """A score or rerank document given as content parts (an image for models that
     take images): ``{"content": [{"type": "image_url", "image_url": {"url": ...}}]}``."""
 
-    content: list[ContentPart]
+    content: Items[ContentPart]

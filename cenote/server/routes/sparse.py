@@ -12,7 +12,7 @@ from pydantic import StrictBool, StrictStr
 from cenote.params import PoolingParams
 from cenote.server.context import ServerContext, get_context
 from cenote.server.payloads import json_response, sparse_payload
-from cenote.server.protocol_base import APIModel
+from cenote.server.protocol_base import APIModel, Items
 
 router = APIRouter()
 
@@ -22,7 +22,7 @@ class EmbedSparseRequest(APIModel):
     them), ``truncation_direction`` and ``prompt_name``."""
 
     model: str | None = None
-    inputs: StrictStr | list[StrictStr]
+    inputs: StrictStr | Items[StrictStr]
     truncate: StrictBool = False
     truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
     prompt_name: StrictStr | None = None
