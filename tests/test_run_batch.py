@@ -66,7 +66,7 @@ def test_lines_are_answered_in_input_order_and_bad_lines_become_error_lines(tmp_
     assert lines[20]["error"]["message"].startswith("line 21 is not JSON")
     assert "/v1/completions" in lines[21]["error"]["message"]
     assert lines[22]["response"]["status_code"] == 400
-    assert "empty string" in lines[22]["response"]["body"]["message"]
+    assert "empty string" in lines[22]["response"]["body"]["error"]["message"]
     assert len(lines[23]["response"]["body"]["data"]) == 2
 
 
