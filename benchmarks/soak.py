@@ -19,6 +19,15 @@ go (glibc returns freed heap in steps, see ``cenote/engine/memory.py``), so
 one sample against one sample says more about where each landed than about
 growth; a leak raises the peaks.
 
+With ``--hostile-share 0.1`` the same N requests run twice after warm-up: once
+normal traffic only, once with a tenth of the requests hostile (a million
+wrongly-typed score items, a 30 MB string, a body of 200,000 tiny arrays, 1-bit
+PNG bombs as rerank documents, a body that stops arriving); it then reports the
+normal clients' p50/p99 in each phase, the server's peak RSS in each, and the
+slowest /health answer (probed every 100 ms) in each. Targets (issue 28): peak
+RSS with hostile traffic <= 2x the normal-only peak, /health <= 1 s, normal p99
+<= 3x its normal-only value.
+
 The warm-up runs in rounds of 500 requests until two rounds in a row grow RSS
 by less than 2 % each: on CPU, oneDNN compiles and caches a kernel per matmul
 shape, and batches come in many token counts (bucketed, see
@@ -26,12 +35,15 @@ shape, and batches come in many token counts (bucketed, see
 the traffic reaches has its kernels, and then stays flat.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/soak.py --requests 4000
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/soak.py --requests 2000 --hostile-share 0.1
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import itertools
 import json
 import os
@@ -53,6 +65,8 @@ from serve_load import corpus  # noqa: E402
 
 MODEL_NAME = "soak"
 WARMUP_ROUND = 500
+# The path of a request whose body stops arriving (sent on a raw connection).
+SLOW_BODY = "/v1/embeddings#slow"
 
 
 @dataclass
@@ -64,6 +78,7 @@ class Call:
     body: object
     expected: int = 200
     num_inputs: int = 1
+    hostile: bool = False
 
 
 @dataclass
@@ -74,8 +89,13 @@ class Tally:
     unexpected: Counter = field(default_factory=Counter)
     samples: dict[tuple[str, str], str] = field(default_factory=dict)
     inputs: int = 0
+    # Seconds each answered non-hostile request took, and the slowest /health.
+    latencies: list[float] = field(default_factory=list)
+    slowest_health: float = 0.0
 
-    def record(self, call: Call, status: str, text: str) -> None:
+    def record(self, call: Call, status: str, text: str, seconds: float = 0.0) -> None:
+        if not call.hostile and status.isdigit():
+            self.latencies.append(seconds)
         self.statuses[(call.kind, status)] += 1
         if status not in (str(call.expected), "429"):
             self.unexpected[(call.kind, status)] += 1
@@ -86,7 +106,9 @@ class Workload:
     """The request mix, drawn from real sentences and paragraphs with a fixed seed."""
 
     def __init__(self, sentences: list[str], paragraphs: list[str], token_ids: list[list[int]],
-                 seed: int) -> None:
+                 seed: int, hostile_share: float = 0.0) -> None:
+        self.hostile_share = hostile_share
+        self._hostile: list[Call] | None = None
         self.sentences = sentences
         self.paragraphs = paragraphs
         self.token_ids = token_ids
@@ -102,7 +124,34 @@ class Workload:
         self.weights = [weight for _, weight in kinds]
 
     def next(self) -> Call:
+        if self.hostile_share and self.random.random() < self.hostile_share:
+            return self.hostile()
         return self.random.choices(self.makers, self.weights)[0]()
+
+    def hostile(self) -> Call:
+        """One of the attacks of issue 28, its body made once and sent as bytes."""
+        if self._hostile is None:
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.new("1", (6000, 6000)).save(buffer, "PNG", optimize=True)
+            bomb = {"content": [{"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}]}
+            self._hostile = [
+                Call("hostile: 1e6 wrong-typed items", "/score",
+                     json.dumps({"text_1": "a", "text_2": list(range(10**6))}).encode(), 400,
+                     hostile=True),
+                Call("hostile: 30 MB string", "/v1/embeddings",
+                     json.dumps({"input": "flood " * 5_000_000}).encode(), 400, hostile=True),
+                Call("hostile: 200k tiny arrays", "/v1/embeddings",
+                     json.dumps({"input": [[1]] * 200_000}).encode(), 400, hostile=True),
+                Call("hostile: 8 PNG bombs", "/rerank",
+                     json.dumps({"query": "q", "documents": [bomb] * 8}).encode(), 400,
+                     hostile=True),
+                Call("hostile: body never completes", SLOW_BODY, b'{"input": "', 408,
+                     hostile=True),
+            ]
+        return self.random.choice(self._hostile)
 
     def _sentences(self, k: int) -> list[str]:
         return self.random.sample(self.sentences, k)
@@ -179,6 +228,12 @@ async def drive(url: str, workload: Workload, num_requests: int, concurrency: in
         async def client() -> None:
             while next(counter) < num_requests:
                 call = workload.next()
+                sent = time.perf_counter()
+                if call.path == SLOW_BODY:
+                    status = await slow_body(url, call.body)
+                    tally.record(call, status, status, time.perf_counter() - sent)
+                    on_tick()
+                    continue
                 content = call.body if isinstance(call.body, bytes) else json.dumps(
                     call.body).encode()
                 try:
@@ -187,22 +242,100 @@ async def drive(url: str, workload: Workload, num_requests: int, concurrency: in
                 except httpx.HTTPError as exc:
                     tally.record(call, type(exc).__name__, str(exc))
                     continue
-                tally.record(call, str(response.status_code), response.text)
+                tally.record(call, str(response.status_code), response.text,
+                             time.perf_counter() - sent)
                 if response.status_code == 200 and call.path == "/v1/embeddings":
                     tally.inputs += call.num_inputs
                 on_tick()
 
+        async def probe_health(done: asyncio.Event) -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as probe:
+                while not done.is_set():
+                    sent = time.perf_counter()
+                    await probe.get("/health")
+                    tally.slowest_health = max(tally.slowest_health,
+                                               time.perf_counter() - sent)
+                    await asyncio.sleep(0.1)
+
+        done = asyncio.Event()
+        prober = asyncio.ensure_future(probe_health(done))
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-    return tally, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        done.set()
+        await prober
+    return tally, seconds
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` (VmRSS), in MiB."""
+async def slow_body(url: str, partial: bytes) -> str:
+    """Declare a 1000-byte body, send a few bytes of it and stop: the status line the
+    server answers with (it should give up on the body by itself)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: soak\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 1000\r\n\r\n" + partial)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 300)
+        return line.split()[1].decode() if line.startswith(b"HTTP/") else "no answer"
+    except (OSError, asyncio.TimeoutError) as exc:
+        return type(exc).__name__
+    finally:
+        writer.close()
+
+
+def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` (VmRSS; VmHWM: its peak so far), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field_name} for process {pid}")
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def hostile_phases(url: str, pid: int, workload: Workload, args: argparse.Namespace) -> bool:
+    """The same traffic without and with the hostile share: the comparison table."""
+    rows, share = {}, workload.hostile_share
+    for name, hostile in (("normal only", 0.0), (f"{share:.0%} hostile", share)):
+        workload.hostile_share = hostile
+        before_peak = rss_mib(pid)
+        peak = [before_peak]
+
+        def sample(peak: list[float] = peak) -> None:
+            peak.append(rss_mib(pid))
+
+        tally, seconds = asyncio.run(drive(url, workload, args.requests, args.concurrency,
+                                           sample))
+        rows[name] = (tally, seconds, max(peak), rss_mib(pid))
+    print("\n| phase | normal p50 (ms) | normal p99 (ms) | slowest /health (ms) | "
+          "RSS peak (MiB) | RSS after (MiB) | unexpected |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name, (tally, _, peak, after) in rows.items():
+        print(f"| {name} | {percentile(tally.latencies, 0.5) * 1000:.0f} | "
+              f"{percentile(tally.latencies, 0.99) * 1000:.0f} | "
+              f"{tally.slowest_health * 1000:.0f} | {peak:.0f} | {after:.0f} | "
+              f"{sum(tally.unexpected.values())} |")
+    (normal, _, normal_peak, _), (mixed, _, mixed_peak, _) = rows.values()
+    for (kind, status), text in mixed.samples.items():
+        print(f"  {kind} -> {status} (x{mixed.unexpected[(kind, status)]}): {text}")
+    hostile_counts = Counter()
+    for (kind, status), count in mixed.statuses.items():
+        if kind.startswith("hostile"):
+            hostile_counts[f"{kind} -> {status}"] += count
+    print("hostile requests: " + ", ".join(f"{k}: {n}" for k, n in sorted(hostile_counts.items())))
+    p99_ratio = percentile(mixed.latencies, 0.99) / percentile(normal.latencies, 0.99)
+    targets = {
+        "RSS peak <= 2x normal-only": mixed_peak <= 2 * normal_peak,
+        "/health <= 1 s": max(normal.slowest_health, mixed.slowest_health) <= 1.0,
+        f"normal p99 <= 3x normal-only (x{p99_ratio:.2f})": p99_ratio <= 3,
+        "no unexpected answers": not mixed.unexpected and not normal.unexpected,
+    }
+    print("targets: " + "; ".join(f"{name} ({'met' if ok else 'MISSED'})"
+                                  for name, ok in targets.items()))
+    return all(targets.values())
 
 
 def print_report(tally: Tally, seconds: float, num_requests: int, rss: dict[str, float]) -> bool:
@@ -242,6 +375,9 @@ def main() -> int:
                         help="warm-up stops here even if RSS still climbs")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    parser.add_argument("--hostile-share", type=float, default=0.0,
+                        help="with e.g. 0.1: run the requests without, then with this share "
+                             "of hostile ones, and compare")
     parser.add_argument("--cenote-args", default="",
                         help="extra `cenote serve` arguments, e.g. '--max-queued-tokens 20000'")
     args = parser.parse_args()
@@ -257,6 +393,7 @@ def main() -> int:
     print(f"model {model_dir}; {len(sentences)} sentences, {len(paragraphs)} paragraphs; "
           f"{os.cpu_count()} CPUs; {args.concurrency} concurrent clients")
     workload = Workload(sentences, paragraphs, token_ids, args.seed)
+    hostile_share, workload.hostile_share = args.hostile_share, 0.0
     port = free_port()
     command = [sys.executable, "-m", "cenote", "serve", model_dir, "--host", "127.0.0.1",
                "--port", str(port), "--served-model-name", MODEL_NAME,
@@ -276,6 +413,12 @@ def main() -> int:
                 break
         print(f"warm-up: {warmed} requests ({warm_unexpected} unexpected answers); RSS (MiB) "
               + " -> ".join(f"{m:.0f}" for m in warm_rss))
+        if hostile_share:
+            workload.hostile_share = hostile_share
+            ok = hostile_phases(url, process.pid, workload, args)
+            healthy = httpx.get(f"{url}/health", timeout=10).status_code == 200
+            print(f"healthy at the end: {healthy}")
+            return 0 if ok and healthy else 1
         rss["warm"] = rss["peak"] = warm_rss[-1]
         rss["warm_peak"] = max(warm_rss[-2:])
         ticks = itertools.count(1)

@@ -203,9 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-i", "--input-file", required=True, metavar="IN.jsonl",
                        help="The requests, one JSON object per line; - reads stdin.")
     batch.add_argument("-o", "--output-file", required=True, metavar="OUT.jsonl",
-                       help="Where the results go, one per line; - writes stdout.")
+                       help="Where the results go, one per line; - writes stdout. "
+                            "Refused when it is the input file.")
     batch.add_argument("--resume", action="store_true",
-                       help="Skip the custom_ids OUT.jsonl already holds and append the rest.")
+                       help="Skip the lines OUT.jsonl already answers (a custom_id it holds "
+                            "k times skips its first k lines) and append the rest.")
     batch.add_argument("--max-concurrent-lines", type=_positive_int, default=256,
                        metavar="N", help="Lines in flight at once (they share batches).")
     return parser
@@ -283,6 +285,12 @@ def serve(args: argparse.Namespace) -> int:
     if problem:
         logger.error("%s", problem)
         return 2
+    if args.command == "run-batch":  # a bad path is told now, not after the model loads
+        from cenote.batch import check_batch_files
+
+        if problem := check_batch_files(args):
+            logger.error("%s", problem)
+            return 2
     if args.threads is not None:
         # Global: the model thread picks it up at its first operation.
         torch.set_num_threads(args.threads)

@@ -3,6 +3,7 @@ order, bad lines as error lines, and a crash resumed without losing finished lin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 import pytest
 import torch
 
+from cenote.batch import input_lines
 from cenote.machine import cpu_has_native_bf16
 
 TEXTS = [f"Batch sentence number {i} is about rivers and towns." for i in range(300)]
@@ -111,3 +113,134 @@ def test_a_line_of_the_wrong_shape_is_an_error_line(tmp_path, line):
     run_batch("-i", source, "-o", target)
     (answer,) = read_lines(target)
     assert answer["response"] is None and answer["error"]["code"] == "invalid_request"
+
+
+def refused(*args, stdin=None):
+    """Run run-batch, expect exit code 2 (a refusal), return what it printed on stderr."""
+    command = [sys.executable, "-m", "cenote", "run-batch", *map(str, args)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run(command, env=env, stdin=stdin, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    return done.stderr
+
+
+def request_line(custom_id, text="a line between hostile ones"):
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
+                       "body": {"input": text}}).encode()
+
+
+@pytest.mark.parametrize(("hostile", "custom_id", "message"), [
+    (request_line(["a", 1]), ["a", 1], "custom_id must be a string"),
+    (request_line({"k": "v"}), {"k": "v"}, "custom_id must be a string"),
+    (b'{"custom_id": "latin-1 \xe9", "url": "/v1/embeddings", "body": {"input": "x"}}',
+     None, "line 2 is not UTF-8"),
+    (b"[" * 100_000, None, "line 2 is not JSON"),  # nested deeper than the parser goes
+])
+def test_a_hostile_line_is_an_error_line_and_the_lines_around_it_run(tmp_path, hostile,
+                                                                     custom_id, message):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(b"\n".join([request_line("before"), hostile, request_line("after")])
+                       + b"\n")
+    run_batch("-i", source, "-o", target)
+    before, answer, after = read_lines(target)
+    assert before["custom_id"] == "before" and before["response"]["status_code"] == 200
+    assert after["custom_id"] == "after" and after["response"]["status_code"] == 200
+    assert answer["custom_id"] == custom_id and answer["response"] is None
+    assert answer["error"]["code"] == "invalid_request"
+    assert answer["error"]["message"].startswith(message)
+
+
+def test_resume_runs_again_only_what_the_output_lacks_even_past_non_string_custom_ids(
+        tmp_path):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(b"\n".join([request_line("a"), request_line([1, 2]), request_line("b")])
+                       + b"\n")
+    target.write_text(json.dumps({"id": "batch_req_earlier", "custom_id": "a",
+                                  "response": None, "error": None}) + "\n")
+    run_batch("-i", source, "-o", target, "--resume")
+    ids = [line["custom_id"] for line in read_lines(target)]
+    assert ids == ["a", [1, 2], "b"]
+
+
+def test_resume_runs_each_occurrence_of_a_repeated_custom_id_once(tmp_path):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(b"\n".join([request_line("a", "first"), request_line("a", "second"),
+                                   request_line("b"), request_line("a", "third")]) + b"\n")
+    earlier = {"id": "batch_req_earlier", "custom_id": "a", "response": None, "error": None}
+    target.write_text(2 * (json.dumps(earlier) + "\n"))  # the first two lines were answered
+    run_batch("-i", source, "-o", target, "--resume")
+    lines = read_lines(target)
+    assert [line["custom_id"] for line in lines] == ["a", "a", "b", "a"]
+    assert lines[2]["response"]["status_code"] == lines[3]["response"]["status_code"] == 200
+
+
+@pytest.mark.parametrize("spelling", ["same path", "symlink", "hard link", "stdin"])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, spelling):
+    source = tmp_path / "in.jsonl"
+    write_requests(source, TEXTS[:3])
+    content = source.read_bytes()
+    if spelling == "stdin":
+        with source.open("rb") as stdin:
+            stderr = refused("-i", "-", "-o", source, stdin=stdin)
+    else:
+        target = {"same path": tmp_path / "." / "in.jsonl",
+                  "symlink": tmp_path / "link.jsonl",
+                  "hard link": tmp_path / "hard.jsonl"}[spelling]
+        if spelling == "symlink":
+            target.symlink_to(source)
+        elif spelling == "hard link":
+            target.hardlink_to(source)
+        stderr = refused("-i", source, "-o", target)
+    assert "is the input file" in stderr
+    assert source.read_bytes() == content
+
+
+@pytest.mark.parametrize(("input_name", "output_name", "message"), [
+    ("in.jsonl", "no-such-folder/out.jsonl", "does not exist"),
+    ("in.jsonl", ".", "is a directory"),
+    ("missing.jsonl", "out.jsonl", "does not exist"),
+    (".", "out.jsonl", "is a directory"),
+])
+def test_unusable_files_are_refused_before_the_model_loads(tmp_path, input_name, output_name,
+                                                           message):
+    write_requests(tmp_path / "in.jsonl", TEXTS[:1])
+    # A model that does not exist: loading it first would fail with another message.
+    stderr = refused(tmp_path / "no-such-model", "-i", tmp_path / input_name,
+                     "-o", tmp_path / output_name)
+    assert message in stderr and "Cannot load the model" not in stderr
+
+
+def test_a_line_longer_than_the_cap_is_an_error_line_and_the_next_lines_run(tmp_path):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    with source.open("wb") as file:
+        file.write(request_line("huge", "word " * ((64 << 20) // 5)) + b"\n")
+        file.write(request_line("small") + b"\n")
+    run_batch("-i", source, "-o", target, "--max-request-body-bytes", 4096)
+    huge, small = read_lines(target)
+    assert huge["response"] is None and huge["error"]["code"] == "request_too_large"
+    assert huge["error"]["message"].startswith("line 1 is longer than")
+    assert small["custom_id"] == "small" and small["response"]["status_code"] == 200
+
+
+class RecordedReads(io.BytesIO):
+    """A binary file that records the size of every read it is asked for."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.sizes = []
+
+    def readline(self, size=-1):
+        self.sizes.append(size)
+        return super().readline(size)
+
+    def read(self, size=-1):
+        self.sizes.append(size)
+        return super().read(size)
+
+
+def test_the_line_reader_never_reads_more_than_the_cap_at_once():
+    cap = 100
+    file = RecordedReads(b"short\n" + b"x" * 10_000 + b"\n" + b"last")
+    assert list(input_lines(file, cap)) == [b"short\n", None, b"last"]
+    assert all(0 < size <= cap + 1 for size in file.sizes)
