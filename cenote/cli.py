@@ -16,7 +16,12 @@ from typing import Any
 
 import uvicorn
 
-from cenote.compat.vllm import IGNORED_VLLM_OPTIONS, task_from_vllm_options, vllm_arg_problem
+from cenote.compat.vllm import (
+    DTYPE_ALIASES,
+    IGNORED_VLLM_OPTIONS,
+    task_from_vllm_options,
+    vllm_arg_problem,
+)
 from cenote.launch import (
     CPU_SERVER_MAX_NUM_BATCHED_TOKENS,
     QUEUE_SHARE_OF_TIMEOUT,
@@ -89,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "one per visible GPU, round robin. An engine that dies is "
                             "restarted; only its requests fail (503 with Retry-After).")
     serve.add_argument("--dtype", default="auto",
-                       choices=["auto", "float32", "bfloat16", "float16"],
-                       help="Weight and activation precision. auto: bfloat16 on CPUs with "
-                            "native bf16, else float32; the checkpoint's half type on CUDA.")
+                       choices=["auto", "float32", "bfloat16", "float16", *DTYPE_ALIASES],
+                       help="Weight and activation precision (vLLM's half, float: float16, "
+                            "float32). auto: bfloat16 on CPUs with native bf16, else "
+                            "float32; the checkpoint's half type on CUDA.")
     serve.add_argument("--quantization", "-q", default=None, metavar="int8",
                        help="int8: opt-in int8 matmuls on CPUs (natively run models), their "
                             "cosine to the float model's outputs logged at start. Default: "

@@ -12,6 +12,9 @@ from typing import Any
 
 from cenote.tasks import CONVERTIBLE_TASKS
 
+# vLLM's other names for dtypes (``--dtype half``, ``LLM(dtype="float")``): cenote's names.
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}
+
 # Keyword arguments of vLLM's ``LLM()`` that are accepted and ignored offline.
 IGNORED_VLLM_ARGS = frozenset({
     "seed", "enforce_eager", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cenote.compat.vllm import DTYPE_ALIASES
 from cenote.config.hf import (
     BERT_FAMILY,
     apply_hf_overrides,
@@ -46,12 +47,10 @@ CPU_FP32_MAX_NUM_BATCHED_TOKENS = 4096
 
 _DTYPES = {
     "float32": torch.float32,
-    "float": torch.float32,
     "fp32": torch.float32,
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
     "float16": torch.float16,
-    "half": torch.float16,
     "fp16": torch.float16,
 }
 
@@ -201,6 +200,7 @@ class ModelConfig:
         resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder,
                                      pooling_runner=runner == "pooling")
         dev = resolve_device(device)
+        dtype = DTYPE_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         quantization = check_quantization(quantization, dev, dtype)
         # int8 matmuls take fp32 activations: the layers around them run in fp32 too.
         resolved_dtype = (torch.float32 if quantization is not None
