@@ -23,7 +23,7 @@ class PoolingParams:
     """Parameters of one pooling request; ``None`` means "use the model's default".
 
     ``use_activation`` (vLLM's current name) and ``softmax`` are accepted as aliases
-    of ``activation``.
+    of ``activation``, which the embedding tasks read as ``normalize`` (``for_task``).
     """
 
     dimensions: int | None = None
@@ -35,6 +35,9 @@ class PoolingParams:
     # Which end truncate_prompt_tokens cuts: "left" keeps the last tokens (vLLM's
     # default), "right" the first (Sentence-Transformers' and TEI's).
     truncation_side: str | None = None
+    # "max_length": inputs padded with the pad token to the model's limit (as vLLM, the
+    # model reads the pad tokens and they count as input); "do_not_pad", the default.
+    padding: str | None = None
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class PoolingParams:
         returned_token_ids: list[int] | None = None,
         use_activation: bool | None = None,
         truncation_side: str | None = None,
+        padding: str | None = None,
     ) -> None:
         self.dimensions = dimensions
         self.normalize = normalize
@@ -58,6 +62,7 @@ class PoolingParams:
             list(returned_token_ids) if returned_token_ids is not None else None
         )
         self.truncation_side = truncation_side
+        self.padding = padding
 
     @property
     def softmax(self) -> bool | None:
@@ -83,10 +88,25 @@ class PoolingParams:
         if self.truncation_side not in (None, "left", "right"):
             raise ValueError(f"truncation_side must be 'left' or 'right', not "
                              f"{self.truncation_side!r}.")
+        if self.padding not in (None, "do_not_pad", "max_length"):
+            raise ValueError(f"padding must be 'do_not_pad' or 'max_length', not "
+                             f"{self.padding!r}.")
         if self.dimensions is not None and (
             not isinstance(self.dimensions, int) or isinstance(self.dimensions, bool)
         ):
             raise ValueError("dimensions must be an integer.")
+
+    def for_task(self, pooling_task: str) -> PoolingParams:
+        """These params as ``pooling_task`` reads them. vLLM has one switch for a pooler's
+        last step, ``use_activation``: for the tasks that normalise and have no
+        activation (embed, token_embed) it is ``normalize``."""
+        allowed = task_named(pooling_task).parameters
+        if self.activation is None or "activation" in allowed or "normalize" not in allowed:
+            return self
+        read = replace(self)
+        read.normalize = one_activation(normalize=self.normalize, use_activation=self.activation)
+        read.activation = None
+        return read
 
     def merged_over(self, defaults: PoolingParams | None) -> PoolingParams:
         """These params with unset fields taken from ``defaults``."""

@@ -35,8 +35,8 @@ class PoolingTask:
     operation: str = "embedding generation"
 
 
-# How any task's inputs may be cut to length.
-_TRUNCATION = frozenset({"truncate_prompt_tokens", "truncation_side"})
+# How any task's inputs may be cut (or padded) to length.
+_TRUNCATION = frozenset({"truncate_prompt_tokens", "truncation_side", "padding"})
 _ALL_PARAMETERS = _TRUNCATION | {"dimensions", "normalize", "activation", "step_tag_id",
                                  "returned_token_ids"}
 

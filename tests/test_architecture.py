@@ -23,7 +23,7 @@ LAYERS = {
     "cenote.pooling": 4, "cenote.outputs": 4,
     "cenote.config": 3, "cenote.compat": 3,
     "cenote.params": 2,
-    "cenote.tasks": 1, "cenote.machine": 1, "cenote.version": 1,
+    "cenote.tasks": 1, "cenote.machine": 1, "cenote.version": 1, "cenote.exceptions": 1,
 }
 # Modules that may be long, and why.
 LONG_MODULES = {}

@@ -43,7 +43,7 @@ class PoolingPolicy:
 
     def resolve_params(self, task: str, params: PoolingParams | None) -> PoolingParams:
         """Validate ``params`` for the task and fill unset fields from the defaults."""
-        params = params or PoolingParams()
+        params = (params or PoolingParams()).for_task(task)
         params.verify(task)
         pooler = self.task_poolers[task]
         merged = params.merged_over(pooler.defaults)

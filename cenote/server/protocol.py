@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from cenote.params import PoolingParams
-from cenote.server.protocol_base import APIModel, now, random_id
+from cenote.server.protocol_base import APIModel, PoolingRequestFields, now, random_id
 from cenote.server.protocol_chat import ChatFields, ContentDocument
 
 # A text, texts, one token-id prompt or several: the OpenAI ``input`` union.
@@ -30,13 +30,15 @@ PromptInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictIn
 # ---- requests ----------------------------------------------------------
 
 
-class TruncationFields(APIModel):
+class TruncationFields(PoolingRequestFields):
     """How long inputs are cut: to ``truncate_prompt_tokens`` (-1: the model's limit),
     from the ``truncation_side`` (``left`` keeps the last tokens, vLLM's default;
-    ``right`` the first, as Sentence-Transformers and TEI)."""
+    ``right`` the first, as Sentence-Transformers and TEI); and whether they are padded
+    (``padding`` ``max_length``: to the model's limit with its pad token, as vLLM)."""
 
     truncate_prompt_tokens: StrictInt | None = None
     truncation_side: Literal["left", "right"] | None = None
+    padding: Literal["do_not_pad", "max_length"] | None = None
 
 
 class InputOrMessages(ChatFields):
@@ -61,15 +63,25 @@ class ActivationFields(TruncationFields):
 
     def pooling_params(self) -> PoolingParams:
         return PoolingParams(use_activation=self.use_activation, activation=self.activation,
-                             softmax=self.softmax, truncation_side=self.truncation_side)
+                             softmax=self.softmax, truncation_side=self.truncation_side,
+                             padding=self.padding)
 
 
 class EmbeddingRequest(InputOrMessages, TruncationFields):
+    """``/v1/embeddings``. ``encoding_format``: float (JSON numbers), base64 (of the
+    values' bytes), or the bytes as the body: ``bytes`` with a ``metadata`` header that
+    places each vector in it, ``bytes_only`` without. ``embed_dtype`` and ``endianness``
+    say how base64 and bytes write each value. ``use_activation`` false (vLLM's name) or
+    ``normalize`` false: the vectors as pooled, not normalised."""
+
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
+    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"
+    endianness: Literal["native", "big", "little"] = "native"
     dimensions: StrictInt | None = None
     user: str | None = None
     normalize: StrictBool | None = None
+    use_activation: StrictBool | None = None
     # The model's instruction to put before each text (TEI's field; Sentence-Transformers
     # prompts). Without it, the model's default prompt applies.
     prompt_name: StrictStr | None = None
@@ -78,7 +90,8 @@ class EmbeddingRequest(InputOrMessages, TruncationFields):
 
     def pooling_params(self) -> PoolingParams:
         return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
-                             truncation_side=self.truncation_side)
+                             use_activation=self.use_activation,
+                             truncation_side=self.truncation_side, padding=self.padding)
 
 
 class PoolingRequest(EmbeddingRequest, ActivationFields):
@@ -89,7 +102,7 @@ class PoolingRequest(EmbeddingRequest, ActivationFields):
 
     def pooling_params(self) -> PoolingParams:
         return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
-                             truncation_side=self.truncation_side,
+                             truncation_side=self.truncation_side, padding=self.padding,
                              use_activation=self.use_activation, activation=self.activation,
                              softmax=self.softmax)
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, model_serializer, model_validator
 
-from cenote.server.protocol_base import APIModel, random_id
+from cenote.server.protocol_base import APIModel, PoolingRequestFields, random_id
 
 
 class CohereContent(APIModel):
@@ -22,7 +22,7 @@ class CohereInput(APIModel):
     content: list[CohereContent]
 
 
-class CohereEmbedRequest(APIModel):
+class CohereEmbedRequest(PoolingRequestFields):
     """Cohere's ``POST /v2/embed``: ``texts`` (or ``inputs`` of text parts), the
     ``input_type`` that picks the model's instruction, ``embedding_types`` to return,
     ``output_dimension`` (Matryoshka rules) and ``truncate`` for long inputs."""

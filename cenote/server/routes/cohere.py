@@ -86,7 +86,7 @@ async def cohere_embed(body: CohereEmbedRequest,
             embeddings[kind] = values if isinstance(values, list) else values.tolist()
         embeddings = CohereEmbeddings.model_validate(embeddings)
         tokens = sum(o.num_input_tokens for o in outputs)
-        return CohereEmbedResponse(embeddings=embeddings,
+        return CohereEmbedResponse(id=body.response_id("embed"), embeddings=embeddings,
                                    texts=[t for t in texts if isinstance(t, str)],
                                    meta=CohereMeta(billed_units=CohereBilledUnits(
                                        input_tokens=tokens)))

@@ -5,9 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import Prompt
+from cenote.outputs import PoolingRequestOutput
 from cenote.server.context import ModelContext, ServerContext, get_context
-from cenote.server.payloads import float_payload, prompts_from_input, render, sparse_payload
+from cenote.server.payloads import (
+    BYTES_FORMATS,
+    bytes_response,
+    float_payload,
+    prompts_from_input,
+    render,
+    sparse_payload,
+)
 from cenote.server.protocol import (
     ClassificationData,
     ClassificationRequest,
@@ -21,6 +30,7 @@ from cenote.server.protocol import (
     SparseVector,
     UsageInfo,
 )
+from cenote.server.protocol_base import now
 
 router = APIRouter()
 
@@ -34,6 +44,17 @@ async def _prompts(m: ModelContext,
     return prompts
 
 
+def _bytes(m: ModelContext, body: EmbeddingRequest, outputs: list[PoolingRequestOutput],
+           response_id: str) -> Response:
+    """The outputs as ``bytes`` or ``bytes_only`` (vLLM's binary answers)."""
+    usage = UsageInfo.of_outputs(outputs)
+    metadata = None if body.encoding_format == "bytes_only" else {
+        "id": response_id, "created": now(), "model": m.name,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}}
+    return bytes_response([o.outputs.data for o in outputs], body.embed_dtype, body.endianness,
+                          metadata)
+
+
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest,
                             ctx: ServerContext = Depends(get_context)) -> Response:
@@ -41,6 +62,10 @@ async def create_embeddings(body: EmbeddingRequest,
     sparse, the model's sparse vector (``LLM.embed_sparse``) as indices and values."""
     m = ctx.model(body.model)
     sparse = body.embedding_type == "sparse"
+    if sparse and body.encoding_format in BYTES_FORMATS:
+        raise VLLMValidationError("encoding_format bytes and bytes_only send dense tensors; "
+                                  "a sparse embedding is sent as float.",
+                                  parameter="encoding_format")
     outputs = await m.engine.encode(await _prompts(m, body),
                                       "embed_sparse" if sparse else "embed", body.pooling_params(),
                                       body.truncate_prompt_tokens, m.special_tokens(body),
@@ -49,11 +74,15 @@ async def create_embeddings(body: EmbeddingRequest,
     def vector(data) -> list[float] | str | SparseVector:
         if sparse:
             return SparseVector(**sparse_payload(data))
-        return float_payload(data, body.encoding_format)
+        return float_payload(data, body.encoding_format, body.embed_dtype, body.endianness)
 
-    def build() -> EmbeddingResponse:
+    response_id = body.response_id("embd")
+
+    def build() -> EmbeddingResponse | Response:
+        if body.encoding_format in BYTES_FORMATS:
+            return _bytes(m, body, outputs, response_id)
         return EmbeddingResponse(
-            model=m.name,
+            id=response_id, model=m.name,
             data=[EmbeddingResponseData(index=i, embedding=vector(o.outputs.data))
                   for i, o in enumerate(outputs)],
             usage=UsageInfo.of_outputs(outputs),
@@ -70,12 +99,15 @@ async def create_pooling(body: PoolingRequest,
     outputs = await m.engine.encode(await _prompts(m, body), body.task, body.pooling_params(),
                                       body.truncate_prompt_tokens, m.special_tokens(body),
                                       prompt_name=body.prompt_name)
+    response_id = body.response_id("pool")
 
-    def build() -> PoolingResponse:
+    def build() -> PoolingResponse | Response:
+        if body.encoding_format in BYTES_FORMATS:
+            return _bytes(m, body, outputs, response_id)
         return PoolingResponse(
-            model=m.name,
-            data=[PoolingResponseData(index=i, data=float_payload(o.outputs.data,
-                                                                  body.encoding_format))
+            id=response_id, model=m.name,
+            data=[PoolingResponseData(index=i, data=float_payload(
+                o.outputs.data, body.encoding_format, body.embed_dtype, body.endianness))
                   for i, o in enumerate(outputs)],
             usage=UsageInfo.of_outputs(outputs),
         )
@@ -102,7 +134,7 @@ async def create_classification(body: ClassificationRequest,
             data.append(ClassificationData(index=i, label=id2label.get(best, str(best)),
                                            probs=probs, num_classes=len(probs)))
         return ClassificationResponse(
-            model=m.name, data=data,
+            id=body.response_id("classify"), model=m.name, data=data,
             usage=UsageInfo.of_outputs(outputs))
 
     return await render(build, len(outputs))

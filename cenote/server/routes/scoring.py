@@ -39,7 +39,7 @@ async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_cont
 
     def build() -> ScoreResponse:
         return ScoreResponse(
-            model=m.name,
+            id=body.response_id("score"), model=m.name,
             data=[ScoreResponseData(index=i, score=o.outputs.score)
                   for i, o in enumerate(outputs)],
             usage=UsageInfo.of_outputs(outputs),
@@ -71,7 +71,7 @@ async def create_rerank(body: RerankRequest,
         if body.top_n > 0:  # 0 or less: all of them, as vLLM
             results = results[:body.top_n]
         return RerankResponse(
-            model=m.name, results=results,
+            id=body.response_id("rerank"), model=m.name, results=results,
             usage=RerankUsage(total_tokens=sum(o.num_input_tokens for o in outputs)))
 
     return await render(build, len(outputs))
