@@ -4,243 +4,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
-from cenote.compat.vllm import (
-    DTYPE_ALIASES,
-    IGNORED_VLLM_OPTIONS,
-    task_from_vllm_options,
-    vllm_arg_problem,
-)
-from cenote.launch import (
-    CPU_SERVER_MAX_NUM_BATCHED_TOKENS,
-    QUEUE_SHARE_OF_TIMEOUT,
-    QUEUED_BATCHES,
-    LaunchError,
-    load_models,
-)
-from cenote.tasks import MODEL_TASKS
+from cenote.arguments import build_parser
+from cenote.compat.vllm import task_from_vllm_options, vllm_arg_problem
+from cenote.launch import LaunchError, load_models
 
 logger = logging.getLogger("cenote")
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"key\": 1}'")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cenote",
-        description="A fast engine and OpenAI-compatible server for pooling models.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # The model and server options, shared by serve and run-batch.
-    serve = argparse.ArgumentParser(add_help=False)
-    serve.add_argument(
-        "model", nargs="?", default=None, metavar="MODEL",
-        help="A local model folder or a Hugging Face hub id (taken from the local hub cache, "
-             "downloaded when online). Without it, the bundled all-MiniLM-L6-v2 is served.")
-    serve.add_argument("--task", default="auto", choices=MODEL_TASKS,
-                       help="What the model does; 'auto' decides from its files. Use embed, "
-                            "classify or reward to convert a *ForCausalLM checkpoint.")
-    serve.add_argument("--host", default="0.0.0.0", help="Address to listen on.")
-    serve.add_argument("--port", type=int, default=8000, help="Port to listen on.")
-    serve.add_argument("--served-model-name", nargs="+", action="append", default=None,
-                       metavar="NAME",
-                       help="Name(s) clients may pass as `model`; a response names the "
-                            "model its request asked for (the first name when it gave none), "
-                            "and error messages use the first. Default: MODEL as given. "
-                            "With several --model, give it once per model, in order.")
-    serve.add_argument("--data-parallel-size", "-dp", type=_positive_int, default=1,
-                       metavar="N",
-                       help="Run N engine processes behind this one front end (which "
-                            "tokenises and routes each request to the least-loaded engine). "
-                            "On a CPU the threads and cores are split between them; on CUDA "
-                            "one per visible GPU, round robin. An engine that dies is "
-                            "restarted; only its requests fail (503 with Retry-After).")
-    serve.add_argument("--dtype", default="auto",
-                       choices=["auto", "float32", "bfloat16", "float16", *DTYPE_ALIASES],
-                       help="Weight and activation precision (vLLM's half, float: float16, "
-                            "float32). auto: bfloat16 on CPUs with native bf16, else "
-                            "float32; the checkpoint's half type on CUDA.")
-    serve.add_argument("--quantization", "-q", default=None, metavar="int8",
-                       help="int8: opt-in int8 matmuls on CPUs (natively run models), their "
-                            "cosine to the float model's outputs logged at start. Default: "
-                            "none (the dtype throughout).")
-    serve.add_argument("--device", default="auto",
-                       help="auto, cpu, or cuda[:N].")
-    serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                       help="CPU threads for the model's matrix work. Default: one per "
-                            "core. Fewer leave cores to the HTTP and tokenising threads or "
-                            "to other replicas on the same machine.")
-    serve.add_argument("--max-model-len", type=_positive_int, default=None,
-                       help="Longest input in tokens; longer inputs are refused with 400. "
-                            "Default: what the model supports.")
-    serve.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
-                       help="Token budget of one batch (padded size: sequences x longest). "
-                            "Smaller batches answer concurrent clients sooner; larger ones "
-                            "can raise throughput. Default: "
-                            f"{CPU_SERVER_MAX_NUM_BATCHED_TOKENS} on CPU (or max-model-len if "
-                            "larger), the engine's default on GPU.")
-    serve.add_argument("--override-pooler-config", "--pooler-config", type=_json_object,
-                       default=None, metavar="JSON",
-                       help="Override the default pooler, e.g. "
-                            "'{\"pooling_type\": \"MEAN\", \"normalize\": false}'.")
-    serve.add_argument("--hf-overrides", type=_json_object, default=None, metavar="JSON",
-                       help="Merged into the Hugging Face config, e.g. "
-                            "'{\"matryoshka_dimensions\": [256]}'.")
-    serve.add_argument("--trust-remote-code", action="store_true",
-                       help="Allow model folders that ship their own Python code.")
-    serve.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
-                       help="The Jinja chat template for requests with messages (a file, or "
-                            "the template itself). Default: the tokenizer's.")
-    serve.add_argument("--trust-request-chat-template", action="store_true",
-                       help="Render a chat_template sent in a request (requests with "
-                            "messages otherwise use the model's own template).")
-    serve.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
-                       help="A folder whose images requests may name as file:// URLs. "
-                            "Default: none (file:// refused).")
-    serve.add_argument("--allowed-media-domains", nargs="+", default=[], metavar="HOST",
-                       help="Hosts whose http(s):// image URLs requests may name. Default: "
-                            "none (remote images refused).")
-    serve.add_argument("--max-image-pixels", type=_positive_int, default=40_000_000,
-                       metavar="N",
-                       help="Images with more pixels are refused (checked before decoding).")
-    serve.add_argument("--limit-mm-per-prompt", type=_json_object, default=None, metavar="JSON",
-                       help="Images per prompt, e.g. '{\"image\": 1}' (the default).")
-    serve.add_argument("--revision", default=None,
-                       help="Hub revision (branch, tag or commit) of MODEL.")
-    serve.add_argument("--tokenizer", default=None,
-                       help="A folder or hub id to read the tokenizer from. Default: MODEL's.")
-    serve.add_argument("--api-key",
-                       default=os.environ.get("CENOTE_API_KEY") or os.environ.get("VLLM_API_KEY"),
-                       help="Require 'Authorization: Bearer KEY' on every route but /health. "
-                            "Default: the CENOTE_API_KEY environment variable, else "
-                            "VLLM_API_KEY, else no key.")
-    limits = serve.add_argument_group(
-        "limits and operations",
-        "What the server refuses, and when it gives up. Every refusal is a JSON error.")
-    limits.add_argument("--max-request-body-bytes", type=_positive_int, default=32 * 1024 * 1024,
-                        metavar="BYTES",
-                        help="Largest request body; larger ones get 413 before they are "
-                             "parsed (declared or counted while a chunked body streams in).")
-    limits.add_argument("--max-inputs-per-request", type=_positive_int, default=2048,
-                        metavar="N",
-                        help="Most inputs in one request (texts, token-id prompts, score "
-                             "pairs, rerank documents); more get 400. 2048 is OpenAI's limit.")
-    limits.add_argument("--max-queued-tokens", type=_positive_int, default=None, metavar="N",
-                        help="Admission control: while more than N tokens wait in the queue, "
-                             "new requests get 429 with Retry-After. Default: "
-                             f"{QUEUED_BATCHES} x --max-num-batched-tokens (on CPU without "
-                             "that flag: x the engine's own default, not the server's smaller "
-                             "one).")
-    limits.add_argument("--request-timeout", type=_positive_float, default=120.0,
-                        metavar="SECONDS",
-                        help="A request not answered within this time gets 504, and its "
-                             "inputs that have not run yet are dropped from the queue. A "
-                             "request bigger than one batch gets 429 while the work queued "
-                             "ahead of it would take more than "
-                             f"{QUEUE_SHARE_OF_TIMEOUT:g} x this at the recent throughput.")
-    limits.add_argument("--engine-stall-timeout", type=_positive_float, default=120.0,
-                        metavar="SECONDS",
-                        help="/health answers 503 when the engine is busy but has not started "
-                             "or finished a batch for this long (a hung model). Raise it for "
-                             "very large models on CPU, whose one batch can take minutes.")
-    limits.add_argument("--allowed-origins", nargs="+", default=None, metavar="ORIGIN",
-                        help="Send CORS headers for these browser origins ('*' for any). "
-                             "Default: no CORS headers, so browsers refuse cross-origin calls.")
-    limits.add_argument("--log-inputs", action="store_true",
-                        help="Log each request's body (its first 4096 characters). Off by "
-                             "default: logs never hold input text.")
-    serve.add_argument("--log-level", default="info",
-                       choices=["critical", "error", "warning", "info", "debug"],
-                       help="Logging verbosity.")
-    serve.add_argument("--access-log", action="store_true",
-                       help="Log one line per HTTP request (method, path, status).")
-    _add_vllm_options(serve)
-    commands.add_parser(
-        "serve", parents=[serve],
-        help="Serve a pooling model over an OpenAI-compatible HTTP API.",
-        description="Serve a pooling model (embeddings, classification, cross-encoder "
-                    "scoring, reward) over an OpenAI-compatible HTTP API.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    batch = commands.add_parser(
-        "run-batch", parents=[serve],
-        help="Run a file of requests in OpenAI's batch format (as vllm run-batch).",
-        description="Run each line of an OpenAI batch file (custom_id, method, url, body) "
-                    "through the same routes as the server, writing one output line per "
-                    "input line, in input order.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    batch.add_argument("-i", "--input-file", required=True, metavar="IN.jsonl",
-                       help="The requests, one JSON object per line; - reads stdin.")
-    batch.add_argument("-o", "--output-file", required=True, metavar="OUT.jsonl",
-                       help="Where the results go, one per line; - writes stdout. "
-                            "Refused when it is the input file.")
-    batch.add_argument("--resume", action="store_true",
-                       help="Skip the lines OUT.jsonl already answers (a custom_id it holds "
-                            "k times skips its first k lines) and append the rest.")
-    batch.add_argument("--max-concurrent-lines", type=_positive_int, default=256,
-                       metavar="N", help="Lines in flight at once (they share batches).")
-    return parser
-
-
-def _add_vllm_options(serve: argparse.ArgumentParser) -> None:
-    group = serve.add_argument_group(
-        "vLLM compatibility",
-        "vLLM's names for choices made above, and vLLM options that do not apply here "
-        "(accepted and ignored, so a vLLM command line runs unchanged: "
-        f"{', '.join(name for name, _ in IGNORED_VLLM_OPTIONS)}).")
-    group.add_argument("--model", dest="model_option", action="append", default=None,
-                       metavar="MODEL",
-                       help="MODEL given as an option, as older vLLM versions take it. "
-                            "Repeat it to serve several models, each with its own engine; "
-                            "requests pick one by `model`.")
-    group.add_argument("--runner", default="auto", choices=["auto", "pooling", "generate"],
-                       help="vLLM's runner; cenote runs pooling models only.")
-    group.add_argument("--convert", default="auto",
-                       choices=["auto", "none", "embed", "classify", "reward"],
-                       help="vLLM's newer name for --task: convert a checkpoint into an "
-                            "embedding, classification or reward model.")
-    for name, takes_value in IGNORED_VLLM_OPTIONS:
-        kwargs = {"metavar": "VALUE"} if takes_value else {"action": "store_true"}
-        names = [name, "-tp"] if name == "--tensor-parallel-size" else [name]
-        group.add_argument(*names, dest="ignored_" + name[2:].replace("-", "_"),
-                           help=argparse.SUPPRESS, **kwargs)
 
 
 def _read_template(value: str | None) -> str | None:
@@ -278,6 +55,14 @@ def resolve_vllm_options(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _limits_problem(args: argparse.Namespace) -> str | None:
+    """Limits that contradict each other, found before the model loads."""
+    if args.max_mm_pixels_in_flight < args.max_mm_pixels_per_request:
+        return (f"--max-mm-pixels-in-flight ({args.max_mm_pixels_in_flight}) must be at least "
+                f"--max-mm-pixels-per-request ({args.max_mm_pixels_per_request}).")
+    return None
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the model, then serve it until interrupted (or, for run-batch, run the input
     file through the same app)."""
@@ -287,7 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     from cenote.server.context import ServerLimits
     from cenote.server.media import MediaPolicy
 
-    problem = resolve_vllm_options(args)
+    problem = resolve_vllm_options(args) or _limits_problem(args)
     if problem:
         logger.error("%s", problem)
         return 2
@@ -311,7 +96,10 @@ def serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(max_request_body_bytes=args.max_request_body_bytes,
                           max_inputs_per_request=args.max_inputs_per_request,
                           request_timeout_s=args.request_timeout,
-                          engine_stall_timeout_s=args.engine_stall_timeout)
+                          engine_stall_timeout_s=args.engine_stall_timeout,
+                          request_body_timeout_s=args.request_body_timeout,
+                          max_mm_pixels_per_request=args.max_mm_pixels_per_request,
+                          max_mm_pixels_in_flight=args.max_mm_pixels_in_flight)
     app = build_app(models, api_key=args.api_key, limits=limits,
                     media=MediaPolicy.from_flags(args),
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,

@@ -15,8 +15,8 @@ PACKAGE = Path(cenote.__file__).parent
 
 # Higher layers may import lower ones (and their own), never the other way.
 LAYERS = {
-    "cenote": 9, "cenote.__main__": 9, "cenote.cli": 8, "cenote.batch": 8, "cenote.launch": 8,
-    "cenote.integrations": 8,
+    "cenote": 9, "cenote.__main__": 9, "cenote.cli": 8, "cenote.arguments": 8,
+    "cenote.batch": 8, "cenote.launch": 8, "cenote.integrations": 8,
     "cenote.server": 7, "cenote.llm": 7,
     "cenote.engine": 6,
     "cenote.inputs": 5, "cenote.models": 5,
