@@ -142,6 +142,8 @@ class RerankRequest(ActivationFields):
     query: StrictStr
     documents: list[StrictStr | ContentDocument]
     top_n: StrictInt = Field(default=0, description="How many results; 0 or less returns all.")
+    # Cohere's: false leaves each result's document out.
+    return_documents: StrictBool = True
     user: str | None = None
 
     @model_validator(mode="before")
@@ -285,8 +287,12 @@ class RerankDocument(APIModel):
 
 class RerankResult(APIModel):
     index: int
-    document: RerankDocument
+    document: RerankDocument | None = None
     relevance_score: float
+
+    @model_serializer(mode="wrap")
+    def _document_when_asked(self, handler):
+        return {k: v for k, v in handler(self).items() if k != "document" or v is not None}
 
 
 class RerankUsage(APIModel):

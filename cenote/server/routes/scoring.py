@@ -65,8 +65,9 @@ async def create_rerank(body: RerankRequest,
 
     def build() -> RerankResponse:
         results = sorted(
-            (RerankResult(index=i, document=_as_sent(body.documents[i]),
-                          relevance_score=o.outputs.score) for i, o in enumerate(outputs)),
+            (RerankResult(index=i, relevance_score=o.outputs.score,
+                          document=_as_sent(body.documents[i]) if body.return_documents else None)
+             for i, o in enumerate(outputs)),
             key=lambda r: r.relevance_score, reverse=True)
         if body.top_n > 0:  # 0 or less: all of them, as vLLM
             results = results[:body.top_n]
