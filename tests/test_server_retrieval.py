@@ -85,8 +85,6 @@ def test_score_is_as_offline(m3_server, m3_offline):
     ("/pooling", {"input": "x", "task": "classify"}, "Classification API is not supported"),
     ("/rerank", {"query": QUERY, "documents": []}, "must not be empty"),
     ("/rerank", {"query": QUERY, "documents": ["..."], "top_n": 5}, None),
-    ("/embed_sparse", {"inputs": []}, "inputs must not be empty"),
-    ("/embed_sparse", {"inputs": ["word " * 600]}, "maximum context length"),
 ])
 def test_bad_retrieval_input_is_a_400_and_the_server_stays_healthy(m3_server, route, body,
                                                                    message):
@@ -99,13 +97,26 @@ def test_bad_retrieval_input_is_a_400_and_the_server_stays_healthy(m3_server, ro
     assert httpx.get(f"{m3_server.url}/health").status_code == 200
 
 
+@pytest.mark.parametrize("body, status, error_type, message", [
+    ({"inputs": []}, 400, "Empty", "cannot be empty"),
+    ({"inputs": ["word " * 600]}, 422, "Validation", "maximum context length"),
+])
+def test_bad_embed_sparse_input_answers_in_teis_error_shape(m3_server, body, status,
+                                                            error_type, message):
+    response = post(m3_server, "/embed_sparse", **body)
+    assert response.status_code == status, response.text
+    assert response.json()["error_type"] == error_type
+    assert message in response.json()["error"]
+    assert httpx.get(f"{m3_server.url}/health").status_code == 200
+
+
 def test_sparse_on_a_dense_only_model_names_what_it_serves():
     with cenote_serve([]) as server:  # the bundled MiniLM: dense vectors only
         response = post(server, "/v1/embeddings", input="hello", embedding_type="sparse")
         assert response.status_code == 400
         assert "encode, embed, token_embed" in response.json()["error"]["message"]
         response = post(server, "/embed_sparse", inputs="hello")
-        assert response.status_code == 400
+        assert response.status_code == 424  # TEI's answer for a model without the route
         assert httpx.get(f"{server.url}/health").status_code == 200
 
 

@@ -1,5 +1,6 @@
 """HTTP routes, grouped by what they return."""
 
-from cenote.server.routes import cohere, pooling, scoring, sparse, utility
+from cenote.server.routes import cohere, pooling, scoring, tei, utility
 
-ROUTERS = (pooling.router, sparse.router, scoring.router, cohere.router, utility.router)
+# tei first: its POST /rerank hands vLLM/Cohere bodies on to scoring's.
+ROUTERS = (tei.router, pooling.router, scoring.router, cohere.router, utility.router)
