@@ -1,5 +1,5 @@
-"""Request and response bodies of Cohere's embed API (``POST /v2/embed``), as Cohere's
-clients send and parse them."""
+"""Request and response bodies of Cohere's embed API (``POST /v2/embed``, and v1's
+``POST /v1/embed``), as Cohere's clients send and parse them."""
 
 from __future__ import annotations
 
@@ -79,5 +79,15 @@ class CohereEmbedResponse(APIModel):
     id: str = Field(default_factory=lambda: random_id("embed"))
     response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
     embeddings: CohereEmbeddings
+    texts: list[str]
+    meta: CohereMeta
+
+
+class CohereEmbedFloatsResponse(APIModel):
+    """v1's answer when no ``embedding_types`` are asked for: the float vectors alone."""
+
+    id: str = Field(default_factory=lambda: random_id("embed"))
+    response_type: Literal["embeddings_floats"] = "embeddings_floats"
+    embeddings: list[list[float]]
     texts: list[str]
     meta: CohereMeta

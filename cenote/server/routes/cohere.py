@@ -1,8 +1,10 @@
-"""``/v2/embed``: Cohere's embed API, so Cohere's clients work unchanged: the model's
-instruction picked by ``input_type``, several ``embedding_types`` (float, int8/uint8
-codes, packed sign bits, base64) from one pass."""
+"""``/v2/embed`` and ``/v1/embed``: Cohere's embed API, so Cohere's clients work
+unchanged: the model's instruction picked by ``input_type``, several
+``embedding_types`` (float, int8/uint8 codes, packed sign bits, base64) from one pass."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import APIRouter, Depends
@@ -14,8 +16,10 @@ from cenote.pooling.compact import check_embedding_types, compact
 from cenote.server.context import ModelContext, ServerContext, get_context
 from cenote.server.payloads import render
 from cenote.server.protocol_cohere import (
+    CohereApiVersion,
     CohereBilledUnits,
     CohereEmbeddings,
+    CohereEmbedFloatsResponse,
     CohereEmbedRequest,
     CohereEmbedResponse,
     CohereMeta,
@@ -57,10 +61,10 @@ def _texts(body: CohereEmbedRequest) -> list[str]:
     return texts
 
 
-@router.post("/v2/embed", response_model=CohereEmbedResponse)
-async def cohere_embed(body: CohereEmbedRequest,
-                       ctx: ServerContext = Depends(get_context)) -> Response:
-    """Embeddings in Cohere's shape: one list per requested embedding type."""
+async def _embed(ctx: ServerContext, body: CohereEmbedRequest
+                 ) -> tuple[list, list, Callable[[], CohereEmbeddings]]:
+    """One pass over the inputs: the outputs, the inputs, and how to write them as
+    ``CohereEmbeddings`` (one list per requested type)."""
     m = ctx.model(body.model)
     count = len(body.texts or body.images or body.inputs or ())
     ctx.check_num_inputs(count, "inputs")  # before any image is fetched
@@ -78,17 +82,51 @@ async def cohere_embed(body: CohereEmbedRequest,
     ranges = (await m.engine.int8_ranges(params)
               if {"int8", "uint8"} & set(types) else None)
 
-    def build() -> CohereEmbedResponse:
+    def by_type() -> CohereEmbeddings:
         vectors = np.stack([o.outputs.data.numpy() for o in outputs]).astype(np.float32)
         embeddings = {}
         for kind in types:
             values = compact(vectors, kind, ranges)
             embeddings[kind] = values if isinstance(values, list) else values.tolist()
-        embeddings = CohereEmbeddings.model_validate(embeddings)
-        tokens = sum(o.num_input_tokens for o in outputs)
+        return CohereEmbeddings.model_validate(embeddings)
+
+    return outputs, texts, by_type
+
+
+def _meta(outputs: list, version: str) -> CohereMeta:
+    return CohereMeta(api_version=CohereApiVersion(version=version),
+                      billed_units=CohereBilledUnits(
+                          input_tokens=sum(o.num_input_tokens for o in outputs)))
+
+
+@router.post("/v2/embed", response_model=CohereEmbedResponse)
+async def cohere_embed(body: CohereEmbedRequest,
+                       ctx: ServerContext = Depends(get_context)) -> Response:
+    """Embeddings in Cohere's shape: one list per requested embedding type."""
+    outputs, texts, by_type = await _embed(ctx, body)
+
+    def build() -> CohereEmbedResponse:
+        embeddings = by_type()
         return CohereEmbedResponse(id=body.response_id("embed"), embeddings=embeddings,
                                    texts=[t for t in texts if isinstance(t, str)],
-                                   meta=CohereMeta(billed_units=CohereBilledUnits(
-                                       input_tokens=tokens)))
+                                   meta=_meta(outputs, "2"))
+
+    return await render(build, len(outputs))
+
+
+@router.post("/v1/embed", response_model=CohereEmbedFloatsResponse | CohereEmbedResponse)
+async def cohere_embed_v1(body: CohereEmbedRequest,
+                          ctx: ServerContext = Depends(get_context)) -> Response:
+    """Cohere's v1 embed (``cohere.Client``, langchain-cohere): without
+    ``embedding_types``, the float vectors as a plain list (``embeddings_floats``);
+    with them, one list per type (``embeddings_by_type``), as v2."""
+    outputs, texts, by_type = await _embed(ctx, body)
+
+    def build() -> CohereEmbedFloatsResponse | CohereEmbedResponse:
+        embeddings = by_type()
+        kind = CohereEmbedResponse if body.embedding_types else CohereEmbedFloatsResponse
+        return kind(id=body.response_id("embed"),
+                    embeddings=embeddings if body.embedding_types else embeddings.float_,
+                    texts=[t for t in texts if isinstance(t, str)], meta=_meta(outputs, "1"))
 
     return await render(build, len(outputs))
