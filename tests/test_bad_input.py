@@ -79,8 +79,9 @@ def test_non_positive_dimensions_are_rejected(minilm_path):
 
 
 def test_pooling_param_that_the_task_does_not_take_is_rejected(minilm_fp32):
-    with pytest.raises(ValueError, match="activation is not a valid parameter"):
-        minilm_fp32.embed("hello", pooling_params=PoolingParams(activation=True))
+    # (activation is vLLM's use_activation, which embed reads as normalize.)
+    with pytest.raises(ValueError, match="returned_token_ids is not a valid parameter"):
+        minilm_fp32.embed("hello", pooling_params=PoolingParams(returned_token_ids=[1]))
 
 
 def test_step_parameters_need_step_pooling(minilm_fp32):

@@ -682,6 +682,29 @@ def test_every_served_name_is_accepted(classifier_server):
     assert body.json()["model"] == "other-name"
 
 
-def test_score_needs_a_single_label_classifier(classifier_server):
-    assert_error(post(classifier_server, "/score", {"text_1": "a", "text_2": "b"}, AUTH), 400,
-                 "Score API is only enabled for num_labels == 1.")
+def test_score_and_rerank_are_not_routes_of_a_classifier_with_several_labels(
+        classifier_server):
+    # vLLM registers them only for one label: a client sees 404, as for any unknown route.
+    assert_error(post(classifier_server, "/score", {"text_1": "a", "text_2": "b"}, AUTH), 404,
+                 "Not Found")
+    assert_error(post(classifier_server, "/rerank", {"query": "a", "documents": ["b"]}, AUTH),
+                 404, "classifier with 3 labels")
+
+
+def test_invocations_answers_as_the_route_the_body_is_for(minilm_server):
+    embedded = post(minilm_server, "/invocations", {"input": ["a flood"]}).json()
+    assert embedded["object"] == "list" and embedded["data"][0]["object"] == "embedding"
+    direct = post(minilm_server, "/v1/embeddings", {"input": ["a flood"]}).json()
+    assert embedded["data"][0]["embedding"] == direct["data"][0]["embedding"]
+    reranked = post(minilm_server, "/invocations",
+                    {"query": "flood", "documents": ["rain", "a flood"]}).json()
+    assert [r["index"] for r in reranked["results"]] == [1, 0]
+    scored = post(minilm_server, "/invocations", {"text_1": "flood", "text_2": ["a flood"]})
+    assert scored.json()["data"][0]["object"] == "score"
+
+
+def test_invocations_of_a_classifier_classify_and_refuse_other_bodies(classifier_server):
+    classified = post(classifier_server, "/invocations", {"input": "x"}, AUTH).json()
+    assert classified["data"][0]["label"] in ("LABEL_A", "LABEL_B", "LABEL_C")
+    assert_error(post(classifier_server, "/invocations", {"text_1": "a", "text_2": "b"}, AUTH),
+                 400, "Cannot find suitable handler for request")

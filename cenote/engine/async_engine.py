@@ -34,8 +34,10 @@ from cenote.engine.core import (  # noqa: F401  (the errors the server maps to H
 from cenote.engine.data_parallel import DataParallelEngineClient
 from cenote.engine.engine import PoolingEngine, request_outputs, warmup_records
 from cenote.engine.model_thread import ModelThread
+from cenote.engine.timings import request_timings
 from cenote.inputs.chat import render_chat
 from cenote.inputs.prompts import Prompt, SequenceInput, check_unicode
+from cenote.inputs.score_prompts import ScoreOptions
 from cenote.inputs.tokenizer import ContextLengthError
 from cenote.outputs import PoolingRequestOutput, ScoringRequestOutput
 from cenote.params import PoolingParams
@@ -242,17 +244,19 @@ class AsyncPoolingEngine:
         params: PoolingParams | None = None,
         truncate_prompt_tokens: int | None = None,
         operation: str = "score",
+        options: ScoreOptions | None = None,
     ) -> list[ScoringRequestOutput]:
         """Like ``LLM.score`` for already-paired texts.
 
         Cross-encoders score each pair jointly; embedding models embed every
         distinct text once and return cosine similarities. ``operation`` names the
-        request in a too-long input's error (vLLM's rerank says "embedding generation").
+        request in a too-long input's error (vLLM's rerank says "embedding generation");
+        ``options``: a chat template for the pairs and token limits per side.
         """
         self.client.check_admission()
         with _naming_operation(operation):
             job = await self._off_loop(self.engine.prepare_score, pairs, params,
-                                       truncate_prompt_tokens, size=_size_of(pairs),
+                                       truncate_prompt_tokens, options, size=_size_of(pairs),
                                        locks=_truncates(params, truncate_prompt_tokens))
         data = await self.run(job.seqs, job.pooling_task)
         request_id = self._next_request_id()
@@ -328,6 +332,8 @@ class AsyncPoolingEngine:
         have not run yet are dropped from the queue. Raises :class:`QueueFullError`
         when admission control refuses the request.
         """
+        if (timings := request_timings.get()) is not None:
+            timings.mark_prepared()
         if not seqs:
             return []
         records, merge = self.engine.split(seqs, pooling_task)

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from cenote.engine.core import BatchStats, CoreRequest, EngineCore, Outcome
+from cenote.engine.timings import request_timings
 from cenote.inputs.prompts import SequenceInput
 
 
@@ -69,10 +70,13 @@ class InProcessEngineClient(EngineCore):
         request = CoreRequest(seqs, on_done)
         self.submit(request, pooling_task)
         try:
-            return await future
+            outputs = await future
         except asyncio.CancelledError:
             self.withdraw(request)
             raise
+        if (timings := request_timings.get()) is not None:
+            timings.mark_ran(request.started_ns)
+        return outputs
 
 
 def settle_future(future: asyncio.Future, outcome: Outcome) -> None:

@@ -89,6 +89,8 @@ class CoreRequest:
     # records is already in flight (batches run one ahead); that batch's outputs for it
     # are dropped.
     settled: bool = field(default=False, init=False)
+    # When its first input entered a batch (time.time_ns()), for tracing.
+    started_ns: int | None = field(default=None, init=False)
 
     def settle(self, outcome: Outcome) -> None:
         if not self.settled:
@@ -262,6 +264,10 @@ class EngineCore:
                     self._rate_clock = self._last_progress
                 batch = self._queue.next_batch()
             if batch is not None and batch.members:
+                now = time.time_ns()
+                for lane, _ in batch.members:
+                    if lane.owner.started_ns is None:
+                        lane.owner.started_ns = now
                 seqs = [lane.owner.seqs[i] for lane, i in batch.members]
                 return (batch, time.perf_counter()), seqs, batch.pooling_task
 

@@ -36,6 +36,7 @@ from cenote.engine.engine_process import (
     from_wire,
     placements,
 )
+from cenote.engine.timings import request_timings
 from cenote.inputs.prompts import SequenceInput
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class DataParallelEngineClient:
             self._settle(engine, request_id)
             raise
         try:
-            return await pending.future
+            outputs = await pending.future
         except asyncio.CancelledError:
             if self._settle(engine, request_id) is not None:
                 try:
@@ -230,6 +231,9 @@ class DataParallelEngineClient:
                 except (OSError, ValueError):
                     pass
             raise
+        if (timings := request_timings.get()) is not None:
+            timings.mark_ran(None)  # the engine process does not say when its batch began
+        return outputs
 
     # ---- listening -------------------------------------------------------
 

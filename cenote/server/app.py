@@ -19,6 +19,7 @@ from cenote.server.guard import RequestGuardMiddleware
 from cenote.server.media import MediaPolicy
 from cenote.server.metrics import MetricsMiddleware, ServerMetrics
 from cenote.server.routes import ROUTERS
+from cenote.server.tracing import Tracing, TracingMiddleware
 from cenote.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def build_app(
     chat_template: str | None = None,
     trust_request_chat_template: bool = False,
     media: MediaPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The cenote HTTP app around ``engine`` (served as ``served_model_names``), or
     around several models, each a :class:`ServedModel` (its names and its engine).
@@ -78,7 +80,7 @@ def build_app(
     The app's lifespan starts the engines' workers (and warms the models up) and
     shuts them down when the server stops. ``limits`` bound what one request may
     ask; CORS headers are sent only for ``allowed_origins``; request bodies
-    are logged only with ``log_inputs``.
+    are logged only with ``log_inputs``; with ``tracing``, each POST request is traced.
     """
     if isinstance(engine, AsyncPoolingEngine):
         models = [ServedModel(list(served_model_names or [engine.config.model]), engine)]
@@ -97,6 +99,8 @@ def build_app(
         finally:
             for each in engines:
                 each.shutdown()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(title="cenote", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible server for pooling models.",
@@ -119,6 +123,8 @@ def build_app(
         app.add_middleware(CORSMiddleware, allow_origins=allowed_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if tracing is not None:  # outermost: its span covers everything the request went through
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     return app
 
 

@@ -10,7 +10,7 @@ from fastapi import Request
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.inputs.images import processed_pixels
 from cenote.inputs.prompts import Prompt
-from cenote.server.errors import ModelNotFoundError
+from cenote.server.errors import APIError, ModelNotFoundError
 from cenote.server.guard import MediaBudget
 from cenote.server.media import MediaPolicy
 from cenote.server.metrics import ServerMetrics
@@ -107,6 +107,23 @@ class ModelContext:
     server: ServerContext
     name: str
     engine: AsyncPoolingEngine
+
+    @property
+    def scores(self) -> bool:
+        """Whether the model serves ``/score`` and ``/rerank``: embedding models (by
+        their vectors) and cross-encoders (classifiers with one label), as vLLM."""
+        config = self.engine.config
+        return config.task == "embed" or "score" in config.supported_pooling_tasks
+
+    def require_scoring(self) -> None:
+        """404 for ``/score`` and ``/rerank`` on a model that does not score: vLLM does not
+        register those routes for it."""
+        if not self.scores:
+            config = self.engine.config
+            what = (f"a classifier with {config.num_labels} labels" if config.task == "classify"
+                    else f"a {config.task} model")
+            raise APIError(404, f"Not Found: scoring is served for embedding models and "
+                                f"classifiers with one label; {self.name} is {what}.")
 
     def special_tokens(self, body: ChatFields) -> bool:
         """Whether the request's text gets the tokenizer's special tokens: as the request

@@ -33,9 +33,12 @@ router = APIRouter()
 async def create_score(body: ScoreRequest, ctx: ServerContext = Depends(get_context)) -> Response:
     """Scores of ``text_1`` x ``text_2`` pairs: 1:1, 1:N or N:N."""
     m = ctx.model(body.model)
+    m.require_scoring()
+    # Counted before any image is fetched: 1:N and N:N make as many pairs as the longer side.
+    ctx.check_num_inputs(max(_count(body.text_1), _count(body.text_2)), "text_1 x text_2")
     pairs = make_score_pairs(body.text_1, await _documents(m, body.text_2))
-    ctx.check_num_inputs(len(pairs), "text_1 x text_2")
-    outputs = await m.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens)
+    outputs = await m.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens,
+                                   options=body.score_options(ctx.chat_template))
 
     def build() -> ScoreResponse:
         return ScoreResponse(
@@ -55,13 +58,15 @@ async def create_rerank(body: RerankRequest,
                         ctx: ServerContext = Depends(get_context)) -> Response:
     """Jina/Cohere rerank: documents ordered by relevance to the query."""
     m = ctx.model(body.model)
+    m.require_scoring()
     if not body.documents:
         raise ValueError("documents must not be empty.")
     ctx.check_num_inputs(len(body.documents), "documents")
     pairs = make_score_pairs(body.query, await _documents(m, body.documents),
                              names=("query", "documents"))
     outputs = await m.engine.score(pairs, body.pooling_params(), body.truncate_prompt_tokens,
-                                     operation="embedding generation")  # vLLM's wording
+                                     operation="embedding generation",  # vLLM's wording
+                                     options=body.score_options(ctx.chat_template))
 
     def build() -> RerankResponse:
         results = sorted(
@@ -76,6 +81,10 @@ async def create_rerank(body: RerankRequest,
             usage=RerankUsage(total_tokens=sum(o.num_input_tokens for o in outputs)))
 
     return await render(build, len(outputs))
+
+
+def _count(side) -> int:
+    return len(side) if isinstance(side, list) else 1
 
 
 async def _documents(m: ModelContext, documents):
