@@ -14,6 +14,7 @@ both ways of scoring pairs are fuzzed.
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 import pytest
@@ -172,6 +173,9 @@ def assert_answered_without_server_error(response: httpx.Response, seen: set[int
         error = response.json()["error"]
         assert error["code"] == response.status_code
         assert isinstance(error["message"], str) and error["message"]
+        # Error hygiene: no object repr, address or path of this machine's Python.
+        for leak in ("object at 0x", "site-packages", sys.prefix):
+            assert leak not in error["message"], error["message"]
 
 
 def assert_alive_and_healthy(server) -> None:
