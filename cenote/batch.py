@@ -44,7 +44,9 @@ from tqdm.auto import tqdm
 
 # The routes a batch line may name (OpenAI's, and vLLM's pooling ones).
 BATCH_URLS = frozenset({"/v1/embeddings", "/v1/score", "/score", "/v1/rerank", "/rerank",
-                        "/v2/rerank", "/classify", "/pooling", "/v2/embed", "/embed_sparse"})
+                        "/v2/rerank", "/classify", "/pooling", "/v2/embed", "/v1/embed",
+                        "/invocations", "/embed", "/embed_all", "/embed_sparse", "/similarity",
+                        "/predict"})
 
 # A line may be this much longer than --max-request-body-bytes: room for its custom_id,
 # method and url around the body.
