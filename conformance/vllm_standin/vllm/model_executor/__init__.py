@@ -1,0 +1,3 @@
+from vllm import _standin
+
+__getattr__ = _standin.module_getattr(__name__)
