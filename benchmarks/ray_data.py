@@ -37,7 +37,8 @@ def run_with_ray(embed_dataset, model_path: str, texts: list[str], actors: int,
 
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
     start = time.perf_counter()
-    done = embed_dataset(ds, model_path, concurrency=actors, num_cpus=1,
+    # In memory, no read task: the actors may take every CPU.
+    done = embed_dataset(ds, model_path, concurrency=actors, num_cpus=1, reserve_cpus=0,
                          batch_size=batch_size).take_all()
     seconds = time.perf_counter() - start
     done.sort(key=lambda row: row["id"])

@@ -73,10 +73,52 @@ def minilm_embeddings(minilm_path) -> np.ndarray:
     return np.array([o.outputs.embedding for o in outputs], dtype=np.float32)
 
 
+def test_parquet_read_embedded_and_written_gets_llm_embed_vectors(ray_cluster, minilm_path,
+                                                                  minilm_embeddings,
+                                                                  tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "texts"
+    source.mkdir()
+    for part in range(2):  # two files: two read tasks
+        rows = range(part * 20, part * 20 + 20)
+        pq.write_table(pa.table({"id": list(rows), "text": [TEXTS[i] for i in rows]}),
+                       source / f"part-{part}.parquet")
+    # One actor of one CPU leaves the other CPU to the read and write tasks.
+    ds = embed_dataset(ray.data.read_parquet(str(source)), minilm_path, concurrency=1,
+                       num_cpus=1, batch_size=8)
+    ds.write_parquet(str(tmp_path / "embedded"))
+    table = pq.read_table(tmp_path / "embedded").sort_by("id")
+    assert table["id"].to_pylist() == list(range(len(TEXTS)))
+    assert table["text"].to_pylist() == TEXTS
+    got = np.array(table["embedding"].to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, minilm_embeddings, rtol=0, atol=1e-5)
+
+
+def test_a_pool_taking_every_cpu_is_refused_before_it_can_starve_the_reads(ray_cluster,
+                                                                          minilm_path):
+    ds = ray.data.from_items([{"text": "x"}])
+    with pytest.raises(ValueError, match="reserve_cpus=1 for Ray Data's read and write"):
+        embed_dataset(ds, minilm_path, concurrency=2, num_cpus=1)
+    with pytest.raises(ValueError, match="wait forever"):
+        embed_dataset(ds, minilm_path, concurrency=(2, 4), num_cpus=1)
+
+
+def test_the_helpers_use_ray_datas_compute_argument_not_its_deprecated_concurrency(
+        ray_cluster, minilm_path, capfd):
+    ds = ray.data.from_items([{"text": "x"}])
+    embed_dataset(ds, minilm_path, concurrency=1)
+    embed_dataset(ds, minilm_path, concurrency=(1, 1))
+    # Ray Data logs the deprecation to the driver's stderr when map_batches is called.
+    assert "deprecated" not in capfd.readouterr().err
+
+
 def test_embed_dataset_gives_every_row_what_llm_embed_gives(ray_cluster, minilm_path,
                                                             minilm_embeddings):
+    # In memory (from_items): no read task needs a CPU, so the actors may take them all.
     ds = embed_dataset(text_dataset(text=TEXTS), minilm_path, concurrency=2, batch_size=8,
-                       num_cpus=1)
+                       num_cpus=1, reserve_cpus=0)
     rows = by_id(ds.take_all())
     assert [row["id"] for row in rows] == list(range(len(TEXTS)))
     assert [row["text"] for row in rows] == TEXTS
@@ -116,7 +158,8 @@ def test_an_actor_killed_mid_dataset_loses_and_repeats_no_row(ray_cluster, minil
                                                               minilm_embeddings, tmp_path):
     marker = tmp_path / "crashed"
     ds = text_dataset(text=TEXTS).map_batches(
-        ExitsOnceMidDataset, batch_size=4, concurrency=2, num_cpus=1,
+        ExitsOnceMidDataset, batch_size=4, compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=1,
         fn_constructor_kwargs={"model": str(minilm_path), "marker": str(marker),
                                "crash_on_id": 21})
     # Ray Data's actor pools restart a lost actor and retry its batch by default

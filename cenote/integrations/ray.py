@@ -3,14 +3,17 @@
     import ray
     from cenote.integrations.ray import embed_dataset
 
-    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
-    ds = embed_dataset(ds, concurrency=2, num_cpus=1)  # adds an "embedding" column
+    ds = ray.data.read_parquet("texts/")
+    ds = embed_dataset(ds, concurrency=2, num_cpus=7)  # adds an "embedding" column
+    ds.write_parquet("embedded/")
 
 Each actor loads one :class:`cenote.LLM` and runs ``LLM.embed`` (``classify``,
 ``score``) on each batch of rows, so every row gets what ``LLM.embed`` gives its
 text in a single process. Ray Data does not keep the rows' order by default: carry
 an id column to match results to inputs (or set ``preserve_order`` on the
-dataset's ``DataContext``).
+dataset's ``DataContext``). The actors' CPUs must leave ``reserve_cpus`` of the
+cluster's for Ray Data's read and write tasks, or a dataset read from files would
+wait forever for one: a pool that would take them all is refused.
 
 Nothing else in cenote imports this module; without Ray it raises an ImportError
 that says ``pip install 'cenote[ray]'``.
@@ -49,7 +52,8 @@ class LLMPredictor:
     actor, torch gets as many threads as the CPUs Ray assigned it::
 
         ds.map_batches(LLMPredictor, fn_constructor_kwargs={"model": path},
-                       concurrency=2, num_cpus=1, batch_size=256)
+                       compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1,
+                       batch_size=256)
     """
 
     def __init__(
@@ -126,6 +130,7 @@ def embed_dataset(
     batch_size: int = 256,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    reserve_cpus: float = 1,
     **llm_options: Any,
 ) -> ray.data.Dataset:
     """``ds`` with an ``output_column`` of embeddings of ``text_column`` (float32
@@ -133,11 +138,16 @@ def embed_dataset(
     ``(min, max)`` pair for an autoscaling pool), each with ``num_cpus`` CPUs (its
     torch threads) and ``num_gpus`` GPUs, taking ``batch_size`` rows at a time.
     ``llm_options`` go to :class:`cenote.LLM`. Lazy, as every Ray Data transform; for
-    other actor options call ``ds.map_batches`` with :class:`LLMPredictor`."""
+    other actor options call ``ds.map_batches`` with :class:`LLMPredictor`.
+
+    ``ValueError`` when the actors (their minimum, for a pool that scales) would leave
+    fewer than ``reserve_cpus`` of the Ray cluster's CPUs to Ray Data's read and write
+    tasks, which would otherwise wait forever; ``reserve_cpus=0`` turns the check off
+    (a dataset already in memory, such as ``from_items``, has no read task)."""
     return _map_with_engines(
         ds, dict(model=model, method="embed", text_column=text_column,
                  output_column=output_column, pooling_params=pooling_params, **llm_options),
-        concurrency, batch_size, num_cpus, num_gpus)
+        concurrency, batch_size, num_cpus, num_gpus, reserve_cpus)
 
 
 def classify_dataset(
@@ -152,6 +162,7 @@ def classify_dataset(
     batch_size: int = 256,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    reserve_cpus: float = 1,
     **llm_options: Any,
 ) -> ray.data.Dataset:
     """``ds`` with each row's class probabilities in ``output_column`` and its most
@@ -161,7 +172,7 @@ def classify_dataset(
         ds, dict(model=model, method="classify", text_column=text_column,
                  output_column=output_column, label_column=label_column,
                  pooling_params=pooling_params, **llm_options),
-        concurrency, batch_size, num_cpus, num_gpus)
+        concurrency, batch_size, num_cpus, num_gpus, reserve_cpus)
 
 
 def score_dataset(
@@ -176,6 +187,7 @@ def score_dataset(
     batch_size: int = 256,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    reserve_cpus: float = 1,
     **llm_options: Any,
 ) -> ray.data.Dataset:
     """``ds`` with the score of each row's pair (``text_column``, ``text_pair_column``)
@@ -186,14 +198,44 @@ def score_dataset(
         ds, dict(model=model, method="score", text_column=text_column,
                  text_pair_column=text_pair_column, output_column=output_column,
                  pooling_params=pooling_params, **llm_options),
-        concurrency, batch_size, num_cpus, num_gpus)
+        concurrency, batch_size, num_cpus, num_gpus, reserve_cpus)
 
 
 def _map_with_engines(ds: ray.data.Dataset, predictor_options: dict[str, Any],
                       concurrency: int | tuple[int, int], batch_size: int, num_cpus: float,
-                      num_gpus: float) -> ray.data.Dataset:
+                      num_gpus: float, reserve_cpus: float) -> ray.data.Dataset:
+    pool = actor_pool(concurrency)
+    check_cpus_left(pool.min_size, num_cpus, reserve_cpus)
     # A restarted actor reloads the model and its batch runs again (Ray Data's
     # default for actor pools): a lost actor costs time, never rows.
     return ds.map_batches(LLMPredictor, fn_constructor_kwargs=predictor_options,
-                          batch_format="numpy", batch_size=batch_size,
-                          concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
+                          batch_format="numpy", batch_size=batch_size, compute=pool,
+                          num_cpus=num_cpus, num_gpus=num_gpus)
+
+
+def actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
+    """Ray Data's actor pool for ``concurrency``: a fixed size, or ``(min, max)``."""
+    if isinstance(concurrency, tuple):
+        low, high = concurrency
+        return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+    return ray.data.ActorPoolStrategy(size=concurrency)
+
+
+def check_cpus_left(actors: int, num_cpus: float, reserve_cpus: float) -> None:
+    """Refuse ``actors`` of ``num_cpus`` each when they would leave the running Ray
+    cluster fewer than ``reserve_cpus`` CPUs: Ray Data starts an actor pool before it
+    reads, and a read task that finds no CPU waits for one forever, without a
+    message. Without a connected cluster (Ray Data starts one later) nothing is
+    checked."""
+    if reserve_cpus <= 0 or not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    taken = actors * num_cpus
+    if total - taken < reserve_cpus:
+        raise ValueError(
+            f"{actors} engine actor(s) x {num_cpus:g} CPU would take {taken:g} of the Ray "
+            f"cluster's {total:g} CPUs and leave fewer than reserve_cpus={reserve_cpus:g} "
+            "for Ray Data's read and write tasks, so a dataset read from files "
+            "(read_parquet, read_json, ...) would wait forever. Give the actors fewer "
+            "CPUs (num_cpus, concurrency), or pass reserve_cpus=0 for a dataset already "
+            "in memory (from_items, from_pandas) that is not written out by Ray tasks.")
