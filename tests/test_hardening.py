@@ -359,6 +359,19 @@ def test_while_draining_new_requests_and_health_get_503(make_app):
     assert_error(health, 503, "shutting down")
 
 
+def test_while_draining_ping_stays_200_for_liveness_probes(make_app):
+    app, _ = make_app()
+
+    async def scenario():
+        async with client(app) as http:
+            begin_draining(app)
+            return await http.get("/ping"), await http.get("/health")
+
+    ping, health = asyncio.run(scenario())
+    assert ping.status_code == 200
+    assert health.status_code == 503
+
+
 # ---- security ----------------------------------------------------------
 
 
@@ -605,6 +618,37 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0():
     assert refusals
     assert exit_code == 0
     assert CANARY in log  # --log-inputs: the bodies are logged
+
+
+def test_a_draining_server_still_takes_connections_ping_200_health_503():
+    texts = long_texts(150)
+    with cenote_serve(["--request-timeout", "600"]) as process:
+        answer: dict[str, httpx.Response | BaseException] = {}
+
+        def send_big_request() -> None:
+            try:
+                answer["response"] = httpx.post(f"{process.url}/v1/embeddings",
+                                                json={"input": texts}, timeout=300)
+            except BaseException as exc:  # reported by the assertions below
+                answer["response"] = exc
+
+        sender = threading.Thread(target=send_big_request)
+        sender.start()
+        deadline = time.monotonic() + 60
+        while metric(process, "cenote_queue_waiting_sequences") == 0:
+            assert time.monotonic() < deadline, "the request never reached the queue"
+        process.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the signal handled: the server drains
+        # Each probe on a new connection, as a kubelet's.
+        ping = httpx.get(f"{process.url}/ping", timeout=5)
+        health = httpx.get(f"{process.url}/health", timeout=5)
+        still_in_flight = "response" not in answer
+        sender.join(300)
+        assert process.process.wait(120) == 0
+    assert still_in_flight, "the request ended before the probes: the test proves nothing"
+    assert ping.status_code == 200
+    assert_error(health, 503, "shutting down")
+    assert answer["response"].status_code == 200
 
 
 def test_the_servers_chat_template_renders_messages(make_app, minilm_bf16):

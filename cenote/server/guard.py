@@ -126,6 +126,12 @@ class RequestMedia:
 request_media: ContextVar[RequestMedia | None] = ContextVar("request_media", default=None)
 
 
+# Liveness still answers while the server drains: the process is alive and finishing
+# its requests, and a liveness probe that failed then would kill it mid-drain. Readiness
+# (/health) and new work get 503.
+LIVENESS_PATHS = frozenset({"/ping"})
+
+
 class RequestGuardMiddleware:
     """Body cap, per-request timeout, cancel-on-disconnect and drain for every HTTP request.
 
@@ -142,7 +148,7 @@ class RequestGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.context.draining:
+        if self.context.draining and scope["path"] not in LIVENESS_PATHS:
             await _refuse(scope, receive, send, 503, "The server is shutting down.")
             return
         cap = self.context.limits.max_request_body_bytes

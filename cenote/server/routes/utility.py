@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from cenote.server.context import ServedModel, ServerContext, get_context
 from cenote.server.errors import error_response
 from cenote.server.payloads import json_response
-from cenote.server.protocol import (
+from cenote.server.protocol_utility import (
     DetokenizeRequest,
     DetokenizeResponse,
     EngineCapacity,
@@ -30,7 +30,8 @@ router = APIRouter()
 async def health(ctx: ServerContext = Depends(get_context)) -> Response:
     """200 while every model has an engine alive and making progress; 503 otherwise.
     With engines down (data-parallel engines restarting), still 200, and the body says
-    which: ``{"status": "degraded", "engines": [...]}``."""
+    which: ``{"status": "degraded", "engines": [...]}``. While the server drains, the
+    guard answers ``/health`` (readiness) with 503 but lets ``/ping`` (liveness) here."""
     engines = []
     for model in ctx.models:
         engine = model.engine
