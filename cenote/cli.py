@@ -153,6 +153,16 @@ class _Server(uvicorn.Server):
             logger.info("cenote is serving %s at %s (OpenAI base URL %s/v1)",
                         self.model_name, url, url)
 
+    async def shutdown(self, sockets=None) -> None:
+        # Keep listening while the requests in flight finish (within the graceful
+        # timeout): a new request gets the guard's 503 and a liveness probe (/ping) 200,
+        # not a refused connection. Then uvicorn closes the socket and the connections.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        while self.server_state.tasks and not self.force_exit and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        await super().shutdown(sockets)
+
 
 def dashed_options(argv: Sequence[str]) -> list[str]:
     """``--hf_overrides`` read as ``--hf-overrides``: vLLM takes either spelling of
@@ -166,16 +176,6 @@ def dashed_options(argv: Sequence[str]) -> list[str]:
             arg = name.replace("_", "-") + eq + value
         out.append(arg)
     return out
-
-    async def shutdown(self, sockets=None) -> None:
-        # Keep listening while the requests in flight finish (within the graceful
-        # timeout): a new request gets the guard's 503 and a liveness probe (/ping) 200,
-        # not a refused connection. Then uvicorn closes the socket and the connections.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeout_graceful_shutdown
-        while self.server_state.tasks and not self.force_exit and loop.time() < deadline:
-            await asyncio.sleep(0.1)
-        await super().shutdown(sockets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
