@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=_positive_int, default=None,
                        help="Longest input in tokens; longer inputs are refused with 400. "
                             "Default: what the model supports.")
+    serve.add_argument("--auto-truncate", action="store_true",
+                       help="Cut inputs longer than --max-model-len to it, keeping their "
+                            "start (text-embeddings-inference's option), unless a request "
+                            "sets truncate_prompt_tokens or truncation_side. Default: off, "
+                            "long inputs are refused (as vLLM).")
     serve.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
                        help="Token budget of one batch (padded size: sequences x longest). "
                             "Smaller batches answer concurrent clients sooner; larger ones "

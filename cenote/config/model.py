@@ -150,6 +150,9 @@ class ModelConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     # "int8": opt-in int8 matmuls (cenote.models.quantization); None: the dtype throughout.
     quantization: str | None = None
+    # --auto-truncate (TEI's): inputs over max_model_len are cut to it, keeping their
+    # start, unless a request says how to cut; off (refused), as in vLLM, by default.
+    auto_truncate: bool = False
 
     @classmethod
     def from_args(
@@ -167,6 +170,7 @@ class ModelConfig:
         tokenizer: str | os.PathLike | None = None,
         runner: str = "auto",
         quantization: str | None = None,
+        auto_truncate: bool = False,
     ) -> ModelConfig:
         from transformers import AutoConfig
 
@@ -217,6 +221,10 @@ class ModelConfig:
             )
         retrieval = read_retrieval_config(root) if resolved_task == "embed" else RetrievalConfig()
         pooler_config = PoolerConfig.coerce(override_pooler_config)
+        if auto_truncate and pooler_config is not None and pooler_config.enable_chunked_processing:
+            raise ValueError("auto_truncate cuts every long input, so chunked processing "
+                             "(enable_chunked_processing) would never run: use one or the "
+                             "other.")
         check_chunked_processing(pooler_config, resolved_task)
         return cls(
             model=name,
@@ -234,6 +242,7 @@ class ModelConfig:
             tokenizer_path=tokenizer_path,
             retrieval=retrieval,
             quantization=quantization,
+            auto_truncate=auto_truncate,
         )
 
     @property

@@ -107,6 +107,9 @@ def task_pooler(config: ModelConfig, task_name: str) -> TaskPooler:
     elif task_name == "embed" and config.st_config is not None:
         pooling_type = config.st_config.pooling_type or pooling_type
         defaults.normalize = config.st_config.normalize
+    if config.auto_truncate:  # to the model's length, keeping the start (TEI's)
+        defaults.truncate_prompt_tokens = -1
+        defaults.truncation_side = "right"
     override = config.override_pooler_config
     if override is not None and task_name == OWN_POOLING_TASK[config.task]:
         if override.pooling_type is not None:

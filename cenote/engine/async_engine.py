@@ -81,9 +81,10 @@ def _naming_operation(operation: str) -> Iterator[None]:
         raise
 
 
-def _truncates(params: PoolingParams | None, truncate_prompt_tokens: int | None) -> bool:
+def _truncates(params: PoolingParams | None, truncate_prompt_tokens: int | None,
+               auto_truncate: bool) -> bool:
     """Whether a request's tokenising truncates (which takes the tokenizer's lock)."""
-    return truncate_prompt_tokens is not None or (
+    return auto_truncate or truncate_prompt_tokens is not None or (
         params is not None and params.truncate_prompt_tokens is not None)
 
 
@@ -233,7 +234,8 @@ class AsyncPoolingEngine:
             seqs = await self._off_loop(self.engine.prepare, prompts, pooling_task, params,
                                         truncate_prompt_tokens, add_special_tokens, prompt_name,
                                         size=_size_of(prompts),
-                                        locks=_truncates(params, truncate_prompt_tokens))
+                                        locks=_truncates(params, truncate_prompt_tokens,
+                                                       self.engine.config.auto_truncate))
         data = await self.run(seqs, pooling_task)
         request_id = self._next_request_id()
         return request_outputs(seqs, data, lambda k: f"{request_id}-{k}")
@@ -257,7 +259,8 @@ class AsyncPoolingEngine:
         with _naming_operation(operation):
             job = await self._off_loop(self.engine.prepare_score, pairs, params,
                                        truncate_prompt_tokens, options, size=_size_of(pairs),
-                                       locks=_truncates(params, truncate_prompt_tokens))
+                                       locks=_truncates(params, truncate_prompt_tokens,
+                                                       self.engine.config.auto_truncate))
         data = await self.run(job.seqs, job.pooling_task)
         request_id = self._next_request_id()
         return job.finish(data, lambda k: f"{request_id}-{k}")

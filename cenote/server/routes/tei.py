@@ -252,7 +252,8 @@ async def info(model: str | None = None, ctx: ServerContext = Depends(get_contex
         model_id=ctx.served_as(m.name).names[0], served_model_name=m.name,
         model_dtype=str(config.dtype).removeprefix("torch."), model_type=_model_type(m),
         max_input_length=config.max_model_len, max_batch_tokens=config.max_num_batched_tokens,
-        max_client_batch_size=ctx.limits.max_inputs_per_request, version=__version__))
+        max_client_batch_size=ctx.limits.max_inputs_per_request,
+        auto_truncate=config.auto_truncate, version=__version__))
 
 
 # TEI's names of the pooling methods.
