@@ -24,6 +24,8 @@ from cenote.outputs import (
     ClassificationRequestOutput,
     EmbeddingOutput,
     EmbeddingRequestOutput,
+    LateChunk,
+    LateChunkingMetadata,
     PoolingOutput,
     PoolingRequestOutput,
     ScoringOutput,
@@ -31,7 +33,7 @@ from cenote.outputs import (
     SparseEmbeddingOutput,
     SparseEmbeddingRequestOutput,
 )
-from cenote.params import PoolingParams
+from cenote.params import LateChunkingParams, PoolingParams
 from cenote.version import __version__
 
 __all__ = [
@@ -40,6 +42,9 @@ __all__ = [
     "ClassificationRequestOutput",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
+    "LateChunk",
+    "LateChunkingMetadata",
+    "LateChunkingParams",
     "ModelConfig",
     "PoolerConfig",
     "PoolingOutput",

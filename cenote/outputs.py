@@ -106,6 +106,26 @@ class SparseEmbeddingOutput:
         return cls(data.indices()[0].tolist(), data.values().tolist())
 
 
+@dataclass(frozen=True)
+class LateChunk:
+    """One chunk of a late-chunked text: its tokens ``[start, end)`` and the characters
+    of the submitted text they came from (None for a chunk of special tokens only)."""
+
+    token_range: tuple[int, int]
+    char_range: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class LateChunkingMetadata:
+    """Where each vector of a late-chunked output comes from (vLLM's): row ``i`` of the
+    output is ``chunks[i]``."""
+
+    chunk_size: int
+    input_tokens: int
+    chunks: list[LateChunk]
+    strategy: str = "fixed_tokens"
+
+
 OutputT = TypeVar("OutputT")
 
 
@@ -120,6 +140,8 @@ class PoolingRequestOutput(Generic[OutputT]):
     # The tokens the model read for this prompt, what usage counts: its token ids, or an
     # image's vision tokens (its patches, and a class token where the tower has one).
     num_input_tokens: int | None = None
+    # With late chunking: the token and character range of each output row.
+    late_chunking: LateChunkingMetadata | None = None
 
     def __post_init__(self) -> None:
         if self.num_input_tokens is None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from cenote.exceptions import VLLMValidationError
 from cenote.tasks import pooling_task as task_named
+
+# ColBERT's two ways of reading a text (``PoolingParams.embedding_mode``).
+EMBEDDING_MODES = ("query", "document")
 
 
 def one_activation(**aliases: bool | None) -> bool | None:
@@ -16,6 +20,24 @@ def one_activation(**aliases: bool | None) -> bool | None:
         raise ValueError(f"{', '.join(f'`{name}`' for name in given)} are aliases of one "
                          "another (whether the activation applies); they must agree.")
     return next(iter(given.values()), None)
+
+
+@dataclass(frozen=True)
+class LateChunkingParams:
+    """Late chunking (vLLM's ``LateChunkingParams``): the whole text runs through the
+    model once, then its token vectors are averaged over consecutive ``chunk_size``-token
+    chunks (the last may be shorter), one vector per chunk, normalised as the task's
+    vectors are. Special tokens count toward the chunks and their means."""
+
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        self.verify()
+
+    def verify(self) -> None:
+        if type(self.chunk_size) is not int or not 0 < self.chunk_size < 2**63:
+            raise VLLMValidationError("chunk_size must be a positive integer less than 2**63",
+                                      parameter="chunk_size")
 
 
 @dataclass
@@ -38,6 +60,11 @@ class PoolingParams:
     # "max_length": inputs padded with the pad token to the model's limit (as vLLM, the
     # model reads the pad tokens and they count as input); "do_not_pad", the default.
     padding: str | None = None
+    # token_embed only: one vector per chunk of the whole text's token vectors.
+    late_chunking_params: LateChunkingParams | None = None
+    # token_embed of a late-interaction (ColBERT) model: the text read as a "query"
+    # (query marker, expansion to the query length) or a "document" (document marker).
+    embedding_mode: str | None = None
 
     def __init__(
         self,
@@ -51,6 +78,8 @@ class PoolingParams:
         use_activation: bool | None = None,
         truncation_side: str | None = None,
         padding: str | None = None,
+        late_chunking_params: LateChunkingParams | None = None,
+        embedding_mode: str | None = None,
     ) -> None:
         self.dimensions = dimensions
         self.normalize = normalize
@@ -63,6 +92,8 @@ class PoolingParams:
         )
         self.truncation_side = truncation_side
         self.padding = padding
+        self.late_chunking_params = late_chunking_params
+        self.embedding_mode = embedding_mode
 
     @property
     def softmax(self) -> bool | None:
@@ -77,6 +108,8 @@ class PoolingParams:
 
     def verify(self, pooling_task: str) -> None:
         """Raise ``ValueError`` if a parameter does not belong to ``pooling_task``."""
+        if self.late_chunking_params is not None:
+            self._verify_late_chunking(pooling_task)
         allowed = task_named(pooling_task).parameters
         extra = sorted(self.set_fields() - allowed)
         if extra:
@@ -95,6 +128,26 @@ class PoolingParams:
             not isinstance(self.dimensions, int) or isinstance(self.dimensions, bool)
         ):
             raise ValueError("dimensions must be an integer.")
+        if self.embedding_mode not in (None, *EMBEDDING_MODES):
+            raise VLLMValidationError(f"embedding_mode must be 'query' or 'document', not "
+                                      f"{self.embedding_mode!r}.", parameter="embedding_mode")
+
+    def _verify_late_chunking(self, pooling_task: str) -> None:
+        """Late chunking's conditions, worded as vLLM's: token_embed, and the whole text
+        as it is (no cut, no padding: the chunks map back to the text)."""
+        if not isinstance(self.late_chunking_params, LateChunkingParams):
+            raise TypeError("late_chunking_params must be a LateChunkingParams.")
+        self.late_chunking_params.verify()
+        if pooling_task != "token_embed":
+            raise VLLMValidationError("Late chunking requires token_embed",
+                                      parameter="late_chunking_params")
+        if self.truncate_prompt_tokens is not None or self.padding == "max_length":
+            raise VLLMValidationError(
+                "Late chunking does not support input padding, truncation or renderer text "
+                "normalization", parameter="late_chunking_params")
+        if self.embedding_mode is not None:
+            raise VLLMValidationError("Late chunking cannot be combined with embedding_mode",
+                                      parameter="embedding_mode")
 
     def for_task(self, pooling_task: str) -> PoolingParams:
         """These params as ``pooling_task`` reads them. vLLM has one switch for a pooler's

@@ -54,7 +54,9 @@ POOLING_TASKS: dict[str, PoolingTask] = {task.name: task for task in (
                 defaults={"activation": True}, operation="score"),
     # vLLM 0.21+'s token-level tasks: one normalised vector per token (after the
     # model's per-token projection, e.g. ColBERT's), and the per-token head's outputs.
-    PoolingTask("token_embed", "Token Embedding API", "embed", _TRUNCATION | {"normalize"},
+    # Late chunking (a vector per chunk of tokens) and ColBERT's query/document reading.
+    PoolingTask("token_embed", "Token Embedding API", "embed",
+                _TRUNCATION | {"normalize", "late_chunking_params", "embedding_mode"},
                 defaults={"normalize": True}, one_row=False),
     PoolingTask("token_classify", "Token Classification API", "reward",
                 _TRUNCATION | {"activation"}, defaults={"activation": False}, one_row=False),

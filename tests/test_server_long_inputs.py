@@ -155,7 +155,9 @@ def test_int8_codes_follow_the_calibrated_ranges_as_sentence_transformers(cohere
 @pytest.mark.parametrize("body, message", [
     ({"texts": TEXTS, "embedding_types": ["float16"]}, "Unknown embedding type 'float16'"),
     ({"texts": TEXTS, "output_dimension": 128}, "does not support matryoshka"),
-    ({"texts": TEXTS, "input_type": "search_everything"}, "Unknown input_type"),
+    ({"texts": TEXTS, "input_type": "search_everything"},
+     "Unsupported input_type 'search_everything'. Supported values: classification, "
+     "clustering, document, query, search_document, search_query"),
     ({"texts": [LONG_TEXT * 5], "truncate": "NONE"}, "max_embed_len) is 1000 tokens"),
     ({"images": ["data:image/png;base64,AAAA"]}, "text only"),
     ({"texts": []}, "give one of texts, images or inputs"),

@@ -82,7 +82,7 @@ def test_score_is_as_offline(m3_server, m3_offline):
 @pytest.mark.parametrize("route, body, message", [
     ("/pooling", {"input": "x", "task": "token_embed", "dimensions": 8},
      "dimensions is not a valid parameter for the 'token_embed' pooling task"),
-    ("/pooling", {"input": "x", "task": "classify"}, "Classification API is not supported"),
+    ("/pooling", {"input": "x", "task": "classify"}, "Unsupported task: 'classify'"),
     ("/rerank", {"query": QUERY, "documents": []}, "must not be empty"),
     ("/rerank", {"query": QUERY, "documents": ["..."], "top_n": 5}, None),
 ])

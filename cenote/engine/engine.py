@@ -14,6 +14,7 @@ from cenote.engine.quantization import Int8Accuracy, measure_int8
 from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, distinct
+from cenote.exceptions import VLLMValidationError
 from cenote.inputs.chunking import Merge, split_into_chunks
 from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.instructions import instruction
@@ -21,13 +22,20 @@ from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_image_prompt
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingRequestOutput
-from cenote.params import PoolingParams
+from cenote.params import EMBEDDING_MODES, PoolingParams
 from cenote.pooling.compact import calibration_texts
+from cenote.pooling.late_chunking import chunk_metadata
 from cenote.pooling.policy import PoolingPolicy
 from cenote.tasks import OWN_POOLING_TASK
 from cenote.tasks import pooling_task as task_named
 
 WARMUP_TEXTS = ("Warm-up.", "A second, slightly longer warm-up sentence.")
+
+
+# vLLM's answer to task "plugin" without an IO processor plugin (none is loaded here).
+NO_IO_PROCESSOR_PLUGIN = ("No IOProcessor plugin installed. Please refer to the documentation "
+                          "and to the 'prithvi_geospatial_mae_io_processor' offline inference "
+                          "example for more details.")
 
 
 class UnsupportedTaskError(ValueError):
@@ -63,6 +71,8 @@ class PoolingEngine:
     def check_task(self, pooling_task: str) -> None:
         if pooling_task in self.config.supported_pooling_tasks:
             return
+        if pooling_task == "plugin":  # vLLM's task for IO processor plugins
+            raise UnsupportedTaskError(NO_IO_PROCESSOR_PLUGIN)
         task = task_named(pooling_task)
         if pooling_task == "score" and self.config.task == "classify":
             raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
@@ -123,24 +133,61 @@ class PoolingEngine:
             return self._text_records(prompts, pooling_task, resolved, add_special_tokens,
                                       prompt_name)
         out: list[SequenceInput | None] = [None] * len(prompts)
-        for i, seq in zip(images, self._image_records([prompts[i] for i in images],
-                                                      pooling_task,
-                                                      [resolved[i] for i in images]),
-                          strict=True):
-            out[i] = seq
-        texts = [i for i, seq in enumerate(out) if seq is None]
-        if texts:
-            for i, seq in zip(texts, self._text_records(
-                    [prompts[i] for i in texts], pooling_task, [resolved[i] for i in texts],
-                    add_special_tokens, prompt_name), strict=True):
-                out[i] = seq
+        _fill(out, images, lambda idx: self._image_records(
+            [prompts[i] for i in idx], pooling_task, [resolved[i] for i in idx]))
+        _fill(out, [i for i, seq in enumerate(out) if seq is None],
+              lambda idx: self._text_records([prompts[i] for i in idx], pooling_task,
+                                             [resolved[i] for i in idx], add_special_tokens,
+                                             prompt_name))
         return out
 
     def _text_records(self, prompts: Sequence[Prompt], pooling_task: str,
                       params: list[PoolingParams], add_special_tokens: bool,
                       prompt_name: str | None) -> list[SequenceInput]:
-        """Texts and token-id prompts, tokenised (with the model's instruction)."""
+        """Texts and token-id prompts, tokenised (with the model's instruction); those
+        asking for late chunking or a ColBERT ``embedding_mode`` each their own way."""
         prefix = self._instruction(prompt_name)
+        out: list[SequenceInput | None] = [None] * len(prompts)
+
+        def pick(idx: list[int]) -> tuple[list[Prompt], list[PoolingParams]]:
+            return [prompts[i] for i in idx], [params[i] for i in idx]
+
+        for i, p in enumerate(params):
+            if p.late_chunking_params is not None:
+                out[i] = self._late_chunked_record(prompts[i], p, prefix, add_special_tokens)
+        for mode in EMBEDDING_MODES:
+            _fill(out, [i for i, p in enumerate(params) if p.embedding_mode == mode],
+                  lambda idx, mode=mode: self._mode_records(*pick(idx), mode))
+        _fill(out, [i for i, seq in enumerate(out) if seq is None],
+              lambda idx: self._plain_text_records(*pick(idx), pooling_task, add_special_tokens,
+                                                   prefix))
+        return out
+
+    def _late_chunked_record(self, prompt: Prompt, params: PoolingParams, prefix: str | None,
+                             add_special_tokens: bool) -> SequenceInput:
+        """A text whose token vectors are averaged per chunk: tokenised whole, with where
+        each chunk lies in it (the instruction, if any, counts as tokens, not text)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise VLLMValidationError("Late chunking requires nonempty plain-text input")
+        start = len(prefix or "")
+        ids, offsets = self.tokenizer.encode_with_offsets((prefix or "") + prompt,
+                                                          add_special_tokens)
+        offsets = [(max(a - start, 0), b - start) if b > start else (0, 0) for a, b in offsets]
+        chunks = chunk_metadata(prompt, offsets, params.late_chunking_params.chunk_size)
+        return SequenceInput(ids, None, params, late_chunking=chunks)
+
+    def _mode_records(self, prompts: Sequence[Prompt], params: list[PoolingParams],
+                      mode: str) -> list[SequenceInput]:
+        """Texts read as ColBERT queries or documents, as its scoring reads them: their
+        marker, length and (queries) expansion."""
+        if self.late is None:
+            raise VLLMValidationError("embedding_mode is only supported for ColBERT / late "
+                                      "interaction models", parameter="embedding_mode")
+        return self.late.prepare_each(prompts, params, query=mode == "query")
+
+    def _plain_text_records(self, prompts: Sequence[Prompt], params: list[PoolingParams],
+                            pooling_task: str, add_special_tokens: bool,
+                            prefix: str | None) -> list[SequenceInput]:
         if prefix is not None:
             prompts = [prefix + p if isinstance(p, str) else p for p in prompts]
         chunked = pooling_task == "embed" and self.config.chunked_processing
@@ -293,6 +340,14 @@ class PoolingEngine:
         return out
 
 
+def _fill(out: list[SequenceInput | None], idx: list[int],
+          make: Callable[[list[int]], list[SequenceInput]]) -> None:
+    """``out[i]`` for each ``i`` of ``idx``: the records ``make(idx)`` prepares, in order."""
+    if idx:
+        for i, seq in zip(idx, make(idx), strict=True):
+            out[i] = seq
+
+
 def warmup_records(engine: PoolingEngine, texts: Sequence[str] = WARMUP_TEXTS
                    ) -> tuple[list[SequenceInput], str]:
     """Records of ``texts`` (by default two short ones) for the model's own output task:
@@ -312,5 +367,6 @@ def request_outputs(seqs: Sequence[SequenceInput], data: Sequence[torch.Tensor],
                     ) -> list[PoolingRequestOutput]:
     """One ``kind`` of output per input record; ``request_id(k)`` names the k-th."""
     output_of = kind.output_of
-    return [kind(request_id(k), output_of(d), s.token_ids, num_input_tokens=s.cost)
+    return [kind(request_id(k), output_of(d), s.token_ids, num_input_tokens=s.cost,
+                 late_chunking=s.late_chunking)
             for k, (s, d) in enumerate(zip(seqs, data, strict=True))]

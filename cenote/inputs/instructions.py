@@ -37,11 +37,15 @@ def instruction(st: SentenceTransformersConfig | None, prompt_name: str | None) 
 
 def prompt_name_for_input_type(st: SentenceTransformersConfig | None,
                                input_type: str | None) -> str | None:
-    """The model's prompt for Cohere's ``input_type``, where it has one."""
+    """The model's prompt for ``input_type``: the prompt of that name (as vLLM reads it),
+    else the one Cohere's type means (None where the model has none); any other type is
+    refused in vLLM's words."""
     if input_type is None:
         return None
-    if input_type not in COHERE_INPUT_TYPES:
-        raise ValueError(f"Unknown input_type {input_type!r}; choose one of "
-                         f"{', '.join(COHERE_INPUT_TYPES)}.")
     names = prompt_names(st)
+    if input_type in names:
+        return input_type
+    if input_type not in COHERE_INPUT_TYPES:
+        supported = ", ".join(sorted({*names, *COHERE_INPUT_TYPES}))
+        raise ValueError(f"Unsupported input_type {input_type!r}. Supported values: {supported}")
     return next((n for n in COHERE_INPUT_TYPES[input_type] if n in names), None)

@@ -11,6 +11,7 @@ from dataclasses import replace
 import torch
 
 from cenote.config.retrieval import LateInteractionConfig
+from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import SequenceInput
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.params import PoolingParams
@@ -58,6 +59,20 @@ class LateInteractionInputs:
             seqs.append(SequenceInput(ids, None, params, visible_len=visible,
                                       drop_token_ids=drop))
         return seqs
+
+
+    def prepare_each(self, prompts: Sequence[object], params: Sequence[PoolingParams],
+                     query: bool) -> list[SequenceInput]:
+        """Prompts read as queries or documents on request (vLLM's ``embedding_mode``),
+        each with its own ``params``: texts only, as the marker goes into the text."""
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise VLLMValidationError("ColBERT embedding_mode requires text prompts; token "
+                                          "prompts are not supported.", parameter="input")
+            if not prompt:
+                raise ValueError(f"Prompt {i} is an empty string; it has nothing to encode.")
+        seqs = self.prepare(prompts, params[0], query)
+        return [replace(s, params=p) for s, p in zip(seqs, params, strict=True)]
 
 
 def kept_rows(seq: SequenceInput, rows: torch.Tensor, drop_first_token: bool) -> torch.Tensor:

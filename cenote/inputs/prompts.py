@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from cenote.outputs import LateChunkingMetadata
 from cenote.params import PoolingParams
 
 Prompt = str | dict[str, Any]
@@ -142,6 +143,8 @@ class SequenceInput:
     # costs a batch (a ViT's patch count, its tokens).
     pixel_values: torch.Tensor | None = None
     image_cost: int = 0
+    # With late chunking: where each chunk's vector comes from, for the output.
+    late_chunking: LateChunkingMetadata | None = None
 
     @property
     def cost(self) -> int:

@@ -158,6 +158,21 @@ class Tokenizer:
             self.check_length(len(prompt.token_ids), chunked)
         return out
 
+    def encode_with_offsets(self, text: str, add_special_tokens: bool = True
+                            ) -> tuple[list[int], list[tuple[int, int]]]:
+        """``text``'s token ids, uncut, and each token's character span in ``text``
+        (``(0, 0)`` for special tokens); the length limit enforced. Only a fast (Rust)
+        tokenizer knows the spans: without one, ``ValueError``."""
+        if self.backend is None:
+            raise ValueError("Late chunking requires a fast tokenizer with offsets aligned "
+                             "to all input tokens")
+        check_unicode(text, "The prompt")
+        encoding = self.backend.encode(self.bound_text(text, None, False, add_special_tokens),
+                                       add_special_tokens=add_special_tokens)
+        self._check_model_knows(encoding.ids, "The prompt")
+        self.check_length(len(encoding.ids))
+        return list(encoding.ids), [tuple(span) for span in encoding.offsets]
+
     def encode_pairs(
         self, pairs: Sequence[tuple[str, str]], cut: Truncation | None = None,
         as_one_text: bool = False,

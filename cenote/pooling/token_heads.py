@@ -15,6 +15,7 @@ from torch import nn
 from cenote.config.retrieval import SparseConfig
 from cenote.params import PoolingParams
 from cenote.pooling.heads import apply_to_rows, as_float_rows
+from cenote.pooling.late_chunking import mean_pool_chunks
 from cenote.pooling.methods import PoolingMetadata
 
 # Rows of masked-LM logits made at once: [rows, vocab] floats (32 MB for BERT's vocab).
@@ -24,7 +25,9 @@ _VOCAB_ROWS_PER_STEP = 256
 class TokenEmbedHead(nn.Module):
     """token_embed: each token's vector after the model's per-token projection (ColBERT's
     Dense, BGE-M3's colbert_linear; none for a plain encoder), normalised as asked.
-    ``drop_first_token``: BGE-M3 leaves [CLS] out."""
+    ``drop_first_token``: BGE-M3 leaves [CLS] out. With late chunking, one vector per
+    chunk of the projected rows (all of them: [CLS] too), each normalised as asked: the
+    projection is linear, so this is vLLM's projection of the chunk's mean."""
 
     def __init__(self, projection: nn.Module | None, drop_first_token: bool = False) -> None:
         super().__init__()
@@ -34,8 +37,11 @@ class TokenEmbedHead(nn.Module):
     def forward(self, pooled: list[torch.Tensor], meta: PoolingMetadata,
                 params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         if self.drop_first_token:
-            pooled = [rows[1:] for rows in pooled]
+            pooled = [rows if p.late_chunking_params else rows[1:]
+                      for rows, p in zip(pooled, params, strict=True)]
         rows = as_float_rows(apply_to_rows(self.projection, pooled))
+        rows = [mean_pool_chunks(r, p.late_chunking_params.chunk_size)
+                if p.late_chunking_params else r for r, p in zip(rows, params, strict=True)]
         return [F.normalize(r, p=2, dim=-1) if p.normalize else r
                 for r, p in zip(rows, params, strict=True)]
 

@@ -7,10 +7,10 @@ clients work unchanged. Types are strict: ``"1"`` is not a token id and
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Literal
 
 from pydantic import (
+    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from cenote.params import PoolingParams
+from cenote.outputs import LateChunkingMetadata
+from cenote.params import LateChunkingParams, PoolingParams
 from cenote.server.protocol_base import APIModel, PoolingRequestFields, now, random_id
 from cenote.server.protocol_chat import ChatFields, ContentDocument
 
@@ -94,17 +95,33 @@ class EmbeddingRequest(InputOrMessages, TruncationFields):
                              truncation_side=self.truncation_side, padding=self.padding)
 
 
+class LateChunkingConfig(APIModel):
+    """``late_chunking_params`` as vLLM reads it: only ``chunk_size``, a positive int."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(gt=0, le=2**63 - 1, strict=True)
+
+
 class PoolingRequest(EmbeddingRequest, ActivationFields):
     """``/pooling``: the fields of embeddings; runs ``task`` (vLLM's: ``encode`` by
-    default, or ``embed``, ``classify``, ``token_embed``, ``token_classify``)."""
+    default, or ``embed``, ``classify``, ``token_embed``, ``token_classify``; ``plugin``
+    is vLLM's IO processor task). token_embed also takes ``late_chunking_params`` (one
+    vector per chunk of tokens) and, for ColBERT models, ``embedding_mode``."""
 
-    task: Literal["encode", "embed", "classify", "token_embed", "token_classify"] = "encode"
+    task: Literal["encode", "embed", "classify", "token_embed", "token_classify", "plugin",
+                  "embed&token_classify"] = "encode"
+    late_chunking_params: LateChunkingConfig | None = None
+    embedding_mode: Literal["query", "document"] | None = None
 
     def pooling_params(self) -> PoolingParams:
+        chunking = self.late_chunking_params
         return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
                              truncation_side=self.truncation_side, padding=self.padding,
                              use_activation=self.use_activation, activation=self.activation,
-                             softmax=self.softmax)
+                             softmax=self.softmax, embedding_mode=self.embedding_mode,
+                             late_chunking_params=(LateChunkingParams(chunking.chunk_size)
+                                                   if chunking is not None else None))
 
 
 class ClassificationRequest(InputOrMessages, ActivationFields):
@@ -163,26 +180,6 @@ class RerankRequest(ActivationFields):
         return data
 
 
-class TokenizeRequest(ChatFields):
-    """``prompt``, or ``messages`` rendered with the chat template (as vLLM)."""
-
-    model: str | None = None
-    prompt: StrictStr | None = None
-    return_token_strs: StrictBool = False
-    # As vLLM's chat tokenize request: the assistant's header included by default.
-    add_generation_prompt: StrictBool = True
-
-    @model_validator(mode="after")
-    def _one_of(self):
-        self._text_or_messages(self.prompt, "prompt")
-        return self
-
-
-class DetokenizeRequest(APIModel):
-    model: str | None = None
-    tokens: list[StrictInt]
-
-
 # ---- responses ---------------------------------------------------------
 
 
@@ -232,6 +229,13 @@ class PoolingResponseData(APIModel):
     index: int
     object: Literal["pooling"] = "pooling"
     data: list[list[float]] | list[float] | str
+    # With late chunking (vLLM's field): the token and character range of each row.
+    late_chunking: LateChunkingMetadata | None = None
+
+    @model_serializer(mode="wrap")
+    def _late_chunking_when_chunked(self, handler):
+        return {k: v for k, v in handler(self).items()
+                if k != "late_chunking" or v is not None}
 
 
 class PoolingResponse(APIModel):
@@ -304,70 +308,6 @@ class RerankResponse(APIModel):
     model: str
     usage: RerankUsage
     results: list[RerankResult]
-
-
-class ModelPermission(APIModel):
-    """What vLLM's /v1/models lists per model (clients may read ``permission[0]``)."""
-
-    id: str = Field(default_factory=lambda: f"modelperm-{uuid.uuid4().hex}")
-    object: Literal["model_permission"] = "model_permission"
-    created: int = Field(default_factory=now)
-    allow_create_engine: bool = False
-    allow_sampling: bool = False
-    allow_logprobs: bool = False
-    allow_search_indices: bool = False
-    allow_view: bool = True
-    allow_fine_tuning: bool = False
-    organization: str = "*"
-    group: str | None = None
-    is_blocking: bool = False
-
-
-class ModelCard(APIModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=now)
-    owned_by: str = "cenote"
-    root: str | None = None
-    parent: str | None = None
-    max_model_len: int | None = None
-    modalities: list[str] = Field(default_factory=lambda: ["text"])
-    permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
-
-
-class ModelList(APIModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class TokenizeResponse(APIModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None = None
-
-
-class DetokenizeResponse(APIModel):
-    prompt: str
-
-
-class VersionResponse(APIModel):
-    version: str
-
-
-class EngineCapacity(APIModel):
-    """A served model's engines, and how many of them take work now."""
-
-    model: str
-    alive: int
-    total: int
-
-
-class HealthResponse(APIModel):
-    """/health's body when the server runs below full capacity (an engine restarting)."""
-
-    status: Literal["degraded"]
-    engines: list[EngineCapacity]
 
 
 class ErrorInfo(APIModel):

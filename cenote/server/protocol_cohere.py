@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, model_serializer, model_validator
 
 from cenote.server.protocol_base import APIModel, PoolingRequestFields, random_id
+from cenote.server.protocol_chat import ImagePart, ImageURL, TextPart
 
 
 class CohereContent(APIModel):
@@ -16,6 +17,20 @@ class CohereContent(APIModel):
     type: Literal["text", "image_url"]
     text: StrictStr | None = None
     image_url: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _has_its_payload(self):
+        if self.type == "text" and self.text is None:
+            raise ValueError("CohereEmbedContent with type='text' requires text")
+        if self.type == "image_url" and not isinstance((self.image_url or {}).get("url"), str):
+            raise ValueError("CohereEmbedContent with type='image_url' requires image_url.url")
+        return self
+
+    def chat_part(self) -> TextPart | ImagePart:
+        """This part as a chat message's content part."""
+        if self.type == "image_url":
+            return ImagePart(type="image_url", image_url=ImageURL(url=self.image_url["url"]))
+        return TextPart(type="text", text=self.text)
 
 
 class CohereInput(APIModel):
@@ -47,6 +62,7 @@ class CohereEmbedRequest(PoolingRequestFields):
 
 class CohereBilledUnits(APIModel):
     input_tokens: int
+    image_tokens: int = 0
 
 
 class CohereApiVersion(APIModel):

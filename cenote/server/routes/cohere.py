@@ -45,7 +45,8 @@ async def _inputs(m: ModelContext, body: CohereEmbedRequest) -> list:
             media = m.server.media
             return [{"prompt": "", "multi_modal_data": {"image": await media.image(uri)}}
                     for uri in images]
-        return [await m.prompt_from_parts(item.content) for item in body.inputs]
+        return [await m.prompt_from_parts([part.chat_part() for part in item.content])
+                for item in body.inputs]
     return _texts(body)
 
 
@@ -68,6 +69,7 @@ async def _embed(ctx: ServerContext, body: CohereEmbedRequest
     m = ctx.model(body.model)
     count = len(body.texts or body.images or body.inputs or ())
     ctx.check_num_inputs(count, "inputs")  # before any image is fetched
+    prompt_name = prompt_name_for_input_type(m.engine.config.st_config, body.input_type)
     texts = await _inputs(m, body)
     types = list(dict.fromkeys(body.embedding_types or ["float"]))
     check_embedding_types(types)
@@ -77,8 +79,9 @@ async def _embed(ctx: ServerContext, body: CohereEmbedRequest
     limit = m.engine.config.max_model_len
     keep = min(body.max_tokens or limit, limit) if side is not None else None
     params = PoolingParams(dimensions=body.output_dimension, truncation_side=side)
-    prompt_name = prompt_name_for_input_type(m.engine.config.st_config, body.input_type)
     outputs = await m.engine.encode(texts, "embed", params, keep, prompt_name=prompt_name)
+    if side is None and body.max_tokens is not None:
+        _check_max_tokens(outputs, body.max_tokens)
     ranges = (await m.engine.int8_ranges(params)
               if {"int8", "uint8"} & set(types) else None)
 
@@ -93,10 +96,25 @@ async def _embed(ctx: ServerContext, body: CohereEmbedRequest
     return outputs, texts, by_type
 
 
-def _meta(outputs: list, version: str) -> CohereMeta:
+def _check_max_tokens(outputs: list, max_tokens: int) -> None:
+    """truncate NONE with max_tokens: an input over it is refused, not cut (as vLLM)."""
+    for out in outputs:
+        n = len(out.prompt_token_ids)
+        if n > max_tokens:
+            raise ValueError(f"Input of {n} tokens exceeds max_tokens={max_tokens} with "
+                             "truncate=NONE. Set truncate to END or START to allow "
+                             "truncation.")
+
+
+def _meta(outputs: list, body: CohereEmbedRequest, version: str) -> CohereMeta:
+    """The tokens read, billed as vLLM bills them: all as image tokens when the request
+    has an image, else all as input tokens."""
+    tokens = sum(o.num_input_tokens for o in outputs)
+    images = body.images is not None or any(part.type == "image_url"
+                                            for item in body.inputs or () for part in item.content)
     return CohereMeta(api_version=CohereApiVersion(version=version),
-                      billed_units=CohereBilledUnits(
-                          input_tokens=sum(o.num_input_tokens for o in outputs)))
+                      billed_units=CohereBilledUnits(input_tokens=0 if images else tokens,
+                                                     image_tokens=tokens if images else 0))
 
 
 @router.post("/v2/embed", response_model=CohereEmbedResponse)
@@ -109,7 +127,7 @@ async def cohere_embed(body: CohereEmbedRequest,
         embeddings = by_type()
         return CohereEmbedResponse(id=body.response_id("embed"), embeddings=embeddings,
                                    texts=[t for t in texts if isinstance(t, str)],
-                                   meta=_meta(outputs, "2"))
+                                   meta=_meta(outputs, body, "2"))
 
     return await render(build, len(outputs))
 
@@ -127,6 +145,6 @@ async def cohere_embed_v1(body: CohereEmbedRequest,
         kind = CohereEmbedResponse if body.embedding_types else CohereEmbedFloatsResponse
         return kind(id=body.response_id("embed"),
                     embeddings=embeddings if body.embedding_types else embeddings.float_,
-                    texts=[t for t in texts if isinstance(t, str)], meta=_meta(outputs, "1"))
+                    texts=[t for t in texts if isinstance(t, str)], meta=_meta(outputs, body, "1"))
 
     return await render(build, len(outputs))

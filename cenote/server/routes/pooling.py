@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from cenote.engine.engine import NO_IO_PROCESSOR_PLUGIN
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import Prompt
 from cenote.outputs import PoolingRequestOutput
@@ -91,11 +92,28 @@ async def create_embeddings(body: EmbeddingRequest,
     return await render(build, len(outputs))
 
 
+def _check_task(m: ModelContext, task: str) -> None:
+    """vLLM's /pooling task checks, in its words. cenote serves every task the model has
+    an output for (vLLM only the one its pooler config names), so vLLM's "Try switching
+    the model's pooling_task" never applies here."""
+    if task == "plugin":
+        raise VLLMValidationError(NO_IO_PROCESSOR_PLUGIN, parameter="task")
+    served = m.engine.config.supported_pooling_tasks
+    if task not in served:
+        raise VLLMValidationError(f"Unsupported task: {task!r} Supported tasks: {served}",
+                                  parameter="task")
+
+
 @router.post("/pooling", response_model=PoolingResponse)
 async def create_pooling(body: PoolingRequest,
                          ctx: ServerContext = Depends(get_context)) -> Response:
     """Pooler output per input for ``task`` (``LLM.encode``): all token rows by default."""
     m = ctx.model(body.model)
+    _check_task(m, body.task)
+    if body.late_chunking_params is not None and body.encoding_format in BYTES_FORMATS:
+        raise VLLMValidationError("late_chunking_params answers in JSON (encoding_format float "
+                                  "or base64): each vector's chunk ranges go beside it.",
+                                  parameter="encoding_format")
     outputs = await m.engine.encode(await _prompts(m, body), body.task, body.pooling_params(),
                                       body.truncate_prompt_tokens, m.special_tokens(body),
                                       prompt_name=body.prompt_name)
@@ -107,8 +125,8 @@ async def create_pooling(body: PoolingRequest,
         return PoolingResponse(
             id=response_id, model=m.name,
             data=[PoolingResponseData(index=i, data=float_payload(
-                o.outputs.data, body.encoding_format, body.embed_dtype, body.endianness))
-                  for i, o in enumerate(outputs)],
+                o.outputs.data, body.encoding_format, body.embed_dtype, body.endianness),
+                late_chunking=o.late_chunking) for i, o in enumerate(outputs)],
             usage=UsageInfo.of_outputs(outputs),
         )
 
