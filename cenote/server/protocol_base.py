@@ -6,12 +6,20 @@ from __future__ import annotations
 import time
 import uuid
 from contextvars import ContextVar
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 # The client's X-Request-Id, for the request being answered (set by the request guard).
 client_request_id: ContextVar[str | None] = ContextVar("client_request_id", default=None)
+
+
+T = TypeVar("T")
+
+# A list in a request body: validation stops at its first bad item. Without it a list of
+# a million wrongly-typed items under a union (``input``, ``text_2``) makes a million
+# errors per branch, and building them took 80 s of the event loop.
+Items = Annotated[list[T], Field(fail_fast=True)]
 
 
 def random_id(prefix: str, request_id: str | None = None) -> str:
