@@ -21,11 +21,12 @@ from pydantic import (
 
 from cenote.outputs import LateChunkingMetadata
 from cenote.params import LateChunkingParams, PoolingParams
-from cenote.server.protocol_base import APIModel, PoolingRequestFields, now, random_id
+from cenote.server.protocol_base import APIModel, Items, PoolingRequestFields, now, random_id
 from cenote.server.protocol_chat import ChatFields, ContentDocument
+from cenote.server.protocol_scoring import ScoringFields
 
 # A text, texts, one token-id prompt or several: the OpenAI ``input`` union.
-PromptInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+PromptInput = StrictStr | Items[StrictStr] | Items[StrictInt] | Items[Items[StrictInt]]
 
 
 # ---- requests ----------------------------------------------------------
@@ -134,13 +135,13 @@ _SCORE_SIDES = (("text_1", "text_2"), ("queries", "documents"), ("queries", "ite
                 ("data_1", "data_2"))
 
 
-class ScoreRequest(ActivationFields):
+class ScoreRequest(ActivationFields, ScoringFields):
     """``text_1`` x ``text_2``; vLLM's newer names for the two sides (``queries`` and
     ``documents`` or ``items``, ``data_1`` and ``data_2``) are read as these."""
 
     model: str | None = None
-    text_1: StrictStr | list[StrictStr]
-    text_2: StrictStr | ContentDocument | list[StrictStr | ContentDocument]
+    text_1: StrictStr | Items[StrictStr]
+    text_2: StrictStr | ContentDocument | Items[StrictStr | ContentDocument]
     user: str | None = None
 
     @model_validator(mode="before")
@@ -154,10 +155,10 @@ class ScoreRequest(ActivationFields):
         return data
 
 
-class RerankRequest(ActivationFields):
+class RerankRequest(ActivationFields, ScoringFields):
     model: str | None = None
     query: StrictStr
-    documents: list[StrictStr | ContentDocument]
+    documents: Items[StrictStr | ContentDocument]
     top_n: StrictInt = Field(default=0, description="How many results; 0 or less returns all.")
     # Cohere's: false leaves each result's document out.
     return_documents: StrictBool = True

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, model_serializer, model_validator
 
-from cenote.server.protocol_base import APIModel, PoolingRequestFields, random_id
+from cenote.server.protocol_base import APIModel, Items, PoolingRequestFields, random_id
 from cenote.server.protocol_chat import ImagePart, ImageURL, TextPart
 
 
@@ -34,7 +34,7 @@ class CohereContent(APIModel):
 
 
 class CohereInput(APIModel):
-    content: list[CohereContent]
+    content: Items[CohereContent]
 
 
 class CohereEmbedRequest(PoolingRequestFields):
@@ -43,11 +43,11 @@ class CohereEmbedRequest(PoolingRequestFields):
     ``output_dimension`` (Matryoshka rules) and ``truncate`` for long inputs."""
 
     model: str | None = None
-    texts: list[StrictStr] | None = None
-    images: list[StrictStr] | None = None
-    inputs: list[CohereInput] | None = None
+    texts: Items[StrictStr] | None = None
+    images: Items[StrictStr] | None = None
+    inputs: Items[CohereInput] | None = None
     input_type: StrictStr | None = None
-    embedding_types: list[StrictStr] | None = None
+    embedding_types: Items[StrictStr] | None = None
     output_dimension: StrictInt | None = None
     max_tokens: StrictInt | None = None
     truncate: Literal["NONE", "START", "END"] = "END"
