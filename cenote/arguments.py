@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--override-pooler-config", "--pooler-config", type=_json_object,
                        default=None, metavar="JSON",
                        help="Override the default pooler, e.g. "
-                            "'{\"pooling_type\": \"MEAN\", \"normalize\": false}'.")
+                            "'{\"seq_pooling_type\": \"MEAN\", \"normalize\": false}', or one "
+                            "field per option as vLLM: --pooler-config.task token_embed.")
     serve.add_argument("--hf-overrides", type=_json_object, default=None, metavar="JSON",
                        help="Merged into the Hugging Face config, e.g. "
                             "'{\"matryoshka_dimensions\": [256]}'.")

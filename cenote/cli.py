@@ -15,7 +15,11 @@ from types import FrameType
 import uvicorn
 
 from cenote.arguments import build_parser
-from cenote.compat.vllm import task_from_vllm_options, vllm_arg_problem
+from cenote.compat.vllm import (
+    expand_dotted_options,
+    task_from_vllm_options,
+    vllm_arg_problem,
+)
 from cenote.launch import LaunchError, load_models
 
 logger = logging.getLogger("cenote")
@@ -166,21 +170,24 @@ class _Server(uvicorn.Server):
 
 def dashed_options(argv: Sequence[str]) -> list[str]:
     """``--hf_overrides`` read as ``--hf-overrides``: vLLM takes either spelling of
-    every option, and its docs use both."""
+    every option, and its docs use both. A dotted option's field names stay as they
+    are (``--pooler-config.seq_pooling_type``)."""
     out, options_done = [], False
     for arg in argv:
         if arg == "--":
             options_done = True
         elif not options_done and arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            arg = name.replace("_", "-") + eq + value
+            option, dot, fields = name.partition(".")
+            arg = option.replace("_", "-") + dot + fields + eq + value
         out.append(arg)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cenote`` console script."""
-    args = build_parser().parse_args(dashed_options(sys.argv[1:] if argv is None else argv))
+    argv = dashed_options(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(expand_dotted_options(argv))
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in ("serve", "run-batch"):

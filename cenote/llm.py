@@ -11,9 +11,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cenote.compat.vllm import IGNORED_VLLM_ARGS, task_from_vllm_options, vllm_arg_problem
+from cenote.compat.vllm import (
+    ACCEPTED_VLLM_ARGS,
+    LLMEngineView,
+    TokenizationOptions,
+    read_tokenization_kwargs,
+    task_from_vllm_options,
+    vllm_arg_problem,
+)
 from cenote.config import ModelConfig, PoolerConfig
 from cenote.engine.engine import PoolingEngine, request_outputs
+from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, load_io_processor, plugin_prompts
 from cenote.inputs.prompts import Prompt, SequenceInput, make_score_pairs, normalize_prompts
 from cenote.outputs import (
     ClassificationRequestOutput,
@@ -56,6 +64,7 @@ class LLM:
         tokenizer: str | os.PathLike | None = None,
         pooler_config: PoolerConfig | dict | None = None,
         quantization: str | None = None,
+        io_processor_plugin: str | None = None,
         **vllm_engine_args: Any,
     ) -> None:
         if pooler_config is not None:  # vLLM's newer name for override_pooler_config
@@ -64,7 +73,7 @@ class LLM:
             override_pooler_config = pooler_config
         # vLLM's newer spelling of the task: LLM(model, runner="pooling", convert="embed").
         task = task_from_vllm_options(task, runner, convert)
-        unknown = sorted(set(vllm_engine_args) - IGNORED_VLLM_ARGS)
+        unknown = sorted(set(vllm_engine_args) - ACCEPTED_VLLM_ARGS)
         if unknown:
             raise TypeError(f"LLM() got an unexpected keyword argument {unknown[0]!r}")
         for name, value in vllm_engine_args.items():
@@ -89,7 +98,22 @@ class LLM:
             quantization=quantization,
         )
         self.engine = PoolingEngine(self.config)
+        # vLLM's io_processor_plugin: what answers encode(..., pooling_task="plugin").
+        self.io_processor = (load_io_processor(io_processor_plugin, self.config,
+                                               self.engine.tokenizer.hf)
+                             if io_processor_plugin else None)
         self._request_counter = itertools.count()
+        self._vllm_engine_args = dict(vllm_engine_args)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The loaded model's configuration (vLLM's ``LLM.model_config``)."""
+        return self.config
+
+    @property
+    def llm_engine(self) -> LLMEngineView:
+        """vLLM's ``LLM.llm_engine``, as code written for vLLM reads it."""
+        return LLMEngineView(self.engine, self._vllm_engine_args)
 
     def get_tokenizer(self):
         return self.engine.tokenizer.hf
@@ -104,24 +128,69 @@ class LLM:
         lora_request: Any = None,
         pooling_task: str | None = "encode",
         prompt_name: str | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[PoolingRequestOutput]:
-        """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt)."""
-        if pooling_task is None:  # as vLLM: embed where the model embeds, else encode
-            pooling_task = ("embed" if "embed" in self.config.supported_pooling_tasks
-                            else "encode")
+        """Pooled hidden states (``ALL`` by default: ``[num_tokens, hidden]`` per prompt).
+        ``pooling_task=None``: the model's default task (``PoolerConfig(task=...)``),
+        else embed where the model embeds, else encode. ``tokenization_kwargs``: vLLM's
+        overrides of the tokenisation (``truncate_prompt_tokens``, ``truncation_side``,
+        ``add_special_tokens``, ``truncation``/``padding`` with ``max_length``)."""
+        if pooling_task is None:
+            pooling_task = self.config.default_pooling_task or (
+                "embed" if "embed" in self.config.supported_pooling_tasks else "encode")
+        if pooling_task == "plugin":
+            return self._run_plugin(prompts, use_tqdm)
         return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
-                          lora_request, pooling_task, prompt_name)
+                          lora_request, pooling_task, prompt_name,
+                          tokenization_kwargs=tokenization_kwargs)
 
     def _pool(self, prompts: Prompt | Sequence[Prompt], pooling_params: ParamsArg,
               truncate_prompt_tokens: int | None, use_tqdm: bool | Callable[..., tqdm],
               lora_request: Any, pooling_task: str, prompt_name: str | None = None,
-              kind: type[PoolingRequestOutput] = PoolingRequestOutput) -> list:
+              kind: type[PoolingRequestOutput] = PoolingRequestOutput,
+              tokenization_kwargs: dict[str, Any] | None = None) -> list:
         """``kind`` of output per prompt, for ``pooling_task``."""
         _no_lora(lora_request)
-        seqs = self.engine.prepare(normalize_prompts(prompts), pooling_task, pooling_params,
-                                   truncate_prompt_tokens, prompt_name=prompt_name)
+        options = self._tokenization(tokenization_kwargs, truncate_prompt_tokens)
+        seqs = self.engine.prepare(normalize_prompts(prompts), pooling_task,
+                                   _with_tokenization(pooling_params, options),
+                                   options.truncate_prompt_tokens,
+                                   add_special_tokens=options.add_special_tokens,
+                                   prompt_name=prompt_name)
         data = self._run_data(seqs, pooling_task, use_tqdm)
         return request_outputs(seqs, data, lambda _: self._next_id(), kind)
+
+    def _run_plugin(self, prompts: Any, use_tqdm: bool | Callable[..., tqdm]
+                    ) -> list[PoolingRequestOutput]:
+        """Each prompt's ``data`` (``{"data": ...}``) through the IO processor plugin: one
+        output per prompt, whose ``outputs`` is the plugin's answer (as vLLM)."""
+        processor = self.io_processor
+        if processor is None:
+            raise ValueError(NO_IO_PROCESSOR_PLUGIN)
+        answers = []
+        for prompt in prompts if isinstance(prompts, list) else [prompts]:
+            data = prompt["data"] if isinstance(prompt, dict) and "data" in prompt else prompt
+            request_id = self._next_id()
+            texts, params = plugin_prompts(processor, data, request_id)
+            outputs = {task: self._pool(texts, params, None, use_tqdm, None, task)
+                       for task in processor.pooling_tasks}
+            answers.append(PoolingRequestOutput(
+                request_id, processor.post_process(outputs, request_id=request_id), [],
+                num_input_tokens=0))
+        return answers
+
+    def _tokenization(self, tokenization_kwargs: dict[str, Any] | None,
+                      truncate_prompt_tokens: int | None) -> TokenizationOptions:
+        """vLLM's ``tokenization_kwargs`` read, with ``truncate_prompt_tokens`` given
+        as an argument (the two must agree)."""
+        options = read_tokenization_kwargs(tokenization_kwargs, self.config.max_model_len)
+        if truncate_prompt_tokens is not None:
+            if options.truncate_prompt_tokens not in (None, truncate_prompt_tokens):
+                raise ValueError(f"truncate_prompt_tokens={truncate_prompt_tokens} and "
+                                 "tokenization_kwargs truncate_prompt_tokens="
+                                 f"{options.truncate_prompt_tokens} disagree.")
+            options.truncate_prompt_tokens = truncate_prompt_tokens
+        return options
 
     def embed(
         self,
@@ -132,12 +201,19 @@ class LLM:
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
         prompt_name: str | None = None,
-    ) -> list[EmbeddingRequestOutput]:
+        tokenization_kwargs: dict[str, Any] | None = None,
+    ) -> list[EmbeddingRequestOutput] | list[PoolingRequestOutput]:
         """One embedding vector per prompt. ``prompt_name``: the model's instruction
         to put before each text (Sentence-Transformers' ``prompts``; by default its
-        ``default_prompt_name``)."""
+        ``default_prompt_name``). With ``PoolerConfig(task="token_embed")``, as in vLLM:
+        one vector per token (``PoolingRequestOutput``, ``outputs.data``)."""
+        if self.config.default_pooling_task == "token_embed":
+            return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                              lora_request, "token_embed", prompt_name,
+                              tokenization_kwargs=tokenization_kwargs)
         return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
-                          lora_request, "embed", prompt_name, EmbeddingRequestOutput)
+                          lora_request, "embed", prompt_name, EmbeddingRequestOutput,
+                          tokenization_kwargs)
 
     def embed_sparse(
         self,
@@ -148,11 +224,13 @@ class LLM:
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
         prompt_name: str | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[SparseEmbeddingRequestOutput]:
         """One sparse vector per prompt (SPLADE, BGE-M3's lexical weights):
         ``outputs.indices`` (vocabulary ids, ascending) and ``outputs.values``."""
         return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
-                          lora_request, "embed_sparse", prompt_name, SparseEmbeddingRequestOutput)
+                          lora_request, "embed_sparse", prompt_name,
+                          SparseEmbeddingRequestOutput, tokenization_kwargs)
 
     def classify(
         self,
@@ -162,10 +240,12 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt."""
         return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
-                          lora_request, "classify", None, ClassificationRequestOutput)
+                          lora_request, "classify", None, ClassificationRequestOutput,
+                          tokenization_kwargs)
 
     def reward(
         self,
@@ -175,10 +255,12 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[PoolingRequestOutput]:
         """Reward model outputs (the ``encode`` task of a reward model)."""
         return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
-                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="encode")
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="encode",
+                           tokenization_kwargs=tokenization_kwargs)
 
     def score(
         self,
@@ -214,6 +296,30 @@ class LLM:
         with bar_class(total=len(records), desc=f"Processed prompts ({pooling_task})",
                        unit="prompt", disable=not show) as bar:
             return merge(self.engine.run(records, pooling_task, on_batch_done=bar.update))
+
+
+def _with_tokenization(params: ParamsArg, options: TokenizationOptions) -> ParamsArg:
+    """``params`` with the truncation side and padding ``tokenization_kwargs`` asked for
+    (copies; a params object that says otherwise is an error)."""
+    asked = {name: value for name, value in (("truncation_side", options.truncation_side),
+                                              ("padding", options.padding))
+             if value is not None}
+    if not asked:
+        return params
+
+    def with_asked(p: PoolingParams | None) -> PoolingParams:
+        p = (p or PoolingParams()).merged_over(None)
+        for name, value in asked.items():
+            if getattr(p, name) not in (None, value):
+                raise ValueError(f"tokenization_kwargs {name}={value!r} and pooling_params "
+                                 f"{name}={getattr(p, name)!r} disagree.")
+            setattr(p, name, value)
+        return p
+
+    if params is None or isinstance(params, PoolingParams):
+        return with_asked(params)
+    # Anything but PoolingParams is left for the engine to refuse.
+    return [with_asked(p) if isinstance(p, PoolingParams) else p for p in params]
 
 
 def _no_lora(lora_request: Any) -> None:

@@ -367,3 +367,25 @@ def build_st_clip_folder(clip_path: Path, target: Path) -> Path:
         "idx": 0, "name": "0", "path": "0_CLIPModel",
         "type": "sentence_transformers.models.CLIPModel"}]))
     return target
+
+
+def build_stanford_colbert(minilm_path: Path, target: Path, dim: int = 96,
+                           seed: int = 0) -> Path:
+    """A Stanford ColBERT folder as the colbert library saves one (answerai-colbert-
+    small-v1's layout): architecture ``HF_ColBERT``, the MiniLM encoder's weights under
+    ``bert.`` and the projection as a top-level ``linear.weight`` ([dim, hidden], no
+    bias, seeded) in the same ``model.safetensors``, beside MiniLM's tokenizer."""
+    from safetensors.torch import save_file
+    from transformers import BertModel
+
+    body = BertModel.from_pretrained(minilm_path)
+    generator = torch.Generator().manual_seed(seed)
+    state = {"bert." + name: t.contiguous() for name, t in body.state_dict().items()}
+    state["linear.weight"] = torch.randn(dim, body.config.hidden_size,
+                                         generator=generator) * 0.05
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    body.config.architectures = ["HF_ColBERT"]
+    body.config.save_pretrained(target)
+    _save_tokenizer(minilm_path, target)
+    return target

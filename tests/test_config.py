@@ -165,8 +165,9 @@ def test_pooler_config_fields_of_the_wrong_type_are_rejected(override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"pooling_type": "ALL"}, "one row per token; the 'embed' task needs one vector"),
-    ({"pooling_type": "STEP"}, "the 'embed' task needs one vector per input"),
+    ({"seq_pooling_type": "ALL"}, "Unknown seq_pooling_type 'ALL'"),
+    ({"task": "classify"}, r"Unsupported task: 'classify' Supported tasks: \('encode', "),
+    ({"logit_mean": 1.0}, "calibrate a classifier's logits; this model's task is 'embed'"),
     ({"dimensions": 16}, "does not support matryoshka"),
 ])
 def test_an_embedding_pooler_that_cannot_work_fails_at_load(minilm_path, override, message):

@@ -468,7 +468,7 @@ def test_serve_help_explains_every_option():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--override-pooler-config", '{"pooling_type": "ALL"}'], "needs one vector per input"),
+    (["--pooler-config.task", "token_classify"], "Unsupported task: 'token_classify'"),
     (["--max-model-len", "100000"], "greater than the model's maximum length"),
 ])
 def test_a_model_that_cannot_be_served_as_asked_exits_with_one_line(args, message):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cenote.compat.vllm import DTYPE_ALIASES
+from cenote.compat.vllm import DTYPE_ALIASES, check_architecture_override
 from cenote.config.hf import (
     BERT_FAMILY,
     apply_hf_overrides,
@@ -27,7 +27,7 @@ from cenote.config.hub import ModelNotFoundError, resolve_model_path, transforme
 from cenote.config.pooler import (
     PoolerConfig,
     TaskPooler,
-    check_chunked_processing,
+    check_pooler_config,
     task_pooler,
 )
 from cenote.config.retrieval import RetrievalConfig, read_retrieval_config
@@ -190,6 +190,7 @@ class ModelConfig:
         if hf_overrides is not None and not isinstance(hf_overrides, dict):
             raise ValueError(f"hf_overrides must be a dict (or its JSON), not "
                              f"{type(hf_overrides).__name__}.")
+        check_architecture_override(hf_overrides or {}, hf_config, trust_remote_code)
         apply_hf_overrides(hf_config, hf_overrides or {})
         check_classifier_from_token(hf_config)
         set_reward_head_labels(hf_config, path, hf_overrides or {})
@@ -219,14 +220,14 @@ class ModelConfig:
                 f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
                 "the longest prompt would never fit in a batch."
             )
-        retrieval = read_retrieval_config(root) if resolved_task == "embed" else RetrievalConfig()
+        retrieval = (read_retrieval_config(root, architecture) if resolved_task == "embed"
+                     else RetrievalConfig())
         pooler_config = PoolerConfig.coerce(override_pooler_config)
         if auto_truncate and pooler_config is not None and pooler_config.enable_chunked_processing:
             raise ValueError("auto_truncate cuts every long input, so chunked processing "
                              "(enable_chunked_processing) would never run: use one or the "
                              "other.")
-        check_chunked_processing(pooler_config, resolved_task)
-        return cls(
+        config = cls(
             model=name,
             path=path,
             hf_config=hf_config,
@@ -244,6 +245,8 @@ class ModelConfig:
             quantization=quantization,
             auto_truncate=auto_truncate,
         )
+        check_pooler_config(pooler_config, resolved_task, config.supported_pooling_tasks)
+        return config
 
     @property
     def display_name(self) -> str:
@@ -299,6 +302,50 @@ class ModelConfig:
     def task_pooler(self, pooling_task: str) -> TaskPooler:
         """The default pooler of ``pooling_task`` with every config layer applied."""
         return task_pooler(self, pooling_task)
+
+    @property
+    def default_pooling_task(self) -> str | None:
+        """The pooling task ``PoolerConfig(task=...)`` made the default (of ``/pooling``
+        without a task, ``LLM.encode(pooling_task=None)``), None where none was set."""
+        override = self.override_pooler_config
+        return override.task if override is not None else None
+
+    # vLLM's ModelConfig attributes that code written for it reads.
+
+    @property
+    def pooler_config(self) -> PoolerConfig:
+        """The pooler configuration as given (empty where none was)."""
+        return self.override_pooler_config or PoolerConfig()
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(getattr(self.hf_config, "architectures", None) or [self.architecture])
+
+    @property
+    def embedding_size(self) -> int | None:
+        """The width of an embed vector: the last Sentence-Transformers Dense layer's, a
+        dual encoder's projection, else the hidden size."""
+        st = self.st_config
+        if st is not None and st.dense_layers:
+            return st.dense_layers[-1].out_features
+        if is_dual_encoder(self.hf_config):  # SigLIP: no projection, the text tower's width
+            return (getattr(self.hf_config, "projection_dim", None)
+                    or self.hf_config.text_config.hidden_size)
+        return getattr(self.hf_config, "hidden_size", None)
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """Heads run in float32 whatever the body's dtype (as vLLM's pooling models)."""
+        return torch.float32
+
+    @property
+    def is_cross_encoder(self) -> bool:
+        return self.task == "classify"
+
+    @property
+    def attn_type(self) -> str:
+        """vLLM's name for how the model attends: both ways (encoders), or causally."""
+        return "encoder_only" if self.is_bert_family else "decoder"
 
     @property
     def chunked_processing(self) -> bool:

@@ -1,10 +1,13 @@
 """Retrieval outputs beyond one vector, as a model's folder declares them:
 
 - late interaction (ColBERT): Sentence-Transformers ``MultiVectorEncoder`` folders,
-  PyLate's (legacy) ColBERT folders, and BGE-M3's ``colbert_linear.pt``;
+  PyLate's (legacy) ColBERT folders, Stanford ColBERT folders (architecture
+  ``HF_ColBERT``: the projection is ``linear.weight`` beside the encoder's weights), and
+  BGE-M3's ``colbert_linear.pt``;
 - sparse vectors: Sentence-Transformers ``SparseEncoder`` SPLADE folders (a masked-LM
-  head, then max over tokens of log(1 + relu)), and BGE-M3's ``sparse_linear.pt``
-  (a relu weight per token, the largest per token id).
+  head, then max over tokens of log(1 + relu)), a raw masked-LM folder loaded with
+  vLLM's ``BertSpladeSparseEmbeddingModel`` architecture (the same, max pooling), and
+  BGE-M3's ``sparse_linear.pt`` (a relu weight per token, the largest per token id).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cenote.compat.vllm import ARCHITECTURE_LAYOUTS
 from cenote.config.hub import read_json, read_json_list
 from cenote.config.sentence_transformers import is_token_level_dense
 
@@ -41,8 +45,9 @@ class LateInteractionConfig:
     # Words whose tokens are left out of a document's vectors (punctuation, in ColBERT).
     skiplist_words: list[str] = field(default_factory=list)
     skiplist_queries: bool = False
-    # The per-token projection: a Sentence-Transformers/PyLate Dense folder, or BGE-M3's
-    # colbert_linear.pt; None: the hidden states as they are.
+    # The per-token projection: a Sentence-Transformers/PyLate Dense folder, the model's
+    # own folder (Stanford ColBERT's linear.weight), or BGE-M3's colbert_linear.pt; None:
+    # the hidden states as they are.
     projection: Path | None = None
     projection_bias: bool = False
     projection_out: int | None = None
@@ -71,8 +76,9 @@ class RetrievalConfig:
     dense: bool = True
 
 
-def read_retrieval_config(path: Path) -> RetrievalConfig:
-    """What ``path`` declares beyond a dense vector (nothing, for most models)."""
+def read_retrieval_config(path: Path, architecture: str = "") -> RetrievalConfig:
+    """What ``path`` declares beyond a dense vector (nothing, for most models): its
+    files first, then its ``architecture`` (from ``config.json`` or an override)."""
     if (path / "colbert_linear.pt").is_file() or (path / "sparse_linear.pt").is_file():
         return _bge_m3(path)
     saved = read_json(path / "config_sentence_transformers.json")
@@ -84,6 +90,13 @@ def read_retrieval_config(path: Path) -> RetrievalConfig:
     if (saved.get("model_type") in ("MultiVectorEncoder", "ColBERT")
             or any(k.endswith("MultiVectorMask") or k.startswith("pylate.") for k in kinds)):
         return RetrievalConfig(late_interaction=_colbert(path, modules, saved), dense=False)
+    layout = ARCHITECTURE_LAYOUTS.get(architecture)
+    if layout == "splade":  # SpladePooling's defaults: max over tokens, relu
+        return RetrievalConfig(sparse=SparseConfig(kind="splade"), dense=False)
+    if layout == "stanford-colbert":
+        # Plain tokenisation, no markers or query expansion, as vLLM runs these folders.
+        return RetrievalConfig(late_interaction=LateInteractionConfig(projection=path),
+                               dense=False)
     return RetrievalConfig()
 
 

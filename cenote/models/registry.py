@@ -170,8 +170,14 @@ def dual_encoder(config: ModelConfig) -> PoolingModel:
 
 
 def load_native_weights(model: PoolingModel, config: ModelConfig) -> None:
+    """The body's weights; a head saved in the same checkpoint (Stanford ColBERT's
+    ``linear.weight``) is left to the pooler."""
+    late = config.retrieval.late_interaction
+    head_prefix = "linear." if late is not None and late.projection == config.path else None
+    weights = ((name, tensor) for name, tensor in iter_checkpoint(config.path)
+               if head_prefix is None or not name.startswith(head_prefix))
     try:
-        model.load_weights(iter_checkpoint(config.path))
+        model.load_weights(weights)
     except Exception as exc:  # safetensors, pickle and name/shape errors alike
         raise ValueError(f"Could not load the weights in {str(config.path)!r}: {exc}") from exc
 
@@ -210,10 +216,12 @@ def load_head_weights(config: ModelConfig, model: PoolingModel,
 
 
 def load_linear(source: Path, in_features: int, bias: bool) -> nn.Linear:
-    """A projection saved as a Sentence-Transformers/PyLate Dense folder (``linear.*``)
-    or as a ``torch.save`` state dict (BGE-M3's ``*_linear.pt``)."""
+    """A projection saved as ``linear.*`` in a folder's checkpoint (a Sentence-Transformers
+    or PyLate Dense folder, a Stanford ColBERT model's own) or as a ``torch.save`` state
+    dict (BGE-M3's ``*_linear.pt``)."""
     if source.is_dir():
-        state = {k.removeprefix("linear."): v for k, v in load_state_dict(source).items()}
+        state = {k.removeprefix("linear."): v for k, v in iter_checkpoint(source)
+                 if k.startswith("linear.") or k in ("weight", "bias")}
     else:
         state = torch.load(source, map_location="cpu", weights_only=True)
     weight = state.get("weight")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,17 +71,45 @@ class EmbeddingHead(nn.Module):
         return [truncate_and_normalize(row, p) for row, p in zip(rows, params, strict=True)]
 
 
+@dataclass(frozen=True)
+class LogitCalibration:
+    """Platt scaling of a classifier's logits before its activation:
+    ``(logit - mean) / sigma`` (vLLM's ``logit_mean`` and ``logit_sigma``)."""
+
+    mean: float | None = None
+    sigma: float | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.mean is not None:
+            logits = logits - self.mean
+        if self.sigma is not None:
+            logits = logits / self.sigma
+        return logits
+
+
+# The activation Hugging Face's problem_type asks for (as transformers' losses and
+# vLLM read it): None where it says nothing, and the label count decides.
+PROBLEM_TYPE_ACTIVATIONS = {"single_label_classification": None,
+                            "multi_label_classification": "sigmoid",
+                            "regression": "identity"}
+
+
 class ClassifierHead(nn.Module):
-    """classify and score: the model's classifier, then softmax (sigmoid for one label);
-    for scores a cross-encoder's own configured activation where it has one (as vLLM:
-    only the Score API uses it)."""
+    """classify and score: the model's classifier, calibrated where configured, then its
+    activation: the one the HF config's ``problem_type`` names (sigmoid for multi-label,
+    none for regression), else for scores a cross-encoder's own configured activation
+    (as vLLM: only the Score API uses it), else softmax (sigmoid for one label)."""
 
     def __init__(self, classifier: nn.Module | None, score: bool,
-                 score_activation: nn.Module | None = None) -> None:
+                 score_activation: nn.Module | None = None,
+                 calibration: LogitCalibration = LogitCalibration(),
+                 problem_type: str | None = None) -> None:
         super().__init__()
         self.classifier = classifier
         self.score = score
         self.score_activation = score_activation if score else None
+        self.calibration = calibration
+        self.problem_activation = PROBLEM_TYPE_ACTIVATIONS.get(problem_type or "")
 
     def forward(self, pooled: Pooled, meta: PoolingMetadata,
                 params: Sequence[PoolingParams]) -> list[torch.Tensor]:
@@ -91,12 +120,17 @@ class ClassifierHead(nn.Module):
             )
         logits = apply_to_rows(self.classifier, pooled)
         if not isinstance(logits, list) and all_same(params, "activation"):
-            logits = logits.float()
+            logits = self.calibration(logits.float())
             return list((self._activate(logits) if params[0].activation else logits).unbind(0))
         return [self._activate(row) if p.activation else row
-                for row, p in zip(as_float_rows(logits), params, strict=True)]
+                for row, p in zip(map(self.calibration, as_float_rows(logits)), params,
+                                  strict=True)]
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.problem_activation == "identity":
+            return logits
+        if self.problem_activation == "sigmoid":
+            return torch.sigmoid(logits)
         if self.score_activation is not None:
             return self.score_activation(logits)
         if logits.shape[-1] == 1:

@@ -11,7 +11,7 @@ from torch import nn
 
 from cenote.config import PoolingType
 from cenote.params import PoolingParams
-from cenote.pooling.heads import ClassifierHead, EmbeddingHead, TokenHead
+from cenote.pooling.heads import ClassifierHead, EmbeddingHead, LogitCalibration, TokenHead
 from cenote.pooling.methods import PoolingMetadata, select_tokens
 from cenote.pooling.policy import PoolingPolicy
 from cenote.pooling.token_heads import SparseHead, TokenClassifyHead, TokenEmbedHead
@@ -47,12 +47,20 @@ class Pooler(nn.Module):
         self.weights = weights
         self.methods: dict[str, PoolingType] = {
             task: pooler.pooling_type for task, pooler in policy.task_poolers.items()}
+        config = policy.config
+        pooler_config = config.pooler_config
+        calibration = LogitCalibration(pooler_config.logit_mean, pooler_config.logit_sigma)
+        problem_type = getattr(config.hf_config, "problem_type", None)
         heads = {
             "encode": lambda: TokenHead(weights.token_head, self.methods["encode"]),
             "embed": lambda: EmbeddingHead(weights.dense),
-            "classify": lambda: ClassifierHead(weights.classifier, score=False),
+            "classify": lambda: ClassifierHead(weights.classifier, score=False,
+                                               calibration=calibration,
+                                               problem_type=problem_type),
             "score": lambda: ClassifierHead(weights.classifier, score=True,
-                                            score_activation=weights.score_activation),
+                                            score_activation=weights.score_activation,
+                                            calibration=calibration,
+                                            problem_type=problem_type),
             "token_embed": lambda: TokenEmbedHead(weights.token_projection,
                                                   weights.drop_first_token),
             "token_classify": lambda: TokenClassifyHead(weights.token_head),
