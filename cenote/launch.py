@@ -12,6 +12,7 @@ import torch
 
 from cenote.config import ModelConfig
 from cenote.engine.async_engine import AsyncPoolingEngine
+from cenote.engine.io_processor import load_io_processor
 from cenote.server.context import ServedModel
 
 logger = logging.getLogger("cenote")
@@ -56,7 +57,15 @@ def load_models(args: argparse.Namespace) -> list[ServedModel]:
     served: list[ServedModel] = []
     try:
         for model, aliases in zip(args.models, names, strict=True):
-            served.append(ServedModel(aliases, _load_engine(args, model, aliases[0])))
+            engine = _load_engine(args, model, aliases[0])
+            try:  # vLLM's --io-processor-plugin, made for each model
+                processor = (load_io_processor(args.io_processor_plugin, engine.config,
+                                               engine.engine.tokenizer.hf)
+                             if args.io_processor_plugin else None)
+            except BaseException:
+                engine.shutdown()
+                raise
+            served.append(ServedModel(aliases, engine, processor))
     except BaseException:
         for each in served:
             each.engine.shutdown()

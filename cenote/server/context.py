@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from cenote.engine.async_engine import AsyncPoolingEngine
+from cenote.engine.io_processor import IOProcessor
 from cenote.inputs.images import processed_pixels
 from cenote.inputs.prompts import Prompt
 from cenote.server.errors import APIError, ModelNotFoundError
@@ -54,6 +55,8 @@ class ServedModel:
 
     names: list[str]
     engine: AsyncPoolingEngine
+    # --io-processor-plugin: what answers its task "plugin" requests.
+    io_processor: IOProcessor | None = None
 
 
 @dataclass
@@ -81,8 +84,10 @@ class ServerContext:
         ``model`` is a 404 (OpenAI's behaviour). No ``model``, or an empty one, means
         the first model served (as vLLM)."""
         if not requested:
-            return ModelContext(self, self.models[0].names[0], self.models[0].engine)
-        return ModelContext(self, requested, self.served_as(requested).engine)
+            first = self.models[0]
+            return ModelContext(self, first.names[0], first.engine, first.io_processor)
+        served = self.served_as(requested)
+        return ModelContext(self, requested, served.engine, served.io_processor)
 
     def served_as(self, name: str) -> ServedModel:
         """The model served under ``name``; 404 when none is."""
@@ -107,6 +112,7 @@ class ModelContext:
     server: ServerContext
     name: str
     engine: AsyncPoolingEngine
+    io_processor: IOProcessor | None = None
 
     @property
     def scores(self) -> bool:

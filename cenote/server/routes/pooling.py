@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from cenote.engine.engine import NO_IO_PROCESSOR_PLUGIN
+from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, plugin_prompts
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import Prompt
 from cenote.outputs import PoolingRequestOutput
@@ -25,6 +25,7 @@ from cenote.server.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingResponseData,
+    IOProcessorResponse,
     PoolingRequest,
     PoolingResponse,
     PoolingResponseData,
@@ -97,7 +98,9 @@ def _check_task(m: ModelContext, task: str) -> None:
     an output for (vLLM only the one its pooler config names), so vLLM's "Try switching
     the model's pooling_task" never applies here."""
     if task == "plugin":
-        raise VLLMValidationError(NO_IO_PROCESSOR_PLUGIN, parameter="task")
+        if m.io_processor is None:
+            raise VLLMValidationError(NO_IO_PROCESSOR_PLUGIN, parameter="task")
+        return
     served = m.engine.config.supported_pooling_tasks
     if task not in served:
         raise VLLMValidationError(f"Unsupported task: {task!r} Supported tasks: {served}",
@@ -114,6 +117,8 @@ async def create_pooling(body: PoolingRequest,
     if "task" not in body.model_fields_set:
         task = m.engine.config.default_pooling_task or task
     _check_task(m, task)
+    if task == "plugin":
+        return await _run_plugin(m, body)
     if body.late_chunking_params is not None and body.encoding_format in BYTES_FORMATS:
         raise VLLMValidationError("late_chunking_params answers in JSON (encoding_format float "
                                   "or base64): each vector's chunk ranges go beside it.",
@@ -137,6 +142,20 @@ async def create_pooling(body: PoolingRequest,
     # Token-level outputs are big even for few inputs; count rows, not inputs.
     return await render(build, sum(len(o.outputs.data) if o.outputs.data.ndim > 1 else 1
                                    for o in outputs))
+
+
+async def _run_plugin(m: ModelContext, body: PoolingRequest) -> Response:
+    """``task: "plugin"``: the IO processor plugin reads ``data``, its prompts run for
+    each of its pooling tasks, and its answer is the response's ``data`` (vLLM's
+    ``IOProcessorResponse``)."""
+    processor = m.io_processor
+    request_id = body.response_id("pool")
+    prompts, params = plugin_prompts(processor, body.data, request_id)
+    outputs = {task: await m.engine.encode(prompts, task, params) for task in
+               processor.pooling_tasks}
+    answer = processor.post_process(outputs, request_id=request_id)
+    return await render(lambda: IOProcessorResponse(request_id=request_id, data=answer),
+                        len(prompts))
 
 
 @router.post("/classify", response_model=ClassificationResponse)

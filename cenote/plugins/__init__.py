@@ -1,0 +1,1 @@
+"""IO processor plugins that ship with cenote (see :mod:`cenote.engine.io_processor`)."""
