@@ -193,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"],
                        help="Logging verbosity.")
+    serve.add_argument("--io-processor-plugin", default=None, metavar="NAME",
+                       help="An IO processor plugin (an entry point of cenote."
+                            "io_processor_plugins or vllm.io_processor_plugins, or "
+                            "module:Class) that answers /pooling requests with task "
+                            "'plugin' and their data, e.g. bge_m3_sparse_plugin.")
+    serve.add_argument("--otlp-traces-endpoint", default=None, metavar="URL",
+                       help="Send OpenTelemetry traces of each request (its preprocessing, "
+                            "queue, engine and postprocessing spans) to this OTLP endpoint "
+                            "(gRPC, or HTTP with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="
+                            "http/protobuf). Needs pip install 'cenote[tracing]'.")
     serve.add_argument("--access-log", action="store_true",
                        help="Log one line per HTTP request (method, path, status).")
     _add_vllm_options(serve)

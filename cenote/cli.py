@@ -87,6 +87,15 @@ def serve(args: argparse.Namespace) -> int:
         if problem := check_batch_files(args):
             logger.error("%s", problem)
             return 2
+    tracing = None
+    if args.otlp_traces_endpoint:  # the packages are checked before the model loads
+        from cenote.server.tracing import Tracing
+
+        try:
+            tracing = Tracing(args.otlp_traces_endpoint)
+        except ValueError as exc:
+            logger.error("%s", exc)
+            return 2
     if args.threads is not None:
         # Global: the model thread picks it up at its first operation.
         torch.set_num_threads(args.threads)
@@ -109,7 +118,8 @@ def serve(args: argparse.Namespace) -> int:
                     media=MediaPolicy.from_flags(args),
                     allowed_origins=args.allowed_origins, log_inputs=args.log_inputs,
                     chat_template=_read_template(args.chat_template),
-                    trust_request_chat_template=args.trust_request_chat_template)
+                    trust_request_chat_template=args.trust_request_chat_template,
+                    tracing=tracing)
     if args.command == "run-batch":  # the same app, driven by a file instead of HTTP
         from cenote.batch import run_batch
 

@@ -21,7 +21,9 @@ from cenote.compat.vllm import (
 )
 from cenote.config import ModelConfig, PoolerConfig
 from cenote.engine.engine import PoolingEngine, request_outputs
+from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, load_io_processor, plugin_prompts
 from cenote.inputs.prompts import Prompt, SequenceInput, make_score_pairs, normalize_prompts
+from cenote.inputs.score_prompts import ScoreOptions
 from cenote.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -63,6 +65,7 @@ class LLM:
         tokenizer: str | os.PathLike | None = None,
         pooler_config: PoolerConfig | dict | None = None,
         quantization: str | None = None,
+        io_processor_plugin: str | None = None,
         **vllm_engine_args: Any,
     ) -> None:
         if pooler_config is not None:  # vLLM's newer name for override_pooler_config
@@ -96,6 +99,10 @@ class LLM:
             quantization=quantization,
         )
         self.engine = PoolingEngine(self.config)
+        # vLLM's io_processor_plugin: what answers encode(..., pooling_task="plugin").
+        self.io_processor = (load_io_processor(io_processor_plugin, self.config,
+                                               self.engine.tokenizer.hf)
+                             if io_processor_plugin else None)
         self._request_counter = itertools.count()
         self._vllm_engine_args = dict(vllm_engine_args)
 
@@ -132,6 +139,8 @@ class LLM:
         if pooling_task is None:
             pooling_task = self.config.default_pooling_task or (
                 "embed" if "embed" in self.config.supported_pooling_tasks else "encode")
+        if pooling_task == "plugin":
+            return self._run_plugin(prompts, use_tqdm)
         return self._pool(prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
                           lora_request, pooling_task, prompt_name,
                           tokenization_kwargs=tokenization_kwargs)
@@ -151,6 +160,25 @@ class LLM:
                                    prompt_name=prompt_name)
         data = self._run_data(seqs, pooling_task, use_tqdm)
         return request_outputs(seqs, data, lambda _: self._next_id(), kind)
+
+    def _run_plugin(self, prompts: Any, use_tqdm: bool | Callable[..., tqdm]
+                    ) -> list[PoolingRequestOutput]:
+        """Each prompt's ``data`` (``{"data": ...}``) through the IO processor plugin: one
+        output per prompt, whose ``outputs`` is the plugin's answer (as vLLM)."""
+        processor = self.io_processor
+        if processor is None:
+            raise ValueError(NO_IO_PROCESSOR_PLUGIN)
+        answers = []
+        for prompt in prompts if isinstance(prompts, list) else [prompts]:
+            data = prompt["data"] if isinstance(prompt, dict) and "data" in prompt else prompt
+            request_id = self._next_id()
+            texts, params = plugin_prompts(processor, data, request_id)
+            outputs = {task: self._pool(texts, params, None, use_tqdm, None, task)
+                       for task in processor.pooling_tasks}
+            answers.append(PoolingRequestOutput(
+                request_id, processor.post_process(outputs, request_id=request_id), [],
+                num_input_tokens=0))
+        return answers
 
     def _tokenization(self, tokenization_kwargs: dict[str, Any] | None,
                       truncate_prompt_tokens: int | None) -> TokenizationOptions:
@@ -244,15 +272,20 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., tqdm] = True,
         lora_request: Any = None,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[ScoringRequestOutput]:
         """Relevance of each (text_1, text_2) pair: 1:1, 1:N or N:N.
 
-        Cross-encoders score each pair jointly; embedding models return the
+        Cross-encoders score each pair jointly (through ``chat_template``, when given,
+        as the messages ``query`` and ``document``); embedding models return the
         cosine similarity of the two embeddings.
         """
         _no_lora(lora_request)
         pairs = make_score_pairs(text_1, text_2)
-        job = self.engine.prepare_score(pairs, pooling_params, truncate_prompt_tokens)
+        options = ScoreOptions(chat_template=chat_template,
+                               chat_template_kwargs=chat_template_kwargs)
+        job = self.engine.prepare_score(pairs, pooling_params, truncate_prompt_tokens, options)
         data = self._run_data(job.seqs, job.pooling_task, use_tqdm)
         return job.finish(data, lambda _: self._next_id())
 

@@ -114,6 +114,17 @@ class PoolingRequest(EmbeddingRequest, ActivationFields):
                   "embed&token_classify"] = "encode"
     late_chunking_params: LateChunkingConfig | None = None
     embedding_mode: Literal["query", "document"] | None = None
+    # task "plugin": what the server's IO processor plugin reads, instead of input.
+    data: Any = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if self.task == "plugin":
+            if self.data is None:
+                raise ValueError("task 'plugin' takes its request in data")
+            return self
+        self._text_or_messages(self.input, "input")
+        return self
 
     def pooling_params(self) -> PoolingParams:
         chunking = self.late_chunking_params
@@ -237,6 +248,14 @@ class PoolingResponseData(APIModel):
     def _late_chunking_when_chunked(self, handler):
         return {k: v for k, v in handler(self).items()
                 if k != "late_chunking" or v is not None}
+
+
+class IOProcessorResponse(APIModel):
+    """``/pooling``'s answer to ``task: "plugin"``: the plugin's own answer in ``data``."""
+
+    request_id: str | None = None
+    created_at: int = Field(default_factory=now)
+    data: Any
 
 
 class PoolingResponse(APIModel):
