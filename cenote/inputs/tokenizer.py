@@ -251,9 +251,13 @@ class Tokenizer:
                 raise ValueError(f"Prompt {index}: token id {t!r} is not an integer.")
             ids[k] = t = int(t)  # numpy's integers too
             if not 0 <= t < self.vocab_size:
+                # Most often ids from another tokenizer: LangChain's OpenAIEmbeddings
+                # sends tiktoken (cl100k) ids by default.
                 raise ValueError(
                     f"Prompt {index}: token id {t} is out of vocabulary "
-                    f"(valid ids are 0 to {self.vocab_size - 1})."
+                    f"(valid ids are 0 to {self.vocab_size - 1}). Ids from another "
+                    "tokenizer? LangChain's OpenAIEmbeddings sends tiktoken ids unless "
+                    "created with check_embedding_ctx_length=False: send the texts."
                 )
         return ids
 
