@@ -8,7 +8,8 @@
 # Environment: TORCH_WHEELS (a folder of the build context holding torch's CPU wheel,
 # default deploy/wheels, filled from /opt/wheels where that has one), TORCH_INDEX_URL
 # (PyTorch's CPU index or a mirror), BUILD_OPTS (more build options, e.g. a --volume for
-# a CA bundle), PODMAN_RUNTIME (default runc), PORT (default 18080).
+# a CA bundle), RUN_OPTS (more run options, e.g. --ulimit values a sandbox allows),
+# PODMAN_RUNTIME (default runc), PORT (default 18080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine="${1:-}"
@@ -26,6 +27,9 @@ build=(build -t "$tag")
 if [ "$engine" = podman ]; then
   run+=(--runtime "${PODMAN_RUNTIME:-runc}")
   build+=(--format docker)  # podman's OCI format drops HEALTHCHECK
+  # Podman's default limits (1048576 files, 4194304 processes) fail to apply where the
+  # machine caps them lower ("error setting rlimit"); these are ample for the server.
+  RUN_OPTS="${RUN_OPTS---ulimit nofile=16384:16384 --ulimit nproc=8192:8192}"
 fi
 wheels="${TORCH_WHEELS:-deploy/wheels}"
 if ! ls "$wheels"/torch-*.whl >/dev/null 2>&1 && [ "$wheels" = deploy/wheels ]; then
@@ -48,9 +52,10 @@ case "$healthcheck" in *"/health"*) ;; *) echo "the image has no HEALTHCHECK" >&
 
 echo "== run"
 writable=exec,mode=1777
+# shellcheck disable=SC2086  # RUN_OPTS is split into words on purpose
 container="$("${run[@]}" run -d --read-only --tmpfs "/tmp:$writable" \
   --tmpfs "/home/cenote/.cache:$writable" --tmpfs "/models/hf:$writable" \
-  -p "127.0.0.1:$port:8000" "$tag")"
+  -p "127.0.0.1:$port:8000" ${RUN_OPTS:-} "$tag")"
 trap '"${run[@]}" rm -f "$container" >/dev/null 2>&1 || true' EXIT
 start=$SECONDS
 until curl -fsS "$url/health" >/dev/null 2>&1; do

@@ -54,10 +54,10 @@ def test_torchs_source_is_a_build_argument_the_cpu_index_by_default():
     args = build_args()
     assert args["TORCH_VERSION"] == pin
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    # A folder of the build context with the wheel, used when it holds one; the
-    # repository's is there (so COPY finds it) and holds none.
-    wheels = ROOT / args["TORCH_WHEELS"]
-    assert wheels.is_dir() and not list(wheels.glob("*.whl"))
+    # A folder of the build context, used when it holds the wheel; the default one is
+    # in the repository (so COPY finds it), its wheels are not (check-image.sh fills it).
+    assert (ROOT / args["TORCH_WHEELS"]).is_dir()
+    assert f"{args['TORCH_WHEELS']}/*.whl" in (ROOT / ".gitignore").read_text().split()
     assert "${TORCH_WHEELS} /tmp/torch-wheels/" in instructions("COPY")
     (install,) = [run for run in instructions("RUN") if "torch==${TORCH_VERSION}" in run]
     assert '--index-url "${TORCH_INDEX_URL}"' in install
