@@ -31,12 +31,14 @@ def reference(q, k, v, lens, causal, window=None):
         qs, ks, vs = (t[start:start + n].float().transpose(0, 1) for t in (q, k, v))
         ks, vs = ks.repeat_interleave(group, 0), vs.repeat_interleave(group, 0)
         mask = None
+        pos = torch.arange(n)
+        distance = pos[:, None] - pos[None, :]
         if causal:
-            pos = torch.arange(n)
-            distance = pos[:, None] - pos[None, :]
             mask = distance >= 0
             if window:
                 mask &= distance < window
+        elif window:  # both ways (ModernBERT's local layers)
+            mask = distance.abs() < window
         outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(0, 1))
         start += n
     return torch.cat(outs).flatten(1)
@@ -77,11 +79,13 @@ def two_threads():
     (12, 12, 32, False, None, [1, 2, 15, 16, 17, 33, 63, 64, 65, 300]),
     (4, 2, 64, True, None, [1, 5, 40, 129]),
     (4, 4, 64, True, 7, [3, 7, 8, 20, 50]),
+    (4, 4, 64, False, 7, [3, 7, 8, 20, 50]),
     (2, 1, 128, False, None, [9, 200]),
     (3, 3, 48, True, None, [31, 2]),
     # enough sequences that the portable kernel stages each whole, for all its kv heads
     (8, 2, 32, True, 5, [1, 4, 9, 16, 17, 30, 2, 64, 5, 33, 12, 8]),
     (6, 3, 64, False, None, [7, 1, 19, 40, 3, 26, 11, 2, 65]),
+    (6, 3, 64, False, 5, [7, 1, 19, 40, 3, 26, 11, 2, 65]),
 ])
 def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens, dtype,
                                 two_threads):
@@ -100,7 +104,7 @@ def test_matches_fp32_attention(heads, kv_heads, dim, causal, window, lens, dtyp
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("queries", ["first", "last"])
-@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 6)])
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 6), (False, 6)])
 @pytest.mark.parametrize("lens", [[1, 9, 40, 17], [1, 9, 40, 17, 3, 22, 5, 8, 2]])
 def test_only_the_pooled_queries(queries, causal, window, dtype, lens, two_threads):
     torch.manual_seed(3)
@@ -137,7 +141,8 @@ def test_reads_strided_fused_rows_and_never_filler_rows():
 
 
 @needs_kernel
-@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 4)])
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 4),
+                                           (False, 4)])
 def test_same_result_as_the_sdpa_path(monkeypatch, causal, window):
     torch.manual_seed(2)
     lens = [3, 17, 40]

@@ -40,8 +40,9 @@ def packed_attention(
 
     ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads, head_dim]``.
     Returns ``[T, num_heads * head_dim]``, or with ``pooled_only`` just the rows
-    of ``batch.pooled_rows``. With ``sliding_window`` (causal only), a query
-    attends to at most that many keys: itself and the ones just before it.
+    of ``batch.pooled_rows``. With ``sliding_window`` w, a query attends to the keys
+    less than w away: causal, itself and the w - 1 before it; otherwise also the
+    w - 1 after it (ModernBERT's local layers).
     The native kernel runs it when it can (bf16 or fp32 on CPU); otherwise SDPA
     over a padded layout.
     """
@@ -86,10 +87,14 @@ def _sdpa_on_padded(
     num_heads, head_dim = q.shape[1], q.shape[3]
     # Right padding: a causal mask already hides padded keys from every real query.
     mask = None if causal else batch.key_padding_mask
-    if causal and sliding_window is not None and batch.max_len > sliding_window:
+    if sliding_window is not None and batch.max_len > sliding_window:
         pos = torch.arange(batch.max_len, device=q.device)
         distance = pos.unsqueeze(1) - pos.unsqueeze(0)  # query - key
-        mask = (distance >= 0) & (distance < sliding_window)
+        if causal:
+            mask = (distance >= 0) & (distance < sliding_window)
+        else:
+            band = distance.abs() < sliding_window
+            mask = band if mask is None else mask & band
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and mask is None,
         enable_gqa=k.shape[1] != num_heads,
@@ -201,8 +206,9 @@ def flash_varlen_attention(
     ``[T, heads * head_dim]``. Falls back to SDPA for good if torch's kernel refuses."""
     global _flash_varlen_failed
     window = {}
-    if causal and sliding_window is not None and batch.max_len > sliding_window:
-        window = {"window_size_left": sliding_window - 1, "window_size_right": 0}
+    if sliding_window is not None and batch.max_len > sliding_window:
+        window = {"window_size_left": sliding_window - 1,
+                  "window_size_right": 0 if causal else sliding_window - 1}
     cu = batch.cu_seqlens_i32
     try:
         out = torch.ops.aten._flash_attention_forward(

@@ -9,7 +9,9 @@
  *     dot product per pair (exact products, fp32 sums); without AVX512_BF16 the
  *     same sums run as fp32 FMAs. fp32: keys transposed, fp32 FMAs;
  *   - the softmax runs in fp32 over exactly the keys each query may see
- *     (causal and sliding-window masks included);
+ *     (causal and sliding-window masks included: a causal window of w keys is
+ *     the query and the w - 1 before it; a bidirectional one, the keys less than w
+ *     away on either side);
  *   - probabilities stay fp32 for the sum over values; a bf16 result is rounded
  *     once, on the way out.
  * Work is split over (sequence, head) pairs with OpenMP, in the same runtime
@@ -149,17 +151,18 @@ static void attend_one(const void *q_, int64_t ld_q, const void *k_, int64_t ld_
     for (int64_t i0 = i_begin; i0 < i_end; i0 += QB) {
         const int nq = i_end - i0 < QB ? (int)(i_end - i0) : QB;
         /* keys this block may see */
-        const int64_t jend = causal ? i0 + nq : len;
+        int64_t jend = causal ? i0 + nq : len;
+        if (!causal && window > 0 && i0 + nq - 1 + window < len) jend = i0 + nq - 1 + window;
         int64_t jbeg = 0;
-        if (causal && window > 0 && i0 - window + 1 > 0) jbeg = (i0 - window + 1) & ~(int64_t)15;
+        if (window > 0 && i0 - window + 1 > 0) jbeg = (i0 - window + 1) & ~(int64_t)15;
         const int64_t jend_p = (jend + 15) & ~(int64_t)15;
         /* each query's visible keys [lo, hi), and the running max of its scores there */
         int64_t lo[QB], hi[QB];
         __m512 vmax[QB];
         for (int r = 0; r < nq; r++) {
             const int64_t i = i0 + r;
-            lo[r] = causal && window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
-            hi[r] = causal ? i + 1 : len;
+            lo[r] = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+            hi[r] = causal ? i + 1 : window > 0 && i + window < len ? i + window : len;
             vmax[r] = _mm512_set1_ps(-INFINITY);
         }
         /* scores, in base 2: s[r][j] = log2(e) * scale * q_r . k_j */

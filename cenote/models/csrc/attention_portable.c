@@ -65,8 +65,8 @@ static void attend_one(const void *q, int64_t ld_q, const float *kt, const float
         int64_t lo[QB], hi[QB], blo = len, bhi = 0;
         for (int64_t r = 0; r < QB; r++) {
             const int64_t i = i0 + (r < nq ? r : nq - 1);  /* a short block repeats its last */
-            lo[r] = causal && window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
-            hi[r] = causal ? i + 1 : len;
+            lo[r] = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+            hi[r] = causal ? i + 1 : window > 0 && i + window < len ? i + window : len;
             blo = lo[r] < blo ? lo[r] : blo;
             bhi = hi[r] > bhi ? hi[r] : bhi;
             for (int64_t d = 0; d < dim; d++) qs[r][d] = load(q, i * ld_q + d, fp32) * scale2;
