@@ -25,17 +25,18 @@ from typing import Any
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt")
-# Width and depth of every stand-in: large enough for 4 heads, small enough to build
-# dozens of them in seconds on a CPU.
+# Width and depth of a stand-in (unless a test checks the real width): large enough
+# for 4 heads, small enough to build dozens of them in seconds on a CPU.
 ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
            "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 512,
            "pad_token_id": 0}
 DECODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
-           "vocab_size": 30522, "max_position_embeddings": 2048, "pad_token_id": 0,
+           "vocab_size": 30522, "max_position_embeddings": 40960, "pad_token_id": 0,
            "tie_word_embeddings": False}
-# RoBERTa-style models number positions from padding_idx + 1.
-ROBERTA = {**ENCODER, "max_position_embeddings": 514, "type_vocab_size": 1}
+# RoBERTa-style models number positions from padding_idx + 1. Two token types (the real
+# ones have one) because the stand-ins' WordPiece tokenizer marks a pair's second text.
+ROBERTA = {**ENCODER, "max_position_embeddings": 514, "type_vocab_size": 2}
 # The ids of the MiniLM tokenizer's [CLS] and [SEP], for configs whose defaults lie
 # outside its vocabulary.
 SPECIAL_IDS = {"bos_token_id": 101, "eos_token_id": 102}
@@ -106,12 +107,15 @@ def _decoder(model_id: str, architecture: str, model_type: str, st_pooling: str 
 
 STAND_INS: dict[str, StandIn] = {s.model_id: s for s in [
     # Embedding models.
-    _encoder("vllm-project/multilingual-e5-small", "BertModel", st_pooling="mean"),
+    # Widths the tests check (len(embedding) == 384) are the real ones.
+    _encoder("vllm-project/multilingual-e5-small", "BertModel", st_pooling="mean",
+             hidden_size=384, num_attention_heads=12, intermediate_size=256),
     _encoder("vllm-project/e5-small", "BertModel", st_pooling="mean"),
     _encoder("intfloat/multilingual-e5-small", "BertModel", st_pooling="mean"),
     _encoder("sentence-transformers/all-MiniLM-L12-v2", "BertModel", st_pooling="mean"),
     _encoder("sentence-transformers/all-MiniLM-L6-v2", "BertModel", st_pooling="mean"),
-    _encoder("BAAI/bge-base-en-v1.5", "BertModel", st_pooling="cls"),
+    _encoder("BAAI/bge-base-en-v1.5", "BertModel", st_pooling="cls", hidden_size=768,
+             num_attention_heads=12, intermediate_size=256),
     _encoder("Snowflake/snowflake-arctic-embed-m-v1.5", "BertModel", st_pooling="cls"),
     _encoder("sentence-transformers/stsb-roberta-base-v2", "RobertaModel", "roberta",
              st_pooling="mean"),
@@ -133,10 +137,13 @@ STAND_INS: dict[str, StandIn] = {s.model_id: s for s in [
     _decoder("Qwen/Qwen3-0.6B", "Qwen3ForCausalLM", "qwen3"),
     _encoder("BAAI/bge-reranker-base", "XLMRobertaForSequenceClassification", "xlm-roberta",
              num_labels=1),
+    # As the real ones: raw logits (Sentence-Transformers' CrossEncoder activation).
     _encoder("cross-encoder/ms-marco-TinyBERT-L-2-v2", "BertForSequenceClassification",
-             num_labels=1),
+             num_labels=1,
+             sbert_ce_default_activation_function="torch.nn.modules.linear.Identity"),
     _encoder("cross-encoder/ms-marco-MiniLM-L-6-v2", "BertForSequenceClassification",
-             num_labels=1),
+             num_labels=1,
+             sbert_ce_default_activation_function="torch.nn.modules.linear.Identity"),
     _encoder("vllm-project/xlm-roberta-base-language-detection",
              "XLMRobertaForSequenceClassification", "xlm-roberta", num_labels=20),
     StandIn("vllm-project/sentiment-polish-gpt2-small", "GPT2ForSequenceClassification",

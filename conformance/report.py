@@ -36,7 +36,8 @@ class Rule:
     error: str = ""
 
     def matches(self, node_id: str, cause: str) -> bool:
-        return fnmatch.fnmatchcase(node_id, self.test) and (
+        # Node ids hold "[params]": brackets in a pattern are literal, not a set.
+        return fnmatch.fnmatchcase(node_id, self.test.replace("[", "[[]")) and (
             not self.error or re.search(self.error, cause) is not None)
 
 
@@ -72,8 +73,24 @@ def _node_id(test_file: str, classname: str, name: str) -> str:
     return "::".join(filter(None, [test_file, inner.replace(".", "::"), name]))
 
 
+# What a server started by vLLM's RemoteOpenAIServer (cenote serve) said before exiting.
+SERVER_ERROR = re.compile(r"(ERROR cenote: .*|cenote serve: error: .*|^\w*Error: .*)$")
+
+
+def server_error(log: Path) -> str:
+    """The first error a server logged in a test file's output (the test itself only
+    sees "Server exited unexpectedly")."""
+    if not log.exists():
+        return ""
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith(("E ", ">")) and (match := SERVER_ERROR.search(line)):
+            return one_line(match.group(1))
+    return ""
+
+
 def read_junit(test_file: str, xml: Path) -> list[Outcome]:
     outcomes: dict[str, Outcome] = {}
+    exit_cause = ""
     for case in ET.parse(xml).getroot().iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")
         node_id = _node_id(test_file, classname, name)
@@ -91,6 +108,9 @@ def read_junit(test_file: str, xml: Path) -> list[Outcome]:
                 if tag == "failure":
                     cause = _last_error_line(element.text or "") or cause
                 break
+        if "Server exited unexpectedly" in cause:
+            exit_cause = exit_cause or server_error(xml.with_suffix(".log"))
+            cause = f"{cause} (server: {exit_cause})" if exit_cause else cause
         previous = outcomes.get(node_id)
         if previous is None or previous.result == "passed":  # a teardown error wins
             outcomes[node_id] = Outcome(node_id, result, cause)
@@ -128,11 +148,17 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _tally(reasons: Counter) -> str:
+    return "".join(f"- {count} × {_md(reason)}\n" for reason, count in reasons.most_common()) \
+        or "- none\n"
+
+
 def write_report(test_files: list[str], results: Path, classification: Path,
                  out: Path, vllm_version: str, tested: str = "cenote") -> str:
     rules = load_rules(classification)
     rows, sections = [], []
     totals: Counter = Counter()
+    by_reason: dict[str, Counter] = {"gap": Counter(), "cenote_extension": Counter()}
     for test_file in test_files:
         stem = test_file.removeprefix("tests/").removesuffix(".py").replace("/", "__")
         xml, status_file = results / f"{stem}.xml", results / f"{stem}.json"
@@ -150,6 +176,11 @@ def write_report(test_files: list[str], results: Path, classification: Path,
             outcomes = read_junit(test_file, xml)
         for outcome in outcomes:
             classify(outcome, rules)
+            if outcome.result in ("failed", "error"):
+                kind = outcome.category if outcome.category in by_reason else (
+                    "gap" if not outcome.category else "")
+                if kind:
+                    by_reason[kind][outcome.reason] += 1
         count = Counter(o.result for o in outcomes)
         kinds = Counter(o.category or "unclassified" for o in outcomes
                         if o.result in ("failed", "error"))
@@ -190,7 +221,9 @@ from its source distribution), run unchanged against cenote by `make conformance
 models are cenote's (`conformance/vllm_standin/`), `vllm serve` is `cenote serve`, and the
 checkpoints are stand-ins with random weights under the tests' model ids
 (`conformance/checkpoints.py`; models with no stand-in fail to load, offline). Why a test
-does not pass is kept in `conformance/classification.toml`.
+does not pass is kept in `conformance/classification.toml`. To rerun: `make conformance`
+(all files; `ARGS="--files 'tests/entrypoints/pooling/embed/*'"` for some,
+`ARGS="--cenote-commit HEAD"` to test a commit rather than the work tree).
 
 Tested: {tested}. **{summary}.**
 
@@ -200,7 +233,9 @@ extension*, *gap* (to fix in cenote). "gap (unclassified)" is a failure no rule 
 
 | file | tests | passed | did not pass | skipped | not portable | extension | gap |
 |---|---|---|---|---|---|---|---|
-""" + "\n".join(rows) + "\n\n## Tests that do not pass\n\n" + "\n".join(sections)
+""" + "\n".join(rows) + "\n\n## Gaps by cause\n\n" + _tally(by_reason["gap"]) \
+        + "\n## Documented cenote extensions\n\n" + _tally(by_reason["cenote_extension"]) \
+        + "\n## Tests that do not pass\n\n" + "\n".join(sections)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return summary

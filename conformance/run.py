@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     tested = results / "tested.txt"
     summary = report.write_report(all_files, results, HERE / "classification.toml",
                                   args.report, VLLM_VERSION,
-                                  tested.read_text() if tested.exists() else "cenote")
+                                  tested.read_text().strip() if tested.exists() else "cenote")
     print(summary)
     return 0
 

@@ -4,7 +4,8 @@ from vllm import _standin
 
 __getattr__ = _standin.module_getattr(__name__)
 
-DEFAULT_LOGGING_CONFIG: dict = {}
+# vLLM's tests turn propagation of the "vllm" logger on to read its messages with caplog.
+DEFAULT_LOGGING_CONFIG: dict = {"loggers": {"vllm": {"propagate": False}}}
 
 
 def init_logger(name: str) -> logging.Logger:

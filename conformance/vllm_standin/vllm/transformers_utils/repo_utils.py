@@ -7,7 +7,10 @@ from vllm import _standin
 
 __getattr__ = _standin.module_getattr(__name__)
 
-hf_api = HfApi()
+
+
+def hf_api() -> HfApi:
+    return HfApi()
 
 
 def with_retry(func: Callable[[], Any], log_msg: str = "", **_: Any) -> Any:
