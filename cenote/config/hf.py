@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cenote.config.hub import read_json
-from cenote.config.sentence_transformers import SentenceTransformersConfig
+
+if TYPE_CHECKING:
+    from cenote.config.sentence_transformers import SentenceTransformersConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,35 @@ def architecture_of(hf_config: Any) -> str:
     if archs:
         return archs[0]
     return "AutoModel"
+
+
+# Decoder architectures vLLM runs with attention both ways whatever their config says
+# (their checkpoints ship remote code, which cenote never runs for them).
+BIDIRECTIONAL_DECODERS = frozenset({"VoyageQwen3BidirectionalEmbedModel",
+                                    "LlamaBidirectionalModel",
+                                    "LlamaBidirectionalForSequenceClassification"})
+# LlamaBidirectional's config field ``pooling`` -> the sequence pooling type (vLLM's map).
+_CONFIG_POOLING = {"avg": "MEAN", "cls": "CLS", "last": "LAST"}
+
+
+def is_bidirectional(hf_config: Any) -> bool:
+    """Whether a decoder attends both ways: ``is_causal: false``, Gemma3's
+    ``use_bidirectional_attention``, or an architecture in ``BIDIRECTIONAL_DECODERS``."""
+    return (architecture_of(hf_config) in BIDIRECTIONAL_DECODERS
+            or getattr(hf_config, "is_causal", True) is False
+            or bool(getattr(hf_config, "use_bidirectional_attention", False)))
+
+
+def config_pooling_type(hf_config: Any) -> str | None:
+    """The sequence pooling a LlamaBidirectional config names in ``pooling``; it has no
+    default (as in vLLM: a guessed pooling gives wrong embeddings silently)."""
+    if not architecture_of(hf_config).startswith("LlamaBidirectional"):
+        return None
+    pooling = getattr(hf_config, "pooling", None)
+    if pooling not in _CONFIG_POOLING:
+        raise ValueError(f"A bidirectional Llama needs 'pooling' in its config.json, one of "
+                         f"{', '.join(_CONFIG_POOLING)}; found {pooling!r}.")
+    return _CONFIG_POOLING[pooling]
 
 
 # What a rope_scaling override keeps of the model's RoPE: its shape, not its scaling.

@@ -20,6 +20,7 @@ from cenote.config.hf import (
     check_classifier_from_token,
     classifier_from_token,
     derive_max_model_len,
+    is_bidirectional,
     is_dual_encoder,
     set_reward_head_labels,
 )
@@ -345,7 +346,8 @@ class ModelConfig:
     @property
     def attn_type(self) -> str:
         """vLLM's name for how the model attends: both ways (encoders), or causally."""
-        return "encoder_only" if self.is_bert_family else "decoder"
+        both_ways = self.is_bert_family or is_bidirectional(self.hf_config)
+        return "encoder_only" if both_ways else "decoder"
 
     @property
     def chunked_processing(self) -> bool:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from cenote.config.hf import config_pooling_type
 from cenote.exceptions import VLLMValidationError
 from cenote.params import PoolingParams, one_activation
 from cenote.tasks import OWN_POOLING_TASK, pooling_task
@@ -195,8 +196,11 @@ def task_pooler(config: ModelConfig, task_name: str) -> TaskPooler:
         task_name = "classify" if config.task == "classify" else "embed"
     defaults = PoolingParams(**pooling_task(task_name).defaults)
     one_row = pooling_task(task_name).one_row
-    # BERT-family encoders pool their first token ([CLS]), decoders their last.
-    pooling_type = PoolingType.CLS if config.is_bert_family else PoolingType.LAST
+    # BERT-family encoders pool their first token ([CLS]), decoders their last, unless
+    # the config names its pooling (a bidirectional Llama's).
+    named = config_pooling_type(config.hf_config)
+    pooling_type = (PoolingType(named) if named is not None
+                    else PoolingType.CLS if config.is_bert_family else PoolingType.LAST)
     if not one_row:  # encode and the token-level tasks: every row
         pooling_type = PoolingType.ALL
         if (task_name == "encode" and config.task == "reward"

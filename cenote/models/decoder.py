@@ -1,5 +1,10 @@
 """Decoder-only families (Qwen2, Qwen3, Llama, Mistral) as pooling models, on packed tokens.
 
+Causal, or bidirectional where the config says so (``is_causal: false``, or an
+architecture of ``BIDIRECTIONAL_DECODERS``: voyage-4-nano, llama-nemotron-embed):
+then every token attends to its whole sequence. Voyage's checkpoints add a per-token
+projection (``linear``, no bias) to the output.
+
 One pre-norm transformer covers the four families; they differ only in a few
 switches read from the Hugging Face config (projection biases, Qwen3's per-head
 q/k RMSNorm, sliding-window layers). Query/key/value and gate/up are fused
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cenote.config.hf import architecture_of, rope_settings
+from cenote.config.hf import architecture_of, is_bidirectional, rope_settings
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.kernels import rowwise_for
@@ -64,7 +69,8 @@ class DecoderArgs:
     o_bias: bool
     mlp_bias: bool
     qk_norm: bool
-    sliding_windows: list[int | None]  # per layer; None = full causal attention
+    sliding_windows: list[int | None]  # per layer; None = full attention
+    causal: bool
 
     @classmethod
     def from_hf(cls, config: Any) -> DecoderArgs:
@@ -95,8 +101,9 @@ class DecoderArgs:
             qkv_bias=True if model_type == "qwen2" else attention_bias,
             o_bias=False if model_type == "qwen2" else attention_bias,
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type == "qwen3" or architecture_of(config).startswith("VoyageQwen3"),
             sliding_windows=windows,
+            causal=not is_bidirectional(config),
         )
 
 
@@ -180,6 +187,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps) if args.qk_norm else None
         self.sliding_window = sliding_window
+        self.causal = args.causal
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 batch: PackedBatch, pooled_only: bool = False) -> torch.Tensor:
@@ -189,8 +197,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = packed_attention(q, k, v, batch, causal=True, sliding_window=self.sliding_window,
-                               pooled_only=pooled_only)
+        out = packed_attention(q, k, v, batch, causal=self.causal,
+                               sliding_window=self.sliding_window, pooled_only=pooled_only)
         return self.o_proj(out)
 
 
@@ -260,6 +268,8 @@ _FUSED = {
                                                                         ("gate", "up")),
 }
 _IGNORED = re.compile(r"^lm_head\.|rotary_emb\.inv_freq$")
+# A bidirectional Voyage checkpoint's per-token projection.
+_PROJECTION = "linear.weight"
 
 
 class DecoderModel(PoolingModel):
@@ -282,15 +292,19 @@ class DecoderModel(PoolingModel):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.rotary = RotaryEmbedding(config, args.head_dim)
         self.attention_shape = AttentionShape(args.num_heads, args.num_kv_heads, args.head_dim,
-                                              True)
+                                              args.causal)
+        self.projection = (nn.Linear(args.hidden_size, config.num_labels, bias=False)
+                           if self.architecture.startswith("VoyageQwen3") else None)
         # The method and token ids when the head is built from LM-head rows (vLLM's
         # classifier_from_token; see use_head_from_tokens).
         self.head_from_tokens: tuple[str, list[int]] | None = None
         if task == "classify":
             self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
             # transformers' *ForSequenceClassification scores the last token that is not
-            # the pad token (often EOS, which chat prompts end with): see ModelRunner.
-            self.classify_pad_token_id = getattr(config, "pad_token_id", None)
+            # the pad token (often EOS, which chat prompts end with): see ModelRunner. A
+            # bidirectional model's rows depend on every token, so none is skipped.
+            self.classify_pad_token_id = (getattr(config, "pad_token_id", None)
+                                          if args.causal else None)
         elif task == "reward" and self.architecture.endswith(("ForRewardModel",
                                                               "ForProcessRewardModel")):
             self.token_head = RewardHead(args.hidden_size, config.num_labels)
@@ -301,7 +315,8 @@ class DecoderModel(PoolingModel):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, batch, pooled_only=i == last and batch.pooled is not None)
-        return self.norm(x)
+        x = self.norm(x)
+        return x if self.projection is None else self.projection(x)
 
     def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
         """Build the classifier from the LM head's rows for ``token_ids`` when the weights
@@ -337,6 +352,9 @@ class DecoderModel(PoolingModel):
                 lm_head = tensor
                 continue
             if _IGNORED.search(name):
+                continue
+            if name == _PROJECTION and self.projection is not None:
+                loader.assign("projection.weight", tensor)
                 continue
             if name.startswith("score."):
                 # The head belongs to one task; other tasks load the body only.

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cenote.config import ModelConfig
-from cenote.config.hf import BERT_FAMILY, classifier_from_token
+from cenote.config.hf import BERT_FAMILY, BIDIRECTIONAL_DECODERS, classifier_from_token
 from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
 from cenote.models.interface import PoolingModel, Vocabulary
@@ -33,6 +33,11 @@ NATIVE_MODEL_TYPES: dict[str, str] = {
     **{model_type: "cenote.models.decoder:DecoderModel"
        for model_type in ("qwen2", "qwen3", "llama", "mistral")},
 }
+# Architectures run natively whatever their model_type (llama-nemotron-embed's is its
+# own), their checkpoint's remote code never executed.
+NATIVE_ARCHITECTURES: dict[str, str] = {
+    architecture: "cenote.models.decoder:DecoderModel" for architecture in BIDIRECTIONAL_DECODERS
+}
 
 
 def runs_its_own_code(config: ModelConfig) -> bool:
@@ -46,11 +51,12 @@ def runs_its_own_code(config: ModelConfig) -> bool:
     architecture = config.architecture
     return (config.trust_remote_code and architecture != "AutoModel"
             and bool(getattr(config.hf_config, "auto_map", None))
-            and not hasattr(transformers, architecture))
+            and not hasattr(transformers, architecture)
+            and architecture not in NATIVE_ARCHITECTURES)
 
 
-def native_model_class(model_type: str) -> type[PoolingModel] | None:
-    target = NATIVE_MODEL_TYPES.get(model_type)
+def native_model_class(model_type: str, architecture: str = "") -> type[PoolingModel] | None:
+    target = NATIVE_ARCHITECTURES.get(architecture) or NATIVE_MODEL_TYPES.get(model_type)
     if target is None:
         return None
     module_name, _, class_name = target.partition(":")
@@ -99,7 +105,8 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
     ``vocabulary``: the tokenizer's ids, for heads built from LM-head rows and for
     the tokens a lexical head leaves out."""
     classify = config.task == "classify"
-    cls = None if runs_its_own_code(config) else native_model_class(config.model_type)
+    cls = (None if runs_its_own_code(config)
+           else native_model_class(config.model_type, config.architecture))
     head_from_tokens = classifier_from_token(config.hf_config) if classify else None
     if head_from_tokens is not None and not (cls is not None and cls.builds_head_from_tokens):
         raise ValueError(f"classifier_from_token is not supported for {config.architecture}; "
