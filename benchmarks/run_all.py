@@ -6,8 +6,9 @@
 2. ``rerank.py``, ``serve_load.py`` (single texts against the FastAPI +
    sentence-transformers baseline, then 32-text requests against offline
    ``LLM.embed``), ``startup.py``, ``attention.py`` (native kernel vs SDPA),
-   ``decoder_embed.py`` (a Qwen3-shaped embedder vs transformers) and
-   ``profile_embed.py``, as subprocesses; their printed tables go into the
+   ``decoder_embed.py`` (a Qwen3-shaped embedder vs transformers),
+   ``profile_embed.py`` and ``static_embed.py`` (a model2vec table vs model2vec's
+   ``encode`` and MiniLM), as subprocesses; their printed tables go into the
    README as they are.
 
 Only the part of the README between the generated markers is rewritten; any
@@ -50,6 +51,7 @@ SCRIPTS = {
     "attention": ("Attention kernel", "attention.py", ""),
     "decoder": ("Decoder embedder (Qwen3 shape) vs transformers", "decoder_embed.py", ""),
     "profile": ("Where the offline time goes", "profile_embed.py", ""),
+    "static": ("Static embeddings (model2vec) vs model2vec and MiniLM", "static_embed.py", ""),
 }
 README_INTRO = """# Benchmarks
 

@@ -102,14 +102,27 @@ def read_json(path: Path) -> dict[str, Any]:
 def transformer_folder(path: Path) -> Path | None:
     """The folder holding the Hugging Face model: ``path`` itself, or, for a
     Sentence-Transformers folder whose first module lives in a subfolder (a CLIP
-    model's ``0_CLIPModel``), that subfolder; None when there is neither."""
+    model's ``0_CLIPModel``), that subfolder, or a ``StaticEmbedding``'s folder (which
+    has no config.json); None when there is none of them."""
     if (path / "config.json").is_file():
         return path
     modules = read_json_list(path / "modules.json")
     first = modules[0].get("path") if modules and isinstance(modules[0], dict) else None
     if first and (path / first / "config.json").is_file():
         return path / first
-    return None
+    return static_module_folder(path)
+
+
+def static_module_folder(path: Path) -> Path | None:
+    """The folder of a Sentence-Transformers folder's first module when that is a
+    ``StaticEmbedding`` (``path`` itself since Sentence-Transformers 6, else
+    ``0_StaticEmbedding``): its token vectors and ``tokenizer.json`` are there."""
+    modules = read_json_list(path / "modules.json")
+    first = modules[0] if modules and isinstance(modules[0], dict) else {}
+    if not str(first.get("type", "")).endswith("StaticEmbedding"):
+        return None
+    folder = path / (first.get("path") or "")
+    return folder if (folder / "tokenizer.json").is_file() else None
 
 
 def read_json_list(path: Path) -> list[Any]:

@@ -36,6 +36,12 @@ from cenote.config.sentence_transformers import (
     SentenceTransformersConfig,
     read_sentence_transformers_config,
 )
+from cenote.config.static import (
+    STATIC_MODEL_TYPE,
+    check_static_options,
+    read_static_embedding_config,
+    static_pooling,
+)
 from cenote.machine import cpu_has_native_bf16
 from cenote.tasks import MODEL_TASKS, supported_pooling_tasks
 
@@ -44,6 +50,9 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 # (int8) faster than 8192 on an AVX2 EPYC, whose 512 KB L2 then holds more of a layer's
 # activations (benchmarks/README.md, "Batch budget"); bf16 measured alike over 512-16384.
 CPU_FP32_MAX_NUM_BATCHED_TOKENS = 4096
+# A static model's batch is a table lookup: its cost is per batch, not per token (16384
+# tokens ran the steps after tokenising ~25 % faster than 4096; benchmarks/README.md).
+STATIC_MAX_NUM_BATCHED_TOKENS = 16384
 
 
 _DTYPES = {
@@ -181,7 +190,9 @@ class ModelConfig:
                           if tokenizer is not None else None)
         name = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
         try:
-            hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            # A static model (model2vec, StaticEmbedding) has no HF config: its own stands in.
+            hf_config = (read_static_embedding_config(root, path)
+                         or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
         except Exception as exc:
             raise ModelNotFoundError(
                 f"Could not read the model config in {str(path)!r}: {exc}"
@@ -202,6 +213,10 @@ class ModelConfig:
                              f"not {dims!r}.")
         architecture = architecture_of(hf_config)
         st_config = read_sentence_transformers_config(root)
+        static = hf_config.model_type == STATIC_MODEL_TYPE
+        if static:
+            st_config = static_pooling(hf_config, st_config)
+            check_static_options(task, quantization)
         is_cross_encoder = architecture.endswith("ForSequenceClassification")
         resolved_task = resolve_task(task, architecture, st_config is not None, is_cross_encoder,
                                      pooling_runner=runner == "pooling")
@@ -209,10 +224,13 @@ class ModelConfig:
         dtype = DTYPE_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         quantization = check_quantization(quantization, dev, dtype)
         # int8 matmuls take fp32 activations: the layers around them run in fp32 too.
-        resolved_dtype = (torch.float32 if quantization is not None
+        # A static model's mean is computed in fp32 as its library does, unless asked.
+        resolved_dtype = (torch.float32 if quantization is not None or (static and dtype == "auto")
                           else resolve_dtype(dtype, dev, hf_config))
-        limit = derive_max_model_len(hf_config, st_config, max_model_len)
-        default_budget = (CPU_FP32_MAX_NUM_BATCHED_TOKENS
+        limit = (hf_config.max_model_len(max_model_len) if static
+                 else derive_max_model_len(hf_config, st_config, max_model_len))
+        default_budget = (STATIC_MAX_NUM_BATCHED_TOKENS if static
+                          else CPU_FP32_MAX_NUM_BATCHED_TOKENS
                           if dev.type == "cpu" and resolved_dtype == torch.float32
                           else DEFAULT_MAX_NUM_BATCHED_TOKENS)
         budget = max_num_batched_tokens or max(default_budget, limit)
@@ -228,6 +246,9 @@ class ModelConfig:
             raise ValueError("auto_truncate cuts every long input, so chunked processing "
                              "(enable_chunked_processing) would never run: use one or the "
                              "other.")
+        chunked = pooler_config is not None and bool(pooler_config.enable_chunked_processing)
+        if static and hf_config.truncation_length and not chunked:
+            auto_truncate = True  # its library cuts long texts to its length, keeping the start
         config = cls(
             model=name,
             path=path,
@@ -256,6 +277,11 @@ class ModelConfig:
     @property
     def model_type(self) -> str:
         return getattr(self.hf_config, "model_type", "")
+
+    @property
+    def is_static(self) -> bool:
+        """A static embedding model (model2vec, Sentence-Transformers StaticEmbedding)."""
+        return self.model_type == STATIC_MODEL_TYPE
 
     @property
     def is_bert_family(self) -> bool:

@@ -52,7 +52,8 @@ class PoolingEngine:
         self.tokenizer = Tokenizer(config.tokenizer_path or config.path, config.max_model_len,
                                    config.trust_remote_code,
                                    getattr(config.hf_config, "vocab_size", None),
-                                   max_embed_len=config.max_embed_len)
+                                   max_embed_len=config.max_embed_len,
+                                   special_tokens=not config.is_static)
         self.runner = ModelRunner(config, self.tokenizer) if policy is None else None
         self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}
@@ -77,6 +78,9 @@ class PoolingEngine:
         if pooling_task == "score" and self.config.task == "classify":
             raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
         serves = ", ".join(self.config.supported_pooling_tasks)
+        if self.config.is_static:
+            raise UnsupportedTaskError(f"{task.api} is not supported by this static embedding "
+                                       f"model. The pooling tasks it serves: {serves}.")
         if task.model_task == self.config.task:  # the right kind of model, without that output
             raise UnsupportedTaskError(
                 f"{task.api} ({pooling_task}) is not supported by this model: it has no "

@@ -6,7 +6,8 @@ steps are apart so that the next batch is prepared while one is in flight
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ class ModelRunner:
             isinstance(m, Linear) and m.packed is not None for m in self.model.modules())
         # Whether a one-token pooler runs the last layer for the pooled rows only.
         self.prunes_last_layer = self.model.computes_pooled_rows_only
+        self.one_thread = self.model.single_threaded and config.device.type == "cpu"
 
     @property
     def launches_async(self) -> bool:
@@ -86,17 +88,25 @@ class ModelRunner:
         pad = self.model.classify_pad_token_id
         if pad is not None and pooling_type is PoolingType.LAST:
             token_ids = [before_trailing(ids, pad) for ids in token_ids]
+        skip = [s.pool_skip for s in seqs] if any(s.pool_skip for s in seqs) else None
         # A pooler that keeps one token per sequence needs only that row of the last layer.
         pooled = _POOLED_TOKEN.get(pooling_type) if self.prunes_last_layer else None
+        if pooling_type is PoolingType.MEAN and self.model.computes_mean_rows and skip is None:
+            pooled = "mean"
         visible = ([s.visible_len for s in seqs] if any(s.visible_len is not None for s in seqs)
                    else None)
         batch = PackedBatch.build(token_ids, types, self.config.device,
                                   bucket=self.bucket_rows, pooled=pooled, visible_lens=visible)
-        skip = [s.pool_skip for s in seqs] if any(s.pool_skip for s in seqs) else None
         return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip)
 
     @torch.inference_mode()
     def launch(self, prepared: PreparedBatch) -> list[torch.Tensor]:
+        if self.one_thread:
+            with one_intra_op_thread():
+                return self._launch(prepared)
+        return self._launch(prepared)
+
+    def _launch(self, prepared: PreparedBatch) -> list[torch.Tensor]:
         if prepared.image_rows is None:
             return self._launch_texts(prepared.batch, prepared)
         outputs: list[torch.Tensor | None] = [None] * len(prepared.params)
@@ -144,6 +154,23 @@ class ModelRunner:
         return [part.view(out.shape)
                 for part, out in zip(flat.split([out.numel() for out in outputs]), outputs,
                                      strict=True)]
+
+
+@contextlib.contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Torch's CPU ops on one thread within the block. The count is the process's: a
+    batch of another model served beside this one (``--model`` twice) runs the ops it
+    starts within the block on one thread too; a static model's block lasts well under
+    a millisecond."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def before_trailing(token_ids: list[int], pad_token_id: int) -> list[int]:

@@ -82,15 +82,20 @@ class Tokenizer:
     """Wraps a Hugging Face tokenizer; uses its Rust backend for batches when it has one."""
 
     def __init__(self, path: Path, max_model_len: int, trust_remote_code: bool = False,
-                 model_vocab_size: int | None = None, max_embed_len: int | None = None
-                 ) -> None:
-        from transformers import AutoTokenizer
+                 model_vocab_size: int | None = None, max_embed_len: int | None = None,
+                 special_tokens: bool = True) -> None:
+        """``special_tokens=False``: texts are read without [CLS]/[SEP] and the like,
+        whatever a request asks (a static model's mean is of the text's own tokens)."""
+        from transformers import AutoTokenizer, PretrainedConfig
 
         if not has_tokenizer_files(path):
             # transformers would build an empty tokenizer that reads every word as [UNK].
             raise ValueError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
                              "save the model's tokenizer into the folder.")
-        self.hf = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        # A static model's config.json is its library's, not one transformers reads.
+        own_config = {} if special_tokens else {"config": PretrainedConfig()}
+        self.hf = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                **own_config)
         self.max_model_len = max_model_len
         # With chunked processing, the longest input embed takes (in chunks).
         self.max_embed_len = max_embed_len
@@ -102,6 +107,10 @@ class Tokenizer:
         if self.backend is not None:
             self.backend.no_truncation()
             self.backend.no_padding()
+            if not special_tokens:
+                self.backend.post_processor = None
+        elif not special_tokens:
+            raise ValueError(f"{path} needs a fast tokenizer (tokenizer.json).")
         # Truncation is a setting of the Rust tokenizer, so truncating encodes use a
         # copy of their own, made on first use and guarded by the lock; the shared
         # backend never changes, so untruncated encodes (the server's usual case)

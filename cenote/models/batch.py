@@ -33,7 +33,8 @@ class PackedBatch:
     # None when it would be the identity.
     row_index: torch.Tensor | None
     # "first"/"last": the caller pools only each sequence's first/last token, so the
-    # last layer computes just those rows (see ``pooled_rows``); None: every row.
+    # last layer computes just those rows (see ``pooled_rows``); "mean": the model
+    # returns each sequence's mean row; None: every row.
     pooled: str | None = None
     # [P >= B]: the row of each sequence's pooled token, then filler (row 0).
     pooled_rows: torch.Tensor | None = None
@@ -54,9 +55,9 @@ class PackedBatch:
     ) -> PackedBatch:
         """``bucket``: add filler rows up to ``bucket_rows(T)`` (and pooled rows up to
         ``bucket_rows(B)``). ``pooled``: "first" or "last" when only that token of
-        each sequence is needed from the last layer."""
-        if pooled not in (None, "first", "last"):
-            raise ValueError(f"pooled must be None, 'first' or 'last', not {pooled!r}")
+        each sequence is needed from the last layer, "mean" when only their means."""
+        if pooled not in (None, "first", "last", "mean"):
+            raise ValueError(f"pooled must be None, 'first', 'last' or 'mean', not {pooled!r}")
         seq_lens = [len(ids) for ids in token_ids]
         if not seq_lens or min(seq_lens) < 1:
             raise ValueError("every sequence of a batch needs at least one token")
@@ -96,7 +97,7 @@ class PackedBatch:
         else:
             row_index = padded_index
         pooled_rows = None
-        if pooled is not None:
+        if pooled in ("first", "last"):
             picked = cu_seqlens[:-1] if pooled == "first" else cu_seqlens[1:] - 1
             count = bucket_rows(len(seq_lens)) if bucket else len(seq_lens)
             pooled_rows = upload(

@@ -29,6 +29,13 @@ class PoolingModel(nn.Module):
     # Whether ``forward`` honours ``batch.pooled``: the last layer then computes only
     # each sequence's pooled row and the output has the rows of ``batch.pooled_rows``.
     computes_pooled_rows_only: bool = False
+    # Whether ``forward`` honours ``batch.pooled == "mean"``: it then returns each
+    # sequence's mean row itself (a static model's embedding bag).
+    computes_mean_rows: bool = False
+    # Whether its batches run on one CPU thread: a static model's math per batch is
+    # smaller than waking torch's other threads costs (they then spin, against the
+    # tokenizer's threads: 5x slower batches on a busy 2-core machine).
+    single_threaded: bool = False
     # Whether ``forward`` returns one row per sequence itself (a dual encoder's
     # projected text features) instead of one per token.
     returns_pooled_rows: bool = False

@@ -14,6 +14,7 @@ from cenote.config import ModelConfig
 from cenote.config.hf import BERT_FAMILY, BIDIRECTIONAL_DECODERS, classifier_from_token
 from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
+from cenote.config.static import STATIC_MODEL_TYPE
 from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import settle_cpu_attention
@@ -32,6 +33,7 @@ NATIVE_MODEL_TYPES: dict[str, str] = {
     **{model_type: "cenote.models.bert:BertFamilyModel" for model_type in BERT_FAMILY},
     **{model_type: "cenote.models.decoder:DecoderModel"
        for model_type in ("qwen2", "qwen3", "llama", "mistral")},
+    STATIC_MODEL_TYPE: "cenote.models.static:StaticEmbeddingModel",
 }
 # Architectures run natively whatever their model_type (llama-nemotron-embed's is its
 # own), their checkpoint's remote code never executed.
