@@ -167,3 +167,97 @@ def test_batch_gives_the_same_vectors_as_one_by_one(checkpoints, name):
     batched = _embeddings(llm.embed(TEXTS))
     alone = torch.cat([_embeddings(llm.embed(text)) for text in TEXTS])
     assert torch.allclose(batched, alone, atol=1e-5)
+
+
+# EmbeddingGemma's layout at a tiny size: sliding, full and sliding layers (a window of 4
+# keys either side, shorter than the texts), 4 query heads sharing 2 key/value heads,
+# a query scale other than head_dim's, and local and (linearly scaled) global RoPE.
+GEMMA3 = dict(
+    vocab_size=30522, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    sliding_window=4, max_position_embeddings=256, rms_norm_eps=1e-6,
+    hidden_activation="gelu_pytorch_tanh",
+    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                     "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0,
+                                        "factor": 2.0}},
+)
+
+
+@pytest.fixture(scope="module")
+def gemma3(minilm_path, tmp_path_factory):
+    """``gemma3(bidirectional)`` -> a random ``Gemma3TextModel`` folder, and beside it
+    (``/st``) the Sentence-Transformers layout EmbeddingGemma ships: mean pooling, two
+    Dense layers without bias or activation, then Normalize."""
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    from tests.factories import _save_tokenizer, _widen_
+
+    def build(bidirectional: bool):
+        torch.manual_seed(5)
+        folder = tmp_path_factory.mktemp("gemma3")
+        config = transformers.Gemma3TextConfig(**GEMMA3,
+                                               use_bidirectional_attention=bidirectional)
+        model = transformers.Gemma3TextModel(config)
+        _widen_(model, 0.1)
+        model.save_pretrained(folder)
+        _save_tokenizer(minilm_path, folder)
+        body = Transformer(str(folder))
+        st = SentenceTransformer(modules=[
+            body, Pooling(64, pooling_mode="mean"),
+            Dense(64, 128, bias=False, activation_function=torch.nn.Identity()),
+            Dense(128, 64, bias=False, activation_function=torch.nn.Identity()),
+            Normalize()], device="cpu")
+        st.save(str(folder / "st"))
+        return folder
+
+    return {True: build(True), False: build(False)}
+
+
+def _gemma3_hidden(folder, token_ids: list[int]) -> torch.Tensor:
+    import transformers
+
+    model = transformers.Gemma3TextModel.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([token_ids])).last_hidden_state[0]
+
+
+def test_gemma3_runs_natively(gemma3):
+    from cenote.models.gemma3 import Gemma3TextModel
+
+    llm = LLM(str(gemma3[True] / "st"), dtype="float32")
+    assert isinstance(llm.engine.runner.model, Gemma3TextModel)
+    assert llm.engine.runner.model.attention_shape.causal is False
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_gemma3_every_tokens_hidden_state_matches_transformers(gemma3, bidirectional):
+    folder = gemma3[bidirectional]
+    llm = LLM(str(folder), dtype="float32")
+    outs = llm.encode(TEXTS)
+    assert len(outs[-1].prompt_token_ids) > 2 * GEMMA3["sliding_window"]
+    for out in outs:
+        expected = _gemma3_hidden(folder, out.prompt_token_ids)
+        assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, min_cosine", [("float32", 0.9999), ("auto", 0.998)])
+def test_embeddinggemma_layout_matches_sentence_transformers(gemma3, dtype, min_cosine):
+    from sentence_transformers import SentenceTransformer
+
+    folder = gemma3[True] / "st"
+    reference = SentenceTransformer(str(folder), device="cpu").encode(
+        TEXTS, convert_to_tensor=True).float()
+    llm = LLM(str(folder), dtype=dtype)
+    ours = _embeddings(llm.embed(TEXTS))
+    assert ours.shape == reference.shape
+    _assert_close(ours, reference, min_cosine)
+    alone = torch.cat([_embeddings(llm.embed(text)) for text in TEXTS])
+    assert torch.allclose(ours, alone, atol=1e-5 if dtype == "float32" else 1e-2)

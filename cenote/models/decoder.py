@@ -107,13 +107,18 @@ class DecoderArgs:
         )
 
 
-def rope_frequencies(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
-    """Rotary inverse frequencies ``[head_dim // 2]`` and the cos/sin scale.
+def rope_frequencies(config: Any, head_dim: int, layer_type: str | None = None
+                     ) -> tuple[torch.Tensor, float]:
+    """Rotary inverse frequencies ``[head_dim // 2]`` and the cos/sin scale; with
+    ``layer_type``, those of that kind of layer (Gemma3's RoPE per layer type).
 
     Scaled variants come from transformers' own ``ROPE_INIT_FUNCTIONS`` so they
     match the reference exactly.
     """
     rope_type, params = rope_settings(config)
+    if layer_type is not None:
+        params = params.get(layer_type) or {}
+        rope_type = params.get("rope_type", "default")
     if rope_type not in _SUPPORTED_ROPE_TYPES:
         raise ValueError(
             f"rope_type {rope_type!r} is not supported by the native decoder; "
@@ -125,17 +130,18 @@ def rope_frequencies(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
         return 1.0 / (base**exponents), 1.0
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    by_layer = {} if layer_type is None else {"layer_type": layer_type}
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"), **by_layer)
     return inv_freq.float(), float(scaling)
 
 
 class RotaryEmbedding(nn.Module):
     """cos/sin of each token's position, shared by every layer of a forward pass."""
 
-    def __init__(self, config: Any, head_dim: int) -> None:
+    def __init__(self, config: Any, head_dim: int, layer_type: str | None = None) -> None:
         super().__init__()
         # A plain attribute, not a buffer: model.to(bfloat16) must not round the frequencies.
-        self.inv_freq, self.scaling = rope_frequencies(config, head_dim)
+        self.inv_freq, self.scaling = rope_frequencies(config, head_dim, layer_type)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
