@@ -133,12 +133,11 @@ def test_a_cross_encoder_saved_by_sentence_transformers_scores_as_one(st_cross_e
         scores = [o.outputs.score for o in llm.score(QUERY, PASSAGES)]
         expected = model.predict([(QUERY, p) for p in PASSAGES])
         assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4)
-    # The saved activation is the Score API's; classify gives probabilities (as vLLM).
+    # The saved activation is classify's too (as vLLM 0.34): Identity gives the raw logit.
     (probs,) = llm.classify(f"{QUERY} {PASSAGES[0]}")
     (logit,) = llm.classify(f"{QUERY} {PASSAGES[0]}", pooling_params=PoolingParams(
         activation=False))
-    assert probs.outputs.probs[0] == pytest.approx(
-        torch.sigmoid(torch.tensor(logit.outputs.probs[0])).item(), abs=1e-6)
+    assert probs.outputs.probs[0] == pytest.approx(logit.outputs.probs[0], abs=1e-6)
 
 
 def test_one_to_one_scoring_scores_the_single_pair(cross_encoder, st_cross_encoder):
@@ -170,7 +169,7 @@ def test_cross_encoder_batch_gives_the_same_result_as_one_by_one(cross_encoder):
 
 def test_score_needs_a_single_label(tiny_bert_classifier):
     llm = LLM(str(tiny_bert_classifier("bert", num_labels=3)), dtype="float32")
-    with pytest.raises(ValueError, match=r"Score API is only enabled for num_labels == 1\."):
+    with pytest.raises(ValueError, match=r"Scoring API is only enabled for num_labels == 1\."):
         llm.score(QUERY, PASSAGES)
     assert llm.classify("still works")[0].outputs.num_classes == 3
 

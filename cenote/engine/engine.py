@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from cenote.config import ModelConfig
+from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN
 from cenote.engine.pipeline import run_one_ahead
 from cenote.engine.quantization import Int8Accuracy, measure_int8
 from cenote.engine.runner import ModelRunner
@@ -20,6 +21,7 @@ from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.instructions import instruction
 from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_image_prompt
+from cenote.inputs.score_prompts import ScoreOptions, limit_pairs, render_pairs
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.outputs import PoolingRequestOutput
 from cenote.params import EMBEDDING_MODES, PoolingParams
@@ -32,10 +34,6 @@ from cenote.tasks import pooling_task as task_named
 WARMUP_TEXTS = ("Warm-up.", "A second, slightly longer warm-up sentence.")
 
 
-# vLLM's answer to task "plugin" without an IO processor plugin (none is loaded here).
-NO_IO_PROCESSOR_PLUGIN = ("No IOProcessor plugin installed. Please refer to the documentation "
-                          "and to the 'prithvi_geospatial_mae_io_processor' offline inference "
-                          "example for more details.")
 
 
 class UnsupportedTaskError(ValueError):
@@ -76,14 +74,14 @@ class PoolingEngine:
             raise UnsupportedTaskError(NO_IO_PROCESSOR_PLUGIN)
         task = task_named(pooling_task)
         if pooling_task == "score" and self.config.task == "classify":
-            raise UnsupportedTaskError("Score API is only enabled for num_labels == 1.")
+            raise UnsupportedTaskError("Scoring API is only enabled for num_labels == 1.")
         serves = ", ".join(self.config.supported_pooling_tasks)
         if self.config.is_static:
             raise UnsupportedTaskError(f"{task.api} is not supported by this static embedding "
                                        f"model. The pooling tasks it serves: {serves}.")
         if task.model_task == self.config.task:  # the right kind of model, without that output
             raise UnsupportedTaskError(
-                f"{task.api} ({pooling_task}) is not supported by this model: it has no "
+                f"{task.api} is not supported by this model ({pooling_task}): it has no "
                 f"output for it. The pooling tasks it serves: {serves}.")
         raise UnsupportedTaskError(
             f"{task.api} is not supported by this model (its task is {self.config.task!r}). "
@@ -106,9 +104,9 @@ class PoolingEngine:
             raise TypeError("pooling_params must be a PoolingParams or a list of them, one "
                             f"per prompt; got {type(params).__name__}.")
         elif len(params) != count:
-            raise ValueError(
-                f"Got {len(params)} pooling_params for {count} prompts; give one or one each."
-            )
+            raise VLLMValidationError(
+                f"Got {len(params)} pooling_params for {count} prompts; give one or one each.",
+                parameter="pooling_params")
         if truncate_prompt_tokens is not None:
             params = [p.merged_over(None) for p in params]
             for p in params:
@@ -263,14 +261,22 @@ class PoolingEngine:
         pairs: Sequence[tuple[str, str]],
         params: PoolingParams | Sequence[PoolingParams] | None = None,
         truncate_prompt_tokens: int | None = None,
+        options: ScoreOptions | None = None,
     ) -> list[SequenceInput]:
-        """Validate and tokenise text pairs for a cross-encoder."""
+        """Validate and tokenise text pairs for a cross-encoder; where ``options`` has a
+        chat template, each pair is rendered through it and the text tokenised whole."""
         self.check_task("score")
         resolved = self.resolve_params("score", params, len(pairs), truncate_prompt_tokens)
-        tokenized = self._tokenize_grouped(
-            resolved, lambda idx, cut: self.tokenizer.encode_pairs(
-                [pairs[i] for i in idx], cut, as_one_text=self.config.pairs_as_one_text)
-        )
+        if options is not None and options.chat_template is not None:
+            texts = render_pairs(pairs, options, self.tokenizer.hf)
+            tokenized = self._tokenize_grouped(
+                resolved, lambda idx, cut: self.tokenizer.encode_prompts(
+                    [texts[i] for i in idx], cut))
+        else:
+            tokenized = self._tokenize_grouped(
+                resolved, lambda idx, cut: self.tokenizer.encode_pairs(
+                    [pairs[i] for i in idx], cut, as_one_text=self.config.pairs_as_one_text)
+            )
         return [SequenceInput(t.token_ids, t.token_type_ids, p)
                 for t, p in zip(tokenized, resolved, strict=True)]
 
@@ -296,12 +302,18 @@ class PoolingEngine:
         pairs: Sequence[tuple[str, str]],
         params: PoolingParams | Sequence[PoolingParams] | None = None,
         truncate_prompt_tokens: int | None = None,
+        options: ScoreOptions | None = None,
     ) -> ScoreJob:
         """What scoring ``pairs`` runs: each pair through a cross-encoder, or every
-        distinct text through an embedding model (scored by cosine)."""
+        distinct text through an embedding model (scored by cosine). ``options``: a
+        chat template for the pairs (cross-encoders) and token limits per side."""
+        if options is not None:
+            options.check(self.config.max_model_len)
+            if options.max_tokens_per_query or options.max_tokens_per_doc:
+                pairs = limit_pairs(pairs, options, self.tokenizer.hf)
         if self.config.task == "classify":
-            return ScoreJob(pairs, self.prepare_pairs(pairs, params, truncate_prompt_tokens),
-                            "score")
+            return ScoreJob(pairs, self.prepare_pairs(pairs, params, truncate_prompt_tokens,
+                                                      options), "score")
         if self.config.task != "embed":  # a reward model has no Score API
             self.check_task("score")
         if self.late is not None:  # late interaction: queries and documents apart

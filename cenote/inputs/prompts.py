@@ -17,7 +17,8 @@ Prompt = str | dict[str, Any]
 
 def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     """A single prompt or a list of prompts, as a list; bad types raise ``TypeError``.
-    vLLM's text prompt ``{"prompt": "..."}`` becomes its string."""
+    vLLM's text prompt ``{"prompt": "..."}`` becomes its string, and a list of token ids
+    in the list its ``{"prompt_token_ids": [...]}``."""
     if isinstance(prompts, (str, dict)):
         prompts = [prompts]
     elif not isinstance(prompts, (list, tuple)):
@@ -33,6 +34,9 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(
                 prompt.get("prompt"), str):
             prompt = prompt["prompt"]
+        if isinstance(prompt, (list, tuple)) and prompt and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            prompt = {"prompt_token_ids": list(prompt)}  # vLLM takes a list of ids as one
         if not (isinstance(prompt, str)
                 or isinstance(prompt, dict) and "prompt_token_ids" in prompt):
             raise TypeError(

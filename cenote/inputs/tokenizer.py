@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cenote.config.hub import TOKENIZER_FILES, has_tokenizer_files
+from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import Prompt, TokenizedPrompt, check_unicode
 
 TRUNCATION_SIDES = ("left", "right")
@@ -132,10 +133,10 @@ class Tokenizer:
         if truncate_prompt_tokens < 1:
             raise ValueError("truncate_prompt_tokens must be -1 or a positive integer.")
         if truncate_prompt_tokens > self.max_model_len:
-            raise ValueError(
-                f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than "
-                f"max_model_len ({self.max_model_len}). Please, select a smaller truncation size."
-            )
+            # vLLM 0.34's exact words (its tests compare the whole message).
+            raise VLLMValidationError(
+                "truncate_prompt_tokens value is greater than max_model_len. Please request "
+                "a smaller truncation size.", parameter="truncate_prompt_tokens")
         return Truncation(truncate_prompt_tokens, side or "left")
 
     def encode_prompts(

@@ -97,8 +97,8 @@ PROBLEM_TYPE_ACTIVATIONS = {"single_label_classification": None,
 class ClassifierHead(nn.Module):
     """classify and score: the model's classifier, calibrated where configured, then its
     activation: the one the HF config's ``problem_type`` names (sigmoid for multi-label,
-    none for regression), else for scores a cross-encoder's own configured activation
-    (as vLLM: only the Score API uses it), else softmax (sigmoid for one label)."""
+    none for regression), else a cross-encoder's own configured activation (vLLM 0.34
+    applies it to both APIs), else softmax (sigmoid for one label)."""
 
     def __init__(self, classifier: nn.Module | None, score: bool,
                  score_activation: nn.Module | None = None,
@@ -107,7 +107,7 @@ class ClassifierHead(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.score = score
-        self.score_activation = score_activation if score else None
+        self.score_activation = score_activation
         self.calibration = calibration
         self.problem_activation = PROBLEM_TYPE_ACTIVATIONS.get(problem_type or "")
 

@@ -55,6 +55,7 @@ class Pooler(nn.Module):
             "encode": lambda: TokenHead(weights.token_head, self.methods["encode"]),
             "embed": lambda: EmbeddingHead(weights.dense),
             "classify": lambda: ClassifierHead(weights.classifier, score=False,
+                                               score_activation=weights.score_activation,
                                                calibration=calibration,
                                                problem_type=problem_type),
             "score": lambda: ClassifierHead(weights.classifier, score=True,

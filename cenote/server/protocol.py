@@ -320,6 +320,9 @@ class RerankResult(APIModel):
 
 
 class RerankUsage(APIModel):
+    """vLLM's: the tokens read, twice (no output tokens)."""
+
+    prompt_tokens: int = 0
     total_tokens: int
 
 

@@ -68,6 +68,8 @@ async def create_rerank(body: RerankRequest,
                                      operation="embedding generation",  # vLLM's wording
                                      options=body.score_options(ctx.chat_template))
 
+    tokens = sum(o.num_input_tokens for o in outputs)
+
     def build() -> RerankResponse:
         results = sorted(
             (RerankResult(index=i, relevance_score=o.outputs.score,
@@ -78,7 +80,7 @@ async def create_rerank(body: RerankRequest,
             results = results[:body.top_n]
         return RerankResponse(
             id=body.response_id("rerank"), model=m.name, results=results,
-            usage=RerankUsage(total_tokens=sum(o.num_input_tokens for o in outputs)))
+            usage=RerankUsage(prompt_tokens=tokens, total_tokens=tokens))
 
     return await render(build, len(outputs))
 
