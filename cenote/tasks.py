@@ -86,8 +86,9 @@ def supported_pooling_tasks(model_task: str, num_labels: int, *, dense: bool = T
     (``dense``: one vector per input; ``multi_vector``: late-interaction vectors;
     ``sparse``: "splade" or "lexical" sparse vectors; ``token_head``: a per-token head,
     as reward models have)."""
-    if model_task == "classify":
-        return ("encode", "classify", "score") if num_labels == 1 else ("encode", "classify")
+    if model_task == "classify":  # token_classify: the classifier on every token (vLLM)
+        tasks = ("encode", "classify", "token_classify")
+        return (*tasks, "score") if num_labels == 1 else tasks
     if model_task != "embed":
         return ("encode", "token_classify") if token_head else ("encode",)
     tasks = ["encode"]

@@ -210,3 +210,17 @@ def test_default_dtype_scores_stay_close_to_fp32(cross_encoder_path, cross_encod
     scores = torch.tensor([o.outputs.score for o in low.score(QUERY, PASSAGES)])
     reference = torch.tensor([o.outputs.score for o in cross_encoder.score(QUERY, PASSAGES)])
     assert torch.allclose(scores, reference, atol=5e-3)
+
+
+def test_token_classify_applies_the_classifier_to_every_token(classifier_path):
+    # vLLM's token_classify on a sequence classifier: its classifier on each token's
+    # state, so the [CLS] row is the sequence's own logits.
+    llm = LLM(str(classifier_path), dtype="float32")
+    (tokens,) = llm.encode("a flood in the valley", pooling_task="token_classify")
+    (logits,) = llm.classify("a flood in the valley",
+                             pooling_params=PoolingParams(activation=False))
+    assert tokens.outputs.data.shape == (len(tokens.prompt_token_ids), 3)
+    assert torch.allclose(tokens.outputs.data[0], torch.tensor(logits.outputs.probs),
+                          atol=1e-5)
+    (hidden,) = llm.encode("a flood in the valley")  # encode keeps the hidden states
+    assert hidden.outputs.data.shape[1] == llm.config.hf_config.hidden_size

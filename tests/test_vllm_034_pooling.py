@@ -76,8 +76,8 @@ def test_the_plugin_task_without_a_plugin_is_vllms_400(api, model):
     ("minilm", "classify", "('encode', 'embed', 'token_embed')"),
     ("minilm", "token_classify", "('encode', 'embed', 'token_embed')"),
     ("minilm", "embed&token_classify", "('encode', 'embed', 'token_embed')"),
-    ("classifier", "embed", "('encode', 'classify')"),
-    ("classifier", "token_embed", "('encode', 'classify')"),
+    ("classifier", "embed", "('encode', 'classify', 'token_classify')"),
+    ("classifier", "token_embed", "('encode', 'classify', 'token_classify')"),
 ])
 def test_a_task_the_model_has_no_output_for_is_vllms_unsupported_task(api, model, task,
                                                                        served):

@@ -64,7 +64,9 @@ class Pooler(nn.Module):
                                             problem_type=problem_type),
             "token_embed": lambda: TokenEmbedHead(weights.token_projection,
                                                   weights.drop_first_token),
-            "token_classify": lambda: TokenClassifyHead(weights.token_head),
+            # A sequence classifier's token_classify: its classifier on every token (vLLM).
+            "token_classify": lambda: TokenClassifyHead(weights.token_head
+                                                        or weights.classifier),
             "embed_sparse": lambda: weights.sparse,
         }
         self.heads = nn.ModuleDict({task: heads[task]() for task in self.methods})

@@ -38,6 +38,8 @@ _ERROR_TYPES = {
     503: "ServiceUnavailableError",
     504: "TimeoutError",
 }
+# Validation errors whose (short, string) input the message repeats: choices.
+_ECHOED_ERROR_TYPES = frozenset({"literal_error", "enum"})
 # How many validation problems one message lists; the rest are counted.
 _MAX_LISTED_PROBLEMS = 3
 
@@ -121,7 +123,13 @@ def validation_message(exc: RequestValidationError) -> str:
             continue
         where = ".".join(loc)
         problem = f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
-        problems.append(f"{problem} [type={error.get('type')}]" if error.get("type") else problem)
+        kind = error.get("type")
+        given = error.get("input")
+        if kind in _ECHOED_ERROR_TYPES and isinstance(given, str) and len(given) <= 64:
+            # A choice field's bad value is short and the client's own: name it, as vLLM.
+            problems.append(f"{problem} [type={kind}, input_value={given!r}]")
+        else:
+            problems.append(f"{problem} [type={kind}]" if kind else problem)
     problems = list(dict.fromkeys(problems))
     message = "; ".join(problems[:_MAX_LISTED_PROBLEMS])
     if len(problems) > _MAX_LISTED_PROBLEMS:
