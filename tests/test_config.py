@@ -193,3 +193,12 @@ def test_an_uncached_hub_id_names_the_cache_searched(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(Exception, match=str(tmp_path / "hub")):
         ModelConfig.from_args("acme/not-cached")
+
+
+def test_a_batch_budget_below_max_model_len_grows_to_it(minilm_path):
+    # vLLM prefills such prompts in chunks; cenote runs each whole, so its batches must
+    # hold the longest one.
+    from cenote.config import ModelConfig
+
+    config = ModelConfig.from_args(model=str(minilm_path), max_num_batched_tokens=16)
+    assert config.max_num_batched_tokens == config.max_model_len

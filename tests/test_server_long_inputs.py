@@ -160,7 +160,7 @@ def test_int8_codes_follow_the_calibrated_ranges_as_sentence_transformers(cohere
      "clustering, document, query, search_document, search_query"),
     ({"texts": [LONG_TEXT * 5], "truncate": "NONE"}, "max_embed_len) is 1000 tokens"),
     ({"images": ["data:image/png;base64,AAAA"]}, "text only"),
-    ({"texts": []}, "give one of texts, images or inputs"),
+    ({"texts": []}, "Exactly one of texts, images, or inputs must be provided"),
 ])
 def test_cohere_bad_input_is_a_400_naming_the_problem(server, body, message):
     response = httpx.post(f"{server.url}/v2/embed", json={"model": "prompted", **body},

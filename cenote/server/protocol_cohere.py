@@ -56,7 +56,8 @@ class CohereEmbedRequest(PoolingRequestFields):
     def _one_input_kind(self):
         given = [name for name in ("texts", "images", "inputs") if getattr(self, name)]
         if len(given) != 1:
-            raise ValueError("give one of texts, images or inputs (non-empty)")
+            raise ValueError("Exactly one of texts, images, or inputs must be provided, and it "
+                             "must be non-empty")
         return self
 
 
