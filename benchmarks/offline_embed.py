@@ -7,6 +7,11 @@ tokens/s, the speed ratios and the minimum and mean cosine similarity of each sy
 against the sentence-transformers fp32 reference.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/offline_embed.py
+
+``--modernbert-base`` runs a random checkpoint at ModernBERT-base's shape instead
+(22 layers of 768, 12 heads, GeGLU 1152, global attention every 3rd layer, a local
+window of 128; MiniLM's tokenizer, CLS pooling and normalisation as gte-modernbert):
+random weights time the same as trained ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,34 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, result
 
 
+def build_modernbert_base(target: Path) -> Path:
+    """A random ModernBERT-base-shaped checkpoint in the Sentence-Transformers layout."""
+    import json
+    import shutil
+
+    import transformers
+
+    from cenote.config import default_model_path
+
+    minilm = Path(default_model_path())
+    torch.manual_seed(0)
+    config = transformers.ModernBertConfig(
+        vocab_size=30522, hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
+        num_attention_heads=12, global_attn_every_n_layers=3, local_attention=128,
+        max_position_embeddings=8192, pad_token_id=0, cls_token_id=101, sep_token_id=102,
+        bos_token_id=101, eos_token_id=102)
+    transformers.ModernBertModel(config).save_pretrained(target)
+    transformers.AutoTokenizer.from_pretrained(minilm).save_pretrained(target)
+    shutil.copytree(minilm / "1_Pooling", target / "1_Pooling")
+    pooling = json.loads((target / "1_Pooling" / "config.json").read_text())
+    pooling.update(word_embedding_dimension=768, pooling_mode_cls_token=True,
+                   pooling_mode_mean_tokens=False)
+    (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    for name in ("modules.json", "sentence_bert_config.json"):
+        shutil.copy(minilm / name, target / name)
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +76,8 @@ def main() -> None:
     parser.add_argument("--st-bf16", choices=["auto", "yes", "no"], default="auto",
                         help="also time sentence-transformers in bf16; auto: only where the "
                              "CPU has native bf16 (elsewhere it is emulated, many times slower)")
+    parser.add_argument("--modernbert-base", action="store_true",
+                        help="a random ModernBERT-base-shaped checkpoint instead of --model")
     parser.add_argument("--int8", action="store_true",
                         help="also time cenote with quantization='int8'")
     args = parser.parse_args()
@@ -54,6 +89,10 @@ def main() -> None:
     from cenote.machine import cpu_has_native_bf16, cpu_name
 
     model_path = str(args.model or default_model_path())
+    if args.modernbert_base:
+        import tempfile
+
+        model_path = str(build_modernbert_base(Path(tempfile.mkdtemp()) / "modernbert-base"))
     llm = LLM(model_path)
     # sentence-transformers silently truncates long texts; keep only texts that fit whole.
     tokenizer = llm.get_tokenizer()

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
+# Encoders that pool their first token ([CLS]) by default: the BERT family and ModernBERT.
+FIRST_TOKEN_ENCODERS = BERT_FAMILY | {"modernbert"}
 # Dual encoders whose towers transformers runs (get_text_features / get_image_features).
 DUAL_ENCODER_ARCHITECTURES = frozenset({"CLIPModel", "SiglipModel", "Siglip2Model",
                                         "AutoModel"})

@@ -14,7 +14,7 @@ import torch
 
 from cenote.compat.vllm import DTYPE_ALIASES, check_architecture_override
 from cenote.config.hf import (
-    BERT_FAMILY,
+    FIRST_TOKEN_ENCODERS,
     apply_hf_overrides,
     architecture_of,
     check_classifier_from_token,
@@ -285,7 +285,9 @@ class ModelConfig:
 
     @property
     def is_bert_family(self) -> bool:
-        return self.model_type in BERT_FAMILY
+        """An encoder that attends both ways and pools its first token ([CLS]) by
+        default: the BERT family, and ModernBERT."""
+        return self.model_type in FIRST_TOKEN_ENCODERS
 
     @functools.cached_property
     def pairs_as_one_text(self) -> bool:

@@ -209,6 +209,9 @@ def task_pooler(config: ModelConfig, task_name: str) -> TaskPooler:
     elif task_name == "embed" and config.st_config is not None:
         pooling_type = config.st_config.pooling_type or pooling_type
         defaults.normalize = config.st_config.normalize
+    elif task_name == "classify" and getattr(config.hf_config, "classifier_pooling",
+                                             None) == "mean":
+        pooling_type = PoolingType.MEAN  # a ModernBERT classifier's mean of its tokens
     if config.auto_truncate:  # to the model's length, keeping the start (TEI's)
         defaults.truncate_prompt_tokens = -1
         defaults.truncation_side = "right"

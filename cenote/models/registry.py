@@ -34,6 +34,7 @@ NATIVE_MODEL_TYPES: dict[str, str] = {
     **{model_type: "cenote.models.decoder:DecoderModel"
        for model_type in ("qwen2", "qwen3", "llama", "mistral")},
     "gemma3_text": "cenote.models.gemma3:Gemma3TextModel",
+    "modernbert": "cenote.models.modernbert:ModernBertModel",
     STATIC_MODEL_TYPE: "cenote.models.static:StaticEmbeddingModel",
 }
 # Architectures run natively whatever their model_type (llama-nemotron-embed's is its

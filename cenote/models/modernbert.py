@@ -1,0 +1,182 @@
+"""ModernBERT encoders (``ModernBertModel``, ``ModernBertForSequenceClassification``) on
+packed tokens.
+
+Pre-norm layers (the first without its attention norm) with rotary positions, no
+biases by default, a GeGLU feed-forward and a final norm. Every
+``global_attn_every_n_layers``-th layer attends globally; the others within a
+sliding window of ``local_attention // 2`` tokens on either side, each kind with its
+own RoPE base. Query/key/value come from one fused projection, as in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cenote.models.batch import PackedBatch
+from cenote.models.decoder import apply_rotary
+from cenote.models.interface import AttentionShape, PoolingModel
+from cenote.models.layers import LayerNorm, packed_attention
+from cenote.models.linear import ACTIVATION_FUNCTIONS, HIDDEN_ACTIVATIONS, Linear
+from cenote.models.loading import ParameterLoader, missing_tensors_error
+
+
+def _activation(name: str):
+    if name not in HIDDEN_ACTIVATIONS:
+        raise ValueError(f"Unsupported ModernBERT activation {name!r}.")
+    return ACTIVATION_FUNCTIONS[HIDDEN_ACTIVATIONS[name]]
+
+
+def _rope_theta(config: Any, layer_type: str) -> float:
+    """The RoPE base of ``layer_type`` layers ("full_attention" or "sliding_attention")."""
+    params = (getattr(config, "rope_parameters", None) or {}).get(layer_type) or {}
+    if params.get("rope_type", "default") != "default":
+        raise ValueError(f"ModernBERT rope_type {params['rope_type']!r} is not supported "
+                         "natively; only the default RoPE.")
+    if "rope_theta" in params:
+        return float(params["rope_theta"])
+    legacy = "global_rope_theta" if layer_type == "full_attention" else "local_rope_theta"
+    return float(getattr(config, legacy))
+
+
+class ModernBertRotary(nn.Module):
+    """cos/sin of each token's position for one RoPE base, shared by its layers."""
+
+    def __init__(self, theta: float, head_dim: int) -> None:
+        super().__init__()
+        # A plain attribute, not a buffer: model.to(bfloat16) must not round it.
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32)
+                                        / head_dim)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inv_freq.device != positions.device:
+            self.inv_freq = self.inv_freq.to(positions.device)
+        freqs = positions.float().unsqueeze(1) * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [T, 1, head_dim]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class ModernBertLayer(nn.Module):
+    def __init__(self, config: Any, index: int, sliding: bool) -> None:
+        super().__init__()
+        hidden, eps = config.hidden_size, config.norm_eps
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        # Layer 0's input is the embeddings' norm already.
+        self.attn_norm = LayerNorm(hidden, eps=eps) if index else None
+        self.qkv = Linear(hidden, 3 * hidden, bias=config.attention_bias)
+        self.qkv.feeds_attention = True
+        self.attn_out = Linear(hidden, hidden, bias=config.attention_bias)
+        self.mlp_norm = LayerNorm(hidden, eps=eps)
+        self.mlp_in = Linear(hidden, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.mlp_out = Linear(config.intermediate_size, hidden, bias=config.mlp_bias)
+        self.act = _activation(config.hidden_activation)
+        # Keys at most local_attention // 2 away on either side: less than that + 1.
+        self.window = config.local_attention // 2 + 1 if sliding else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                batch: PackedBatch, pooled_only: bool = False) -> torch.Tensor:
+        """``pooled_only``: as ``BertLayer``'s."""
+        h = x if self.attn_norm is None else self.attn_norm(x)
+        q, k, v = self.qkv(h).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        attn = packed_attention(q, k, v, batch, causal=False, sliding_window=self.window,
+                                pooled_only=pooled_only)
+        if pooled_only:
+            x = x[batch.pooled_rows]
+        x = self.attn_out.add(attn, x)
+        first, gate = self.mlp_in(self.mlp_norm(x)).chunk(2, dim=-1)
+        return self.mlp_out.add(self.act(first) * gate, x)
+
+
+class ModernBertClassifierHead(nn.Module):
+    """``head`` (dense, activation, norm) then ``classifier``, on the pooled row."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.dense = nn.Linear(hidden, hidden, bias=config.classifier_bias)
+        self.act = _activation(config.classifier_activation)
+        self.norm = nn.LayerNorm(hidden, eps=config.norm_eps, bias=config.norm_bias)
+        self.out = nn.Linear(hidden, config.num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.act(self.dense(x))))
+
+
+# Checkpoint name (after the "model." prefix is cut) -> ours.
+_RENAMES = [
+    (r"^embeddings\.tok_embeddings\.", "embeddings."),
+    (r"^embeddings\.norm\.", "embedding_norm."),
+    (r"^layers\.(\d+)\.attn\.Wqkv\.", r"layers.\1.qkv."),
+    (r"^layers\.(\d+)\.attn\.Wo\.", r"layers.\1.attn_out."),
+    (r"^layers\.(\d+)\.mlp\.Wi\.", r"layers.\1.mlp_in."),
+    (r"^layers\.(\d+)\.mlp\.Wo\.", r"layers.\1.mlp_out."),
+    (r"^head\.", "classifier."),
+    (r"^classifier\.", "classifier.out."),
+]
+_CLASSIFIER = re.compile(r"^(head|classifier)\.")
+_IGNORED = re.compile(r"^decoder\.")  # ModernBertForMaskedLM's vocabulary projection
+
+
+class ModernBertModel(PoolingModel):
+    """A ModernBERT encoder; ``classifier`` is set for sequence classifiers.
+
+    With ``batch.pooled`` set, the last layer runs for the pooled rows only and the
+    output has the rows of ``batch.pooled_rows``.
+    """
+
+    computes_pooled_rows_only = True
+
+    def __init__(self, config: Any, task: str) -> None:
+        super().__init__()
+        self.config = config
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = hidden // heads
+        kinds = getattr(config, "layer_types", None) or [
+            "sliding_attention" if i % config.global_attn_every_n_layers else "full_attention"
+            for i in range(config.num_hidden_layers)]
+        self.layer_kinds = kinds
+        self.embeddings = nn.Embedding(config.vocab_size, hidden)
+        self.embedding_norm = LayerNorm(hidden, eps=config.norm_eps)
+        self.layers = nn.ModuleList(ModernBertLayer(config, i, kind == "sliding_attention")
+                                    for i, kind in enumerate(kinds))
+        self.final_norm = LayerNorm(hidden, eps=config.norm_eps)
+        self.rotary = nn.ModuleDict({kind: ModernBertRotary(_rope_theta(config, kind), head_dim)
+                                     for kind in sorted(set(kinds))})
+        self.attention_shape = AttentionShape(heads, heads, head_dim, False)
+        if task == "classify":
+            self.classifier = ModernBertClassifierHead(config)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.embedding_norm(self.embeddings(batch.input_ids))
+        rotary = {kind: rope(batch.positions, x.dtype) for kind, rope in self.rotary.items()}
+        last = len(self.layers) - 1
+        for i, (layer, kind) in enumerate(zip(self.layers, self.layer_kinds, strict=True)):
+            x = layer(x, *rotary[kind], batch, pooled_only=i == last and batch.pooled is not None)
+        return self.final_norm(x)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors in; every parameter must be set (the norms' biases
+        stay zero where the checkpoint has none, ``norm_bias: false``)."""
+        loader = ParameterLoader(self, "modernbert")
+        for raw_name, tensor in weights:
+            name = raw_name.removeprefix("model.")
+            if _IGNORED.search(name) or (self.classifier is None and _CLASSIFIER.search(name)):
+                continue
+            for pattern, replacement in _RENAMES:
+                if re.search(pattern, name):
+                    name = re.sub(pattern, replacement, name)
+                    break
+            loader.assign(name, tensor)
+        missing = loader.finish()
+        if not self.config.norm_bias:  # zero biases: the native LayerNorm's exact equal
+            missing = [name for name in missing
+                       if not (name.endswith("norm.bias") and not name.startswith("classifier."))]
+        if missing:
+            raise missing_tensors_error(missing)
