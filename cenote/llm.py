@@ -283,8 +283,12 @@ class LLM:
         """
         _no_lora(lora_request)
         pairs = make_score_pairs(text_1, text_2)
+        extra = (pooling_params.extra_kwargs or {}) if isinstance(
+            pooling_params, PoolingParams) else {}  # vLLM passes side limits here
         options = ScoreOptions(chat_template=chat_template,
-                               chat_template_kwargs=chat_template_kwargs)
+                               chat_template_kwargs=chat_template_kwargs,
+                               max_tokens_per_query=extra.get("max_tokens_per_query", 0),
+                               max_tokens_per_doc=extra.get("max_tokens_per_doc", 0))
         job = self.engine.prepare_score(pairs, pooling_params, truncate_prompt_tokens, options)
         data = self._run_data(job.seqs, job.pooling_task, use_tqdm)
         return job.finish(data, lambda _: self._next_id())

@@ -65,6 +65,9 @@ class PoolingParams:
     # token_embed of a late-interaction (ColBERT) model: the text read as a "query"
     # (query marker, expansion to the query length) or a "document" (document marker).
     embedding_mode: str | None = None
+    # vLLM's free-form extras a task's processing may read (score: max_tokens_per_query,
+    # max_tokens_per_doc); never checked against the task's parameters.
+    extra_kwargs: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class PoolingParams:
         padding: str | None = None,
         late_chunking_params: LateChunkingParams | None = None,
         embedding_mode: str | None = None,
+        extra_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.dimensions = dimensions
         self.normalize = normalize
@@ -94,6 +98,7 @@ class PoolingParams:
         self.padding = padding
         self.late_chunking_params = late_chunking_params
         self.embedding_mode = embedding_mode
+        self.extra_kwargs = dict(extra_kwargs) if extra_kwargs is not None else None
 
     @property
     def softmax(self) -> bool | None:
@@ -111,7 +116,7 @@ class PoolingParams:
         if self.late_chunking_params is not None:
             self._verify_late_chunking(pooling_task)
         allowed = task_named(pooling_task).parameters
-        extra = sorted(self.set_fields() - allowed)
+        extra = sorted(self.set_fields() - allowed - {"extra_kwargs"})
         if extra:
             raise ValueError(
                 f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not a valid "

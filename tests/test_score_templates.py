@@ -97,3 +97,12 @@ def test_impossible_token_limits_are_a_400(server, field, value, message):
                           json={"query": QUERY, "documents": DOCS, field: value})
     assert response.status_code == 400
     assert message in response.json()["error"]["message"]
+
+
+def test_offline_side_limits_come_in_pooling_params_extra_kwargs(reranker):
+    from cenote import PoolingParams
+
+    (cut,) = reranker.score(QUERY, DOCS[0], use_tqdm=False, pooling_params=PoolingParams(
+        extra_kwargs={"max_tokens_per_doc": 3}))
+    (expected,) = reranker.score(QUERY, "Snow piles up", use_tqdm=False)
+    assert cut.outputs.score == pytest.approx(expected.outputs.score, abs=1e-6)
