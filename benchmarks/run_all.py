@@ -7,9 +7,10 @@
    sentence-transformers baseline, then 32-text requests against offline
    ``LLM.embed``), ``startup.py``, ``attention.py`` (native kernel vs SDPA),
    ``decoder_embed.py`` (a Qwen3-shaped embedder vs transformers),
-   ``profile_embed.py`` and ``static_embed.py`` (a model2vec table vs model2vec's
-   ``encode`` and MiniLM), as subprocesses; their printed tables go into the
-   README as they are.
+   ``profile_embed.py``, ``static_embed.py`` (a model2vec table vs model2vec's
+   ``encode`` and MiniLM) and ``offline_embed.py --modernbert-base`` (a
+   ModernBERT-base-shaped embedder vs sentence-transformers), as subprocesses;
+   their printed tables go into the README as they are.
 
 Only the part of the README between the generated markers is rewritten; any
 hand-written text around it is kept. Raw results go to ``benchmarks/results/``.
@@ -52,6 +53,8 @@ SCRIPTS = {
     "decoder": ("Decoder embedder (Qwen3 shape) vs transformers", "decoder_embed.py", ""),
     "profile": ("Where the offline time goes", "profile_embed.py", ""),
     "static": ("Static embeddings (model2vec) vs model2vec and MiniLM", "static_embed.py", ""),
+    "modernbert": ("ModernBERT (base shape) vs sentence-transformers", "offline_embed.py",
+                   "--modernbert-base --texts 64 --repeats 1"),
 }
 README_INTRO = """# Benchmarks
 
