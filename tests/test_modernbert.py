@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from cenote import LLM
 from cenote.models.modernbert import ModernBertModel
+from cenote.models.quantization import check_int8_support
 
 # Mixed lengths; the long ones run past the local window (8 tokens: 4 on either side).
 TEXTS = [
@@ -165,3 +166,32 @@ def test_a_masked_lm_checkpoint_embeds_with_its_body(tiny_modernbert):
     ref = _reference(path, "ModernBertModel")
     expected = F.normalize(torch.stack([_hf_hidden(ref, t)[0] for t in ids]), dim=-1)
     assert F.cosine_similarity(ours, expected).min() >= 0.9999
+
+
+def test_a_checkpoint_with_every_bias_classifies_like_transformers(tiny_modernbert):
+    arch = "ModernBertForSequenceClassification"
+    path = tiny_modernbert(arch, num_labels=2, attention_bias=True, mlp_bias=True,
+                           norm_bias=True, classifier_bias=True)
+    outs = LLM(str(path), dtype="float32").classify(TEXTS)
+    ref = _reference(path, arch)
+    with torch.no_grad():
+        logits = torch.cat([ref(input_ids=torch.tensor([o.prompt_token_ids])).logits
+                            for o in outs])
+    assert torch.allclose(torch.tensor([o.outputs.probs for o in outs]), logits.softmax(-1),
+                          atol=1e-4)
+
+
+def _int8_unsupported() -> str | None:
+    try:
+        check_int8_support()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.skipif(_int8_unsupported() is not None, reason="no oneDNN int8 matmul here")
+def test_int8_embeddings_stay_close_to_fp32(tiny_modernbert):
+    path = tiny_modernbert("ModernBertModel", pooling="mean")
+    fp32, _ = _embeddings(LLM(str(path), dtype="float32"))
+    int8, _ = _embeddings(LLM(str(path), quantization="int8"))
+    assert F.cosine_similarity(fp32, int8).min() >= 0.999

@@ -83,7 +83,10 @@ class ModernBertLayer(nn.Module):
                 batch: PackedBatch, pooled_only: bool = False) -> torch.Tensor:
         """``pooled_only``: as ``BertLayer``'s."""
         h = x if self.attn_norm is None else self.attn_norm(x)
-        q, k, v = self.qkv(h).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+        qkv = self.qkv(h)
+        if qkv.dtype != cos.dtype:  # int8 layers hand attention a dtype of their own
+            cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
+        q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         attn = packed_attention(q, k, v, batch, causal=False, sliding_window=self.window,
                                 pooled_only=pooled_only)
