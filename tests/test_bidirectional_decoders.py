@@ -1,10 +1,12 @@
 """Decoders that attend both ways run natively and match transformers on the same weights.
 
-transformers has no bidirectional Qwen3 or Llama class (upstream checkpoints ship remote
-code), so the reference is its causal model called with an explicit 4D attention mask
-that lets every token see its whole sequence: given a mask, its attention applies that
-mask and no causal one. Tiny random checkpoints: 2 layers, hidden 64, 4 query heads
-sharing 2 key/value heads (``tests/factories.tiny_decoder_config``).
+The reference for Qwen3 and Llama is transformers' ``Qwen3Model`` / ``LlamaModel`` called
+with an explicit 4D attention mask that lets every token see its whole sequence (given
+such a mask, its attention applies it and no causal one): the Voyage and
+LlamaBidirectional configs do not say ``is_causal: false``, and their upstream classes
+are remote code. Gemma3's is transformers' own ``Gemma3TextModel`` with
+``use_bidirectional_attention``, and Sentence-Transformers on its layout. Tiny random
+checkpoints: hidden 64, 4 query heads sharing 2 key/value heads.
 """
 
 from __future__ import annotations
@@ -90,6 +92,21 @@ def test_bidirectional_decoders_run_natively(checkpoints):
         assert isinstance(llm.engine.runner.model, DecoderModel), name
         assert llm.engine.runner.model.attention_shape.causal is False
         assert llm.config.attn_type == "encoder_only"
+
+
+def test_llama_bidirectional_remote_code_is_never_run(checkpoints, tmp_path):
+    # Upstream's config maps AutoModel to its own modeling file; none exists here, so
+    # running it would fail.
+    import shutil
+
+    folder = shutil.copytree(checkpoints["llama"], tmp_path / "remote")
+    add_tensors_to_checkpoint(folder, {}, auto_map={
+        "AutoModel": "llama_bidirectional_model.LlamaBidirectionalModel"})
+    llm = LLM(str(folder), dtype="float32", trust_remote_code=True)
+    assert isinstance(llm.engine.runner.model, DecoderModel)
+    assert torch.allclose(_embeddings(llm.embed(TEXTS[:2])),
+                          _embeddings(LLM(str(checkpoints["llama"]), dtype="float32")
+                                      .embed(TEXTS[:2])), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype, min_cosine", [("float32", 0.9999), ("auto", 0.998)])
