@@ -278,3 +278,26 @@ def test_embeddinggemma_layout_matches_sentence_transformers(gemma3, dtype, min_
     _assert_close(ours, reference, min_cosine)
     alone = torch.cat([_embeddings(llm.embed(text)) for text in TEXTS])
     assert torch.allclose(ours, alone, atol=1e-5 if dtype == "float32" else 1e-2)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_gemma3_classifier_matches_transformers(minilm_path, tmp_path, bidirectional):
+    import transformers
+
+    from tests.factories import _save_tokenizer, _widen_
+
+    torch.manual_seed(6)
+    config = transformers.Gemma3TextConfig(**GEMMA3, num_labels=3,
+                                           use_bidirectional_attention=bidirectional)
+    reference = transformers.Gemma3TextForSequenceClassification(config)
+    _widen_(reference, 0.1)
+    reference.save_pretrained(tmp_path)
+    _save_tokenizer(minilm_path, tmp_path)
+    reference = transformers.Gemma3TextForSequenceClassification.from_pretrained(
+        tmp_path, dtype=torch.float32).eval()
+    llm = LLM(str(tmp_path), dtype="float32")
+    assert llm.config.task == "classify"
+    for out in llm.classify(TEXTS):
+        with torch.no_grad():
+            logits = reference(input_ids=torch.tensor([out.prompt_token_ids])).logits[0]
+        assert torch.allclose(torch.tensor(out.outputs.probs), logits.softmax(-1), atol=1e-4)

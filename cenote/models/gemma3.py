@@ -122,13 +122,13 @@ _IGNORED = re.compile(r"^lm_head\.|rotary_emb\.|inv_freq$")
 
 
 class Gemma3TextModel(PoolingModel):
-    """Gemma3's text body turned into a pooling model (embed, token_embed, encode)."""
+    """Gemma3's text body turned into a pooling model; for ``classify``, the ``score``
+    head of ``Gemma3TextForSequenceClassification`` on the pooled row."""
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()
-        if task in ("classify", "reward"):
-            raise ValueError(f"Gemma3 runs natively as an embedding model; task={task!r} "
-                             "needs a head this architecture does not have.")
+        if task == "reward":
+            raise ValueError("Gemma3 has no reward head; use task='embed' or 'classify'.")
         self.config = config
         self.architecture = architecture_of(config)
         args = gemma3_args(config)
@@ -146,6 +146,11 @@ class Gemma3TextModel(PoolingModel):
         })
         self.attention_shape = AttentionShape(args.num_heads, args.num_kv_heads, args.head_dim,
                                               args.causal)
+        if task == "classify":
+            self.classifier = nn.Linear(args.hidden_size, config.num_labels, bias=False)
+            # As decoder.py's: the last token that is not the pad token, when causal.
+            self.classify_pad_token_id = (getattr(config, "pad_token_id", None)
+                                          if args.causal else None)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embed_tokens(batch.input_ids)
@@ -164,6 +169,10 @@ class Gemma3TextModel(PoolingModel):
             name = raw_name.removeprefix("model.")
             if _IGNORED.search(name):
                 continue
+            if name == "score.weight":  # the classifier's; other tasks load the body only
+                if self.classifier is not None:
+                    loader.assign("classifier.weight", tensor)
+                continue
             for pattern, (target, order) in _FUSED.items():
                 match = pattern.fullmatch(name)
                 if match:
@@ -173,5 +182,8 @@ class Gemma3TextModel(PoolingModel):
             else:
                 loader.assign(re.sub(r"\.mlp\.down_proj\.", ".mlp.down.", name), tensor)
         missing = loader.finish()
+        if "classifier.weight" in missing:
+            raise ValueError(f"task='classify' needs a classification head, but this "
+                             f"{self.architecture} checkpoint has no `score.weight` tensor.")
         if missing:
             raise missing_tensors_error(missing)
