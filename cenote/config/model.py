@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from cenote.config.static import (
 )
 from cenote.machine import cpu_has_native_bf16
 from cenote.tasks import MODEL_TASKS, supported_pooling_tasks
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 # fp32 and int8 batches on CPU: 4096 tokens ran all-MiniLM-L6-v2 8 % (fp32) and 10 %
@@ -234,11 +237,11 @@ class ModelConfig:
                           if dev.type == "cpu" and resolved_dtype == torch.float32
                           else DEFAULT_MAX_NUM_BATCHED_TOKENS)
         budget = max_num_batched_tokens or max(default_budget, limit)
-        if budget < limit:
-            raise ValueError(
-                f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({limit}); "
-                "the longest prompt would never fit in a batch."
-            )
+        if budget < limit:  # vLLM would prefill in chunks; cenote runs a prompt whole
+            logger.warning("max_num_batched_tokens (%d) is smaller than max_model_len (%d); "
+                           "batches take up to %d tokens, so the longest prompt fits one.",
+                           budget, limit, limit)
+            budget = limit
         retrieval = (read_retrieval_config(root, architecture) if resolved_task == "embed"
                      else RetrievalConfig())
         pooler_config = PoolerConfig.coerce(override_pooler_config)
