@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.engine.io_processor import IOProcessor
 from cenote.inputs.images import processed_pixels
 from cenote.inputs.prompts import Prompt
-from cenote.server.errors import APIError, ModelNotFoundError
+from cenote.server.errors import ModelNotFoundError
 from cenote.server.guard import MediaBudget
 from cenote.server.media import MediaPolicy
 from cenote.server.metrics import ServerMetrics
@@ -128,8 +129,9 @@ class ModelContext:
             config = self.engine.config
             what = (f"a classifier with {config.num_labels} labels" if config.task == "classify"
                     else f"a {config.task} model")
-            raise APIError(404, f"Not Found: scoring is served for embedding models and "
-                                f"classifiers with one label; {self.name} is {what}.")
+            raise StarletteHTTPException(404, f"Not Found: scoring is served for embedding "
+                                              f"models and classifiers with one label; "
+                                              f"{self.name} is {what}.")
 
     def special_tokens(self, body: ChatFields) -> bool:
         """Whether the request's text gets the tokenizer's special tokens: as the request

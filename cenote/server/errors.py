@@ -99,11 +99,16 @@ def error_type(status: int) -> str:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None,
-                   param: str | None = None) -> Response:
-    """The JSON error answer; the one place a message leaves for a client."""
+                   param: str | None = None, no_route: bool = False) -> Response:
+    """The JSON error answer; the one place a message leaves for a client. ``no_route``:
+    a route this server (or this model) does not have, which also carries FastAPI's own
+    ``"detail": "Not Found"``, as vLLM's server answers it."""
     body = ErrorResponse(error=ErrorInfo(message=client_message(message),
                                          type=error_type(status), param=param, code=status))
-    return Response(body.model_dump_json(), status_code=status, headers=headers,
+    content = body.model_dump_json()
+    if no_route:
+        content = content[:-1] + ',"detail":"Not Found"}'
+    return Response(content, status_code=status, headers=headers,
                     media_type="application/json")
 
 
@@ -159,7 +164,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(exc.status_code, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, str(exc.detail), exc.headers,
+                              no_route=exc.status_code == 404)
 
     # The engine reports a request it cannot serve (wrong task, too long, empty
     # text, out-of-vocabulary ids, bad parameters) as ValueError or TypeError.
