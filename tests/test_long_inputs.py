@@ -162,3 +162,14 @@ def test_truncation_side_left_keeps_the_last_tokens(minilm_fp32):
 def test_an_unknown_truncation_side_is_refused(minilm_fp32):
     with pytest.raises(ValueError, match="truncation_side must be 'left' or 'right'"):
         minilm_fp32.embed("text", pooling_params=PoolingParams(truncation_side="middle"))
+
+
+def test_the_users_tokenizer_calls_do_not_change_cenotes_encodes(minilm_fp32):
+    # LLM.get_tokenizer() is the Hugging Face tokenizer: a call with truncation=True
+    # leaves its backend truncating; cenote's own encodes must not follow it.
+    text = " ".join(f"word{i}" for i in range(40))  # within the limit, untruncated
+    (before,) = minilm_fp32.embed(text)
+    minilm_fp32.get_tokenizer()(text, truncation=True, max_length=12)
+    (after,) = minilm_fp32.embed(text)
+    assert after.prompt_token_ids == before.prompt_token_ids
+    assert len(after.prompt_token_ids) > 12

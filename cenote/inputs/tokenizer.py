@@ -106,6 +106,10 @@ class Tokenizer:
         self._emits_types = "token_type_ids" in getattr(self.hf, "model_input_names", ())
         self.backend = getattr(self.hf, "backend_tokenizer", None)
         if self.backend is not None:
+            # A copy of its own: the Hugging Face tokenizer (``LLM.get_tokenizer()``)
+            # leaves truncation switched on in its backend after a call with
+            # truncation=True, which would cut every later encode made through it.
+            self.backend = type(self.backend).from_str(self.backend.to_str())
             self.backend.no_truncation()
             self.backend.no_padding()
             if not special_tokens:

@@ -119,9 +119,7 @@ class PoolingRequest(EmbeddingRequest, ActivationFields):
 
     @model_validator(mode="after")
     def _one_of(self):
-        if self.task == "plugin":
-            if self.data is None:
-                raise ValueError("task 'plugin' takes its request in data")
+        if self.task == "plugin":  # the plugin reads data (its route checks there is one)
             return self
         self._text_or_messages(self.input, "input")
         return self

@@ -149,6 +149,8 @@ async def _run_plugin(m: ModelContext, body: PoolingRequest) -> Response:
     each of its pooling tasks, and its answer is the response's ``data`` (vLLM's
     ``IOProcessorResponse``)."""
     processor = m.io_processor
+    if body.data is None:
+        raise VLLMValidationError("task 'plugin' takes its request in data.", parameter="data")
     request_id = body.response_id("pool")
     prompts, params = plugin_prompts(processor, body.data, request_id)
     outputs = {task: await m.engine.encode(prompts, task, params) for task in
