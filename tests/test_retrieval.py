@@ -39,7 +39,8 @@ def test_a_token_task_the_model_cannot_serve_names_the_tasks_it_can(minilm_fp32)
     with pytest.raises(ValueError, match=r"Token Classification API is not supported.*"
                                          r"encode, embed, token_embed"):
         minilm_fp32.encode("hello", pooling_task="token_classify")
-    with pytest.raises(ValueError, match=r"Sparse Embedding API is not supported.*\(embed_sparse\).*no output"):
+    with pytest.raises(ValueError, match=r"Sparse Embedding API is not supported.*"
+                                         r"\(embed_sparse\).*no output"):
         minilm_fp32.embed_sparse("hello")
 
 
@@ -78,7 +79,8 @@ def test_colbert_token_embed_is_sentence_transformers_encode(colbert):
 
 def test_colbert_has_no_single_vector(colbert):
     llm, _ = colbert
-    with pytest.raises(ValueError, match=r"Embedding API is not supported.*\(embed\).*encode, token_embed"):
+    with pytest.raises(ValueError, match=r"Embedding API is not supported.*\(embed\).*"
+                                         r"encode, token_embed"):
         llm.embed("hello")
 
 

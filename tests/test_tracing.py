@@ -73,7 +73,7 @@ def test_a_request_is_a_span_with_its_stages_in_the_callers_trace(minilm_path, m
         assert span.end_time_unix_nano <= root.end_time_unix_nano
     ordered = [by_name[name] for name in stages]
     assert all(a.end_time_unix_nano <= b.start_time_unix_nano + 1
-               for a, b in zip(ordered, ordered[1:]))
+               for a, b in zip(ordered, ordered[1:], strict=False))
 
 
 def test_an_unknown_otlp_protocol_is_refused_by_name():
