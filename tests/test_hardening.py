@@ -340,7 +340,8 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(
     assert left == 0
     assert len(recorder.batches) == 1  # only the blocker ever ran
     metrics = app.state.context.metrics.render().decode()
-    assert f'cenote_requests_total{{route="{path}",status="499"}} 1.0' in metrics
+    assert f'cenote_requests_total{{route="{path}",status="499"}} 1.0' in metrics, [
+        line for line in metrics.splitlines() if line.startswith("cenote_requests_total")]
 
 
 def test_while_draining_new_requests_and_health_get_503(make_app):

@@ -328,8 +328,11 @@ class RerankByBody:
             return {"type": "http.request", "body": body, "more_body": False}
 
         route = self.tei if _is_tei_rerank(body) else self.other
-        _, child_scope = route.matches(scope)  # the route's scope keys (metrics read them)
-        await route.handle({**scope, **child_scope}, replay, send)
+        # The route's scope keys into the request's own scope: the metrics middleware
+        # reads the matched route from it, even for a request cancelled mid-way.
+        _, child_scope = route.matches(scope)
+        scope.update(child_scope)
+        await route.handle(scope, replay, send)
 
 
 def _is_tei_rerank(body: bytes) -> bool:
