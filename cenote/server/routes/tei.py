@@ -123,17 +123,26 @@ def _serves(m: ModelContext, task: str, what: str) -> None:
         raise ModelTypeError(f"model is not {what}")
 
 
-@router.post("/embed")
-async def embed(body: TEIEmbedRequest, ctx: ServerContext = Depends(get_context)) -> Response:
-    """One vector per input, normalised unless ``normalize`` is false."""
+async def _encode(ctx: ServerContext, body: TEIInputRequest, task: str, what: str,
+                  params: PoolingParams | None = None, served_task: str | None = None) -> list:
+    """A TEI input request's outputs for ``task``: its inputs checked (counted, and the
+    model serving ``served_task``, by default ``task``, else TEI's error naming
+    ``what`` it must be), then run with its truncation."""
     m = ctx.model(body.model)
     prompts = _prompts(body)
     ctx.check_num_inputs(len(prompts), "inputs")
-    _serves(m, "embed", "an embedding model")
+    _serves(m, served_task or task, what)
+    params = params or PoolingParams(truncation_side=body.truncation_side)
+    return await m.engine.encode(prompts, task, params, body.truncate_prompt_tokens(),
+                                 prompt_name=body.prompt_name)
+
+
+@router.post("/embed")
+async def embed(body: TEIEmbedRequest, ctx: ServerContext = Depends(get_context)) -> Response:
+    """One vector per input, normalised unless ``normalize`` is false."""
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
                            truncation_side=body.truncation_side)
-    outputs = await m.engine.encode(prompts, "embed", params, body.truncate_prompt_tokens(),
-                                    prompt_name=body.prompt_name)
+    outputs = await _encode(ctx, body, "embed", "an embedding model", params)
     return json_response([o.outputs.data.tolist() for o in outputs])
 
 
@@ -141,13 +150,7 @@ async def embed(body: TEIEmbedRequest, ctx: ServerContext = Depends(get_context)
 async def embed_all(body: TEIInputRequest,
                     ctx: ServerContext = Depends(get_context)) -> Response:
     """Every token's hidden state, per input, before pooling."""
-    m = ctx.model(body.model)
-    prompts = _prompts(body)
-    ctx.check_num_inputs(len(prompts), "inputs")
-    _serves(m, "embed", "an embedding model")
-    outputs = await m.engine.encode(prompts, "encode",
-                                    PoolingParams(truncation_side=body.truncation_side),
-                                    body.truncate_prompt_tokens(), prompt_name=body.prompt_name)
+    outputs = await _encode(ctx, body, "encode", "an embedding model", served_task="embed")
     return json_response([o.outputs.data.tolist() for o in outputs])
 
 
@@ -156,13 +159,8 @@ async def embed_sparse(body: TEIInputRequest,
                        ctx: ServerContext = Depends(get_context)) -> Response:
     """SPLADE's and BGE-M3's sparse vectors: per input, the non-zero
     ``{"index", "value"}`` entries over the vocabulary."""
-    m = ctx.model(body.model)
-    prompts = _prompts(body)
-    ctx.check_num_inputs(len(prompts), "inputs")
-    _serves(m, "embed_sparse", "a sparse embedding model (SPLADE, BGE-M3)")
-    outputs = await m.engine.encode(prompts, "embed_sparse",
-                                    PoolingParams(truncation_side=body.truncation_side),
-                                    body.truncate_prompt_tokens(), prompt_name=body.prompt_name)
+    outputs = await _encode(ctx, body, "embed_sparse",
+                            "a sparse embedding model (SPLADE, BGE-M3)")
     vectors = []
     for output in outputs:
         payload = sparse_payload(output.outputs.data)
