@@ -86,6 +86,24 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
+class StatusWatch:
+    """An ASGI ``send`` that notes the status a request was answered with: 499 while
+    none was sent (the client left first), 500 if the app raised before answering."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 499
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+    def failed(self) -> None:
+        if self.status == 499:
+            self.status = 500
+
+
 class MetricsMiddleware:
     """Counts every HTTP request by matched route and status, and times it.
 
@@ -104,21 +122,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 499
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watched = StatusWatch(send)
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, watched)
         except BaseException:
-            if status == 499:
-                status = 500
+            watched.failed()
             raise
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.requests.labels(route, str(watched.status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)

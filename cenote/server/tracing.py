@@ -13,9 +13,10 @@ import os
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cenote.engine.timings import RequestTimings, request_timings
+from cenote.server.metrics import StatusWatch
 from cenote.version import __version__
 
 
@@ -71,18 +72,14 @@ class TracingMiddleware:
             return
         timings = RequestTimings(received=time.time_ns())
         request_timings.set(timings)  # the route's task, made later, inherits it
-        status = 500
-
-        async def send_watched(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watched = StatusWatch(send)
         try:
-            await self.app(scope, receive, send_watched)
+            await self.app(scope, receive, watched)
+        except BaseException:
+            watched.failed()
+            raise
         finally:
-            self._record(scope, timings, status, time.time_ns())
+            self._record(scope, timings, watched.status, time.time_ns())
 
     def _record(self, scope: Scope, t: RequestTimings, status: int, end: int) -> None:
         from opentelemetry import propagate, trace
