@@ -579,25 +579,34 @@ def test_logs_never_hold_input_text(server):
     assert "Zebra-canary" not in log  # ...but never what they carry
 
 
+def sigterm_during_a_big_request(process, texts: list[str]
+                                 ) -> tuple[dict[str, httpx.Response | BaseException],
+                                            threading.Thread]:
+    """Send ``texts`` in one request on a thread, SIGTERM the server once it is queued:
+    where its answer (or the exception) will be, and the sending thread."""
+    answer: dict[str, httpx.Response | BaseException] = {}
+
+    def send_big_request() -> None:
+        try:
+            answer["response"] = httpx.post(f"{process.url}/v1/embeddings",
+                                            json={"input": texts}, timeout=300)
+        except BaseException as exc:  # reported by the callers' assertions
+            answer["response"] = exc
+
+    sender = threading.Thread(target=send_big_request)
+    sender.start()
+    deadline = time.monotonic() + 60
+    while metric(process, "cenote_queue_waiting_sequences") == 0:
+        assert time.monotonic() < deadline, "the request never reached the queue"
+    process.process.send_signal(signal.SIGTERM)
+    return answer, sender
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits_0():
     texts = [f"{CANARY} {text}" for text in long_texts(150)]
     # A generous timeout: on a loaded machine the drain must not turn into a 504.
     with cenote_serve(["--log-inputs", "--request-timeout", "600"]) as process:
-        answer: dict[str, httpx.Response | BaseException] = {}
-
-        def send_big_request() -> None:
-            try:
-                answer["response"] = httpx.post(f"{process.url}/v1/embeddings",
-                                                json={"input": texts}, timeout=300)
-            except BaseException as exc:  # reported by the assertions below
-                answer["response"] = exc
-
-        sender = threading.Thread(target=send_big_request)
-        sender.start()
-        deadline = time.monotonic() + 60
-        while metric(process, "cenote_queue_waiting_sequences") == 0:
-            assert time.monotonic() < deadline, "the request never reached the queue"
-        process.process.send_signal(signal.SIGTERM)
+        answer, sender = sigterm_during_a_big_request(process, texts)
         # New requests are refused from now on: 503 while the socket is open, then no socket.
         refusals = []
         while process.process.poll() is None and len(refusals) < 5:
@@ -624,21 +633,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0():
 def test_a_draining_server_still_takes_connections_ping_200_health_503():
     texts = long_texts(150)
     with cenote_serve(["--request-timeout", "600"]) as process:
-        answer: dict[str, httpx.Response | BaseException] = {}
-
-        def send_big_request() -> None:
-            try:
-                answer["response"] = httpx.post(f"{process.url}/v1/embeddings",
-                                                json={"input": texts}, timeout=300)
-            except BaseException as exc:  # reported by the assertions below
-                answer["response"] = exc
-
-        sender = threading.Thread(target=send_big_request)
-        sender.start()
-        deadline = time.monotonic() + 60
-        while metric(process, "cenote_queue_waiting_sequences") == 0:
-            assert time.monotonic() < deadline, "the request never reached the queue"
-        process.process.send_signal(signal.SIGTERM)
+        answer, sender = sigterm_during_a_big_request(process, texts)
         time.sleep(0.5)  # the signal handled: the server drains
         # Each probe on a new connection, as a kubelet's.
         ping = httpx.get(f"{process.url}/ping", timeout=5)
