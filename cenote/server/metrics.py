@@ -99,9 +99,14 @@ class StatusWatch:
             self.status = message["status"]
         await self.send(message)
 
-    def failed(self) -> None:
-        if self.status == 499:
-            self.status = 500
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive) -> None:
+        """``app`` answering through this watch."""
+        try:
+            await app(scope, receive, self)
+        except BaseException:
+            if self.status == 499:  # raised before any answer
+                self.status = 500
+            raise
 
 
 class MetricsMiddleware:
@@ -124,10 +129,7 @@ class MetricsMiddleware:
         started = time.perf_counter()
         watched = StatusWatch(send)
         try:
-            await self.app(scope, receive, watched)
-        except BaseException:
-            watched.failed()
-            raise
+            await watched.run(self.app, scope, receive)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(watched.status)).inc()

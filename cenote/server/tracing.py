@@ -74,10 +74,7 @@ class TracingMiddleware:
         request_timings.set(timings)  # the route's task, made later, inherits it
         watched = StatusWatch(send)
         try:
-            await self.app(scope, receive, watched)
-        except BaseException:
-            watched.failed()
-            raise
+            await watched.run(self.app, scope, receive)
         finally:
             self._record(scope, timings, watched.status, time.time_ns())
 
