@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cenote.models.batch import PackedBatch
-from cenote.models.decoder import apply_rotary
+from cenote.models.decoder import RotaryEmbedding, apply_rotary
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import LayerNorm, packed_attention
 from cenote.models.linear import ACTIVATION_FUNCTIONS, HIDDEN_ACTIVATIONS, Linear
@@ -29,36 +29,6 @@ def _activation(name: str):
     if name not in HIDDEN_ACTIVATIONS:
         raise ValueError(f"Unsupported ModernBERT activation {name!r}.")
     return ACTIVATION_FUNCTIONS[HIDDEN_ACTIVATIONS[name]]
-
-
-def _rope_theta(config: Any, layer_type: str) -> float:
-    """The RoPE base of ``layer_type`` layers ("full_attention" or "sliding_attention")."""
-    params = (getattr(config, "rope_parameters", None) or {}).get(layer_type) or {}
-    if params.get("rope_type", "default") != "default":
-        raise ValueError(f"ModernBERT rope_type {params['rope_type']!r} is not supported "
-                         "natively; only the default RoPE.")
-    if "rope_theta" in params:
-        return float(params["rope_theta"])
-    legacy = "global_rope_theta" if layer_type == "full_attention" else "local_rope_theta"
-    return float(getattr(config, legacy))
-
-
-class ModernBertRotary(nn.Module):
-    """cos/sin of each token's position for one RoPE base, shared by its layers."""
-
-    def __init__(self, theta: float, head_dim: int) -> None:
-        super().__init__()
-        # A plain attribute, not a buffer: model.to(bfloat16) must not round it.
-        self.inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32)
-                                        / head_dim)
-
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.inv_freq.device != positions.device:
-            self.inv_freq = self.inv_freq.to(positions.device)
-        freqs = positions.float().unsqueeze(1) * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [T, 1, head_dim]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 class ModernBertLayer(nn.Module):
@@ -153,7 +123,9 @@ class ModernBertModel(PoolingModel):
         self.layers = nn.ModuleList(ModernBertLayer(config, i, kind == "sliding_attention")
                                     for i, kind in enumerate(kinds))
         self.final_norm = LayerNorm(hidden, eps=config.norm_eps)
-        self.rotary = nn.ModuleDict({kind: ModernBertRotary(_rope_theta(config, kind), head_dim)
+        # Global and local layers each their RoPE base (the config's rope_parameters by
+        # layer type, as Gemma3's; scaled variants as transformers computes them).
+        self.rotary = nn.ModuleDict({kind: RotaryEmbedding(config, head_dim, kind)
                                      for kind in sorted(set(kinds))})
         self.attention_shape = AttentionShape(heads, heads, head_dim, False)
         if task == "classify":
