@@ -40,6 +40,7 @@ from cenote.models.kernels import rowwise_for
 from cenote.models.layers import fp32_copies, packed_attention
 from cenote.models.linear import Linear
 from cenote.models.loading import ParameterLoader, missing_tensors_error
+from cenote.models.lora import llama_lora_modules
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -287,6 +288,7 @@ class DecoderModel(PoolingModel):
 
     computes_pooled_rows_only = True
     builds_head_from_tokens = True
+    lora_modules = llama_lora_modules("attn")
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()
