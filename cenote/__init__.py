@@ -17,6 +17,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from cenote.config import ModelConfig, PoolerConfig, PoolingType
+from cenote.config.lora import LoRARequest
 from cenote.exceptions import VLLMValidationError
 from cenote.llm import LLM
 from cenote.outputs import (
@@ -45,6 +46,7 @@ __all__ = [
     "LateChunk",
     "LateChunkingMetadata",
     "LateChunkingParams",
+    "LoRARequest",
     "ModelConfig",
     "PoolerConfig",
     "PoolingOutput",

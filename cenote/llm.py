@@ -20,8 +20,10 @@ from cenote.compat.vllm import (
     vllm_arg_problem,
 )
 from cenote.config import ModelConfig, PoolerConfig
+from cenote.config.lora import DEFAULT_MAX_LORA_RANK, DEFAULT_MAX_LORAS, LoRAOptions, LoRARequest
 from cenote.engine.engine import PoolingEngine, request_outputs
 from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, load_io_processor, plugin_prompts
+from cenote.engine.lora import with_adapters
 from cenote.inputs.prompts import Prompt, SequenceInput, make_score_pairs, normalize_prompts
 from cenote.inputs.score_prompts import ScoreOptions
 from cenote.outputs import (
@@ -66,6 +68,9 @@ class LLM:
         pooler_config: PoolerConfig | dict | None = None,
         quantization: str | None = None,
         io_processor_plugin: str | None = None,
+        enable_lora: bool = False,
+        max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
+        max_loras: int = DEFAULT_MAX_LORAS,
         **vllm_engine_args: Any,
     ) -> None:
         if pooler_config is not None:  # vLLM's newer name for override_pooler_config
@@ -98,7 +103,9 @@ class LLM:
             runner=runner,
             quantization=quantization,
         )
-        self.engine = PoolingEngine(self.config)
+        # LoRA adapters: each LoRARequest's loads on its first use (at most max_loras).
+        self.engine = PoolingEngine(self.config, lora=LoRAOptions(enable_lora, max_lora_rank,
+                                                                  max_loras))
         # vLLM's io_processor_plugin: what answers encode(..., pooling_task="plugin").
         self.io_processor = (load_io_processor(io_processor_plugin, self.config,
                                                self.engine.tokenizer.hf)
@@ -151,13 +158,16 @@ class LLM:
               kind: type[PoolingRequestOutput] = PoolingRequestOutput,
               tokenization_kwargs: dict[str, Any] | None = None) -> list:
         """``kind`` of output per prompt, for ``pooling_task``."""
-        _no_lora(lora_request)
         options = self._tokenization(tokenization_kwargs, truncate_prompt_tokens)
-        seqs = self.engine.prepare(normalize_prompts(prompts), pooling_task,
+        prompts = normalize_prompts(prompts)
+        adapters = self._adapter_ids(lora_request, len(prompts))
+        seqs = self.engine.prepare(prompts, pooling_task,
                                    _with_tokenization(pooling_params, options),
                                    options.truncate_prompt_tokens,
                                    add_special_tokens=options.add_special_tokens,
                                    prompt_name=prompt_name)
+        if adapters is not None:
+            seqs = with_adapters(seqs, adapters)
         data = self._run_data(seqs, pooling_task, use_tqdm)
         return request_outputs(seqs, data, lambda _: self._next_id(), kind)
 
@@ -281,8 +291,10 @@ class LLM:
         as the messages ``query`` and ``document``); embedding models return the
         cosine similarity of the two embeddings.
         """
-        _no_lora(lora_request)
         pairs = make_score_pairs(text_1, text_2)
+        adapters = self._adapter_ids(lora_request, len(pairs))
+        if adapters is not None and len(set(adapters)) > 1:
+            raise ValueError("score() takes one lora_request for all its pairs.")
         extra = (pooling_params.extra_kwargs or {}) if isinstance(
             pooling_params, PoolingParams) else {}  # vLLM passes side limits here
         options = ScoreOptions(chat_template=chat_template,
@@ -290,8 +302,26 @@ class LLM:
                                max_tokens_per_query=extra.get("max_tokens_per_query", 0),
                                max_tokens_per_doc=extra.get("max_tokens_per_doc", 0))
         job = self.engine.prepare_score(pairs, pooling_params, truncate_prompt_tokens, options)
+        if adapters is not None:
+            job.seqs = with_adapters(job.seqs, adapters[:1] * len(job.seqs))
         data = self._run_data(job.seqs, job.pooling_task, use_tqdm)
         return job.finish(data, lambda _: self._next_id())
+
+    def _adapter_ids(self, lora_request: Any, count: int) -> list[int] | None:
+        """Each prompt's LoRA adapter id (0: the base) from vLLM's ``lora_request``: one
+        ``LoRARequest`` for all, or a list with one (or None) per prompt."""
+        if lora_request is None:
+            return None
+        requests = (list(lora_request) if isinstance(lora_request, (list, tuple))
+                    else [lora_request] * count)
+        if len(requests) != count:
+            raise ValueError(f"Got {len(requests)} lora_request for {count} prompts; give one "
+                             "or one each.")
+        for request in requests:
+            if request is not None and not isinstance(request, LoRARequest):
+                raise TypeError("lora_request must be a LoRARequest (from cenote or "
+                                f"vllm.lora.request), not {type(request).__name__}.")
+        return [0 if r is None else self.engine.loras.resolve(r) for r in requests]
 
     def _next_id(self) -> str:
         return str(next(self._request_counter))
@@ -330,9 +360,3 @@ def _with_tokenization(params: ParamsArg, options: TokenizationOptions) -> Param
         return with_asked(params)
     # Anything but PoolingParams is left for the engine to refuse.
     return [with_asked(p) if isinstance(p, PoolingParams) else p for p in params]
-
-
-def _no_lora(lora_request: Any) -> None:
-    """vLLM's methods take ``lora_request``; cenote serves no adapters."""
-    if lora_request is not None:
-        raise ValueError("LoRA adapters are not supported; pass lora_request=None.")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cenote.config import ModelConfig
+from cenote.config.lora import LoRAOptions, LoRARequest
 from cenote.engine.client import EngineClient, InProcessEngineClient
 from cenote.engine.core import (  # noqa: F401  (the errors the server maps to HTTP)
     BatchFailedError,
@@ -33,6 +34,7 @@ from cenote.engine.core import (  # noqa: F401  (the errors the server maps to H
 )
 from cenote.engine.data_parallel import DataParallelEngineClient
 from cenote.engine.engine import PoolingEngine, request_outputs, warmup_records
+from cenote.engine.lora import with_adapters
 from cenote.engine.model_thread import ModelThread
 from cenote.engine.timings import request_timings
 from cenote.inputs.chat import render_chat
@@ -128,10 +130,14 @@ class AsyncPoolingEngine:
 
     @classmethod
     def from_config(cls, config: ModelConfig, data_parallel_size: int = 1,
-                    **kwargs: Any) -> AsyncPoolingEngine:
+                    lora: LoRAOptions | None = None, **kwargs: Any) -> AsyncPoolingEngine:
         """Load the model described by ``config`` on the thread that will run it, or,
         with ``data_parallel_size`` above 1, in that many engine processes (this process
-        then only tokenises and routes: it loads the tokenizer, not the weights)."""
+        then only tokenises and routes: it loads the tokenizer, not the weights).
+        ``lora``: the LoRA adapters it serves (one engine only)."""
+        if data_parallel_size > 1 and lora is not None and lora.enabled:
+            raise ValueError("--enable-lora runs with one engine; it cannot be combined with "
+                             "--data-parallel-size above 1.")
         if data_parallel_size > 1:
             client = DataParallelEngineClient(
                 config, data_parallel_size, max_queued_tokens=kwargs.pop("max_queued_tokens", None),
@@ -145,10 +151,12 @@ class AsyncPoolingEngine:
             return cls(engine, client=client, **kwargs)
         model_thread = ModelThread()
         try:
-            engine = model_thread.submit(lambda: PoolingEngine(config)).result()
+            engine = model_thread.submit(lambda: PoolingEngine(config, lora=lora)).result()
         except BaseException:
             model_thread.close()
             raise
+        # Adapters loaded at run time go in between batches, on the thread that runs them.
+        engine.loras.run_on(lambda load: model_thread.submit(load).result())
         return cls(engine, model_thread=model_thread, **kwargs)
 
     @property
@@ -223,8 +231,10 @@ class AsyncPoolingEngine:
         truncate_prompt_tokens: int | None = None,
         add_special_tokens: bool = True,
         prompt_name: str | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> list[PoolingRequestOutput]:
-        """Like ``LLM.encode`` for one request; outputs in input order.
+        """Like ``LLM.encode`` for one request; outputs in input order; through the LoRA
+        adapter of ``lora_request`` when given.
 
         Validation errors (``ValueError``/``TypeError``, ``UnsupportedTaskError``)
         are raised before anything is queued.
@@ -236,6 +246,8 @@ class AsyncPoolingEngine:
                                         size=_size_of(prompts),
                                         locks=_truncates(params, truncate_prompt_tokens,
                                                        self.engine.config.auto_truncate))
+        if lora_request is not None:
+            seqs = with_adapters(seqs, [lora_request.lora_int_id] * len(seqs))
         data = await self.run(seqs, pooling_task)
         request_id = self._next_request_id()
         return request_outputs(seqs, data, lambda k: f"{request_id}-{k}")
@@ -247,6 +259,7 @@ class AsyncPoolingEngine:
         truncate_prompt_tokens: int | None = None,
         operation: str = "score",
         options: ScoreOptions | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> list[ScoringRequestOutput]:
         """Like ``LLM.score`` for already-paired texts.
 
@@ -261,6 +274,8 @@ class AsyncPoolingEngine:
                                        truncate_prompt_tokens, options, size=_size_of(pairs),
                                        locks=_truncates(params, truncate_prompt_tokens,
                                                        self.engine.config.auto_truncate))
+        if lora_request is not None:
+            job.seqs = with_adapters(job.seqs, [lora_request.lora_int_id] * len(job.seqs))
         data = await self.run(job.seqs, job.pooling_task)
         request_id = self._next_request_id()
         return job.finish(data, lambda k: f"{request_id}-{k}")
@@ -286,6 +301,14 @@ class AsyncPoolingEngine:
         if resolved.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
         return calibration_ranges(vectors.numpy())
+
+    async def load_lora(self, request: LoRARequest) -> None:
+        """Load a LoRA adapter (between batches); LoRAError when it cannot be."""
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.loras.add, request)
+
+    async def unload_lora(self, name: str) -> None:
+        """Unload the LoRA adapter ``name``; LoRANotFoundError when none is loaded."""
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.loras.remove, name)
 
     async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (no check against ``max_model_len``: this is how users

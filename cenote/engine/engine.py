@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from cenote.config import ModelConfig
+from cenote.config.lora import LoRAOptions
 from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN
+from cenote.engine.lora import LoRARegistry
 from cenote.engine.pipeline import run_one_ahead
 from cenote.engine.quantization import Int8Accuracy, measure_int8
 from cenote.engine.runner import ModelRunner
@@ -45,14 +47,19 @@ class PoolingEngine:
     outputs. Given a ``policy``, it loads no model (``runner`` is None): the front end
     of engines in other processes, which only prepares records and assembles outputs."""
 
-    def __init__(self, config: ModelConfig, policy: PoolingPolicy | None = None) -> None:
+    def __init__(self, config: ModelConfig, policy: PoolingPolicy | None = None,
+                 lora: LoRAOptions | None = None) -> None:
         self.config = config
         self.tokenizer = Tokenizer(config.tokenizer_path or config.path, config.max_model_len,
                                    config.trust_remote_code,
                                    getattr(config.hf_config, "vocab_size", None),
                                    max_embed_len=config.max_embed_len,
                                    special_tokens=not config.is_static)
-        self.runner = ModelRunner(config, self.tokenizer) if policy is None else None
+        self.runner = ModelRunner(config, self.tokenizer, lora) if policy is None else None
+        # LoRA adapters by name (--enable-lora); --lora-modules load now.
+        self.loras = LoRARegistry(lora or LoRAOptions(), self.runner and self.runner.adapters,
+                                  lambda load: load())
+        self.loras.load_modules()
         self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}
         self.images = (ImageProcessor(config.path, config.hf_config.vision_config)

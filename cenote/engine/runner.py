@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from cenote.config import ModelConfig, PoolingType
+from cenote.config.lora import LoRAOptions
 from cenote.inputs.prompts import SequenceInput
 from cenote.models import load_model
 from cenote.models.batch import PackedBatch, upload
 from cenote.models.interface import Vocabulary
 from cenote.models.linear import Linear
+from cenote.models.lora import ModelAdapters
 from cenote.params import PoolingParams
 from cenote.pooling.methods import PoolingMetadata
 
@@ -38,15 +40,21 @@ class PreparedBatch:
     text_rows: list[int] | None = None
     image_rows: list[int] | None = None
     pixel_values: torch.Tensor | None = None
+    # Each text record's LoRA adapter id (0: the base), when one asks for an adapter.
+    lora_ids: list[int] | None = None
 
 
 class ModelRunner:
     """Owns the model and its pooler; runs batches of one pooling task."""
 
-    def __init__(self, config: ModelConfig, vocabulary: Vocabulary) -> None:
+    def __init__(self, config: ModelConfig, vocabulary: Vocabulary,
+                 lora: LoRAOptions | None = None) -> None:
         self.config = config
         loaded = load_model(config, vocabulary)
         self.model, self.pooler, self.policy = loaded.model, loaded.pooler, loaded.policy
+        # --enable-lora: the adapters' weights, added per batch to the rows that ask.
+        self.adapters = (ModelAdapters(self.model, config.dtype, config.device, config.model)
+                         if lora is not None and lora.enabled else None)
         # oneDNN's matmuls, packed float or int8 (quantized after calibration, so not yet
         # here), cache a kernel per row count: give them few row counts.
         self.bucket_rows = config.quantization == "int8" or any(
@@ -89,15 +97,19 @@ class ModelRunner:
         if pad is not None and pooling_type is PoolingType.LAST:
             token_ids = [before_trailing(ids, pad) for ids in token_ids]
         skip = [s.pool_skip for s in seqs] if any(s.pool_skip for s in seqs) else None
-        # A pooler that keeps one token per sequence needs only that row of the last layer.
-        pooled = _POOLED_TOKEN.get(pooling_type) if self.prunes_last_layer else None
+        lora_ids = [s.lora_id for s in seqs] if any(s.lora_id for s in seqs) else None
+        # A pooler that keeps one token per sequence needs only that row of the last layer
+        # (not with adapters: their products are added to every row, see models/lora.py).
+        pooled = (_POOLED_TOKEN.get(pooling_type)
+                  if self.prunes_last_layer and lora_ids is None else None)
         if pooling_type is PoolingType.MEAN and self.model.computes_mean_rows and skip is None:
             pooled = "mean"
         visible = ([s.visible_len for s in seqs] if any(s.visible_len is not None for s in seqs)
                    else None)
         batch = PackedBatch.build(token_ids, types, self.config.device,
                                   bucket=self.bucket_rows, pooled=pooled, visible_lens=visible)
-        return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip)
+        return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip,
+                             lora_ids=lora_ids)
 
     @torch.inference_mode()
     def launch(self, prepared: PreparedBatch) -> list[torch.Tensor]:
@@ -130,6 +142,18 @@ class ModelRunner:
     def _launch_texts(self, batch: PackedBatch, prepared: PreparedBatch,
                       params: list[PoolingParams] | None = None) -> list[torch.Tensor]:
         params = prepared.params if params is None else params
+        if prepared.lora_ids is not None:
+            if self.adapters is None:
+                raise ValueError("LoRA adapters were asked for, but LoRA is not enabled.")
+            with self.adapters.active(prepared.lora_ids, batch):
+                hidden, meta = self._hidden(batch, prepared)
+        else:
+            hidden, meta = self._hidden(batch, prepared)
+        return self.pooler(hidden, meta, prepared.pooling_task, params)
+
+    def _hidden(self, batch: PackedBatch, prepared: PreparedBatch
+                ) -> tuple[torch.Tensor, PoolingMetadata]:
+        """The model's rows of ``batch`` for the pooler, and their metadata."""
         if batch.pooled is None and not self.model.returns_pooled_rows:
             tokens = batch.num_tokens
             hidden = self.model(batch)[:tokens]
@@ -140,7 +164,7 @@ class ModelRunner:
             rows = (batch.pooled_rows[:batch.num_seqs] if batch.pooled_rows is not None
                     else batch.cu_seqlens[1:] - 1)
             meta = _one_row_each(hidden, batch.input_ids[rows])
-        return self.pooler(hidden, meta, prepared.pooling_task, params)
+        return hidden, meta
 
     @staticmethod
     def collect(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -44,7 +44,7 @@ def split_into_chunks(seqs: Sequence[SequenceInput], max_len: int
             records.append(SequenceInput(
                 seq.token_ids[begin:begin + max_len],
                 types[begin:begin + max_len] if types is not None else None, raw,
-                pool_skip=max(0, seq.pool_skip - begin)))
+                pool_skip=max(0, seq.pool_skip - begin), lora_id=seq.lora_id))
         spans.append((start, len(records)))
 
     def merge(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

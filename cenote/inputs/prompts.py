@@ -149,6 +149,8 @@ class SequenceInput:
     image_cost: int = 0
     # With late chunking: where each chunk's vector comes from, for the output.
     late_chunking: LateChunkingMetadata | None = None
+    # The LoRA adapter it runs through (its lora_int_id); 0: the base model.
+    lora_id: int = 0
 
     @property
     def cost(self) -> int:

@@ -157,6 +157,13 @@ class BertFamilyModel(PoolingModel):
 
     computes_pooled_rows_only = True
     builds_vocab_head = True
+    lora_modules = (
+        (r"encoder\.layer\.(\d+)\.attention\.self\.(?P<part>query|key|value)", r"layers.\1.qkv",
+         ("query", "key", "value")),
+        (r"encoder\.layer\.(\d+)\.attention\.output\.dense", r"layers.\1.attn_out", None),
+        (r"encoder\.layer\.(\d+)\.intermediate\.dense", r"layers.\1.ffn_in", None),
+        (r"encoder\.layer\.(\d+)\.output\.dense", r"layers.\1.ffn_out", None),
+    )
 
     def __init__(self, config, task: str) -> None:
         super().__init__()

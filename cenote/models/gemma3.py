@@ -26,6 +26,7 @@ from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import packed_attention
 from cenote.models.linear import Linear
 from cenote.models.loading import ParameterLoader, missing_tensors_error
+from cenote.models.lora import llama_lora_modules
 
 
 def gemma3_args(config: Any) -> DecoderArgs:
@@ -124,6 +125,8 @@ _IGNORED = re.compile(r"^lm_head\.|rotary_emb\.|inv_freq$")
 class Gemma3TextModel(PoolingModel):
     """Gemma3's text body turned into a pooling model; for ``classify``, the ``score``
     head of ``Gemma3TextForSequenceClassification`` on the pooled row."""
+
+    lora_modules = llama_lora_modules("self_attn")
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()

@@ -46,6 +46,11 @@ class PoolingModel(nn.Module):
     # Whether ``use_head_from_tokens`` builds the classifier from LM-head rows
     # (vLLM's classifier_from_token).
     builds_head_from_tokens: bool = False
+    # The linears LoRA adapters may adapt (cenote.models.lora): ``(pattern, our linear,
+    # fused parts)``, the pattern matching the end of a checkpoint module's name, our
+    # linear a ``re`` template of it, and for a fused projection the parts in output
+    # order with ``(?P<part>...)`` naming the part. Empty: the model takes no adapters.
+    lora_modules: tuple[tuple[str, str, tuple[str, ...] | None], ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -68,6 +68,9 @@ class Linear(nn.Linear):
     # Opt-in int8: a cenote.models.quantization.Int8Weight, which then does the matmul.
     int8: Any = None
     int8_observed: torch.Tensor | None = None  # per input channel |max|, while calibrating
+    # LoRA adapters (a cenote.models.lora.LinearLoRA): while a batch with adapters runs,
+    # their low-rank products are added to the output rows of the sequences that asked.
+    lora: Any = None
 
     def pack(self) -> None:
         if self.packed is None and can_pack(self.weight):
@@ -76,8 +79,14 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         """``activation(x @ W.T + b)``; ``activation`` is a key of ``ACTIVATION_FUNCTIONS``."""
+        if self.lora is not None and self.lora.active:
+            out = self.lora.add_to(x, self._forward(x))
+            return ACTIVATION_FUNCTIONS[activation](out) if activation else out
+        return self._forward(x, activation)
+
+    def _forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         if activation in _UNFUSED_ACTIVATIONS:
-            return _UNFUSED_ACTIVATIONS[activation](self.forward(x))
+            return _UNFUSED_ACTIVATIONS[activation](self._forward(x))
         if self.int8 is not None:
             return self.int8(x, activation=activation)
         if self.int8_observed is not None:
@@ -94,12 +103,15 @@ class Linear(nn.Linear):
                      residual: torch.Tensor) -> torch.Tensor:
         """``then(activation(self(x))) + residual``: a feed-forward block's two matmuls
         (with int8 weights, the activation between them never leaves uint8 in full)."""
-        if self.int8 is not None and then.int8 is not None and x.dim() == 2:
+        if (self.int8 is not None and then.int8 is not None and x.dim() == 2
+                and not _adapting(self) and not _adapting(then)):
             return self.int8.feed_forward(x, activation, then.int8, residual)
         return then.add(self.forward(x, activation), residual)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
+        if _adapting(self):
+            return residual + self.forward(x)
         if self.int8 is not None:
             return self.int8(x, residual)
         if self.int8_observed is not None:
@@ -108,6 +120,11 @@ class Linear(nn.Linear):
             return residual + F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias,
                                                          "add")
+
+
+def _adapting(linear: Linear) -> bool:
+    """Whether ``linear`` adds LoRA products in the batch that runs now."""
+    return linear.lora is not None and linear.lora.active
 
 
 def split_rows(linear: Linear, first: int) -> tuple[Linear, Linear]:

@@ -108,6 +108,12 @@ class ModernBertModel(PoolingModel):
     """
 
     computes_pooled_rows_only = True
+    lora_modules = (
+        (r"layers\.(\d+)\.attn\.Wqkv", r"layers.\1.qkv", None),
+        (r"layers\.(\d+)\.attn\.Wo", r"layers.\1.attn_out", None),
+        (r"layers\.(\d+)\.mlp\.Wi", r"layers.\1.mlp_in", None),
+        (r"layers\.(\d+)\.mlp\.Wo", r"layers.\1.mlp_out", None),
+    )
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()

@@ -1,0 +1,113 @@
+"""The LoRA adapters an engine serves, by name: registered from ``--lora-modules``, at
+run time (``/v1/load_lora_adapter``) or by an offline ``LoRARequest``, and loaded into
+the model (:mod:`cenote.models.lora`) on the thread that runs it.
+
+At most ``--max-loras`` adapters are loaded at once; one more is refused with a clear
+error (nothing is evicted: a served name never disappears behind the client's back).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from cenote.config.lora import AdapterConfig, LoRAError, LoRAOptions, LoRARequest
+from cenote.inputs.prompts import SequenceInput
+
+# Runs a function where the model runs (its thread), returning what it returns.
+OnModelThread = Callable[[Callable[[], object]], object]
+
+
+class LoRANotFoundError(LoRAError):
+    """An adapter name that is not loaded (404 at the server, as an unknown model)."""
+
+
+class LoRARegistry:
+    """The adapters of one engine: name -> :class:`LoRARequest`, their weights in the
+    runner's model (``runner.adapters``)."""
+
+    def __init__(self, options: LoRAOptions, adapters, on_model_thread: OnModelThread
+                 ) -> None:
+        self.options = options
+        self._model = adapters  # cenote.models.lora.ModelAdapters, or None when disabled
+        self._on_model_thread = on_model_thread
+        self._by_name: dict[str, LoRARequest] = {}
+        self._lock = threading.Lock()
+
+    def run_on(self, on_model_thread: OnModelThread) -> None:
+        """Load and unload adapters through ``on_model_thread`` from now on."""
+        self._on_model_thread = on_model_thread
+
+    @property
+    def enabled(self) -> bool:
+        return self.options.enabled
+
+    @property
+    def requests(self) -> list[LoRARequest]:
+        """The loaded adapters, in load order."""
+        return list(self._by_name.values())
+
+    def get(self, name: str) -> LoRARequest | None:
+        return self._by_name.get(name)
+
+    def load_modules(self) -> None:
+        """Load ``--lora-modules`` (at start)."""
+        for request in self.options.modules:
+            self.add(request)
+
+    def next_id(self) -> int:
+        return max((r.lora_int_id for r in self._by_name.values()), default=0) + 1
+
+    def add(self, request: LoRARequest) -> None:
+        """Load ``request``'s adapter under its name; LoRAError when LoRA is off, the
+        name or id is taken, ``--max-loras`` are loaded, or the adapter does not fit."""
+        if not self.enabled or self._model is None:
+            raise LoRAError("LoRA is not enabled: start the server with --enable-lora "
+                            "(LLM(..., enable_lora=True) offline) to load adapters.")
+        with self._lock:
+            if request.lora_name in self._by_name:
+                raise LoRAError(f"The lora adapter '{request.lora_name}' has already been "
+                                "loaded.")
+            if any(r.lora_int_id == request.lora_int_id for r in self._by_name.values()):
+                raise LoRAError(f"lora_int_id {request.lora_int_id} is already used by another "
+                                "adapter; give each adapter its own id.")
+            if len(self._by_name) >= self.options.max_loras:
+                raise LoRAError(f"Cannot load LoRA adapter '{request.lora_name}': "
+                                f"{len(self._by_name)} adapters are loaded, the most "
+                                f"--max-loras ({self.options.max_loras}) allows. Unload one "
+                                "(/v1/unload_lora_adapter) or raise --max-loras.")
+            config = AdapterConfig.load(request.lora_path)
+            self._on_model_thread(lambda: self._model.load(
+                request.lora_int_id, config, self.options.max_lora_rank, request.lora_name))
+            self._by_name[request.lora_name] = request
+
+    def remove(self, name: str) -> None:
+        """Unload the adapter named ``name``; LoRANotFoundError if none is."""
+        if not self.enabled:
+            raise LoRAError("LoRA is not enabled: start the server with --enable-lora.")
+        with self._lock:
+            request = self._by_name.pop(name, None)
+            if request is None:
+                raise LoRANotFoundError(f"The lora adapter '{name}' cannot be found.")
+            self._on_model_thread(lambda: self._model.unload(request.lora_int_id))
+
+    def resolve(self, request: LoRARequest) -> int:
+        """An offline request's adapter id, loading it on first use (as vLLM does)."""
+        known = self._by_name.get(request.lora_name)
+        if known is None:
+            self.add(request)
+            return request.lora_int_id
+        if known.lora_int_id != request.lora_int_id or (
+                request.lora_path and known.lora_path != request.lora_path):
+            raise LoRAError(f"LoRA adapter '{request.lora_name}' is loaded with id "
+                            f"{known.lora_int_id} from {known.lora_path}; this request gives "
+                            f"id {request.lora_int_id} and {request.lora_path}.")
+        return known.lora_int_id
+
+
+def with_adapters(seqs: Sequence[SequenceInput], adapter_ids: Sequence[int]
+                  ) -> list[SequenceInput]:
+    """``seqs`` with sequence i run through adapter ``adapter_ids[i]`` (0: the base)."""
+    return [seq if i == seq.lora_id else replace(seq, lora_id=i)
+            for seq, i in zip(seqs, adapter_ids, strict=True)]
