@@ -24,7 +24,9 @@ class HeadWeights:
     (classify/score), ``token_head`` (per token: reward heads, BGE-M3's lexical
     weights), ``score_activation`` (a cross-encoder's own activation for the Score
     API), ``token_projection`` (late interaction's per-token projection; with
-    ``drop_first_token``, BGE-M3 leaves [CLS] out), ``sparse`` (the embed_sparse head)."""
+    ``drop_first_token``, BGE-M3 leaves [CLS] out), ``sparse`` (the embed_sparse head),
+    ``token_bounds`` (BGE-M3's token_classify: the BOS and EOS ids whose rows it drops,
+    one weight per token)."""
 
     dense: nn.Module | None = None
     classifier: nn.Module | None = None
@@ -33,6 +35,7 @@ class HeadWeights:
     token_projection: nn.Module | None = None
     drop_first_token: bool = False
     sparse: SparseHead | None = None
+    token_bounds: tuple[int | None, int | None] | None = None
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.dense, self.classifier, self.token_head,
@@ -66,7 +69,8 @@ class Pooler(nn.Module):
                                                   weights.drop_first_token),
             # A sequence classifier's token_classify: its classifier on every token (vLLM).
             "token_classify": lambda: TokenClassifyHead(weights.token_head
-                                                        or weights.classifier),
+                                                        or weights.classifier,
+                                                        weights.token_bounds),
             "embed_sparse": lambda: weights.sparse,
         }
         self.heads = nn.ModuleDict({task: heads[task]() for task in self.methods})

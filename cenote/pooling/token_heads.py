@@ -48,17 +48,32 @@ class TokenEmbedHead(nn.Module):
 
 class TokenClassifyHead(nn.Module):
     """token_classify: the per-token head's outputs (a reward head, BGE-M3's relu'd
-    sparse_linear weights), softmax over the labels where asked."""
+    sparse_linear weights), softmax over the labels where asked.
 
-    def __init__(self, token_head: nn.Module | None) -> None:
+    ``bounds`` (BGE-M3's lexical weights, as vLLM's ``BOSEOSFilter``): the (BOS, EOS) ids
+    whose rows are left out when a sequence starts (BOS) or ends (EOS) with them, and the
+    one weight per token answered as a flat vector ``[num_tokens]``."""
+
+    def __init__(self, token_head: nn.Module | None,
+                 bounds: tuple[int | None, int | None] | None = None) -> None:
         super().__init__()
         self.token_head = token_head
+        self.bounds = bounds
 
     def forward(self, pooled: list[torch.Tensor], meta: PoolingMetadata,
                 params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         rows = as_float_rows(apply_to_rows(self.token_head, pooled))
-        return [torch.softmax(r, dim=-1) if p.activation else r
+        rows = [torch.softmax(r, dim=-1) if p.activation else r
                 for r, p in zip(rows, params, strict=True)]
+        if self.bounds is None:
+            return rows
+        bos, eos = self.bounds
+        out = []
+        for r, ids in zip(rows, meta.input_ids.split(meta.seq_lens), strict=True):
+            start = 1 if len(ids) and int(ids[0]) == bos else 0
+            end = len(r) - 1 if len(ids) > start and int(ids[-1]) == eos else len(r)
+            out.append(r[start:end].squeeze(-1))
+        return out
 
 
 class SparseHead(nn.Module):
