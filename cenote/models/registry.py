@@ -215,6 +215,9 @@ def load_head_weights(config: ModelConfig, model: PoolingModel,
         vocab_size = config.hf_config.vocab_size
         if sparse.kind == "lexical":
             weights.token_head = nn.Sequential(load_linear(sparse.head, hidden, True), nn.ReLU())
+            hf = config.hf_config  # vLLM's BOSEOSFilter on BGE-M3's token_classify
+            weights.token_bounds = (getattr(hf, "bos_token_id", None),
+                                    getattr(hf, "eos_token_id", None))
             weights.sparse = SparseHead(sparse, weights.token_head, vocab_size,
                                         vocabulary.boundary_ids())
         elif model.vocab_head is None:
