@@ -142,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "At least --max-mm-pixels-per-request.")
     serve.add_argument("--limit-mm-per-prompt", type=_json_object, default=None, metavar="JSON",
                        help="Images per prompt, e.g. '{\"image\": 1}' (the default).")
+    adapters = serve.add_argument_group("LoRA adapters (docs/adapters.md)")
+    adapters.add_argument("--enable-lora", action="store_true",
+                          help="Serve LoRA adapters on the (first) model: a request's 'model' "
+                               "names the adapter.")
+    adapters.add_argument("--max-lora-rank", type=_positive_int, default=16, metavar="R",
+                          help="The highest adapter rank accepted (default 16).")
+    adapters.add_argument("--max-loras", type=_positive_int, default=1, metavar="K",
+                          help="Adapters loaded at once (default 1); one more is refused "
+                               "with 400 until one is unloaded.")
+    adapters.add_argument("--lora-modules", nargs="+", action="extend", default=None,
+                          metavar="NAME=PATH",
+                          help="Adapters to load at start: name=path (a PEFT folder) or "
+                               "vLLM's JSON form '{\"name\": ..., \"path\": ..., "
+                               "\"base_model_name\": ...}'.")
     serve.add_argument("--revision", default=None,
                        help="Hub revision (branch, tag or commit) of MODEL.")
     serve.add_argument("--tokenizer", default=None,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from cenote.config import ModelConfig
+from cenote.config.lora import LoRAOptions, parse_lora_module
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.engine.io_processor import load_io_processor
 from cenote.server.context import ServedModel
@@ -56,8 +57,9 @@ def load_models(args: argparse.Namespace) -> list[ServedModel]:
     names = model_names(args.models, args.served_model_name)
     served: list[ServedModel] = []
     try:
-        for model, aliases in zip(args.models, names, strict=True):
-            engine = _load_engine(args, model, aliases[0])
+        for i, (model, aliases) in enumerate(zip(args.models, names, strict=True)):
+            # --enable-lora: the adapters go on the first model served.
+            engine = _load_engine(args, model, aliases[0], lora_options(args) if i == 0 else None)
             try:  # vLLM's --io-processor-plugin, made for each model
                 processor = (load_io_processor(args.io_processor_plugin, engine.config,
                                                engine.engine.tokenizer.hf)
@@ -73,7 +75,16 @@ def load_models(args: argparse.Namespace) -> list[ServedModel]:
     return served
 
 
-def _load_engine(args: argparse.Namespace, model: str | None, name: str) -> AsyncPoolingEngine:
+def lora_options(args: argparse.Namespace) -> LoRAOptions:
+    """``--enable-lora --max-lora-rank --max-loras --lora-modules``; LoRAError (a
+    ValueError) for a malformed one."""
+    modules = tuple(parse_lora_module(text, i + 1)
+                    for i, text in enumerate(args.lora_modules or []))
+    return LoRAOptions(args.enable_lora, args.max_lora_rank, args.max_loras, modules)
+
+
+def _load_engine(args: argparse.Namespace, model: str | None, name: str,
+                 lora: LoRAOptions | None = None) -> AsyncPoolingEngine:
     options = dict(task=args.task, dtype=args.dtype, max_model_len=args.max_model_len,
                    device=args.device, override_pooler_config=args.override_pooler_config,
                    hf_overrides=args.hf_overrides,
@@ -86,13 +97,14 @@ def _load_engine(args: argparse.Namespace, model: str | None, name: str) -> Asyn
                        request_timeout_s=args.request_timeout,
                        # A batch file has no client waiting on one answer: the engine's
                        # own (throughput) batch budget, not the server's smaller one.
-                       small_cpu_batches=args.command == "serve")
+                       small_cpu_batches=args.command == "serve", lora=lora)
 
 
 def load_engine(model: str | None, name: str, model_options: dict[str, Any], *,
                 data_parallel_size: int = 1, max_queued_tokens: int | None = None,
                 request_timeout_s: float = 120.0,
-                small_cpu_batches: bool = True) -> AsyncPoolingEngine:
+                small_cpu_batches: bool = True,
+                lora: LoRAOptions | None = None) -> AsyncPoolingEngine:
     """A server's engine for ``model`` (served as ``name``), as ``cenote serve`` loads
     it: ``model_options`` are ``ModelConfig.from_args``'s; with ``small_cpu_batches``,
     batches on a CPU small enough that concurrent clients take turns; admission control
@@ -119,4 +131,4 @@ def load_engine(model: str | None, name: str, model_options: dict[str, Any], *,
                 config.max_num_batched_tokens)
     return AsyncPoolingEngine.from_config(
         config, data_parallel_size=size, max_queued_tokens=max_queued_tokens,
-        max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * request_timeout_s)
+        max_queue_seconds=QUEUE_SHARE_OF_TIMEOUT * request_timeout_s, lora=lora)

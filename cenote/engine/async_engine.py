@@ -34,7 +34,7 @@ from cenote.engine.core import (  # noqa: F401  (the errors the server maps to H
 )
 from cenote.engine.data_parallel import DataParallelEngineClient
 from cenote.engine.engine import PoolingEngine, request_outputs, warmup_records
-from cenote.engine.lora import with_adapters
+from cenote.engine.lora import LoRARegistry, with_adapters
 from cenote.engine.model_thread import ModelThread
 from cenote.engine.timings import request_timings
 from cenote.inputs.chat import render_chat
@@ -302,9 +302,16 @@ class AsyncPoolingEngine:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
         return calibration_ranges(vectors.numpy())
 
-    async def load_lora(self, request: LoRARequest) -> None:
-        """Load a LoRA adapter (between batches); LoRAError when it cannot be."""
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.loras.add, request)
+    @property
+    def loras(self) -> LoRARegistry:
+        """The LoRA adapters this engine serves, by name."""
+        return self.engine.loras
+
+    async def load_lora(self, name: str, path: str, replace: bool = False) -> None:
+        """Load the LoRA adapter at ``path`` as ``name`` (between batches), or with
+        ``replace`` in place of the one of that name; LoRAError when it cannot be."""
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.engine.loras.load(name, path, replace))
 
     async def unload_lora(self, name: str) -> None:
         """Unload the LoRA adapter ``name``; LoRANotFoundError when none is loaded."""

@@ -33,7 +33,7 @@ class LoRARegistry:
         self._model = adapters  # cenote.models.lora.ModelAdapters, or None when disabled
         self._on_model_thread = on_model_thread
         self._by_name: dict[str, LoRARequest] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def run_on(self, on_model_thread: OnModelThread) -> None:
         """Load and unload adapters through ``on_model_thread`` from now on."""
@@ -81,6 +81,22 @@ class LoRARegistry:
             self._on_model_thread(lambda: self._model.load(
                 request.lora_int_id, config, self.options.max_lora_rank, request.lora_name))
             self._by_name[request.lora_name] = request
+
+    def load(self, name: str, path: str, replace: bool = False) -> LoRARequest:
+        """Load the adapter at ``path`` as ``name`` with a new id; with ``replace``, in
+        place of the adapter of that name (the old one serves until the new one loaded)."""
+        with self._lock:
+            old = self._by_name.get(name) if replace else None
+            request = LoRARequest(name, self.next_id(), path)
+            if old is None:
+                self.add(request)
+                return request
+            config = AdapterConfig.load(path)
+            self._on_model_thread(lambda: self._model.load(
+                request.lora_int_id, config, self.options.max_lora_rank, name))
+            self._by_name[name] = request
+            self._on_model_thread(lambda: self._model.unload(old.lora_int_id))
+            return request
 
     def remove(self, name: str) -> None:
         """Unload the adapter named ``name``; LoRANotFoundError if none is."""

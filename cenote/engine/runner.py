@@ -20,6 +20,7 @@ from cenote.models.batch import PackedBatch, upload
 from cenote.models.interface import Vocabulary
 from cenote.models.linear import Linear
 from cenote.models.lora import ModelAdapters
+from cenote.models.prefix_sharing import share_prefixes, token_rows
 from cenote.params import PoolingParams
 from cenote.pooling.methods import PoolingMetadata
 
@@ -53,7 +54,8 @@ class ModelRunner:
         loaded = load_model(config, vocabulary)
         self.model, self.pooler, self.policy = loaded.model, loaded.pooler, loaded.policy
         # --enable-lora: the adapters' weights, added per batch to the rows that ask.
-        self.adapters = (ModelAdapters(self.model, config.dtype, config.device, config.model)
+        self.adapters = (ModelAdapters(self.model, config.dtype, config.device,
+                                       config.served_model_name or config.model)
                          if lora is not None and lora.enabled else None)
         # oneDNN's matmuls, packed float or int8 (quantized after calibration, so not yet
         # here), cache a kernel per row count: give them few row counts.
@@ -61,6 +63,8 @@ class ModelRunner:
             isinstance(m, Linear) and m.packed is not None for m in self.model.modules())
         # Whether a one-token pooler runs the last layer for the pooled rows only.
         self.prunes_last_layer = self.model.computes_pooled_rows_only
+        # Whether the prefixes a batch's sequences share run once (causal decoders).
+        self.shares_prefixes = self.model.shares_prefixes and config.enable_prefix_caching
         self.one_thread = self.model.single_threaded and config.device.type == "cpu"
 
     @property
@@ -108,6 +112,11 @@ class ModelRunner:
                    else None)
         batch = PackedBatch.build(token_ids, types, self.config.device,
                                   bucket=self.bucket_rows, pooled=pooled, visible_lens=visible)
+        if self.shares_prefixes and lora_ids is None:  # adapters change a prefix's rows
+            batch = share_prefixes(batch, token_ids, self.bucket_rows)
+        if any(s.multimodal is not None for s in seqs):  # a vision-language model's pixels
+            batch.multimodal = [s.multimodal and s.multimodal.to(self.config.device)
+                                for s in seqs]
         return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip,
                              lora_ids=lora_ids)
 
@@ -155,8 +164,9 @@ class ModelRunner:
                 ) -> tuple[torch.Tensor, PoolingMetadata]:
         """The model's rows of ``batch`` for the pooler, and their metadata."""
         if batch.pooled is None and not self.model.returns_pooled_rows:
+            hidden, batch = token_rows(self.model(batch), batch)  # every token's row
             tokens = batch.num_tokens
-            hidden = self.model(batch)[:tokens]
+            hidden = hidden[:tokens]
             meta = PoolingMetadata(batch.seq_lens, batch.cu_seqlens, batch.input_ids[:tokens],
                                    prepared.pool_skip)
         else:  # row b is sequence b's pooled token: hand the pooler one-token sequences

@@ -188,7 +188,7 @@ class ModelAdapters:
                 raise LoRAError(f"LoRA adapter {shown!r} has a tensor {key!r} that is not a "
                                 "LoRA A/B matrix; only LoRA matrices are supported.")
             module = match["module"]
-            target, part, names[target] = self._target(module, shown)
+            target, part, names[target] = self._target(module, config, shown)
             if target not in self.linears:
                 raise self._mismatch(shown, config, f"it adapts {module!r}, which this model "
                                                     "does not have")
@@ -198,7 +198,7 @@ class ModelAdapters:
             raise LoRAError(f"LoRA adapter {shown!r} has no LoRA matrices.")
         return found, names
 
-    def _target(self, module: str, shown: str
+    def _target(self, module: str, config: AdapterConfig, shown: str
                 ) -> tuple[str, str | None, tuple[str, ...] | None]:
         """Our linear for a checkpoint module, its part of a fused projection, and the
         parts that projection fuses."""
@@ -207,9 +207,11 @@ class ModelAdapters:
             if match:
                 return match.expand(template), match["part"] if parts else None, parts
         targets = ", ".join(pattern for pattern, _, _ in self.model.lora_modules)
-        raise LoRAError(f"LoRA adapter {shown!r} targets {module!r}, which cenote's "
-                        f"{type(self.model).__name__} does not adapt; the modules it adapts "
-                        f"(patterns): {targets}.")
+        detail = (f"it adapts {module!r}, which cenote's {type(self.model).__name__} has no "
+                  f"adapter slot for; the modules it adapts (patterns): {targets}")
+        if _same_name(config.base_model_name_or_path, self.served_name):
+            raise LoRAError(f"LoRA adapter {shown!r}: {detail}.")
+        raise self._mismatch(shown, config, detail)
 
     def _fuse(self, target: str, parts: dict[str | None, dict], names: tuple[str, ...] | None,
               config: AdapterConfig, shown: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +262,17 @@ class ModelAdapters:
             yield
         finally:
             self.rows.groups = None
+
+
+def _same_name(base: str | None, served: str) -> bool:
+    """Whether an adapter's base_model_name_or_path names the served model (by its
+    last path component: a hub id and a local copy of it are the same model)."""
+    if not base:
+        return False
+    def last(name: str) -> str:
+        return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+    return last(base) == last(served)
 
 
 def adapter_groups(adapter_ids: Sequence[int], batch: PackedBatch,

@@ -4,10 +4,12 @@ metrics; and, per request, the model it asks for (:class:`ModelContext`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cenote.config.lora import LoRARequest
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.engine.io_processor import IOProcessor
 from cenote.inputs.images import processed_pixels
@@ -87,6 +89,10 @@ class ServerContext:
         if not requested:
             first = self.models[0]
             return ModelContext(self, first.names[0], first.engine, first.io_processor)
+        for model in self.models:  # a LoRA adapter's name: its base through the adapter
+            if (adapter := model.engine.loras.get(requested)) is not None:
+                return ModelContext(self, requested, AdapterEngine(model.engine, adapter),
+                                    model.io_processor)
         served = self.served_as(requested)
         return ModelContext(self, requested, served.engine, served.io_processor)
 
@@ -96,6 +102,29 @@ class ServerContext:
             if name in model.names:
                 return model
         raise ModelNotFoundError(name)
+
+    def adapters(self) -> list[tuple[ServedModel, LoRARequest]]:
+        """The LoRA adapters served, each with the model it adapts."""
+        return [(model, adapter) for model in self.models
+                for adapter in model.engine.loras.requests]
+
+
+class AdapterEngine:
+    """A served engine whose ``encode`` and ``score`` run through one LoRA adapter (a
+    request that named the adapter as its ``model``); everything else is the engine's."""
+
+    def __init__(self, engine: AsyncPoolingEngine, adapter: LoRARequest) -> None:
+        self.base = engine
+        self.adapter = adapter
+
+    async def encode(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.base.encode(*args, lora_request=self.adapter, **kwargs)
+
+    async def score(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.base.score(*args, lora_request=self.adapter, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
 
     def check_num_inputs(self, count: int, what: str = "input") -> None:
         """400 when a request carries more inputs than ``max_inputs_per_request``."""

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from cenote.config.lora import LoRARequest
 from cenote.server.context import ServedModel, ServerContext, get_context
 from cenote.server.errors import error_response
 from cenote.server.payloads import json_response
@@ -60,15 +61,28 @@ def _model_card(model: ServedModel, name: str) -> ModelCard:
                      modalities=list(config.modalities))
 
 
+def _adapter_card(model: ServedModel, adapter: LoRARequest) -> ModelCard:
+    # As vLLM: root is the adapter's folder, parent the model it adapts.
+    return ModelCard(id=adapter.lora_name, root=adapter.lora_path,
+                     parent=adapter.base_model_name or model.names[0],
+                     max_model_len=model.engine.config.max_model_len,
+                     modalities=list(model.engine.config.modalities))
+
+
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(ctx: ServerContext = Depends(get_context)) -> Response:
-    return json_response(ModelList(data=[_model_card(model, name) for model in ctx.models
-                                         for name in model.names]))
+    """The served names, then the LoRA adapters (``parent``: their base), as vLLM."""
+    cards = [_model_card(model, name) for model in ctx.models for name in model.names]
+    cards += [_adapter_card(model, adapter) for model, adapter in ctx.adapters()]
+    return json_response(ModelList(data=cards))
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def retrieve_model(model_id: str, ctx: ServerContext = Depends(get_context)) -> Response:
-    """OpenAI's ``models.retrieve``: the card of a served name, else 404."""
+    """OpenAI's ``models.retrieve``: the card of a served name or adapter, else 404."""
+    for model, adapter in ctx.adapters():
+        if adapter.lora_name == model_id:
+            return json_response(_adapter_card(model, adapter))
     return json_response(_model_card(ctx.served_as(model_id), model_id))
 
 
