@@ -108,6 +108,13 @@ class ServerContext:
         return [(model, adapter) for model in self.models
                 for adapter in model.engine.loras.requests]
 
+    def check_num_inputs(self, count: int, what: str = "input") -> None:
+        """400 when a request carries more inputs than ``max_inputs_per_request``."""
+        cap = self.limits.max_inputs_per_request
+        if count > cap:
+            raise ValueError(f"{what} has {count} items; this server takes at most {cap} "
+                             "per request. Split it into several requests.")
+
 
 class AdapterEngine:
     """A served engine whose ``encode`` and ``score`` run through one LoRA adapter (a
@@ -125,13 +132,6 @@ class AdapterEngine:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.base, name)
-
-    def check_num_inputs(self, count: int, what: str = "input") -> None:
-        """400 when a request carries more inputs than ``max_inputs_per_request``."""
-        cap = self.limits.max_inputs_per_request
-        if count > cap:
-            raise ValueError(f"{what} has {count} items; this server takes at most {cap} "
-                             "per request. Split it into several requests.")
 
 
 @dataclass(frozen=True)
