@@ -40,6 +40,15 @@ def is_dual_encoder(hf_config: Any) -> bool:
             and architecture_of(hf_config) in DUAL_ENCODER_ARCHITECTURES)
 
 
+# Vision-language models embedding text, images and videos in one prompt (SPEC 13).
+VISION_LANGUAGE_ARCHITECTURES = frozenset({"Qwen2VLForConditionalGeneration"})
+
+
+def is_vision_language(hf_config: Any) -> bool:
+    """A language model reading images and videos through a vision tower (Qwen2-VL)."""
+    return architecture_of(hf_config) in VISION_LANGUAGE_ARCHITECTURES
+
+
 def architecture_of(hf_config: Any) -> str:
     archs = getattr(hf_config, "architectures", None) or []
     if archs:

@@ -23,6 +23,7 @@ from cenote.config.hf import (
     derive_max_model_len,
     is_bidirectional,
     is_dual_encoder,
+    is_vision_language,
     set_reward_head_labels,
 )
 from cenote.config.hub import ModelNotFoundError, resolve_model_path, transformer_folder
@@ -393,8 +394,7 @@ class ModelConfig:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """What inputs the model embeds: text, and images for a dual encoder (CLIP,
-        SigLIP: a text and a vision tower projected into one space)."""
-        if is_dual_encoder(self.hf_config):
-            return ("text", "image")
-        return ("text",)
+        """What inputs the model embeds: text; images (dual encoders); and videos (VLMs)."""
+        if is_vision_language(self.hf_config):
+            return ("text", "image", "video")
+        return ("text", "image") if is_dual_encoder(self.hf_config) else ("text",)

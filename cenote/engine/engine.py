@@ -19,12 +19,12 @@ from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, distinct
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.chunking import Merge, split_into_chunks
-from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.instructions import instruction
 from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_image_prompt
 from cenote.inputs.score_prompts import ScoreOptions, limit_pairs, render_pairs
 from cenote.inputs.tokenizer import Tokenizer, Truncation
+from cenote.inputs.vision_language import image_inputs
 from cenote.outputs import PoolingRequestOutput
 from cenote.params import EMBEDDING_MODES, PoolingParams
 from cenote.pooling.compact import calibration_texts
@@ -62,8 +62,7 @@ class PoolingEngine:
         self.loras.load_modules()
         self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}
-        self.images = (ImageProcessor(config.path, config.hf_config.vision_config)
-                       if "image" in config.modalities else None)
+        self.images = image_inputs(config, self.tokenizer)  # None: a text-only model
         late = config.retrieval.late_interaction
         self.late = LateInteractionInputs(late, self.tokenizer) if late is not None else None
         # With quantization="int8": its cosine to the float model's outputs, measured now
@@ -143,7 +142,8 @@ class PoolingEngine:
                                       prompt_name)
         out: list[SequenceInput | None] = [None] * len(prompts)
         _fill(out, images, lambda idx: self._image_records(
-            [prompts[i] for i in idx], pooling_task, [resolved[i] for i in idx]))
+            [prompts[i] for i in idx], pooling_task, [resolved[i] for i in idx],
+            add_special_tokens))
         _fill(out, [i for i, seq in enumerate(out) if seq is None],
               lambda idx: self._text_records([prompts[i] for i in idx], pooling_task,
                                              [resolved[i] for i in idx], add_special_tokens,
@@ -213,19 +213,13 @@ class PoolingEngine:
         return seqs
 
     def _image_records(self, prompts: Sequence[Prompt], pooling_task: str,
-                       params: list[PoolingParams]) -> list[SequenceInput]:
-        """Image prompts as their pre-processed pixels."""
+                       params: list[PoolingParams], add_special_tokens: bool = True
+                       ) -> list[SequenceInput]:
+        """Prompts with images (or videos) as records with their pre-processed pixels."""
         if self.images is None:
             raise ValueError("This model takes text only; image inputs need a multi-modal "
-                             "model (CLIP, SigLIP).")
-        if pooling_task != "embed":
-            raise ValueError(f"Images are embedded (the embed task), not {pooling_task!r}.")
-        # One at a time: a decoded image is dropped as soon as its pixels are made, so a
-        # request holds at most one full-size image at once, not all of them.
-        return [SequenceInput([], None, p, image_cost=self.images.cost,
-                              pixel_values=self.images.pixels(
-                                  [as_image(prompt["multi_modal_data"]["image"])])[0])
-                for prompt, p in zip(prompts, params, strict=True)]
+                             "model (CLIP, SigLIP, Qwen2-VL).")
+        return self.images.records(prompts, pooling_task, params, add_special_tokens)
 
     def _instruction(self, prompt_name: str | None) -> str | None:
         """The instruction an embedding model's inputs start with (None: none)."""

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from cenote.inputs.prompts import SequenceInput, dual_encoder_prompt
+from cenote.params import PoolingParams
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 # Image processors scale the short side to the model's size: a very long, thin image
@@ -154,3 +158,15 @@ class ImageProcessor:
         """Each image as ``[3, H, W]`` pixel values."""
         batch = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return list(batch.float().unbind(0))
+
+    def records(self, prompts: Sequence[Any], pooling_task: str, params: list[PoolingParams],
+                add_special_tokens: bool = True) -> list[SequenceInput]:
+        """Image prompts (one image, no text each) as their pre-processed pixels."""
+        if pooling_task != "embed":
+            raise ValueError(f"Images are embedded (the embed task), not {pooling_task!r}.")
+        # One at a time: a decoded image is dropped as soon as its pixels are made, so a
+        # request holds at most one full-size image at once, not all of them.
+        return [SequenceInput([], None, p, image_cost=self.cost,
+                              pixel_values=self.pixels([as_image(
+                                  dual_encoder_prompt(prompt, i)["multi_modal_data"]["image"])])[0])
+                for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from cenote.inputs.multimodal import MultiModalData
 from cenote.outputs import LateChunkingMetadata
 from cenote.params import PoolingParams
 
@@ -29,7 +30,7 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     out: list[Prompt] = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, dict) and "multi_modal_data" in prompt:
-            out.append(_image_prompt(prompt, i))
+            out.append(multimodal_prompt(prompt, i))
             continue
         if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(
                 prompt.get("prompt"), str):
@@ -47,8 +48,21 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     return out
 
 
-def _image_prompt(prompt: dict[str, Any], index: int) -> dict[str, Any]:
-    """vLLM's multi-modal prompt, checked: one image and no text (a dual encoder embeds
+def multimodal_prompt(prompt: dict[str, Any], index: int) -> dict[str, Any]:
+    """vLLM's multi-modal prompt, checked for its shape: ``multi_modal_data`` with an
+    ``image`` and/or a ``video`` (one or a list each), ``mm_processor_kwargs`` a dict.
+    What the model takes is checked by the engine."""
+    data = prompt["multi_modal_data"]
+    if not isinstance(data, dict) or not data or set(data) - {"image", "video"}:
+        raise ValueError(f"Prompt {index}: multi_modal_data holds an 'image' and/or a "
+                         "'video' (one or a list each).")
+    if not isinstance(prompt.get("mm_processor_kwargs") or {}, dict):
+        raise ValueError(f"Prompt {index}: mm_processor_kwargs must be a dict.")
+    return prompt
+
+
+def dual_encoder_prompt(prompt: dict[str, Any], index: int) -> dict[str, Any]:
+    """A multi-modal prompt for a dual encoder, checked: one image and no text (it embeds
     a text or an image per input)."""
     data = prompt["multi_modal_data"]
     if not isinstance(data, dict) or set(data) != {"image"}:
@@ -80,7 +94,7 @@ def check_unicode(text: str, what: str) -> None:
 def _score_text(item: object, where: str) -> str:
     """A score input as text: a string, or vLLM's text prompt ``{"prompt": "..."}``."""
     if is_image_prompt(item):
-        return _image_prompt(item, 0)
+        return multimodal_prompt(item, 0)
     if isinstance(item, dict) and isinstance(item.get("prompt"), str):
         return item["prompt"]
     if isinstance(item, str):
@@ -149,10 +163,14 @@ class SequenceInput:
     image_cost: int = 0
     # With late chunking: where each chunk's vector comes from, for the output.
     late_chunking: LateChunkingMetadata | None = None
+    # A vision-language prompt's images and videos; its token_ids hold their placeholders.
+    multimodal: MultiModalData | None = None
     # The LoRA adapter it runs through (its lora_int_id); 0: the base model.
     lora_id: int = 0
 
     @property
     def cost(self) -> int:
         """What the record takes of a batch's token budget."""
-        return self.image_cost if self.pixel_values is not None else len(self.token_ids)
+        if self.pixel_values is not None:
+            return self.image_cost
+        return len(self.token_ids) + (self.multimodal.patches if self.multimodal else 0)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from cenote.inputs.multimodal import MultiModalData
 
 
 @dataclass
@@ -42,6 +46,9 @@ class PackedBatch:
     # expansion): only ``key_padding_mask`` says which keys are seen, so attention
     # must take the padded path.
     hides_keys: bool = False
+    # A vision-language batch: each sequence's images and videos (None: text only), in
+    # batch order; None when no sequence has any (see ``inputs/multimodal.py``).
+    multimodal: list[MultiModalData | None] | None = None
 
     @classmethod
     def build(

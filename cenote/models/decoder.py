@@ -317,9 +317,12 @@ class DecoderModel(PoolingModel):
                                                               "ForProcessRewardModel")):
             self.token_head = RewardHead(args.hidden_size, config.num_labels)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        x = self.embed_tokens(batch.input_ids)
-        cos, sin = self.rotary(batch.positions, x.dtype)
+    def forward(self, batch: PackedBatch, inputs_embeds: torch.Tensor | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``inputs_embeds`` and ``rotary`` (cos, sin): a vision-language model's door,
+        its vision rows and multimodal positions (``qwen2_vl.py``)."""
+        x = self.embed_tokens(batch.input_ids) if inputs_embeds is None else inputs_embeds
+        cos, sin = self.rotary(batch.positions, x.dtype) if rotary is None else rotary
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, batch, pooled_only=i == last and batch.pooled is not None)

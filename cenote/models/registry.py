@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from cenote.config import ModelConfig
-from cenote.config.hf import BERT_FAMILY, BIDIRECTIONAL_DECODERS, classifier_from_token
+from cenote.config.hf import (
+    BERT_FAMILY,
+    BIDIRECTIONAL_DECODERS,
+    classifier_from_token,
+    is_dual_encoder,
+)
 from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
 from cenote.config.static import STATIC_MODEL_TYPE
@@ -40,7 +45,9 @@ NATIVE_MODEL_TYPES: dict[str, str] = {
 # Architectures run natively whatever their model_type (llama-nemotron-embed's is its
 # own), their checkpoint's remote code never executed.
 NATIVE_ARCHITECTURES: dict[str, str] = {
-    architecture: "cenote.models.decoder:DecoderModel" for architecture in BIDIRECTIONAL_DECODERS
+    **{architecture: "cenote.models.decoder:DecoderModel"
+       for architecture in BIDIRECTIONAL_DECODERS},
+    "Qwen2VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2VLEmbedder",
 }
 
 
@@ -116,7 +123,7 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
         raise ValueError(f"classifier_from_token is not supported for {config.architecture}; "
                          "it applies to the native decoder families (Qwen2, Qwen3, Llama, "
                          "Mistral).")
-    if "image" in config.modalities:
+    if is_dual_encoder(config.hf_config):
         model = dual_encoder(config)
     elif cls is None:
         from cenote.models.fallback import TransformersFallbackModel

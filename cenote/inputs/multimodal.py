@@ -1,0 +1,34 @@
+"""The multimodal part of an input record: a prompt's images and videos pre-processed
+for a vision-language model, beside its token ids (which hold one placeholder token per
+vision token the language model reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MultiModalData:
+    """The tensors transformers' Qwen2-VL processors return, under the same names:
+    patches flattened to ``[patches, channels * temporal_patch * patch * patch]`` and
+    each image's or video's ``(t, h, w)`` patch grid, in prompt order."""
+
+    pixel_values: torch.Tensor | None = None  # [image patches, D] float32
+    image_grid_thw: torch.Tensor | None = None  # [images, 3] long
+    pixel_values_videos: torch.Tensor | None = None  # [video patches, D] float32
+    video_grid_thw: torch.Tensor | None = None  # [videos, 3] long
+
+    @property
+    def patches(self) -> int:
+        """The vision tower's tokens: what the record costs a batch beside its text."""
+        return sum(len(p) for p in (self.pixel_values, self.pixel_values_videos)
+                   if p is not None)
+
+    def to(self, device: torch.device | str) -> MultiModalData:
+        def moved(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return MultiModalData(moved(self.pixel_values), moved(self.image_grid_thw),
+                              moved(self.pixel_values_videos), moved(self.video_grid_thw))

@@ -1,0 +1,206 @@
+"""Prompts for vision-language models (Qwen2-VL family): chat messages with text, image
+and video parts rendered through the chat template, and a prompt's images and videos
+pre-processed as the checkpoint's processor does, its placeholder tokens expanded to one
+per vision token the language model reads.
+
+Images go through the checkpoint's own image processor (``Qwen2VLImageProcessorPil``: no
+torchvision). transformers' video processor needs torchvision, so video frames go
+through the same image processor and are paired into temporal patches exactly as
+``Qwen2VLVideoProcessor.patchify`` lays them out (frames resized with PIL, not
+torchvision's interpolation)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cenote.config import ModelConfig
+from cenote.config.hf import is_vision_language
+from cenote.inputs.chat import render_chat
+from cenote.inputs.images import ImageProcessor, as_image
+from cenote.inputs.multimodal import MultiModalData
+from cenote.inputs.prompts import SequenceInput
+from cenote.inputs.tokenizer import Tokenizer
+from cenote.inputs.video import as_frames
+from cenote.params import PoolingParams
+
+# mm_processor_kwargs a request may set.
+PROCESSOR_KWARGS = frozenset({"min_pixels", "max_pixels", "fps", "num_frames"})
+# The video processor's defaults (Qwen2VLVideoProcessor) where its config is silent.
+_VIDEO_DEFAULTS = {"min_pixels": 128 * 28 * 28, "max_pixels": 28 * 28 * 768}
+
+
+def content_parts(content: Any) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+    """A message's content as the parts a chat template reads (``{"type": "image"}``,
+    ``{"type": "video"}``, text parts as they are), and its images and videos in order,
+    as vLLM hands them to templates."""
+    if isinstance(content, str) or content is None:
+        return content, [], []
+    parts, images, videos = [], [], []
+    for part in content:
+        kind = part.get("type")
+        if kind in ("image_url", "image", "image_pil"):
+            images.append(part.get(kind) if kind != "image_url" else part["image_url"])
+            parts.append({"type": "image"})
+        elif kind in ("video_url", "video"):
+            videos.append(part.get(kind) if kind != "video_url" else part["video_url"])
+            parts.append({"type": "video"})
+        else:
+            parts.append(part)
+    return parts, images, videos
+
+
+class VisionLanguageProcessor:
+    """The checkpoint's processor settings: its image processor (PIL backend), the video
+    processor's sizes, and the placeholder tokens of its tokenizer."""
+
+    image_token = "<|image_pad|>"
+    video_token = "<|video_pad|>"
+
+    def __init__(self, path: Path, hf_config: Any, tokenizer: Tokenizer) -> None:
+        from transformers import AutoImageProcessor
+
+        self.tokenizer = tokenizer
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            self.images = AutoImageProcessor.from_pretrained(path)
+        except Exception as exc:
+            raise ValueError(f"{path} has no usable image processor "
+                             f"(preprocessor_config.json): {exc}") from exc
+        video_file = Path(path) / "video_preprocessor_config.json"
+        video = json.loads(video_file.read_text()) if video_file.is_file() else {}
+        size = video.get("size") or {}
+        self.video_min_pixels = (video.get("min_pixels") or size.get("shortest_edge")
+                                 or _VIDEO_DEFAULTS["min_pixels"])
+        self.video_max_pixels = (video.get("max_pixels") or size.get("longest_edge")
+                                 or _VIDEO_DEFAULTS["max_pixels"])
+        self.video_fps = video.get("fps") if video.get("do_sample_frames") else None
+        self.temporal_patch_size = self.images.temporal_patch_size
+        self.merge = self.images.merge_size
+        self.patch_size = self.images.patch_size
+        self.image_token_id = hf_config.image_token_id
+        self.video_token_id = hf_config.video_token_id
+
+    def render(self, hf_tokenizer: Any, messages: list[dict[str, Any]], **options: Any
+               ) -> tuple[str, list[Any], list[Any]]:
+        """``messages`` through the chat template, and their images and videos in order."""
+        rendered, images, videos = [], [], []
+        for message in messages:
+            parts, found_images, found_videos = content_parts(message.get("content"))
+            rendered.append({**message, "content": parts})
+            images += found_images
+            videos += found_videos
+        return render_chat(hf_tokenizer, rendered, **options), images, videos
+
+    def process(self, text: str, images: list[Any], videos: list[Any],
+                kwargs: dict[str, Any] | None = None) -> tuple[str, MultiModalData]:
+        """``text`` with each placeholder expanded to its vision tokens, and the pixels of
+        ``images`` and ``videos``; ``ValueError`` when placeholders and media disagree."""
+        kwargs = dict(kwargs or {})
+        unknown = set(kwargs) - PROCESSOR_KWARGS
+        if unknown:
+            raise ValueError(f"mm_processor_kwargs takes {', '.join(sorted(PROCESSOR_KWARGS))}, "
+                             f"not {', '.join(sorted(unknown))}.")
+        for name, count, token in (("images", len(images), self.image_token),
+                                   ("videos", len(videos), self.video_token)):
+            placeholders = text.count(token)
+            if placeholders != count:
+                raise ValueError(f"The prompt has {placeholders} {token} placeholders for "
+                                 f"{count} {name}: give one placeholder per item.")
+        data = MultiModalData()
+        if images:
+            data.pixel_values, data.image_grid_thw = self._image_patches(
+                [as_image(image) for image in images], kwargs.get("min_pixels"),
+                kwargs.get("max_pixels"))
+            text = self._expand(text, self.image_token, data.image_grid_thw)
+        if videos:
+            patches, grids = zip(*(self._video_patches(video, kwargs) for video in videos),
+                                 strict=True)
+            data.pixel_values_videos = torch.cat(patches)
+            data.video_grid_thw = torch.stack(grids)
+            text = self._expand(text, self.video_token, data.video_grid_thw)
+        return text, data
+
+    def _image_patches(self, images: list[Any], min_pixels: int | None,
+                       max_pixels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        size = dict(self.images.size)
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        out = self.images(images=images, size=size, return_tensors="pt")
+        return out["pixel_values"].float(), out["image_grid_thw"].long()
+
+    def _video_patches(self, video: Any, kwargs: dict[str, Any]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A video's temporal patches: each frame through the image processor at the
+        video's size, then consecutive frames paired as ``Qwen2VLVideoProcessor.patchify``
+        pairs them (the last frame repeated to a whole pair)."""
+        fps, num_frames = kwargs.get("fps"), kwargs.get("num_frames")
+        if fps is None and num_frames is None:
+            fps = self.video_fps
+        frames = as_frames(video, fps=fps, num_frames=num_frames,
+                           temporal_patch_size=self.temporal_patch_size)
+        tps = self.temporal_patch_size
+        frames += [frames[-1]] * (-len(frames) % tps)
+        from PIL import Image
+
+        pixels, grid = self._image_patches(
+            [Image.fromarray(frame) for frame in frames],
+            kwargs.get("min_pixels", self.video_min_pixels),
+            kwargs.get("max_pixels", self.video_max_pixels))
+        per_frame = int(grid[0, 1] * grid[0, 2])
+        # [frames, patches, C, tps, p, p]: the image processor repeats each frame over tps
+        p = self.patch_size
+        pixels = pixels.view(len(frames), per_frame, 3, tps, p, p)[:, :, :, 0]
+        grid_t = len(frames) // tps
+        # pair k: frames k*tps .. k*tps+tps-1 along the temporal axis of each patch
+        pixels = pixels.view(grid_t, tps, per_frame, 3, p, p).permute(0, 2, 3, 1, 4, 5)
+        return (pixels.reshape(grid_t * per_frame, 3 * tps * p * p).contiguous(),
+                torch.tensor([grid_t, int(grid[0, 1]), int(grid[0, 2])]))
+
+    def _expand(self, text: str, token: str, grids: torch.Tensor) -> str:
+        """Each ``token`` as many times as its image or video has merged patches."""
+        pieces = text.split(token)
+        counts = (grids.prod(-1) // self.merge**2).tolist()
+        return pieces[0] + "".join(token * n + piece
+                                   for n, piece in zip(counts, pieces[1:], strict=True))
+
+    def records(self, prompts: Sequence[Any], pooling_task: str, params: list[PoolingParams],
+                add_special_tokens: bool = True) -> list[SequenceInput]:
+        """Prompts with images and videos (``{"prompt": text with placeholders,
+        "multi_modal_data": {"image": ..., "video": ...}, "mm_processor_kwargs": ...}``) as
+        records: their placeholders expanded, tokenised, their pixels beside."""
+        out = []
+        for prompt, p in zip(prompts, params, strict=True):
+            data = prompt["multi_modal_data"]
+            text, mm = self.process(prompt.get("prompt") or "", _listed(data.get("image")),
+                                    _listed(data.get("video")),
+                                    prompt.get("mm_processor_kwargs"))
+            ids = self.tokenizer.encode_prompts([text], None, add_special_tokens)[0].token_ids
+            out.append(SequenceInput(ids, None, p, multimodal=mm))
+        return out
+
+
+def _listed(value: Any) -> list[Any]:
+    """One image or video, or a list of them, as a list (a video's own frame list is one
+    video only inside a list)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def image_inputs(config: ModelConfig, tokenizer: Tokenizer
+                 ) -> VisionLanguageProcessor | ImageProcessor | None:
+    """What turns a model's image prompts into records: a vision-language model's
+    processor, a dual encoder's image processor, or None for a text-only model."""
+    if is_vision_language(config.hf_config):
+        return VisionLanguageProcessor(config.path, config.hf_config, tokenizer)
+    if "image" in config.modalities:
+        return ImageProcessor(config.path, config.hf_config.vision_config)
+    return None

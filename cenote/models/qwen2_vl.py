@@ -1,0 +1,169 @@
+"""Qwen2-VL as an embedder (GME, DSE, Qwen2-VL-based Qwen3-VL-Embedding forerunners): the
+vision tower is transformers' own (``Qwen2VisionTransformerPretrainedModel``), the
+language model is cenote's packed decoder (``decoder.py``'s Qwen2 layers).
+
+A prompt's token ids hold one placeholder per merged vision token; the vision tower's
+outputs replace those rows of the token embeddings (``inputs_embeds``), and every token
+is rotated by its multimodal position (M-RoPE): text tokens by ``(p, p, p)``, vision
+tokens by ``(start + t, start + h, start + w)`` on their grid, each third of the
+rotary frequencies (``mrope_section``) reading one of the three. Text-only and image
+prompts share one packed batch, with no padding; LAST pooling (normalised, Matryoshka
+``dimensions``) happens in the pooler as for any decoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from cenote.models.batch import PackedBatch
+from cenote.models.decoder import DecoderModel, rope_frequencies
+from cenote.models.interface import PoolingModel
+
+if TYPE_CHECKING:
+    from cenote.inputs.multimodal import MultiModalData
+
+_VISION_PREFIX = re.compile(r"^(model\.)?visual\.")
+_LANGUAGE_PREFIX = re.compile(r"^model\.language_model\.")
+
+
+def placeholder_runs(token_ids: np.ndarray, vision_ids: tuple[int, int]
+                     ) -> list[tuple[int, int, int]]:
+    """``(start, end, token id)`` of each run of equal tokens, a text run's id -1."""
+    key = np.where(np.isin(token_ids, vision_ids), token_ids, -1)
+    edges = np.flatnonzero(key[1:] != key[:-1]) + 1
+    starts = np.concatenate(([0], edges))
+    ends = np.concatenate((edges, [len(key)]))
+    return [(int(a), int(b), int(key[a])) for a, b in zip(starts, ends, strict=True)]
+
+
+def mrope_positions(runs: list[tuple[int, int, int]], grids: list[tuple[int, int, int]],
+                    merge: int) -> np.ndarray:
+    """``[3, tokens]`` positions of one prompt (transformers' ``get_rope_index``): each run
+    of placeholder tokens takes the next grid (images and videos in prompt order), and
+    the text after it continues from the largest position so far, plus one."""
+    out = np.empty((3, runs[-1][1]), dtype=np.int64)
+    start = 0
+    grid_iter = iter(grids)
+    for a, b, token in runs:
+        if token < 0:
+            out[:, a:b] = np.arange(start, start + b - a)
+            start += b - a
+            continue
+        t, h, w = next(grid_iter)
+        h, w = h // merge, w // merge
+        if t * h * w != b - a:
+            raise ValueError(f"{b - a} placeholder tokens for a {t}x{h}x{w} vision grid.")
+        grid = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w),
+                                    indexing="ij")).reshape(3, -1)
+        out[:, a:b] = grid + start
+        start += max(t, h, w)
+    return out
+
+
+class Qwen2VLEmbedder(PoolingModel):
+    """``Qwen2VLForConditionalGeneration`` as a pooling model: the language model's final
+    hidden states, with the batch's images and videos (``batch.multimodal``) in their
+    placeholder rows."""
+
+    computes_pooled_rows_only = True
+
+    def __init__(self, config: Any, task: str) -> None:
+        super().__init__()
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+            Qwen2VisionTransformerPretrainedModel,
+        )
+
+        text = copy.copy(config.text_config)
+        text.model_type = "qwen2"  # the same layers as Qwen2 (q/k/v biases)
+        self.language = DecoderModel(text, task)
+        self.classifier, self.classify_pad_token_id = (self.language.classifier,
+                                                       self.language.classify_pad_token_id)
+        self.attention_shape = self.language.attention_shape
+        self.visual = Qwen2VisionTransformerPretrainedModel._from_config(config.vision_config)
+        self.image_token_id, self.video_token_id = config.image_token_id, config.video_token_id
+        self.merge = config.vision_config.spatial_merge_size
+        head_dim = self.language.attention_shape.head_dim
+        self.inv_freq, self.scaling = rope_frequencies(text, head_dim)
+        self.mrope_section = list(text.rope_parameters.get("mrope_section")
+                                  or [head_dim // 2])
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        records = batch.multimodal
+        x = self.language.embed_tokens(batch.input_ids)
+        if not records or not any(r is not None for r in records):
+            return self.language(batch, inputs_embeds=x)
+        for token_id, pixels, grids in (
+                (self.image_token_id, "pixel_values", "image_grid_thw"),
+                (self.video_token_id, "pixel_values_videos", "video_grid_thw")):
+            found = [(getattr(r, pixels), getattr(r, grids)) for r in records
+                     if r is not None and getattr(r, pixels) is not None]
+            if found:
+                features = self.vision_features(torch.cat([p for p, _ in found]),
+                                                torch.cat([g for _, g in found]))
+                rows = (batch.input_ids[:batch.num_tokens] == token_id).nonzero().squeeze(1)
+                if len(rows) != len(features):
+                    raise ValueError(f"{len(rows)} placeholder tokens for {len(features)} "
+                                     "vision tokens.")
+                x = x.index_copy(0, rows, features.to(x.dtype))
+        return self.language(batch, inputs_embeds=x,
+                             rotary=self.rotary(self.positions(batch, records), x.dtype))
+
+    def vision_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                        ) -> torch.Tensor:
+        """The merged vision tokens of images or videos: ``[sum(t*h*w) / merge^2, hidden]``."""
+        weight = self.visual.patch_embed.proj.weight
+        return self.visual(pixel_values.to(weight.dtype), grid_thw=grid_thw).pooler_output
+
+    def positions(self, batch: PackedBatch, records: list[MultiModalData | None]
+                  ) -> torch.Tensor:
+        """``[3, rows]`` multimodal positions: a text-only sequence's are its 1-D ones."""
+        out = batch.positions.unsqueeze(0).repeat(3, 1)
+        ids = batch.input_ids[:batch.num_tokens].cpu().numpy()
+        bounds = batch.cu_seqlens.tolist()
+        vision_ids = (self.image_token_id, self.video_token_id)
+        for b, record in enumerate(records):
+            if record is None:
+                continue
+            runs = placeholder_runs(ids[bounds[b]:bounds[b + 1]], vision_ids)
+            grids = {self.image_token_id: iter(_rows(record.image_grid_thw)),
+                     self.video_token_id: iter(_rows(record.video_grid_thw))}
+            ordered = [next(grids[token]) for _, _, token in runs if token >= 0]
+            pos = mrope_positions(runs, ordered, self.merge)
+            out[:, bounds[b]:bounds[b + 1]] = torch.from_numpy(pos).to(out.device)
+        return out
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[rows, 1, head_dim]``: section k of the frequencies from axis k % 3."""
+        inv_freq = self.inv_freq.to(positions.device)
+        freqs = positions.float().unsqueeze(-1) * inv_freq  # [3, rows, head_dim / 2]
+        freqs = torch.cat([part[k % 3] for k, part in
+                           enumerate(freqs.split(self.mrope_section, dim=-1))], dim=-1)
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """The vision tower's tensors (``visual.*``) into transformers' tower, the rest
+        into the decoder (``model.*``, or ``model.language_model.*`` as transformers 5
+        names them)."""
+        vision: dict[str, torch.Tensor] = {}
+
+        def language() -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                if _VISION_PREFIX.match(name):
+                    vision[_VISION_PREFIX.sub("", name)] = tensor
+                else:
+                    yield _LANGUAGE_PREFIX.sub("model.", name), tensor
+
+        self.language.load_weights(language())
+        self.visual.load_state_dict(vision, strict=True)
+
+
+def _rows(grid: torch.Tensor | None) -> list[tuple[int, int, int]]:
+    return [] if grid is None else [tuple(row) for row in grid.tolist()]

@@ -1,0 +1,95 @@
+"""Tiny random vision-language checkpoints (Qwen2-VL family) saved with ``save_pretrained``
+beside a real processor configuration: a byte-level BPE tokenizer with the Qwen2-VL special
+tokens and chat template, the PIL image processor's and the video processor's settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-VL's chat template (image and video parts become their placeholder runs).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}<|vision_start|><|video_pad|>"
+    "<|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}")
+# Small patches so a 56x56 image is 16 patches (4 language tokens after the 2x2 merge).
+PATCH, MERGE, MIN_PIXELS, MAX_PIXELS = 14, 2, 28 * 28, 28 * 28 * 16
+
+
+def build_byte_tokenizer(target: Path) -> dict[str, int]:
+    """A byte-level BPE tokenizer (the 256 bytes, no merges) with the special tokens;
+    returns their ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>",
+                                        additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(target)
+    return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+
+
+def tiny_qwen2_vl_config(ids: dict[str, int],
+                         architecture: str = "Qwen2VLForConditionalGeneration"):
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        architectures=[architecture],
+        text_config={"vocab_size": 272, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 1024, "rms_norm_eps": 1e-6,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "mrope_section": [2, 3, 3]},
+                     "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]},
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2,
+                       "mlp_ratio": 2, "patch_size": PATCH, "spatial_merge_size": MERGE,
+                       "temporal_patch_size": 2, "in_channels": 3},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def build_tiny_qwen2_vl(target: Path, seed: int = 0) -> Path:
+    """A Qwen2VLForConditionalGeneration with random weights (2 layers, hidden 64), its
+    tokenizer, image processor and video processor settings."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    target.mkdir(parents=True, exist_ok=True)
+    ids = build_byte_tokenizer(target)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(ids)).eval()
+    with torch.no_grad():  # the default init is tiny: give the layers something to do
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.ndim >= 2:
+                param.normal_(0.0, 0.08)
+    model.save_pretrained(target)
+    processor = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": PATCH,
+                 "merge_size": MERGE, "temporal_patch_size": 2,
+                 "image_processor_type": "Qwen2VLImageProcessor",
+                 "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                 "image_std": [0.26862954, 0.26130258, 0.27577711]}
+    (target / "preprocessor_config.json").write_text(json.dumps(processor))
+    video = {**processor, "video_processor_type": "Qwen2VLVideoProcessor"}
+    del video["image_processor_type"]
+    (target / "video_preprocessor_config.json").write_text(json.dumps(video))
+    return target
