@@ -69,6 +69,14 @@ class ActivationFields(TruncationFields):
                              padding=self.padding)
 
 
+class LateChunkingConfig(APIModel):
+    """``late_chunking_params`` as vLLM reads it: only ``chunk_size``, a positive int."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(gt=0, le=2**63 - 1, strict=True)
+
+
 class EmbeddingRequest(InputOrMessages, TruncationFields):
     """``/v1/embeddings``. ``encoding_format``: float (JSON numbers), base64 (of the
     values' bytes), or the bytes as the body: ``bytes`` with a ``metadata`` header that
@@ -89,19 +97,14 @@ class EmbeddingRequest(InputOrMessages, TruncationFields):
     prompt_name: StrictStr | None = None
     # "sparse": the model's sparse vector (SPLADE, BGE-M3) as indices and values.
     embedding_type: Literal["dense", "sparse"] = "dense"
+    # Only where the server's pooler task is token_embed (vLLM's TokenEmbeddingRequest):
+    # one vector per chunk_size tokens of the whole text's token vectors.
+    late_chunking_params: LateChunkingConfig | None = None
 
     def pooling_params(self) -> PoolingParams:
         return PoolingParams(dimensions=self.dimensions, normalize=self.normalize,
                              use_activation=self.use_activation,
                              truncation_side=self.truncation_side, padding=self.padding)
-
-
-class LateChunkingConfig(APIModel):
-    """``late_chunking_params`` as vLLM reads it: only ``chunk_size``, a positive int."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    chunk_size: int = Field(gt=0, le=2**63 - 1, strict=True)
 
 
 class PoolingRequest(EmbeddingRequest, ActivationFields):
@@ -112,7 +115,6 @@ class PoolingRequest(EmbeddingRequest, ActivationFields):
 
     task: Literal["encode", "embed", "classify", "token_embed", "token_classify", "plugin",
                   "embed&token_classify"] = "encode"
-    late_chunking_params: LateChunkingConfig | None = None
     embedding_mode: Literal["query", "document"] | None = None
     # task "plugin": what the server's IO processor plugin reads, instead of input.
     data: Any = None
@@ -232,6 +234,30 @@ class EmbeddingResponse(APIModel):
     created: int = Field(default_factory=now)
     model: str
     data: list[EmbeddingResponseData]
+    usage: UsageInfo
+
+
+class TokenEmbeddingResponseData(APIModel):
+    """``/v1/embeddings`` on a token_embed server (vLLM's): per input, its token vectors
+    (with late chunking, its chunk vectors and where each chunk lies)."""
+
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[list[float]]
+    late_chunking: LateChunkingMetadata | None = None
+
+    @model_serializer(mode="wrap")
+    def _late_chunking_when_chunked(self, handler):
+        return {k: v for k, v in handler(self).items()
+                if k != "late_chunking" or v is not None}
+
+
+class TokenEmbeddingResponse(APIModel):
+    id: str = Field(default_factory=lambda: random_id("embd"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=now)
+    model: str
+    data: list[TokenEmbeddingResponseData]
     usage: UsageInfo
 
 

@@ -9,6 +9,7 @@ from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, plugin_prompts
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import Prompt
 from cenote.outputs import PoolingRequestOutput
+from cenote.params import LateChunkingParams
 from cenote.server.context import ModelContext, ServerContext, get_context
 from cenote.server.payloads import (
     BYTES_FORMATS,
@@ -30,6 +31,8 @@ from cenote.server.protocol import (
     PoolingResponse,
     PoolingResponseData,
     SparseVector,
+    TokenEmbeddingResponse,
+    TokenEmbeddingResponseData,
     UsageInfo,
 )
 from cenote.server.protocol_base import now
@@ -63,6 +66,13 @@ async def create_embeddings(body: EmbeddingRequest,
     """OpenAI embeddings: one vector per input (``LLM.embed``); with ``embedding_type``
     sparse, the model's sparse vector (``LLM.embed_sparse``) as indices and values."""
     m = ctx.model(body.model)
+    if m.engine.config.default_pooling_task == "token_embed":
+        return await _token_embeddings(m, body)
+    if body.late_chunking_params is not None:
+        raise VLLMValidationError("late_chunking_params on /v1/embeddings needs a server whose "
+                                  "pooler task is token_embed (--pooler-config.task "
+                                  "token_embed); or send it to /pooling with task token_embed.",
+                                  parameter="late_chunking_params")
     sparse = body.embedding_type == "sparse"
     if sparse and body.encoding_format in BYTES_FORMATS:
         raise VLLMValidationError("encoding_format bytes and bytes_only send dense tensors; "
@@ -91,6 +101,36 @@ async def create_embeddings(body: EmbeddingRequest,
         )
 
     return await render(build, len(outputs))
+
+
+async def _token_embeddings(m: ModelContext, body: EmbeddingRequest) -> Response:
+    """``/v1/embeddings`` where the pooler task is token_embed (vLLM's
+    ``TokenEmbeddingResponse``): per input its token vectors, or with
+    ``late_chunking_params`` one vector per chunk and the chunks' ranges."""
+    if body.encoding_format != "float":
+        raise VLLMValidationError("A token_embed server answers /v1/embeddings in float only "
+                                  "(vLLM's TokenEmbeddingRequest).", parameter="encoding_format")
+    if body.dimensions is not None or body.embedding_type != "dense":
+        field = "dimensions" if body.dimensions is not None else "embedding_type"
+        raise VLLMValidationError(f"{field} is not supported by a token_embed server's "
+                                  "/v1/embeddings.", parameter=field)
+    chunking = body.late_chunking_params
+    params = body.pooling_params()
+    if chunking is not None:
+        params.late_chunking_params = LateChunkingParams(chunking.chunk_size)
+    outputs = await m.engine.encode(await _prompts(m, body), "token_embed", params,
+                                    body.truncate_prompt_tokens, m.special_tokens(body),
+                                    prompt_name=body.prompt_name)
+
+    def build() -> TokenEmbeddingResponse:
+        return TokenEmbeddingResponse(
+            id=body.response_id("embd"), model=m.name,
+            data=[TokenEmbeddingResponseData(index=i, embedding=o.outputs.data.tolist(),
+                                             late_chunking=o.late_chunking)
+                  for i, o in enumerate(outputs)],
+            usage=UsageInfo.of_outputs(outputs))
+
+    return await render(build, sum(len(o.outputs.data) for o in outputs))
 
 
 def _check_task(m: ModelContext, task: str) -> None:

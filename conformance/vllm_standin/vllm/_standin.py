@@ -21,12 +21,7 @@ import types
 from typing import Any
 
 # Public vLLM names with no cenote counterpart yet: using one is a gap, not an internal.
-PUBLIC_NAMES = frozenset({
-    "vllm.pooling_params.LateChunkingParams",
-    "vllm.outputs.LateChunk",
-    "vllm.entrypoints.pooling.token_embed.protocol.TokenEmbeddingResponse",
-    "vllm.entrypoints.pooling.pooling.protocol.IOProcessorResponse",
-})
+PUBLIC_NAMES: frozenset[str] = frozenset()
 
 
 class VllmInternalError(NotImplementedError):

@@ -3,6 +3,8 @@ from cenote import (
     ClassificationRequestOutput,
     EmbeddingOutput,
     EmbeddingRequestOutput,
+    LateChunk,
+    LateChunkingMetadata,
     PoolingOutput,
     PoolingRequestOutput,
     ScoringOutput,
@@ -13,5 +15,6 @@ from vllm import _standin
 __getattr__ = _standin.module_getattr(__name__)
 
 __all__ = ["ClassificationOutput", "ClassificationRequestOutput", "EmbeddingOutput",
-           "EmbeddingRequestOutput", "PoolingOutput", "PoolingRequestOutput",
+           "EmbeddingRequestOutput", "LateChunk", "LateChunkingMetadata",
+           "PoolingOutput", "PoolingRequestOutput",
            "ScoringOutput", "ScoringRequestOutput"]

@@ -1,6 +1,6 @@
-from cenote import PoolingParams
+from cenote import LateChunkingParams, PoolingParams
 from vllm import _standin
 
 __getattr__ = _standin.module_getattr(__name__)
 
-__all__ = ["PoolingParams"]
+__all__ = ["LateChunkingParams", "PoolingParams"]
