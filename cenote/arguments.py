@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "start (text-embeddings-inference's option), unless a request "
                             "sets truncate_prompt_tokens or truncation_side. Default: off, "
                             "long inputs are refused (as vLLM).")
+    serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                       default=True,
+                       help="Causal decoders (Qwen3-Embedding and the like) compute a "
+                            "prefix that several inputs of a batch share, such as an "
+                            "instruction, once (vLLM's prefix caching, within a batch); the "
+                            "vectors are those of each input run whole. "
+                            "--no-enable-prefix-caching runs every input whole.")
     serve.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
                        help="Token budget of one batch (padded size: sequences x longest). "
                             "Smaller batches answer concurrent clients sooner; larger ones "

@@ -91,7 +91,8 @@ def _load_engine(args: argparse.Namespace, model: str | None, name: str,
                    max_num_batched_tokens=args.max_num_batched_tokens,
                    trust_remote_code=args.trust_remote_code, revision=args.revision,
                    tokenizer=args.tokenizer, runner=args.runner,
-                   quantization=args.quantization, auto_truncate=args.auto_truncate)
+                   quantization=args.quantization, auto_truncate=args.auto_truncate,
+                   enable_prefix_caching=args.enable_prefix_caching)
     return load_engine(model, name, options, data_parallel_size=args.data_parallel_size,
                        max_queued_tokens=args.max_queued_tokens,
                        request_timeout_s=args.request_timeout,

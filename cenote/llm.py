@@ -71,6 +71,7 @@ class LLM:
         enable_lora: bool = False,
         max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
         max_loras: int = DEFAULT_MAX_LORAS,
+        enable_prefix_caching: bool = True,
         **vllm_engine_args: Any,
     ) -> None:
         if pooler_config is not None:  # vLLM's newer name for override_pooler_config
@@ -102,6 +103,7 @@ class LLM:
             tokenizer=tokenizer,
             runner=runner,
             quantization=quantization,
+            enable_prefix_caching=enable_prefix_caching,
         )
         # LoRA adapters: each LoRARequest's loads on its first use (at most max_loras).
         self.engine = PoolingEngine(self.config, lora=LoRAOptions(enable_lora, max_lora_rank,

@@ -23,12 +23,12 @@ DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 
 # Keyword arguments of vLLM's ``LLM()`` (its ``EngineArgs``, as vLLM's own test runner
 # passes them) that are accepted and ignored offline: CUDA graphs and kernels, the KV
-# cache and prefix caching, chunked prefill (cenote runs whole inputs), sampling seeds,
-# scheduling limits of a generator, logging.
+# cache, chunked prefill (cenote runs whole inputs), sampling seeds, scheduling limits
+# of a generator, logging. (enable_prefix_caching is LLM()'s own argument.)
 IGNORED_VLLM_ARGS = frozenset({
     "seed", "enforce_eager", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",
     "max_num_seqs", "max_seq_len_to_capture", "disable_log_stats", "disable_custom_all_reduce",
-    "enable_prefix_caching", "block_size", "kv_cache_dtype", "compilation_config",
+    "block_size", "kv_cache_dtype", "compilation_config",
     "tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
     "enable_chunked_prefill", "kernel_config", "attention_config", "kv_cache_memory_bytes",
     "download_dir", "max_logprobs", "async_scheduling", "enable_sleep_mode",
@@ -43,8 +43,7 @@ IGNORED_VLLM_OPTIONS = (
     ("--uvicorn-log-level", True), ("--tensor-parallel-size", True),
     ("--pipeline-parallel-size", True), ("--enforce-eager", False),
     ("--disable-log-requests", False), ("--enable-log-requests", False),
-    ("--disable-log-stats", False), ("--enable-prefix-caching", False),
-    ("--no-enable-prefix-caching", False), ("--disable-custom-all-reduce", False),
+    ("--disable-log-stats", False), ("--disable-custom-all-reduce", False),
     ("--disable-uvicorn-access-log", False), ("--enable-chunked-prefill", False),
     ("--no-enable-chunked-prefill", False),
     ("--download-dir", True), ("--tokenizer-mode", True), ("--load-format", True),
@@ -281,11 +280,13 @@ def read_tokenization_kwargs(kwargs: dict[str, Any] | None,
 
 @dataclass
 class CacheConfigView:
-    """vLLM's cache settings as given: cenote keeps no KV cache and caches no prefixes."""
+    """vLLM's cache settings as given: cenote keeps no KV cache between batches; with
+    ``enable_prefix_caching`` a causal decoder computes a prefix shared within a batch
+    once."""
 
     gpu_memory_utilization: float | None = None
     block_size: int | None = None
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
 
 
 @dataclass
@@ -316,7 +317,8 @@ class LLMEngineView:
             model_config=config,
             cache_config=CacheConfigView(
                 gpu_memory_utilization=engine_args.get("gpu_memory_utilization"),
-                block_size=engine_args.get("block_size")),
+                block_size=engine_args.get("block_size"),
+                enable_prefix_caching=config.enable_prefix_caching),
             scheduler_config=SchedulerConfigView(
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 max_model_len=config.max_model_len,

@@ -59,14 +59,8 @@ CPU_FP32_MAX_NUM_BATCHED_TOKENS = 4096
 STATIC_MAX_NUM_BATCHED_TOKENS = 16384
 
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -167,6 +161,9 @@ class ModelConfig:
     # --auto-truncate (TEI's): inputs over max_model_len are cut to it, keeping their
     # start, unless a request says how to cut; off (refused), as in vLLM, by default.
     auto_truncate: bool = False
+    # A prefix that several sequences of a batch share runs once on causal decoders
+    # (models/prefix_sharing.py); vLLM's --no-enable-prefix-caching turns it off.
+    enable_prefix_caching: bool = True
 
     @classmethod
     def from_args(
@@ -185,6 +182,7 @@ class ModelConfig:
         runner: str = "auto",
         quantization: str | None = None,
         auto_truncate: bool = False,
+        enable_prefix_caching: bool = True,
     ) -> ModelConfig:
         from transformers import AutoConfig
 
@@ -270,6 +268,7 @@ class ModelConfig:
             retrieval=retrieval,
             quantization=quantization,
             auto_truncate=auto_truncate,
+            enable_prefix_caching=enable_prefix_caching,
         )
         check_pooler_config(pooler_config, resolved_task, config.supported_pooling_tasks)
         return config

@@ -37,10 +37,11 @@ from cenote.config.hf import architecture_of, is_bidirectional, rope_settings
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.kernels import rowwise_for
-from cenote.models.layers import fp32_copies, packed_attention
+from cenote.models.layers import fp32_copies
 from cenote.models.linear import Linear
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 from cenote.models.lora import llama_lora_modules
+from cenote.models.prefix_sharing import attention
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -204,8 +205,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = packed_attention(q, k, v, batch, causal=self.causal,
-                               sliding_window=self.sliding_window, pooled_only=pooled_only)
+        out = attention(q, k, v, batch, causal=self.causal,  # shared prefixes: once
+                        sliding_window=self.sliding_window, pooled_only=pooled_only)
         return self.o_proj(out)
 
 
@@ -295,6 +296,7 @@ class DecoderModel(PoolingModel):
         self.config = config
         self.architecture = architecture_of(config)
         args = DecoderArgs.from_hf(config)
+        self.shares_prefixes = args.causal
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(args, window) for window in args.sliding_windows)
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)

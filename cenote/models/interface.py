@@ -43,6 +43,9 @@ class PoolingModel(nn.Module):
     embeds_images: bool = False
     # Whether ``use_vocab_head`` loads a masked-LM head over the vocabulary (SPLADE's).
     builds_vocab_head: bool = False
+    # Whether it is causal and runs a batch of ``prefix_sharing.DistinctRows`` (the rows
+    # its sequences share, once): a decoder whose attention is ``prefix_sharing.attention``.
+    shares_prefixes: bool = False
     # Whether ``use_head_from_tokens`` builds the classifier from LM-head rows
     # (vLLM's classifier_from_token).
     builds_head_from_tokens: bool = False
