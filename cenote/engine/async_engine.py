@@ -155,8 +155,6 @@ class AsyncPoolingEngine:
         except BaseException:
             model_thread.close()
             raise
-        # Adapters loaded at run time go in between batches, on the thread that runs them.
-        engine.loras.run_on(lambda load: model_thread.submit(load).result())
         return cls(engine, model_thread=model_thread, **kwargs)
 
     @property

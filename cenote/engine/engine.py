@@ -57,8 +57,7 @@ class PoolingEngine:
                                    special_tokens=not config.is_static)
         self.runner = ModelRunner(config, self.tokenizer, lora) if policy is None else None
         # LoRA adapters by name (--enable-lora); --lora-modules load now.
-        self.loras = LoRARegistry(lora or LoRAOptions(), self.runner and self.runner.adapters,
-                                  lambda load: load())
+        self.loras = LoRARegistry(lora or LoRAOptions(), self.runner and self.runner.adapters)
         self.loras.load_modules()
         self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}

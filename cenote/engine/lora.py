@@ -1,6 +1,6 @@
 """The LoRA adapters an engine serves, by name: registered from ``--lora-modules``, at
 run time (``/v1/load_lora_adapter``) or by an offline ``LoRARequest``, and loaded into
-the model (:mod:`cenote.models.lora`) on the thread that runs it.
+the model (:mod:`cenote.models.lora`, which attaches them between batches).
 
 At most ``--max-loras`` adapters are loaded at once; one more is refused with a clear
 error (nothing is evicted: a served name never disappears behind the client's back).
@@ -9,14 +9,11 @@ error (nothing is evicted: a served name never disappears behind the client's ba
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from cenote.config.lora import AdapterConfig, LoRAError, LoRAOptions, LoRARequest
 from cenote.inputs.prompts import SequenceInput
-
-# Runs a function where the model runs (its thread), returning what it returns.
-OnModelThread = Callable[[Callable[[], object]], object]
 
 
 class LoRANotFoundError(LoRAError):
@@ -27,17 +24,11 @@ class LoRARegistry:
     """The adapters of one engine: name -> :class:`LoRARequest`, their weights in the
     runner's model (``runner.adapters``)."""
 
-    def __init__(self, options: LoRAOptions, adapters, on_model_thread: OnModelThread
-                 ) -> None:
+    def __init__(self, options: LoRAOptions, adapters) -> None:
         self.options = options
         self._model = adapters  # cenote.models.lora.ModelAdapters, or None when disabled
-        self._on_model_thread = on_model_thread
         self._by_name: dict[str, LoRARequest] = {}
         self._lock = threading.RLock()
-
-    def run_on(self, on_model_thread: OnModelThread) -> None:
-        """Load and unload adapters through ``on_model_thread`` from now on."""
-        self._on_model_thread = on_model_thread
 
     @property
     def enabled(self) -> bool:
@@ -78,8 +69,8 @@ class LoRARegistry:
                                 f"--max-loras ({self.options.max_loras}) allows. Unload one "
                                 "(/v1/unload_lora_adapter) or raise --max-loras.")
             config = AdapterConfig.load(request.lora_path)
-            self._on_model_thread(lambda: self._model.load(
-                request.lora_int_id, config, self.options.max_lora_rank, request.lora_name))
+            self._model.load(request.lora_int_id, config, self.options.max_lora_rank,
+                             request.lora_name)
             self._by_name[request.lora_name] = request
 
     def load(self, name: str, path: str, replace: bool = False) -> LoRARequest:
@@ -92,10 +83,9 @@ class LoRARegistry:
                 self.add(request)
                 return request
             config = AdapterConfig.load(path)
-            self._on_model_thread(lambda: self._model.load(
-                request.lora_int_id, config, self.options.max_lora_rank, name))
+            self._model.load(request.lora_int_id, config, self.options.max_lora_rank, name)
             self._by_name[name] = request
-            self._on_model_thread(lambda: self._model.unload(old.lora_int_id))
+            self._model.unload(old.lora_int_id)
             return request
 
     def remove(self, name: str) -> None:
@@ -106,7 +96,7 @@ class LoRARegistry:
             request = self._by_name.pop(name, None)
             if request is None:
                 raise LoRANotFoundError(f"The lora adapter '{name}' cannot be found.")
-            self._on_model_thread(lambda: self._model.unload(request.lora_int_id))
+            self._model.unload(request.lora_int_id)
 
     def resolve(self, request: LoRARequest) -> int:
         """An offline request's adapter id, loading it on first use (as vLLM does)."""

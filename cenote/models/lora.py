@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -133,6 +134,9 @@ class ModelAdapters:
         self.rows = LoRARows()
         self.linears = {name: m for name, m in model.named_modules() if isinstance(m, Linear)}
         self.loaded: set[int] = set()
+        # Held while a batch with adapters runs: loads and unloads (from other threads)
+        # attach and detach weights between batches.
+        self._lock = threading.Lock()
 
     def load(self, adapter_id: int, config: AdapterConfig, max_rank: int,
              name: str = "") -> None:
@@ -152,18 +156,20 @@ class ModelAdapters:
         pairs, names = self._pairs(tensors, config, shown)
         fused = {target: self._fuse(target, parts, names[target], config, shown)
                  for target, parts in pairs.items()}
-        for target, pair in fused.items():  # every check passed: attach
-            linear = self.linears[target]
-            if linear.lora is None:
-                linear.lora = LinearLoRA(self.rows)
-            linear.lora.adapters[adapter_id] = pair
-        self.loaded.add(adapter_id)
+        with self._lock:
+            for target, pair in fused.items():  # every check passed: attach
+                linear = self.linears[target]
+                if linear.lora is None:
+                    linear.lora = LinearLoRA(self.rows)
+                linear.lora.adapters[adapter_id] = pair
+            self.loaded.add(adapter_id)
 
     def unload(self, adapter_id: int) -> None:
-        for linear in self.linears.values():
-            if linear.lora is not None:
-                linear.lora.adapters.pop(adapter_id, None)
-        self.loaded.discard(adapter_id)
+        with self._lock:
+            for linear in self.linears.values():
+                if linear.lora is not None:
+                    linear.lora.adapters.pop(adapter_id, None)
+            self.loaded.discard(adapter_id)
 
     def _mismatch(self, shown: str, config: AdapterConfig, detail: str) -> LoRAError:
         base = config.base_model_name_or_path or "an unnamed base model"
@@ -256,12 +262,13 @@ class ModelAdapters:
     def active(self, adapter_ids: Sequence[int], batch: PackedBatch) -> Iterator[None]:
         """Within: the linears add each sequence's adapter (``adapter_ids[i]`` for
         sequence i, 0 for none) to its rows of ``batch``."""
-        self.rows.groups = adapter_groups(adapter_ids, batch, self.loaded)
-        self.rows.num_rows = batch.num_rows
-        try:
-            yield
-        finally:
-            self.rows.groups = None
+        with self._lock:
+            self.rows.groups = adapter_groups(adapter_ids, batch, self.loaded)
+            self.rows.num_rows = batch.num_rows
+            try:
+                yield
+            finally:
+                self.rows.groups = None
 
 
 def _same_name(base: str | None, served: str) -> bool:
