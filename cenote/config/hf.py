@@ -49,6 +49,15 @@ def is_vision_language(hf_config: Any) -> bool:
     return architecture_of(hf_config) in VISION_LANGUAGE_ARCHITECTURES
 
 
+# Visual document retrievers: one vector per token or image patch, scored by MaxSim.
+VISUAL_RETRIEVERS = frozenset({"ColQwen2ForRetrieval"})
+
+
+def is_visual_retriever(hf_config: Any) -> bool:
+    """ColQwen2 (its ``vlm_config`` a Qwen2-VL model): token_embed over text and images."""
+    return architecture_of(hf_config) in VISUAL_RETRIEVERS
+
+
 def architecture_of(hf_config: Any) -> str:
     archs = getattr(hf_config, "architectures", None) or []
     if archs:

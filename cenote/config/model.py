@@ -24,6 +24,7 @@ from cenote.config.hf import (
     is_bidirectional,
     is_dual_encoder,
     is_vision_language,
+    is_visual_retriever,
     set_reward_head_labels,
 )
 from cenote.config.hub import ModelNotFoundError, resolve_model_path, transformer_folder
@@ -396,4 +397,6 @@ class ModelConfig:
         """What inputs the model embeds: text; images (dual encoders); and videos (VLMs)."""
         if is_vision_language(self.hf_config):
             return ("text", "image", "video")
+        if is_visual_retriever(self.hf_config):
+            return ("text", "image")
         return ("text", "image") if is_dual_encoder(self.hf_config) else ("text",)

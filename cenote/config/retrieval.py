@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cenote.compat.vllm import ARCHITECTURE_LAYOUTS
+from cenote.config.hf import VISUAL_RETRIEVERS
 from cenote.config.hub import read_json, read_json_list
 from cenote.config.sentence_transformers import is_token_level_dense
 
@@ -90,6 +91,8 @@ def read_retrieval_config(path: Path, architecture: str = "") -> RetrievalConfig
     if (saved.get("model_type") in ("MultiVectorEncoder", "ColBERT")
             or any(k.endswith("MultiVectorMask") or k.startswith("pylate.") for k in kinds)):
         return RetrievalConfig(late_interaction=_colbert(path, modules, saved), dense=False)
+    if architecture in VISUAL_RETRIEVERS:  # ColQwen2: its projection is in the model
+        return RetrievalConfig(late_interaction=LateInteractionConfig(), dense=False)
     layout = ARCHITECTURE_LAYOUTS.get(architecture)
     if layout == "splade":  # SpladePooling's defaults: max over tokens, relu
         return RetrievalConfig(sparse=SparseConfig(kind="splade"), dense=False)

@@ -19,6 +19,7 @@ from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, distinct
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.chunking import Merge, split_into_chunks
+from cenote.inputs.colpali import visual_retrieval_inputs
 from cenote.inputs.instructions import instruction
 from cenote.inputs.late_interaction import LateInteractionInputs, kept_rows
 from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_image_prompt
@@ -61,9 +62,12 @@ class PoolingEngine:
         self.loras.load_modules()
         self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}
-        self.images = image_inputs(config, self.tokenizer)  # None: a text-only model
+        # ColQwen2's processor makes its queries, documents and image inputs.
+        visual = visual_retrieval_inputs(config.path, config.hf_config, self.tokenizer)
         late = config.retrieval.late_interaction
-        self.late = LateInteractionInputs(late, self.tokenizer) if late is not None else None
+        self.images = visual or image_inputs(config, self.tokenizer)  # None: text only
+        self.late = visual or (LateInteractionInputs(late, self.tokenizer)
+                               if late is not None else None)
         # With quantization="int8": its cosine to the float model's outputs, measured now
         # (last: the calibration texts are prepared as any request's).
         self.int8_accuracy: Int8Accuracy | None = None

@@ -48,6 +48,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     **{architecture: "cenote.models.decoder:DecoderModel"
        for architecture in BIDIRECTIONAL_DECODERS},
     "Qwen2VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2VLEmbedder",
+    "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
 }
 
 

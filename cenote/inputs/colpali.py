@@ -1,0 +1,120 @@
+"""Queries and documents of visual document retrievers (ColQwen2), made as transformers'
+``ColQwen2Processor`` makes them:
+
+- a text query is ``query_prefix + text + pad_token * 10 + "\\n"`` (``process_queries``:
+  "Query: ", then ten augmentation tokens);
+- an image is ``visual_prompt_prefix`` (``<|im_start|>user\\n<|vision_start|><|image_pad|>
+  <|vision_end|>Describe the image.<|im_end|><|endoftext|>``) with its placeholder
+  expanded to the image's vision tokens (``process_images``).
+
+A text document (the processor has no document form for text) and a plain
+``token_embed`` text are tokenised as they are, as for ColBERT in cenote; ask for the
+query form with ``embedding_mode="query"``. Images may be queries as well as documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cenote.config.hf import is_visual_retriever
+from cenote.config.hub import read_json
+from cenote.exceptions import VLLMValidationError
+from cenote.inputs.prompts import SequenceInput, is_image_prompt
+from cenote.inputs.tokenizer import Tokenizer
+from cenote.inputs.vision_language import VisionLanguageProcessor
+from cenote.params import PoolingParams
+
+_VISUAL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the "
+                  "image.<|im_end|><|endoftext|>")
+_QUERY_PREFIX = "Query: "
+_AUGMENTATION_TOKENS = 10
+
+
+def visual_retrieval_inputs(path: Path, hf_config: Any, tokenizer: Tokenizer
+                            ) -> VisualRetrievalInputs | None:
+    """The queries and documents of a visual retriever, None for other models."""
+    return VisualRetrievalInputs(path, hf_config, tokenizer) if is_visual_retriever(
+        hf_config) else None
+
+
+class VisualRetrievalInputs:
+    """ColQwen2's processor: the Qwen2-VL image processor of its ``vlm_config``, and the
+    query and image prompts of its ``processor_config.json`` (transformers' defaults
+    where it names none)."""
+
+    def __init__(self, path: Path, hf_config: Any, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.vision = VisionLanguageProcessor(path, hf_config.vlm_config, tokenizer)
+        saved = read_json(Path(path) / "processor_config.json")
+        self.visual_prompt = saved.get("visual_prompt_prefix") or _VISUAL_PROMPT
+        self.query_prefix = saved.get("query_prefix") or _QUERY_PREFIX
+        pad = tokenizer.hf.pad_token
+        if pad is None:
+            raise ValueError("ColQwen2's queries end in padding tokens; this tokenizer has no "
+                             "pad token.")
+        self.query_suffix = pad * _AUGMENTATION_TOKENS + "\n"
+
+    def prepare(self, items: Sequence[Any], params: PoolingParams, query: bool
+                ) -> list[SequenceInput]:
+        """Texts and image prompts as queries (``query``) or documents, as the processor
+        makes them."""
+        return [self._record(item, params, query) for item in items]
+
+    def prepare_each(self, prompts: Sequence[Any], params: Sequence[PoolingParams],
+                     query: bool) -> list[SequenceInput]:
+        """Prompts read as queries or documents on request (``embedding_mode``)."""
+        for i, prompt in enumerate(prompts):
+            if not (isinstance(prompt, str) or is_image_prompt(prompt)):
+                raise VLLMValidationError("embedding_mode takes text or image prompts; "
+                                          "token prompts are not supported.",
+                                          parameter="input")
+            if prompt == "":
+                raise ValueError(f"Prompt {i} is an empty string; it has nothing to encode.")
+        return [self._record(prompt, p, query)
+                for prompt, p in zip(prompts, params, strict=True)]
+
+    def documents(self, seqs: Sequence[SequenceInput]) -> list[SequenceInput]:
+        """Plain text records, as they are (no token is left out of ColQwen2's vectors)."""
+        return list(seqs)
+
+    def records(self, prompts: Sequence[Any], pooling_task: str, params: list[PoolingParams],
+                add_special_tokens: bool = True) -> list[SequenceInput]:
+        """Image prompts: without text, the processor's image prompt; with text, that text
+        (its ``<|image_pad|>`` placeholders expanded)."""
+        out = []
+        for prompt, p in zip(prompts, params, strict=True):
+            if prompt.get("prompt"):
+                out += self.vision.records([prompt], pooling_task, [p], add_special_tokens)
+            else:
+                out.append(self._record(prompt, p, query=False))
+        return out
+
+    def _record(self, item: Any, params: PoolingParams, query: bool) -> SequenceInput:
+        if is_image_prompt(item):
+            if item.get("prompt"):
+                raise ValueError("A ColQwen2 image input is the image alone (the processor "
+                                 "writes its prompt); send text as an input of its own.")
+            data = item["multi_modal_data"]
+            if "video" in data:
+                raise ValueError("ColQwen2 embeds text and images, not videos.")
+            images = data["image"] if isinstance(data["image"], (list, tuple)) else [data["image"]]
+            if len(images) != 1:
+                raise ValueError(f"A ColQwen2 image input holds one image, not {len(images)}.")
+            text, mm = self.vision.process(self.visual_prompt, images, [],
+                                           item.get("mm_processor_kwargs"))
+            ids = self.tokenizer.encode_prompts([text])[0].token_ids
+            return SequenceInput(ids, None, params, multimodal=mm)
+        if isinstance(item, dict) and "prompt_token_ids" in item:
+            raise TypeError("Scoring takes texts and images; token-id prompts are not "
+                            "supported here.")
+        if not isinstance(item, str):
+            raise TypeError(f"A score input must be a text or an image prompt, not "
+                            f"{type(item).__name__}.")
+        text = self.query_prefix + item + self.query_suffix if query else item
+        tokenized = self.tokenizer.encode_prompts([text],
+                                                  self.tokenizer.resolve_truncation(
+                                                      params.truncate_prompt_tokens,
+                                                      params.truncation_side))
+        return SequenceInput(tokenized[0].token_ids, None, params)

@@ -1,0 +1,75 @@
+"""Visual document retrievers (ColQwen2, and ColQwen2.5 where the backbone is Qwen2-VL
+shaped): one vector per token or image patch, scored against each other by MaxSim.
+
+``ColQwen2ForRetrieval`` (transformers' class) is a Qwen2-VL model whose last hidden
+states go through ``embedding_proj_layer`` and are normalised (the pooler normalises
+``token_embed`` rows). The vision tower is transformers' own, the language model
+cenote's packed decoder (:class:`~cenote.models.qwen2_vl.Qwen2VLEmbedder`).
+
+Positions: transformers' ``ColQwen2ForRetrieval.forward`` hands the VLM only
+``inputs_embeds`` (no ``image_grid_thw``), so its language model numbers every token
+1-D, vision tokens included, with no multimodal rotary positions; cenote does the same,
+for parity with that class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cenote.models.batch import PackedBatch
+from cenote.models.qwen2_vl import Qwen2VLEmbedder
+
+# transformers 5 saves ``vlm.visual.*`` / ``vlm.language_model.*``; older conversions
+# ``vlm.model.visual.*`` / ``vlm.model.language_model.*`` (and an unused ``vlm.lm_head``).
+_VLM_PREFIX = re.compile(r"^vlm\.(model\.)?")
+
+
+class ColQwen2Embedder(Qwen2VLEmbedder):
+    """``ColQwen2ForRetrieval``: the projected last hidden state of every token."""
+
+    computes_pooled_rows_only = False
+
+    def __init__(self, config: Any, task: str) -> None:
+        if task != "embed":
+            raise ValueError(f"ColQwen2ForRetrieval is a retrieval embedder (token_embed); "
+                             f"task {task!r} does not apply to it.")
+        super().__init__(config.vlm_config, task)
+        hidden = config.vlm_config.text_config.hidden_size
+        self.embedding_proj_layer = nn.Linear(hidden, config.embedding_dim)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.language.embed_tokens(batch.input_ids)
+        found = [(r.pixel_values, r.image_grid_thw) for r in batch.multimodal or ()
+                 if r is not None and r.pixel_values is not None]
+        if found:
+            features = self.vision_features(torch.cat([p for p, _ in found]),
+                                            torch.cat([g for _, g in found]))
+            rows = (batch.input_ids[:batch.num_tokens] == self.image_token_id).nonzero()
+            if len(rows) != len(features):
+                raise ValueError(f"{len(rows)} image placeholder tokens for "
+                                 f"{len(features)} vision tokens.")
+            x = x.index_copy(0, rows.squeeze(1), features.to(x.dtype))
+        hidden = self.language(batch, inputs_embeds=x)
+        return self.embedding_proj_layer(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """``embedding_proj_layer.*`` here, the VLM's tensors (``vlm.*``) as a Qwen2-VL
+        checkpoint names them for :meth:`Qwen2VLEmbedder.load_weights`."""
+        projection: dict[str, torch.Tensor] = {}
+
+        def backbone() -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                if name.startswith("embedding_proj_layer."):
+                    projection[name.removeprefix("embedding_proj_layer.")] = tensor
+                elif name.startswith("vlm.lm_head."):
+                    continue
+                else:
+                    yield "model." + _VLM_PREFIX.sub("", name), tensor
+
+        super().load_weights(backbone())
+        self.embedding_proj_layer.load_state_dict(projection, strict=True)

@@ -1,0 +1,105 @@
+"""Visual document retrievers (ColQwen2): one vector per token or image patch, parity with
+transformers' ColQwen2ForRetrieval fed by its own ColQwen2Processor on a tiny random
+checkpoint, and MaxSim scoring of text queries against image documents (and back)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cenote import LLM, PoolingParams
+from tests.colpali_factories import build_tiny_colqwen2
+
+
+@pytest.fixture(scope="module")
+def colqwen2(tmp_path_factory):
+    return build_tiny_colqwen2(tmp_path_factory.mktemp("colqwen2"))
+
+
+@pytest.fixture(scope="module")
+def llm(colqwen2):
+    return LLM(str(colqwen2), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference(colqwen2):
+    from transformers import ColQwen2ForRetrieval, ColQwen2Processor
+
+    model = ColQwen2ForRetrieval.from_pretrained(colqwen2, dtype=torch.float32).eval()
+    return model, ColQwen2Processor.from_pretrained(colqwen2)
+
+
+def page(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def image_prompt(image: Image.Image) -> dict:
+    return {"prompt": "", "multi_modal_data": {"image": image}}
+
+
+def transformers_vectors(reference, *, images=None, queries=None) -> list[torch.Tensor]:
+    """Each input's vectors from transformers (one at a time: no padding rows)."""
+    model, processor = reference
+    out = []
+    for item in images or queries:
+        batch = (processor.process_images(images=[item]) if images
+                 else processor.process_queries(text=[item]))
+        with torch.no_grad():
+            out.append(model(**batch).embeddings[0])
+    return out
+
+
+def test_image_and_query_vectors_match_transformers(llm, reference):
+    pages = [page(56, 84, 0), page(112, 56, 1)]
+    queries = ["what is the revenue?", "a chart"]
+    ours = llm.encode([image_prompt(p) for p in pages], pooling_task="token_embed")
+    ours += llm.encode(queries, pooling_task="token_embed",
+                       pooling_params=PoolingParams(embedding_mode="query"))
+    theirs = (transformers_vectors(reference, images=pages)
+              + transformers_vectors(reference, queries=queries))
+    for o, t in zip(ours, theirs, strict=True):
+        assert o.outputs.data.shape == t.shape
+        torch.testing.assert_close(o.outputs.data, t, atol=2e-5, rtol=1e-4)
+
+
+def test_score_text_queries_against_page_images_is_maxsim(llm, reference):
+    model, processor = reference
+    pages = [page(56, 56, 2), page(84, 56, 3), page(56, 112, 4)]
+    query = "quarterly results table"
+    scores = [o.outputs.score for o in llm.score(query, [image_prompt(p) for p in pages])]
+    q = processor.process_queries(text=[query])
+    with torch.no_grad():
+        q_vectors = model(**q).embeddings
+        expected = [processor.score_retrieval(q_vectors,
+                                              transformers_vectors(reference, images=[p]))
+                    .item() for p in pages]
+    assert scores == pytest.approx(expected, rel=1e-4)
+
+
+def test_image_query_against_text_documents(llm):
+    image = page(56, 56, 5)
+    documents = ["first document", "second one"]
+    scores = [o.outputs.score for o in llm.score(image_prompt(image), documents)]
+    query = llm.encode([image_prompt(image)], pooling_task="token_embed")[0].outputs.data
+    docs = llm.encode(documents, pooling_task="token_embed")
+    expected = [(query @ d.outputs.data.T).amax(dim=1).sum().item() for d in docs]
+    assert scores == pytest.approx(expected, rel=1e-5)
+
+
+def test_rerank_orders_pages_by_maxsim(llm):
+    pages = [page(56, 56, s) for s in range(6, 10)]
+    scores = [o.outputs.score for o in llm.score("a query", [image_prompt(p) for p in pages])]
+    assert len(set(scores)) == len(scores)
+
+
+def test_refusals(llm):
+    with pytest.raises(ValueError, match="one image"):
+        llm.score("q", [{"prompt": "", "multi_modal_data": {"image": [page(56, 56, 0)] * 2}}])
+    with pytest.raises(ValueError, match="not videos"):
+        llm.score("q", [{"prompt": "", "multi_modal_data": {"video": [np.zeros((2, 56, 56, 3),
+                                                                              np.uint8)]}}])
+    with pytest.raises(Exception, match="not supported"):
+        llm.encode(["a text"], pooling_task="embed")
