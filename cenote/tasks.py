@@ -98,6 +98,6 @@ def supported_pooling_tasks(model_task: str, num_labels: int, *, dense: bool = T
         tasks.append("token_embed")
     if sparse is not None:
         tasks.append("embed_sparse")
-    if sparse == "lexical":
-        tasks.append("token_classify")  # BGE-M3's weight per token
+    if sparse == "lexical" or token_head:
+        tasks.append("token_classify")  # BGE-M3's weight per token, a masked-LM head
     return tuple(tasks)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from cenote import LLM
+from cenote import LLM, PoolingParams
 
 TEXT = "The capital of France is Paris."
 
@@ -49,3 +49,60 @@ def test_bge_m3_token_classify_is_one_weight_per_token_without_bos_and_eos(bge_m
     # A token-id prompt that does not start with BOS keeps its first row.
     (cut,) = llm.encode({"prompt_token_ids": ids[1:]}, pooling_task="token_classify")
     assert cut.outputs.data.shape == (len(ids) - 2,)
+
+
+# ---- *ForTokenClassification and BertForMaskedLM: token_classify by default ---------
+
+SENTENCES = ["Angela Merkel visited Paris in May.", "The transformer reads every token."]
+ENCODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128, max_position_embeddings=160, type_vocab_size=2)
+
+
+def hf_token_probs(path, auto_cls: str, text: str) -> torch.Tensor:
+    import transformers
+
+    model = getattr(transformers, auto_cls).from_pretrained(path).eval()
+    ids = transformers.AutoTokenizer.from_pretrained(path)(text, return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits[0].softmax(-1)
+
+
+@pytest.mark.parametrize("config_class, architecture, extra", [
+    ("BertConfig", "BertForTokenClassification", {}),
+    ("XLMRobertaConfig", "XLMRobertaForTokenClassification", {"pad_token_id": 1}),
+])
+def test_a_token_classifier_serves_token_classify_like_transformers(
+        minilm_path, tmp_path, config_class, architecture, extra):
+    from tests.factories import build_tiny_transformers_model
+
+    path = build_tiny_transformers_model(minilm_path, tmp_path / "ner", config_class,
+                                         architecture, num_labels=5, **ENCODER, **extra)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.model_config.supported_pooling_tasks == ("encode", "token_classify")
+    outs = llm.encode(SENTENCES, pooling_task="token_classify")
+    for text, out in zip(SENTENCES, outs, strict=True):
+        expected = hf_token_probs(path, "AutoModelForTokenClassification", text)
+        assert out.outputs.data.shape == expected.shape  # [num_tokens, num_labels]
+        assert torch.allclose(out.outputs.data, expected, atol=1e-5)
+    (raw,) = llm.encode(SENTENCES[0], PoolingParams(use_activation=False),
+                        pooling_task="token_classify")
+    assert torch.allclose(raw.outputs.data.softmax(-1), outs[0].outputs.data, atol=1e-5)
+
+
+def test_a_bert_masked_lm_serves_its_head_as_token_classify_and_still_embeds(
+        minilm_path, tmp_path):
+    from tests.factories import build_tiny_transformers_model
+
+    path = build_tiny_transformers_model(minilm_path, tmp_path / "mlm", "BertConfig",
+                                         "BertForMaskedLM", **ENCODER)
+    llm = LLM(str(path), dtype="float32")
+    assert "token_classify" in llm.model_config.supported_pooling_tasks
+    (out,) = llm.encode(SENTENCES[0], pooling_task="token_classify")
+    expected = hf_token_probs(path, "AutoModelForMaskedLM", SENTENCES[0])
+    assert out.outputs.data.shape == expected.shape  # a distribution over the vocabulary
+    assert torch.equal(out.outputs.data.argmax(-1), expected.argmax(-1))
+    assert torch.allclose(out.outputs.data, expected, atol=1e-5)
+    (embedding,) = llm.embed(SENTENCES[0])  # cenote's: the body still embeds
+    assert len(embedding.outputs.embedding) == 64
+    (tokens,) = llm.encode(SENTENCES[0], pooling_task="encode")
+    assert tokens.outputs.data.shape[-1] == 64  # encode: hidden states, not vocabulary

@@ -46,6 +46,7 @@ from cenote.config.static import (
     static_pooling,
 )
 from cenote.machine import cpu_has_native_bf16
+from cenote.config.token_classification import has_token_classify_head, is_token_classifier
 from cenote.tasks import MODEL_TASKS, supported_pooling_tasks
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_enc
         return "embed"
     if architecture.endswith("ForSequenceClassification"):
         return "classify"
-    if architecture.endswith("RewardModel"):
+    if architecture.endswith("RewardModel") or is_token_classifier(architecture):
         return "reward"
     if architecture.endswith("ForCausalLM") or architecture.endswith("LMHeadModel"):
         if pooling_runner:
@@ -330,7 +331,7 @@ class ModelConfig:
             self.task, self.num_labels, dense=retrieval.dense,
             multi_vector=retrieval.late_interaction is not None,
             sparse=retrieval.sparse.kind if retrieval.sparse else None,
-            token_head=self.architecture.endswith(("ForRewardModel", "ForProcessRewardModel")))
+            token_head=has_token_classify_head(self))
 
     def task_pooler(self, pooling_task: str) -> TaskPooler:
         """The default pooler of ``pooling_task`` with every config layer applied."""

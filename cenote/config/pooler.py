@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from cenote.config.hf import config_pooling_type
+from cenote.config.token_classification import softmax_by_default
 from cenote.exceptions import VLLMValidationError
 from cenote.params import PoolingParams, one_activation
 from cenote.tasks import OWN_POOLING_TASK, pooling_task
@@ -206,6 +207,8 @@ def task_pooler(config: ModelConfig, task_name: str) -> TaskPooler:
         if (task_name == "encode" and config.task == "reward"
                 and config.architecture.endswith("ForProcessRewardModel")):
             pooling_type = PoolingType.STEP  # a process reward model scores the steps (vLLM)
+        if task_name == "token_classify" and softmax_by_default(config):
+            defaults.activation = True  # token classifiers, masked-LM heads (vLLM)
     elif task_name == "embed" and config.st_config is not None:
         pooling_type = config.st_config.pooling_type or pooling_type
         defaults.normalize = config.st_config.normalize

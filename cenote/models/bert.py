@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cenote.config.hf import position_offset
+from cenote.config.token_classification import is_token_classifier
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import LayerNorm, packed_qkv_attention, pooled_query_attention
@@ -181,6 +182,10 @@ class BertFamilyModel(PoolingModel):
                 self.classifier = BertClassifierHead(config)
             else:
                 self.classifier = RobertaClassifierHead(config)
+        elif task == "reward" and is_token_classifier(
+                (getattr(config, "architectures", None) or [""])[0]):
+            # *ForTokenClassification: its classifier on every token (token_classify).
+            self.token_head = nn.Linear(config.hidden_size, config.num_labels)
 
     def use_vocab_head(self) -> None:
         """Load the checkpoint's masked-LM head too (SPLADE reads its logits)."""
@@ -202,6 +207,9 @@ class BertFamilyModel(PoolingModel):
                 if name.startswith(prefix):
                     name = name[len(prefix):]
                     break
+            if self.token_head is not None and name.startswith("classifier."):
+                loader.assign("token_head." + name.removeprefix("classifier."), tensor)
+                continue
             if name.startswith("classifier.") or name.startswith("pooler."):
                 # Only BERT's classifier uses its pooler; an embedder uses neither.
                 if self.classifier is None or (

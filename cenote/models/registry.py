@@ -20,6 +20,7 @@ from cenote.config.hf import (
 from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
 from cenote.config.static import STATIC_MODEL_TYPE
+from cenote.config.token_classification import serves_masked_lm_head
 from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import settle_cpu_attention
@@ -138,7 +139,8 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
             method, tokens = head_from_tokens
             model.use_head_from_tokens(method, vocabulary.vocab_ids(tokens))
         sparse = config.retrieval.sparse
-        if sparse is not None and sparse.kind == "splade" and cls.builds_vocab_head:
+        if (sparse is not None and sparse.kind == "splade"
+                or serves_masked_lm_head(config)) and cls.builds_vocab_head:
             model.use_vocab_head()
         load_native_weights(model, config)
     model = model.to(device=config.device, dtype=config.dtype).eval()
@@ -216,6 +218,8 @@ def load_head_weights(config: ModelConfig, model: PoolingModel,
     hidden = getattr(config.hf_config, "hidden_size", None)
     late, sparse = config.retrieval.late_interaction, config.retrieval.sparse
     if late is not None:
+    if serves_masked_lm_head(config):
+        weights.token_classifier = model.vocab_head  # vLLM's BertForMaskedLM token_classify
         weights.drop_first_token = late.drop_first_token
         if late.projection is not None:
             weights.token_projection = load_linear(late.projection, hidden, late.projection_bias)

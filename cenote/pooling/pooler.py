@@ -26,7 +26,8 @@ class HeadWeights:
     API), ``token_projection`` (late interaction's per-token projection; with
     ``drop_first_token``, BGE-M3 leaves [CLS] out), ``sparse`` (the embed_sparse head),
     ``token_bounds`` (BGE-M3's token_classify: the BOS and EOS ids whose rows it drops,
-    one weight per token)."""
+    one weight per token), ``token_classifier`` (token_classify's head where it is not
+    ``token_head``: a masked-LM head, whose vocabulary logits encode does not give)."""
 
     dense: nn.Module | None = None
     classifier: nn.Module | None = None
@@ -36,10 +37,12 @@ class HeadWeights:
     drop_first_token: bool = False
     sparse: SparseHead | None = None
     token_bounds: tuple[int | None, int | None] | None = None
+    token_classifier: nn.Module | None = None
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.dense, self.classifier, self.token_head,
-                            self.token_projection, self.sparse) if m is not None]
+                            self.token_projection, self.sparse, self.token_classifier)
+                if m is not None]
 
 
 class Pooler(nn.Module):
@@ -68,7 +71,8 @@ class Pooler(nn.Module):
             "token_embed": lambda: TokenEmbedHead(weights.token_projection,
                                                   weights.drop_first_token),
             # A sequence classifier's token_classify: its classifier on every token (vLLM).
-            "token_classify": lambda: TokenClassifyHead(weights.token_head
+            "token_classify": lambda: TokenClassifyHead(weights.token_classifier
+                                                        or weights.token_head
                                                         or weights.classifier,
                                                         weights.token_bounds),
             "embed_sparse": lambda: weights.sparse,

@@ -63,11 +63,10 @@ class TokenClassifyHead(nn.Module):
     def forward(self, pooled: list[torch.Tensor], meta: PoolingMetadata,
                 params: Sequence[PoolingParams]) -> list[torch.Tensor]:
         rows = as_float_rows(apply_to_rows(self.token_head, pooled))
-        rows = [torch.softmax(r, dim=-1) if p.activation else r
-                for r, p in zip(rows, params, strict=True)]
         if self.bounds is None:
-            return rows
-        bos, eos = self.bounds
+            return [torch.softmax(r, dim=-1) if p.activation else r
+                    for r, p in zip(rows, params, strict=True)]
+        bos, eos = self.bounds  # BGE-M3's head ends in its own activation (relu)
         out = []
         for r, ids in zip(rows, meta.input_ids.split(meta.seq_lens), strict=True):
             start = 1 if len(ids) and int(ids[0]) == bos else 0

@@ -1,0 +1,46 @@
+"""Which checkpoints serve token_classify from a head of their own, as vLLM 0.34 does:
+``*ForTokenClassification`` (a classifier on every token: NER and the like) and the BERT
+family's raw ``*ForMaskedLM`` folders (the masked-LM head, a distribution over the
+vocabulary per token). Both answer softmax probabilities by default, as vLLM does."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cenote.config.model import ModelConfig
+
+TOKEN_CLASSIFIER_SUFFIX = "ForTokenClassification"
+REWARD_SUFFIXES = ("ForRewardModel", "ForProcessRewardModel")
+# Masked-LM checkpoints whose head cenote runs natively (BERT family); vLLM serves
+# BertForMaskedLM's head as token_classify.
+MASKED_LM_ARCHITECTURES = frozenset({"BertForMaskedLM", "RobertaForMaskedLM",
+                                     "XLMRobertaForMaskedLM"})
+
+
+def is_token_classifier(architecture: str) -> bool:
+    """A ``*ForTokenClassification`` checkpoint: served as a per-token model (task
+    reward, pooling task token_classify), its classifier applied to every token."""
+    return architecture.endswith(TOKEN_CLASSIFIER_SUFFIX)
+
+
+def serves_masked_lm_head(config: ModelConfig) -> bool:
+    """A raw BERT-family masked-LM folder embedding with its body (cenote's) whose
+    token_classify is its masked-LM head (vLLM's). Not a Sentence-Transformers folder
+    (which saves the body only) nor a SPLADE model (whose head makes sparse vectors)."""
+    return (config.task == "embed" and config.architecture in MASKED_LM_ARCHITECTURES
+            and config.st_config is None and config.retrieval.sparse is None)
+
+
+def has_token_classify_head(config: ModelConfig) -> bool:
+    """Whether the model has a per-token head for token_classify: a reward model's, a
+    token classifier's, a raw masked-LM folder's."""
+    return serves_masked_lm_head(config) or config.task == "reward" and (
+        config.architecture.endswith(REWARD_SUFFIXES)
+        or is_token_classifier(config.architecture))
+
+
+def softmax_by_default(config: ModelConfig) -> bool:
+    """Whether token_classify applies softmax unless asked not to (vLLM's classifier
+    activation on these heads; a reward head's outputs stay raw)."""
+    return is_token_classifier(config.architecture) or serves_masked_lm_head(config)
