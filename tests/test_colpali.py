@@ -4,6 +4,9 @@ checkpoint, and MaxSim scoring of text queries against image documents (and back
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,12 +92,6 @@ def test_image_query_against_text_documents(llm):
     assert scores == pytest.approx(expected, rel=1e-5)
 
 
-def test_rerank_orders_pages_by_maxsim(llm):
-    pages = [page(56, 56, s) for s in range(6, 10)]
-    scores = [o.outputs.score for o in llm.score("a query", [image_prompt(p) for p in pages])]
-    assert len(set(scores)) == len(scores)
-
-
 def test_refusals(llm):
     with pytest.raises(ValueError, match="one image"):
         llm.score("q", [{"prompt": "", "multi_modal_data": {"image": [page(56, 56, 0)] * 2}}])
@@ -103,3 +100,22 @@ def test_refusals(llm):
                                                                               np.uint8)]}}])
     with pytest.raises(Exception, match="not supported"):
         llm.encode(["a text"], pooling_task="embed")
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (block,) = [b for b in blocks if "colqwen2" in b]
+    return block
+
+
+def test_readme_page_search_example_runs(colqwen2, tmp_path, monkeypatch, capsys):
+    (tmp_path / "pages").mkdir()
+    for i in range(4):
+        page(56 + 28 * i, 84, 10 + i).save(tmp_path / "pages" / f"p{i}.png")
+    monkeypatch.chdir(tmp_path)
+    exec(readme_example().replace("vidore/colqwen2-v1.0-hf", str(colqwen2)), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.split()[1].startswith("pages/p") for line in lines)
+    printed = [float(line.split()[0]) for line in lines]
+    assert printed == sorted(printed, reverse=True)

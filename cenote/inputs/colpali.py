@@ -56,6 +56,11 @@ class VisualRetrievalInputs:
                              "pad token.")
         self.query_suffix = pad * _AUGMENTATION_TOKENS + "\n"
 
+    @property
+    def min_image_pixels(self) -> int:
+        """What even a 1x1 image costs once pre-processed (it is scaled up to this)."""
+        return int(self.vision.images.size["shortest_edge"])
+
     def prepare(self, items: Sequence[Any], params: PoolingParams, query: bool
                 ) -> list[SequenceInput]:
         """Texts and image prompts as queries (``query``) or documents, as the processor
