@@ -148,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "past it, image requests wait for others to finish, then 429. "
                             "At least --max-mm-pixels-per-request.")
     serve.add_argument("--limit-mm-per-prompt", type=_json_object, default=None, metavar="JSON",
-                       help="Images per prompt, e.g. '{\"image\": 1}' (the default).")
+                       help="Images and videos per prompt, e.g. '{\"image\": 4, \"video\": 1}'. "
+                            "Default: 1 image for a dual encoder; 16 images, 2 videos for a "
+                            "vision-language model.")
+    serve.add_argument("--max-video-frames", type=_positive_int, default=1024, metavar="N",
+                       help="Videos with more frames are refused (read from the container's "
+                            "header before decoding).")
+    serve.add_argument("--max-video-seconds", type=float, default=600.0, metavar="S",
+                       help="Videos longer than this are refused (from the header).")
     adapters = serve.add_argument_group("LoRA adapters (docs/adapters.md)")
     adapters.add_argument("--enable-lora", action="store_true",
                           help="Serve LoRA adapters on the (first) model: a request's 'model' "

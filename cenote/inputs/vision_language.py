@@ -26,7 +26,7 @@ from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput
 from cenote.inputs.tokenizer import Tokenizer
-from cenote.inputs.video import as_frames
+from cenote.inputs.video import EncodedVideo, as_frames, sample_frame_indices
 from cenote.params import PoolingParams
 
 # mm_processor_kwargs a request may set.
@@ -86,6 +86,25 @@ class VisionLanguageProcessor:
         self.image_token_id = hf_config.image_token_id
         self.video_token_id = hf_config.video_token_id
 
+    @property
+    def min_image_pixels(self) -> int:
+        """What even a 1x1 image costs once pre-processed (it is scaled up to this)."""
+        return int(self.images.size["shortest_edge"])
+
+    def decoded_frames(self, video: EncodedVideo, kwargs: dict[str, Any] | None) -> int:
+        """How many frames of ``video`` its pre-processing decodes (sampled as
+        :meth:`process` samples them): what it costs in decoded pixels, per frame size."""
+        fps, num_frames = self._sampling(kwargs or {})
+        return len(sample_frame_indices(video.frames, video.fps, fps=fps, num_frames=num_frames,
+                                        temporal_patch_size=self.temporal_patch_size))
+
+    def _sampling(self, kwargs: dict[str, Any]) -> tuple[float | None, int | None]:
+        """``(fps, num_frames)``: the request's, else the video processor's own fps."""
+        fps, num_frames = kwargs.get("fps"), kwargs.get("num_frames")
+        if fps is None and num_frames is None:
+            fps = self.video_fps
+        return fps, num_frames
+
     def render(self, hf_tokenizer: Any, messages: list[dict[str, Any]], **options: Any
                ) -> tuple[str, list[Any], list[Any]]:
         """``messages`` through the chat template, and their images and videos in order."""
@@ -141,9 +160,7 @@ class VisionLanguageProcessor:
         """A video's temporal patches: each frame through the image processor at the
         video's size, then consecutive frames paired as ``Qwen2VLVideoProcessor.patchify``
         pairs them (the last frame repeated to a whole pair)."""
-        fps, num_frames = kwargs.get("fps"), kwargs.get("num_frames")
-        if fps is None and num_frames is None:
-            fps = self.video_fps
+        fps, num_frames = self._sampling(kwargs)
         frames = as_frames(video, fps=fps, num_frames=num_frames,
                            temporal_patch_size=self.temporal_patch_size)
         tps = self.temporal_patch_size

@@ -18,7 +18,8 @@ from cenote.server.errors import ModelNotFoundError
 from cenote.server.guard import MediaBudget
 from cenote.server.media import MediaPolicy
 from cenote.server.metrics import ServerMetrics
-from cenote.server.protocol_chat import ChatFields, ImagePart, TextPart
+from cenote.server.multimodal import vision_language_prompt
+from cenote.server.protocol_chat import ChatFields, ChatMessage, ImagePart, TextPart, VideoPart
 
 
 @dataclass(frozen=True)
@@ -166,31 +167,43 @@ class ModelContext:
         """Whether the request's text gets the tokenizer's special tokens: as the request
         says (by default not for messages a chat template rendered: it writes them);
         a dual encoder's messages are not rendered, so they get them by default."""
-        if body.add_special_tokens is None and "image" in self.engine.config.modalities:
+        modalities = self.engine.config.modalities
+        if body.add_special_tokens is None and modalities == ("text", "image"):
             return True
         return body.special_tokens
 
     async def prompt_from_messages(self, body: ChatFields) -> Prompt:
         """A chat-form request's input: for a dual encoder (CLIP, SigLIP) its one image
-        or its text parts; for a text model its messages through the chat template."""
+        or its text parts; for a text model its messages through the chat template; for a
+        vision-language model both (its images and videos beside)."""
+        if "video" in self.engine.config.modalities:
+            return await vision_language_prompt(self, body.messages, body)
         if "image" not in self.engine.config.modalities:
             return await self.render_chat(body)
         return await self.prompt_from_parts(
             [part for message in body.messages for part in message.parts()])
 
-    async def prompt_from_parts(self, parts: list[TextPart | ImagePart]) -> Prompt:
+    async def prompt_from_parts(self, parts: list[TextPart | ImagePart | VideoPart]) -> Prompt:
         """Content parts as one input: an image (a model that takes images), or the text
-        parts joined."""
-        if "image" not in self.engine.config.modalities and any(
-                isinstance(part, ImagePart) for part in parts):
+        parts joined; for a vision-language model, one user message of them all."""
+        modalities = self.engine.config.modalities
+        if "video" in modalities:
+            return await vision_language_prompt(
+                self, [ChatMessage(role="user", content=list(parts))], None)
+        if "image" not in modalities and any(
+                isinstance(part, (ImagePart, VideoPart)) for part in parts):
             raise ValueError("This model takes text only; image inputs need a multi-modal "
-                             "model (CLIP, SigLIP).")
+                             "model (CLIP, SigLIP, Qwen2-VL).")
+        if any(isinstance(part, VideoPart) for part in parts):
+            raise ValueError("This model embeds texts and images, not videos; videos need a "
+                             "vision-language model (Qwen2-VL).")
         urls = [part.image_url.url for part in parts if isinstance(part, ImagePart)]
         texts = [part.text for part in parts if isinstance(part, TextPart)]
         media = self.server.media
-        if len(urls) > media.max_images_per_prompt:
+        most = media.limits(vision_language=False)[0]
+        if len(urls) > most:
             raise ValueError(f"{len(urls)} images in one prompt; this server takes at most "
-                             f"{media.max_images_per_prompt} (--limit-mm-per-prompt).")
+                             f"{most} (--limit-mm-per-prompt).")
         if urls and texts:
             raise ValueError("This model embeds a text or an image per input, not both: send "
                              "them as separate inputs.")
@@ -205,16 +218,20 @@ class ModelContext:
 
     async def render_chat(self, body: ChatFields) -> str:
         """A chat-form request's ``messages`` as the text the model reads."""
+        return await self.engine.render_chat([m.as_dict() for m in body.messages],
+                                             **self.template_options(body))
+
+    def template_options(self, body: ChatFields) -> dict[str, Any]:
+        """How the request's messages are rendered: its chat template (where the server
+        takes one from requests), the server's, or the tokenizer's; and its flags."""
         server = self.server
         if body.chat_template is not None and not server.trust_request_chat_template:
             raise ValueError("This server does not take chat templates in requests (start it "
                              "with --trust-request-chat-template to allow them).")
-        return await self.engine.render_chat(
-            [m.as_dict() for m in body.messages],
-            chat_template=body.chat_template or server.chat_template,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
-            chat_template_kwargs=body.chat_template_kwargs)
+        return {"chat_template": body.chat_template or server.chat_template,
+                "add_generation_prompt": body.add_generation_prompt,
+                "continue_final_message": body.continue_final_message,
+                "chat_template_kwargs": body.chat_template_kwargs}
 
 
 async def get_context(request: Request) -> ServerContext:

@@ -1,4 +1,4 @@
-"""Images named in requests: where they may come from, and fetching them.
+"""Images and videos named in requests: where they may come from, and fetching them.
 
 - ``data:image/...;base64,...`` always;
 - ``file://`` only under ``--allowed-local-media-path`` (no ``..`` or link escapes);
@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ import httpx
 from starlette.concurrency import run_in_threadpool
 
 from cenote.inputs.images import DEFAULT_MAX_IMAGE_PIXELS, EncodedImage, read_header
+from cenote.inputs.video import (
+    DEFAULT_MAX_VIDEO_FRAMES,
+    DEFAULT_MAX_VIDEO_SECONDS,
+    EncodedVideo,
+    read_video_header,
+)
 from cenote.server.guard import request_media
 
 logger = logging.getLogger(__name__)
@@ -52,25 +59,44 @@ class MediaPolicy:
     allowed_media_domains: frozenset[str] = field(default_factory=frozenset)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = 20 * 1024 * 1024
+    max_video_bytes: int = 200 * 1024 * 1024
     # The whole fetch of a remote image, however slowly its host sends it.
     fetch_timeout_s: float = 10.0
-    # Images per prompt (--limit-mm-per-prompt '{"image": N}').
-    max_images_per_prompt: int = 1
+    # Images and videos per prompt (--limit-mm-per-prompt '{"image": N, "video": M}');
+    # None: the model's default (a dual encoder embeds one image; a VLM reads several).
+    max_images_per_prompt: int | None = None
+    max_videos_per_prompt: int | None = None
+    # A video's frames and length, read from its container's header before decoding.
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
 
     @classmethod
     def from_flags(cls, args: Any) -> MediaPolicy:
         """The policy of ``cenote serve``'s media flags (``SystemExit`` for bad ones)."""
         limits = args.limit_mm_per_prompt or {}
-        images = limits.get("image", 1)
-        if set(limits) - {"image"} or isinstance(images, bool) or not isinstance(images, int) \
-                or images < 0:
-            raise SystemExit("--limit-mm-per-prompt takes '{\"image\": N}' with N >= 0.")
+        if set(limits) - {"image", "video"} or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in limits.values()):
+            raise SystemExit("--limit-mm-per-prompt takes '{\"image\": N, \"video\": M}' with "
+                             "N, M >= 0.")
         folder = args.allowed_local_media_path
         if folder is not None and not Path(folder).is_dir():
             raise SystemExit(f"--allowed-local-media-path {folder!r} is not a folder.")
         return cls(allowed_local_media_path=Path(folder) if folder else None,
                    allowed_media_domains=frozenset(d.lower() for d in args.allowed_media_domains),
-                   max_image_pixels=args.max_image_pixels, max_images_per_prompt=images)
+                   max_image_pixels=args.max_image_pixels,
+                   max_images_per_prompt=limits.get("image"),
+                   max_videos_per_prompt=limits.get("video"),
+                   max_video_frames=args.max_video_frames,
+                   max_video_seconds=args.max_video_seconds)
+
+    def limits(self, vision_language: bool) -> tuple[int, int]:
+        """Images and videos a prompt may hold: the flag's, else the model's default (a
+        dual encoder embeds one image and no video; a VLM reads up to 16 and 2)."""
+        default_images, default_videos = (16, 2) if vision_language else (1, 0)
+        return (default_images if self.max_images_per_prompt is None
+                else self.max_images_per_prompt,
+                default_videos if self.max_videos_per_prompt is None
+                else self.max_videos_per_prompt)
 
     async def image(self, url: str, min_pixels: int = 0) -> EncodedImage:
         """The image ``url`` names, its header checked and its pixels (at least
@@ -86,16 +112,33 @@ class MediaPolicy:
             await media.charge(max(image.pixels, min_pixels), len(data))
         return image
 
-    async def _bytes(self, url: str) -> bytes:
+    async def video(self, url: str, decoded_frames: Callable[[EncodedVideo], int]
+                    ) -> EncodedVideo:
+        """The video ``url`` names, its container header checked (frames, length, frame
+        size) and the pixels of the ``decoded_frames(video)`` frames it will decode
+        charged to the request's budget; ``ValueError`` for anything not allowed or not
+        a video. Nothing is decoded here."""
+        data = await self._bytes(url, "video")
+        if len(data) > self.max_video_bytes:
+            raise ValueError(f"The video is {len(data)} bytes, more than the "
+                             f"{self.max_video_bytes} this server takes.")
+        video = await run_in_threadpool(read_video_header, data, self.max_video_frames,
+                                        self.max_video_seconds, self.max_image_pixels)
+        media = request_media.get()
+        if media is not None:
+            await media.charge(decoded_frames(video) * video.width * video.height, len(data))
+        return video
+
+    async def _bytes(self, url: str, kind: str = "image") -> bytes:
         if not isinstance(url, str) or not url:
-            raise ValueError("image_url.url must be a non-empty string.")
+            raise ValueError(f"{kind}_url.url must be a non-empty string.")
         scheme = urlsplit(url).scheme.lower()
         if scheme == "data":
-            return _data_uri(url)
+            return _data_uri(url, kind)
         if scheme == "file":
             return await run_in_threadpool(self._local_file, url)
         if scheme in ("http", "https"):
-            return await self._remote(url)
+            return await self._remote(url, kind)
         raise ValueError(f"Image URLs may be data:, file: or http(s): URLs, not {scheme or url!r}.")
 
     def _local_file(self, url: str) -> bytes:
@@ -118,11 +161,12 @@ class MediaPolicy:
                              "this server takes.")
         return path.read_bytes()
 
-    async def _remote(self, url: str) -> bytes:
+    async def _remote(self, url: str, kind: str = "image") -> bytes:
         host = (urlsplit(url).hostname or "").lower()
         if host not in self.allowed_media_domains:
-            raise ValueError(f"Images from {host or url!r} are not allowed on this server "
-                             "(start it with --allowed-media-domains HOST to allow a host).")
+            raise ValueError(f"{kind.capitalize()}s from {host or url!r} are not allowed on "
+                             "this server (start it with --allowed-media-domains HOST to "
+                             "allow a host).")
         logger.debug("Fetching an image from %s", loggable_url(url))
         try:
             return await asyncio.wait_for(self._fetch(url), self.fetch_timeout_s)
@@ -149,11 +193,11 @@ class MediaPolicy:
             raise ValueError(f"Could not fetch the image: {type(exc).__name__}.") from None
 
 
-def _data_uri(url: str) -> bytes:
+def _data_uri(url: str, kind: str = "image") -> bytes:
     header, _, payload = url.partition(",")
-    if not header.lower().startswith("data:image/") or not header.lower().endswith(";base64"):
-        raise ValueError("A data: image URL must be data:image/<type>;base64,<data>.")
+    if not header.lower().startswith(f"data:{kind}/") or not header.lower().endswith(";base64"):
+        raise ValueError(f"A data: {kind} URL must be data:{kind}/<type>;base64,<data>.")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("The data: image URL is not valid base64.") from None
+        raise ValueError(f"The data: {kind} URL is not valid base64.") from None

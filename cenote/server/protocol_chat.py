@@ -24,7 +24,18 @@ class ImagePart(APIModel):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class VideoURL(APIModel):
+    url: StrictStr
+
+
+class VideoPart(APIModel):
+    """A video (vision-language models): ``{"type": "video_url", "video_url": {"url": ...}}``."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 class ChatMessage(APIModel):
@@ -33,7 +44,7 @@ class ChatMessage(APIModel):
     role: StrictStr
     content: StrictStr | Items[ContentPart] | None = None
 
-    def parts(self) -> list[TextPart | ImagePart]:
+    def parts(self) -> list[TextPart | ImagePart | VideoPart]:
         if isinstance(self.content, list):
             return list(self.content)
         return [TextPart(type="text", text=self.content)] if self.content else []
@@ -42,7 +53,7 @@ class ChatMessage(APIModel):
         # Text parts joined as vLLM joins them; other fields (name, ...) kept for templates.
         content = self.content or ""
         if isinstance(content, list):
-            if any(isinstance(part, ImagePart) for part in content):
+            if any(isinstance(part, (ImagePart, VideoPart)) for part in content):
                 raise ValueError("This model takes text only; image inputs need a "
                                  "multi-modal model (CLIP, SigLIP).")
             content = "\n".join(part.text for part in content)
@@ -61,6 +72,8 @@ class ChatFields(APIModel):
     continue_final_message: StrictBool = False
     chat_template: StrictStr | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # A vision-language model's processor options: min_pixels, max_pixels, fps, num_frames.
+    mm_processor_kwargs: dict[str, Any] | None = None
 
     def _text_or_messages(self, text: object, name: str) -> None:
         if (text is None) == (self.messages is None):

@@ -15,6 +15,7 @@ from cenote.params import PoolingParams
 from cenote.pooling.compact import check_embedding_types, compact
 from cenote.server.context import ModelContext, ServerContext, get_context
 from cenote.server.payloads import render
+from cenote.server.protocol_chat import ImagePart, ImageURL
 from cenote.server.protocol_cohere import (
     CohereApiVersion,
     CohereBilledUnits,
@@ -41,9 +42,9 @@ async def _inputs(m: ModelContext, body: CohereEmbedRequest) -> list:
     if images is None or images:
         if "image" not in m.engine.config.modalities:
             raise ValueError("This model takes text only; images need a multi-modal model.")
-        if images:
-            media = m.server.media
-            return [{"prompt": "", "multi_modal_data": {"image": await media.image(uri)}}
+        if images:  # each image one input, as one image part
+            return [await m.prompt_from_parts([ImagePart(type="image_url",
+                                                         image_url=ImageURL(url=uri))])
                     for uri in images]
         return [await m.prompt_from_parts([part.chat_part() for part in item.content])
                 for item in body.inputs]
