@@ -22,12 +22,13 @@ def one_activation(**aliases: bool | None) -> bool | None:
     return next(iter(given.values()), None)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LateChunkingParams:
     """Late chunking (vLLM's ``LateChunkingParams``): the whole text runs through the
     model once, then its token vectors are averaged over consecutive ``chunk_size``-token
     chunks (the last may be shorter), one vector per chunk, normalised as the task's
-    vectors are. Special tokens count toward the chunks and their means."""
+    vectors are. Special tokens count toward the chunks and their means. Mutable, as
+    vLLM's: a request checks it again when it is sent."""
 
     chunk_size: int
 

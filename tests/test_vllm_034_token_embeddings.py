@@ -93,3 +93,16 @@ def test_an_embedding_server_refuses_late_chunking_on_embeddings(api):
     assert response.json()["error"]["param"] == "late_chunking_params"
     plain = api.post("/v1/embeddings", json={"model": "minilm", "input": TEXTS[0]}).json()
     assert isinstance(plain["data"][0]["embedding"][0], float)
+
+
+def test_late_chunking_params_are_mutable_and_checked_again_when_sent(minilm_fp32):
+    from cenote import LateChunkingParams, PoolingParams, VLLMValidationError
+
+    chunking = LateChunkingParams(1)
+    params = PoolingParams(late_chunking_params=chunking)
+    chunking.chunk_size = 2**64  # as vLLM's test does: changed after the params were made
+    with pytest.raises(VLLMValidationError, match="positive integer"):
+        minilm_fp32.encode("hello", params, pooling_task="token_embed")
+    chunking.chunk_size = 2
+    (out,) = minilm_fp32.encode("hello world", params, pooling_task="token_embed")
+    assert out.late_chunking.chunk_size == 2
