@@ -215,11 +215,11 @@ def load_head_weights(config: ModelConfig, model: PoolingModel,
         token_head=model.token_head,
         score_activation=classifier_activation(config) if config.task == "classify" else None,
     )
+    if serves_masked_lm_head(config):
+        weights.token_classifier = model.vocab_head  # vLLM's BertForMaskedLM token_classify
     hidden = getattr(config.hf_config, "hidden_size", None)
     late, sparse = config.retrieval.late_interaction, config.retrieval.sparse
     if late is not None:
-    if serves_masked_lm_head(config):
-        weights.token_classifier = model.vocab_head  # vLLM's BertForMaskedLM token_classify
         weights.drop_first_token = late.drop_first_token
         if late.projection is not None:
             weights.token_projection = load_linear(late.projection, hidden, late.projection_bias)
