@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
-# Encoders that pool their first token ([CLS]) by default: the BERT family and ModernBERT.
-FIRST_TOKEN_ENCODERS = BERT_FAMILY | {"modernbert"}
+# Encoders that pool their first token ([CLS]) by default: the BERT family, ModernBERT,
+# NomicBert and GTE "new" (config/remote_code.py).
+FIRST_TOKEN_ENCODERS = BERT_FAMILY | {"modernbert", "nomic_bert", "new"}
 # Dual encoders whose towers transformers runs (get_text_features / get_image_features).
 DUAL_ENCODER_ARCHITECTURES = frozenset({"CLIPModel", "SiglipModel", "Siglip2Model",
                                         "AutoModel"})

@@ -34,6 +34,7 @@ from cenote.config.pooler import (
     check_pooler_config,
     task_pooler,
 )
+from cenote.config.remote_code import read_remote_code_config
 from cenote.config.retrieval import RetrievalConfig, read_retrieval_config
 from cenote.config.sentence_transformers import (
     SentenceTransformersConfig,
@@ -196,6 +197,7 @@ class ModelConfig:
         try:
             # A static model (model2vec, StaticEmbedding) has no HF config: its own stands in.
             hf_config = (read_static_embedding_config(root, path)
+                         or read_remote_code_config(path)  # NomicBert's, GTE's: not run
                          or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
         except Exception as exc:
             raise ModelNotFoundError(

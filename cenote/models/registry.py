@@ -50,6 +50,9 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
        for architecture in BIDIRECTIONAL_DECODERS},
     "Qwen2VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2VLEmbedder",
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
+    "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
+    "NewModel": "cenote.models.gte:GteNewModel",
+    "NewForSequenceClassification": "cenote.models.gte:GteNewModel",
 }
 
 

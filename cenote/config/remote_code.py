@@ -1,0 +1,102 @@
+"""Configs of checkpoints whose config class is their own code (``auto_map``), read
+here instead: NomicBert (nomic-embed-text) and Alibaba's GTE "new" models.
+
+cenote runs these architectures natively (``cenote/models/nomic_bert.py``,
+``cenote/models/gte.py``), so their remote code is never executed, not even the
+configuration class. The stand-ins below take the fields and defaults of the
+authors' ``configuration_hf_nomic_bert.py`` (a ``GPT2Config``) and GTE's
+``configuration.py``, with the names cenote reads (``hidden_size``, ...) mapped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from cenote.config.hub import read_json
+
+
+class NomicBertConfig(PretrainedConfig):
+    """nomic-embed-text's config: GPT-2 names (``n_embd``, ``n_layer``, ...) plus its own."""
+
+    model_type = "nomic_bert"
+    attribute_map = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                     "num_attention_heads": "n_head"}
+
+    def __init__(self, vocab_size: int = 50257, n_positions: int = 1024, n_embd: int = 768,
+                 n_layer: int = 12, n_head: int = 12, n_inner: int | None = None,
+                 activation_function: str = "gelu_new", layer_norm_epsilon: float = 1e-5,
+                 prenorm: bool = False, rotary_emb_fraction: float = 0.0,
+                 rotary_emb_base: float = 10_000, rotary_emb_scale_base: float | None = None,
+                 rotary_emb_interleaved: bool = False, rotary_scaling_factor: float | None = None,
+                 max_trained_positions: int = 2048, qkv_proj_bias: bool = True,
+                 mlp_fc1_bias: bool = True, mlp_fc2_bias: bool = True,
+                 type_vocab_size: int = 2, pad_vocab_size_multiple: int = 1,
+                 parallel_block: bool = False, use_rms_norm: bool = False, causal: bool = False,
+                 **kwargs: Any) -> None:
+        self.vocab_size, self.n_positions, self.n_embd = vocab_size, n_positions, n_embd
+        self.n_layer, self.n_head, self.n_inner = n_layer, n_head, n_inner
+        self.activation_function, self.layer_norm_epsilon = activation_function, layer_norm_epsilon
+        self.prenorm, self.rotary_emb_fraction = prenorm, rotary_emb_fraction
+        self.rotary_emb_base, self.rotary_emb_scale_base = rotary_emb_base, rotary_emb_scale_base
+        self.rotary_emb_interleaved = rotary_emb_interleaved
+        self.rotary_scaling_factor = rotary_scaling_factor
+        self.max_trained_positions = max_trained_positions
+        self.qkv_proj_bias, self.mlp_fc1_bias, self.mlp_fc2_bias = (qkv_proj_bias, mlp_fc1_bias,
+                                                                     mlp_fc2_bias)
+        self.type_vocab_size, self.pad_vocab_size_multiple = (type_vocab_size,
+                                                              pad_vocab_size_multiple)
+        self.parallel_block, self.use_rms_norm, self.causal = parallel_block, use_rms_norm, causal
+        super().__init__(**kwargs)
+
+    @property
+    def max_position_embeddings(self) -> int:
+        """The longest input served: with rotary positions and no ``rotary_scaling_factor``
+        the length it was trained to (``max_trained_positions``), as vLLM limits it;
+        with the factor (dynamic NTK past that length) or learned positions, ``n_positions``."""
+        if self.rotary_emb_fraction <= 0 or self.rotary_scaling_factor:
+            return self.n_positions
+        return min(self.n_positions, self.max_trained_positions)
+
+
+class NewConfig(PretrainedConfig):
+    """GTE "new" (gte-multilingual-base, gte-base-en-v1.5, their rerankers)."""
+
+    model_type = "new"
+
+    def __init__(self, vocab_size: int = 30528, hidden_size: int = 768,
+                 num_hidden_layers: int = 12, num_attention_heads: int = 12,
+                 intermediate_size: int = 3072, hidden_act: str = "gelu",
+                 max_position_embeddings: int = 2048, type_vocab_size: int = 1,
+                 layer_norm_type: str = "layer_norm", layer_norm_eps: float = 1e-12,
+                 position_embedding_type: str = "rope", rope_theta: float = 10000.0,
+                 rope_scaling: dict[str, Any] | None = None, pack_qkv: bool = True,
+                 logn_attention_scale: bool = False, logn_attention_clip1: bool = False,
+                 **kwargs: Any) -> None:
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        self.intermediate_size, self.hidden_act = intermediate_size, hidden_act
+        self.max_position_embeddings, self.type_vocab_size = (max_position_embeddings,
+                                                              type_vocab_size)
+        self.layer_norm_type, self.layer_norm_eps = layer_norm_type, layer_norm_eps
+        self.position_embedding_type = position_embedding_type
+        # Kept apart from transformers' own rope_scaling/rope_parameters handling: GTE's
+        # "ntk" scaling is its own (see cenote.models.gte.gte_inv_freq).
+        self.gte_rope_theta, self.gte_rope_scaling = float(rope_theta), rope_scaling
+        self.pack_qkv = pack_qkv
+        self.logn_attention_scale, self.logn_attention_clip1 = (logn_attention_scale,
+                                                                logn_attention_clip1)
+        super().__init__(**kwargs)
+
+
+_STAND_INS: dict[str, type[PretrainedConfig]] = {"nomic_bert": NomicBertConfig,
+                                                 "new": NewConfig}
+
+
+def read_remote_code_config(path: Path) -> PretrainedConfig | None:
+    """The stand-in config of a NomicBert or GTE "new" folder; None for other models."""
+    values = read_json(Path(path) / "config.json")
+    cls = _STAND_INS.get(values.get("model_type"))
+    return None if cls is None else cls.from_dict(values)

@@ -1,0 +1,199 @@
+"""NomicBert and GTE "new" run natively (their checkpoints' remote code never runs) and
+match the authors' models on the same weights.
+
+The reference is tests/reference_rotary_encoders.py: a test-only restatement of the
+authors' published modelling code (nomic-embed-text-v1.5's ``modeling_hf_nomic_bert.py``,
+Alibaba-NLP/new-impl's ``modeling.py``; transformers has no class for either, and their
+code cannot be fetched offline), run on a padded batch in fp32. Tiny random checkpoints
+in the published layout: config.json with ``auto_map`` and ``architectures``, the real
+tensor names, Sentence-Transformers modules where the models ship them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cenote import LLM
+from cenote.models.gte import GteNewModel
+from cenote.models.nomic_bert import NomicBertModel
+from tests.reference_rotary_encoders import (
+    cosine,
+    gte_new_forward,
+    gte_shapes,
+    nomic_bert_hidden,
+    nomic_shapes,
+    pool,
+    st_layout,
+    write_checkpoint,
+)
+
+TEXTS = [
+    "hello world",
+    "a somewhat longer sentence about search engines, ranking and retrieval quality",
+    "x",
+    "the quick brown fox jumps over the lazy dog " * 3,
+]
+NOMIC_AUTO_MAP = {
+    "AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
+    "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}
+GTE_AUTO_MAP = {"AutoConfig": "Alibaba-NLP/new-impl--configuration.NewConfig",
+                "AutoModel": "Alibaba-NLP/new-impl--modeling.NewModel",
+                "AutoModelForSequenceClassification":
+                    "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification"}
+# nomic-embed-text-v1.5's config.json, narrowed (64 wide, 2 heads of 32, 3 layers).
+NOMIC_V15 = {
+    "architectures": ["NomicBertModel"], "auto_map": NOMIC_AUTO_MAP, "model_type": "nomic_bert",
+    "activation_function": "swiglu", "bos_token_id": None, "causal": False,
+    "eos_token_id": None, "fused_bias_fc": True, "layer_norm_epsilon": 1e-12,
+    "max_trained_positions": 2048, "mlp_fc1_bias": False, "mlp_fc2_bias": False,
+    "n_embd": 64, "n_head": 2, "n_inner": 256, "n_layer": 3, "n_positions": 8192,
+    "pad_vocab_size_multiple": 64, "prenorm": False, "qkv_proj_bias": False,
+    "rotary_emb_base": 1000, "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False,
+    "rotary_scaling_factor": None, "type_vocab_size": 2, "use_flash_attn": True,
+    "vocab_size": 30528}
+# gte-base-en-v1.5's / gte-multilingual-base's, narrowed (64 wide, 2 heads, 3 layers).
+GTE_BASE = {
+    "architectures": ["NewModel"], "auto_map": GTE_AUTO_MAP, "model_type": "new",
+    "hidden_act": "gelu", "hidden_size": 64, "intermediate_size": 96,
+    "layer_norm_eps": 1e-12, "layer_norm_type": "layer_norm", "logn_attention_clip1": False,
+    "logn_attention_scale": False, "max_position_embeddings": 8192, "num_attention_heads": 2,
+    "num_hidden_layers": 3, "pack_qkv": True, "position_embedding_type": "rope",
+    "rope_scaling": {"factor": 2.0, "type": "ntk"}, "rope_theta": 160000,
+    "type_vocab_size": 1, "unpad_inputs": True, "use_memory_efficient_attention": True,
+    "vocab_size": 30528}
+PROMPTS = {"query": "search_query: ", "document": "search_document: "}
+
+
+@pytest.fixture(scope="module")
+def build(minilm_path, tmp_path_factory):
+    def make(family: str, config: dict, pooling: str | None = None, seed: int = 0):
+        folder = tmp_path_factory.mktemp(family)
+        classifier = config["architectures"][0] == "NewForSequenceClassification"
+        shapes = nomic_shapes(config) if family == "nomic" else gte_shapes(config, classifier)
+        write_checkpoint(folder, config, shapes, minilm_path, seed=seed)
+        if pooling:
+            st_layout(folder, pooling, 64, PROMPTS if family == "nomic" else None)
+        return folder
+    return make
+
+
+def _reference(family: str, folder, outs) -> list[torch.Tensor]:
+    ids = [o.prompt_token_ids for o in outs]
+    return nomic_bert_hidden(folder, ids) if family == "nomic" else gte_new_forward(folder, ids)[0]
+
+
+def _check(folder, family: str, pooling: str, dtype: str, min_cosine: float, **kwargs):
+    llm = LLM(str(folder), dtype=dtype, **kwargs)
+    expected = NomicBertModel if family == "nomic" else GteNewModel
+    assert isinstance(llm.engine.runner.model, expected)
+    outs = llm.embed(TEXTS)
+    for out, hidden in zip(outs, _reference(family, folder, outs), strict=True):
+        assert cosine(torch.tensor(out.outputs.embedding), pool(hidden, pooling)) >= min_cosine
+
+
+@pytest.mark.parametrize("dtype, min_cosine", [("float32", 0.9999), ("auto", 0.998)])
+def test_nomic_embed_v15_layout_matches_the_authors_model(build, dtype, min_cosine):
+    _check(build("nomic", NOMIC_V15, "mean"), "nomic", "mean", dtype, min_cosine)
+
+
+@pytest.mark.parametrize("overrides", [
+    # pre-norm, biases, GLU, half of each head rotated (the non-kernel rotary path)
+    {"prenorm": True, "qkv_proj_bias": True, "mlp_fc1_bias": True, "mlp_fc2_bias": True,
+     "activation_function": "glu", "rotary_emb_fraction": 0.5, "n_inner": None},
+    # learned positions, plain GELU MLP, no token types (v1's BERT-shaped variants)
+    {"rotary_emb_fraction": 0.0, "activation_function": "gelu", "n_positions": 128,
+     "qkv_proj_bias": True, "mlp_fc1_bias": True, "mlp_fc2_bias": True,
+     "type_vocab_size": 0, "n_head": 4},
+    # GeGLU with 4 heads of 16
+    {"activation_function": "geglu", "n_head": 4},
+], ids=["prenorm-glu-partial-rotary", "learned-positions-gelu", "geglu"])
+def test_nomic_variants_match_the_authors_model(build, overrides):
+    folder = build("nomic", {**NOMIC_V15, **overrides}, seed=1)
+    _check(folder, "nomic", "cls", "float32", 0.9999)  # no ST folder: [CLS], as vLLM pools
+
+
+def test_nomic_dynamic_ntk_past_its_trained_length(build):
+    # rotary_scaling_factor: past max_trained_positions the base grows with the length.
+    config = {**NOMIC_V15, "max_trained_positions": 16, "rotary_scaling_factor": 2,
+              "n_positions": 256}
+    folder = build("nomic", config, "mean", seed=2)
+    llm = LLM(str(folder), dtype="float32")
+    assert llm.config.max_model_len == 256
+    for text in (TEXTS[1], TEXTS[3], TEXTS[0]):  # one at a time: the authors' base follows
+        out = llm.embed([text])[0]              # the padded batch's length
+        ids = out.prompt_token_ids
+        reference = pool(nomic_bert_hidden(folder, [ids])[0], "mean")
+        assert cosine(torch.tensor(out.outputs.embedding), reference) >= 0.9999
+    unscaled = folder.parent / "unscaled"
+    unscaled.mkdir()
+    for item in folder.iterdir():
+        if item.is_file():
+            (unscaled / item.name).write_bytes(item.read_bytes())
+    import json
+    (unscaled / "config.json").write_text(json.dumps({**config, "rotary_scaling_factor": None}))
+    long_ids = llm.embed([TEXTS[3]])[0].prompt_token_ids
+    assert len(long_ids) > 16
+    assert cosine(nomic_bert_hidden(folder, [long_ids])[0],
+                  nomic_bert_hidden(unscaled, [long_ids])[0]) < 0.9999  # the test can fail
+
+
+def test_nomic_without_the_factor_serves_its_trained_length(build):
+    llm = LLM(str(build("nomic", NOMIC_V15, "mean")), dtype="float32")
+    assert llm.config.max_model_len == 512  # ST's max_seq_length under max_trained_positions
+    folder = build("nomic", {**NOMIC_V15, "max_trained_positions": 64})
+    assert LLM(str(folder), dtype="float32").config.max_model_len == 64
+
+
+def test_nomic_prompts_come_from_the_sentence_transformers_config(build):
+    llm = LLM(str(build("nomic", NOMIC_V15, "mean")), dtype="float32")
+    named = llm.embed(["what is rope"], prompt_name="query")[0]
+    spelled = llm.embed(["search_query: what is rope"])[0]
+    assert named.prompt_token_ids == spelled.prompt_token_ids
+    assert named.outputs.embedding == pytest.approx(spelled.outputs.embedding, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype, min_cosine", [("float32", 0.9999), ("auto", 0.998)])
+def test_gte_base_layout_matches_the_authors_model(build, dtype, min_cosine):
+    _check(build("gte", GTE_BASE, "cls"), "gte", "cls", dtype, min_cosine)
+
+
+@pytest.mark.parametrize("overrides", [
+    # q/k/v saved apart, RMSNorm, mixed NTK, GTE's log-n attention scale
+    {"pack_qkv": False, "layer_norm_type": "rms_norm", "logn_attention_scale": True,
+     "logn_attention_clip1": False, "max_position_embeddings": 64, "type_vocab_size": 0,
+     "rope_scaling": {"factor": 4.0, "type": "ntk", "mixed_b": 0.9}, "num_attention_heads": 4},
+    # learned positions, no scaling
+    {"position_embedding_type": "absolute", "rope_scaling": None, "max_position_embeddings": 128,
+     "hidden_act": "silu"},
+], ids=["unpacked-rms-mixed-ntk-logn", "learned-positions"])
+def test_gte_variants_match_the_authors_model(build, overrides):
+    _check(build("gte", {**GTE_BASE, **overrides}, "cls", seed=1), "gte", "cls", "float32",
+           0.9999)
+
+
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("auto", 2e-2)])
+def test_gte_reranker_classifier_matches_the_authors_model(build, dtype, atol):
+    config = {**GTE_BASE, "architectures": ["NewForSequenceClassification"],
+              "id2label": {"0": "no", "1": "yes"}, "label2id": {"no": 0, "yes": 1}}
+    folder = build("gte_cls", config, seed=3)
+    llm = LLM(str(folder), dtype=dtype)
+    assert isinstance(llm.engine.runner.model, GteNewModel)
+    outs = llm.classify(TEXTS)
+    _, logits = gte_new_forward(folder, [o.prompt_token_ids for o in outs])
+    ours = torch.tensor([o.outputs.probs for o in outs])
+    assert torch.allclose(ours, logits.softmax(-1), atol=atol)
+
+
+def test_remote_code_is_never_run(build):
+    # Each config's auto_map names code that is not in the folder: running it would fail.
+    for family, config in (("nomic", NOMIC_V15), ("gte", GTE_BASE)):
+        llm = LLM(str(build(family, config, "cls")), dtype="float32", trust_remote_code=True)
+        expected = NomicBertModel if family == "nomic" else GteNewModel
+        assert isinstance(llm.engine.runner.model, expected)
+
+
+def test_unsupported_nomic_options_are_refused(build):
+    folder = build("nomic", {**NOMIC_V15, "rotary_emb_interleaved": True})
+    with pytest.raises(ValueError, match="rotary_emb_interleaved"):
+        LLM(str(folder), dtype="float32")
