@@ -6,7 +6,8 @@
 2. ``rerank.py``, ``serve_load.py`` (single texts against the FastAPI +
    sentence-transformers baseline, then 32-text requests against offline
    ``LLM.embed``), ``startup.py``, ``attention.py`` (native kernel vs SDPA),
-   ``decoder_embed.py`` (a Qwen3-shaped embedder vs transformers),
+   ``decoder_embed.py`` (a Qwen3-shaped embedder vs transformers), ``prefix_reuse.py``
+   (queries behind a shared instruction, with and without prefix sharing),
    ``profile_embed.py``, ``static_embed.py`` (a model2vec table vs model2vec's
    ``encode`` and MiniLM) and ``offline_embed.py --modernbert-base`` (a
    ModernBERT-base-shaped embedder vs sentence-transformers), as subprocesses;
@@ -51,6 +52,7 @@ SCRIPTS = {
     "startup": ("Start-up", "startup.py", ""),
     "attention": ("Attention kernel", "attention.py", ""),
     "decoder": ("Decoder embedder (Qwen3 shape) vs transformers", "decoder_embed.py", ""),
+    "prefix_reuse": ("Shared instruction prefixes (Qwen3-0.6B shape)", "prefix_reuse.py", ""),
     "profile": ("Where the offline time goes", "profile_embed.py", ""),
     "static": ("Static embeddings (model2vec) vs model2vec and MiniLM", "static_embed.py", ""),
     "modernbert": ("ModernBERT (base shape) vs sentence-transformers", "offline_embed.py",
