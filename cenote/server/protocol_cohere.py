@@ -22,7 +22,8 @@ class CohereContent(APIModel):
     def _has_its_payload(self):
         if self.type == "text" and self.text is None:
             raise ValueError("CohereEmbedContent with type='text' requires text")
-        if self.type == "image_url" and not isinstance((self.image_url or {}).get("url"), str):
+        url = (self.image_url or {}).get("url")
+        if self.type == "image_url" and not (isinstance(url, str) and url):  # "" too
             raise ValueError("CohereEmbedContent with type='image_url' requires image_url.url")
         return self
 
