@@ -106,3 +106,15 @@ def test_a_bert_masked_lm_serves_its_head_as_token_classify_and_still_embeds(
     assert len(embedding.outputs.embedding) == 64
     (tokens,) = llm.encode(SENTENCES[0], pooling_task="encode")
     assert tokens.outputs.data.shape[-1] == 64  # encode: hidden states, not vocabulary
+
+
+def test_scoring_on_a_classifier_pooled_per_token_is_refused_in_vllms_words(classifier_path):
+    from cenote import PoolerConfig
+
+    llm = LLM(str(classifier_path), dtype="float32",
+              pooler_config=PoolerConfig(task="token_classify"))
+    with pytest.raises(ValueError, match=r"^This model does not support the Scoring API\.$"):
+        llm.score("ping", "pong")
+    plain = LLM(str(classifier_path), dtype="float32")
+    with pytest.raises(ValueError, match=r"^Scoring API is only enabled for num_labels == 1\.$"):
+        plain.score("ping", "pong")

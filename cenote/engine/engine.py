@@ -83,7 +83,10 @@ class PoolingEngine:
             raise UnsupportedTaskError(NO_IO_PROCESSOR_PLUGIN)
         task = task_named(pooling_task)
         if pooling_task == "score" and self.config.task == "classify":
-            raise UnsupportedTaskError("Scoring API is only enabled for num_labels == 1.")
+            raise UnsupportedTaskError(  # vLLM's words, by its pooler task
+                "This model does not support the Scoring API."
+                if self.config.default_pooling_task == "token_classify"
+                else "Scoring API is only enabled for num_labels == 1.")
         serves = ", ".join(self.config.supported_pooling_tasks)
         if self.config.is_static:
             raise UnsupportedTaskError(f"{task.api} is not supported by this static embedding "
