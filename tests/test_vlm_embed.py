@@ -72,11 +72,14 @@ def transformers_embedding(reference, llm, text, images=(), videos=()):
     ids = torch.tensor([llm.get_tokenizer()(expanded)["input_ids"]])
     types = (ids == reference.config.image_token_id).int() + 2 * (
         ids == reference.config.video_token_id).int()
+    extra = {}
+    if data.second_per_grid_ts is not None and "2_5" in type(reference).__name__:
+        extra["second_per_grid_ts"] = data.second_per_grid_ts
     with torch.no_grad():
         hidden = reference(input_ids=ids, mm_token_type_ids=types, pixel_values=data.pixel_values,
                            image_grid_thw=data.image_grid_thw,
                            pixel_values_videos=data.pixel_values_videos,
-                           video_grid_thw=data.video_grid_thw).last_hidden_state[0, -1]
+                           video_grid_thw=data.video_grid_thw, **extra).last_hidden_state[0, -1]
     return torch.nn.functional.normalize(hidden, dim=0)
 
 
@@ -89,6 +92,23 @@ def test_images_texts_and_videos_in_one_batch_match_transformers(llm, reference)
         (f"{VIDEO}what happens", [], [frames]),
         (f"a picture {IMAGE} and a clip {VIDEO}", images[:1], [frames]),
     ]
+    outputs = llm.embed([{"prompt": text, "multi_modal_data": {"image": im, "video": vid}}
+                         if im or vid else text for text, im, vid in prompts])
+    for (text, im, vid), output in zip(prompts, outputs, strict=True):
+        expected = transformers_embedding(reference, llm, text, im, vid)
+        got = torch.tensor(output.outputs.embedding)
+        assert torch.allclose(got, expected, atol=2e-5), (text, (got - expected).abs().max())
+
+
+def test_qwen2_5_vl_matches_transformers(tmp_path):
+    from transformers import Qwen2_5_VLModel
+
+    folder = build_tiny_qwen2_vl(tmp_path / "qwen2.5-vl", version="2.5")
+    llm = LLM(str(folder), dtype="float32")
+    reference = Qwen2_5_VLModel.from_pretrained(folder, dtype=torch.float32).eval()
+    images = [random_image(112, 84, 5)]  # 8x6 patches: two 56-pixel windows wide
+    prompts = [(f"{IMAGE}a page", images, []), ("text", [], []),
+               (f"{VIDEO}a clip {IMAGE}", images, [random_frames(4, seed=6)])]
     outputs = llm.embed([{"prompt": text, "multi_modal_data": {"image": im, "video": vid}}
                          if im or vid else text for text, im, vid in prompts])
     for (text, im, vid), output in zip(prompts, outputs, strict=True):
@@ -152,7 +172,7 @@ def test_frames_are_sampled_as_transformers_samples_them(total, fps, rate, num_f
 def test_video_patches_are_laid_out_as_transformers_video_processor(llm):
     frames = random_frames(6, seed=3)
     processor: VisionLanguageProcessor = llm.engine.images
-    pixels, grid = processor._video_patches(frames, {})
+    pixels, grid, _ = processor._video_patches(frames, {})
     # Qwen2VLVideoProcessor.patchify on the rescaled, normalised frames (56x56 is kept).
     mean = np.array(processor.images.image_mean, np.float32)[:, None, None]
     std = np.array(processor.images.image_std, np.float32)[:, None, None]
@@ -171,7 +191,7 @@ def test_text_after_a_long_video_continues_past_its_largest_position():
     # was trained and vLLM numbers it (transformers 5.25 restarts at 1 + 2).
     ids = np.array([7] + [9] * 16 + [7, 7])
     runs = placeholder_runs(ids, (8, 9))
-    positions = mrope_positions(runs, [(4, 4, 4)], merge=2)
+    positions = mrope_positions(runs, [(4, 4, 4, 1.0)], merge=2)
     assert positions[:, 0].tolist() == [0, 0, 0]
     assert positions[:, 1].tolist() == [1, 1, 1] and positions[:, 16].tolist() == [4, 2, 2]
     assert positions[:, 17].tolist() == [5, 5, 5]
@@ -210,3 +230,12 @@ def test_a_video_over_the_frame_or_length_limit_is_refused_from_its_header():
         read_video_header(data, max_frames=6)
     with pytest.raises(ValueError, match="lasts 2 s, longer than the 1 s"):
         read_video_header(data, max_seconds=1)
+
+
+def test_qwen2_5_vl_spaces_video_positions_in_seconds():
+    # 3 temporal patches of a 1x1 merged grid, each patch 2.5 position steps apart
+    # (tokens_per_second * second_per_grid_ts): times 0, 2, 5 as floor(i * 2.5).
+    runs = placeholder_runs(np.array([9, 9, 9, 7]), (8, 9))
+    positions = mrope_positions(runs, [(3, 2, 2, 2.5)], merge=2)
+    assert positions[0].tolist() == [0, 2, 5, 6]
+    assert positions[1].tolist() == [0, 0, 0, 6]

@@ -59,7 +59,8 @@ def tiny_qwen2_vl_config(ids: dict[str, int],
                      "max_position_embeddings": 1024, "rms_norm_eps": 1e-6,
                      "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                          "mrope_section": [2, 3, 3]},
-                     "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]},
+                     "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "bos_token_id": ids["<|endoftext|>"]},
         vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2,
                        "mlp_ratio": 2, "patch_size": PATCH, "spatial_merge_size": MERGE,
                        "temporal_patch_size": 2, "in_channels": 3},
@@ -69,15 +70,35 @@ def tiny_qwen2_vl_config(ids: dict[str, int],
     )
 
 
-def build_tiny_qwen2_vl(target: Path, seed: int = 0) -> Path:
-    """A Qwen2VLForConditionalGeneration with random weights (2 layers, hidden 64), its
-    tokenizer, image processor and video processor settings."""
-    from transformers import Qwen2VLForConditionalGeneration
+def tiny_qwen2_5_vl_config(ids: dict[str, int]):
+    from transformers import Qwen2_5_VLConfig
+
+    base = tiny_qwen2_vl_config(ids, "Qwen2_5_VLForConditionalGeneration")
+    return Qwen2_5_VLConfig(
+        architectures=["Qwen2_5_VLForConditionalGeneration"],
+        text_config=base.text_config.to_dict(),
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": 64, "patch_size": PATCH, "spatial_merge_size": MERGE,
+                       "temporal_patch_size": 2, "in_channels": 3, "window_size": 56,
+                       "fullatt_block_indexes": [1], "tokens_per_second": 2},
+        image_token_id=base.image_token_id, video_token_id=base.video_token_id,
+        vision_start_token_id=base.vision_start_token_id,
+        vision_end_token_id=base.vision_end_token_id,
+    )
+
+
+def build_tiny_qwen2_vl(target: Path, seed: int = 0, version: str = "2") -> Path:
+    """A Qwen2VLForConditionalGeneration (``version="2.5"``: Qwen2_5_VL...) with random
+    weights (2 layers, hidden 64), its tokenizer, image and video processor settings."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     target.mkdir(parents=True, exist_ok=True)
     ids = build_byte_tokenizer(target)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(ids)).eval()
+    if version == "2.5":
+        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config(ids)).eval()
+    else:
+        model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(ids)).eval()
     with torch.no_grad():  # the default init is tiny: give the layers something to do
         for name, param in model.named_parameters():
             if name.endswith("weight") and param.ndim >= 2:

@@ -42,7 +42,8 @@ def is_dual_encoder(hf_config: Any) -> bool:
 
 
 # Vision-language models embedding text, images and videos in one prompt (SPEC 13).
-VISION_LANGUAGE_ARCHITECTURES = frozenset({"Qwen2VLForConditionalGeneration"})
+VISION_LANGUAGE_ARCHITECTURES = frozenset({"Qwen2VLForConditionalGeneration",
+                                           "Qwen2_5_VLForConditionalGeneration"})
 
 
 def is_vision_language(hf_config: Any) -> bool:

@@ -19,6 +19,9 @@ class MultiModalData:
     image_grid_thw: torch.Tensor | None = None  # [images, 3] long
     pixel_values_videos: torch.Tensor | None = None  # [video patches, D] float32
     video_grid_thw: torch.Tensor | None = None  # [videos, 3] long
+    # Seconds each video's temporal patch spans (temporal_patch_size / sampled fps): how
+    # Qwen2.5-VL spaces its video positions in time.
+    second_per_grid_ts: torch.Tensor | None = None  # [videos] float32
 
     @property
     def patches(self) -> int:
@@ -31,4 +34,5 @@ class MultiModalData:
             return None if t is None else t.to(device)
 
         return MultiModalData(moved(self.pixel_values), moved(self.image_grid_thw),
-                              moved(self.pixel_values_videos), moved(self.video_grid_thw))
+                              moved(self.pixel_values_videos), moved(self.video_grid_thw),
+                              self.second_per_grid_ts)

@@ -121,16 +121,21 @@ def decode_frames(video: EncodedVideo, indices: list[int]) -> list[np.ndarray]:
     return [frames.get(i, last) for i in indices]
 
 
+# The frame rate transformers assumes for frames given without one (VideoMetadata).
+DEFAULT_FRAME_RATE = 24.0
+
+
 def as_frames(value: Any, fps: float | None = None, num_frames: int | None = None,
-              temporal_patch_size: int = 2) -> list[np.ndarray]:
+              temporal_patch_size: int = 2) -> tuple[list[np.ndarray], float]:
     """A prompt's video (video bytes, an :class:`EncodedVideo`, a ``[frames, H, W, 3]``
-    uint8 array, or a list of frames as arrays or ``PIL.Image``) as its sampled frames."""
+    uint8 array, or a list of frames as arrays or ``PIL.Image``) as its sampled frames,
+    and their rate (transformers' ``sampled_fps``; 24 for frames given without one)."""
     if isinstance(value, (bytes, bytearray)):
         value = read_video_header(bytes(value))
     if isinstance(value, EncodedVideo):
         indices = sample_frame_indices(value.frames, value.fps, fps=fps, num_frames=num_frames,
                                        temporal_patch_size=temporal_patch_size)
-        return decode_frames(value, indices)
+        return decode_frames(value, indices), len(indices) / value.frames * value.fps
     if isinstance(value, np.ndarray) and value.ndim == 4:
         value = list(value)
     if not isinstance(value, (list, tuple)) or not value:
@@ -144,4 +149,4 @@ def as_frames(value: Any, fps: float | None = None, num_frames: int | None = Non
             raise ValueError("Each video frame must be an HxWx3 uint8 array or a PIL.Image.")
     indices = sample_frame_indices(len(frames), None, num_frames=num_frames,
                                    temporal_patch_size=temporal_patch_size)
-    return [frames[i] for i in indices]
+    return [frames[i] for i in indices], DEFAULT_FRAME_RATE

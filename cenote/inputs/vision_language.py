@@ -138,10 +138,12 @@ class VisionLanguageProcessor:
                 kwargs.get("max_pixels"))
             text = self._expand(text, self.image_token, data.image_grid_thw)
         if videos:
-            patches, grids = zip(*(self._video_patches(video, kwargs) for video in videos),
-                                 strict=True)
+            patches, grids, rates = zip(*(self._video_patches(video, kwargs)
+                                          for video in videos), strict=True)
             data.pixel_values_videos = torch.cat(patches)
             data.video_grid_thw = torch.stack(grids)
+            data.second_per_grid_ts = torch.tensor(
+                [self.temporal_patch_size / rate for rate in rates], dtype=torch.float32)
             text = self._expand(text, self.video_token, data.video_grid_thw)
         return text, data
 
@@ -156,13 +158,13 @@ class VisionLanguageProcessor:
         return out["pixel_values"].float(), out["image_grid_thw"].long()
 
     def _video_patches(self, video: Any, kwargs: dict[str, Any]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """A video's temporal patches: each frame through the image processor at the
         video's size, then consecutive frames paired as ``Qwen2VLVideoProcessor.patchify``
-        pairs them (the last frame repeated to a whole pair)."""
+        pairs them (the last frame repeated to a whole pair); and the sampled frame rate."""
         fps, num_frames = self._sampling(kwargs)
-        frames = as_frames(video, fps=fps, num_frames=num_frames,
-                           temporal_patch_size=self.temporal_patch_size)
+        frames, rate = as_frames(video, fps=fps, num_frames=num_frames,
+                                 temporal_patch_size=self.temporal_patch_size)
         tps = self.temporal_patch_size
         frames += [frames[-1]] * (-len(frames) % tps)
         from PIL import Image
@@ -179,7 +181,7 @@ class VisionLanguageProcessor:
         # pair k: frames k*tps .. k*tps+tps-1 along the temporal axis of each patch
         pixels = pixels.view(grid_t, tps, per_frame, 3, p, p).permute(0, 2, 3, 1, 4, 5)
         return (pixels.reshape(grid_t * per_frame, 3 * tps * p * p).contiguous(),
-                torch.tensor([grid_t, int(grid[0, 1]), int(grid[0, 2])]))
+                torch.tensor([grid_t, int(grid[0, 1]), int(grid[0, 2])]), rate)
 
     def _expand(self, text: str, token: str, grids: torch.Tensor) -> str:
         """Each ``token`` as many times as its image or video has merged patches."""

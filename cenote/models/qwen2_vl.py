@@ -14,6 +14,7 @@ prompts share one packed batch, with no padding; LAST pooling (normalised, Matry
 from __future__ import annotations
 
 import copy
+import importlib
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -42,11 +43,12 @@ def placeholder_runs(token_ids: np.ndarray, vision_ids: tuple[int, int]
     return [(int(a), int(b), int(key[a])) for a, b in zip(starts, ends, strict=True)]
 
 
-def mrope_positions(runs: list[tuple[int, int, int]], grids: list[tuple[int, int, int]],
-                    merge: int) -> np.ndarray:
+def mrope_positions(runs: list[tuple[int, int, int]],
+                    grids: list[tuple[int, int, int, float]], merge: int) -> np.ndarray:
     """``[3, tokens]`` positions of one prompt (transformers' ``get_rope_index``): each run
-    of placeholder tokens takes the next grid (images and videos in prompt order), and
-    the text after it continues from the largest position so far, plus one."""
+    of placeholder tokens takes the next grid ``(t, h, w, time step)`` (images and videos
+    in prompt order; its temporal positions ``floor(i * step)``), and the text after it
+    continues from the largest position so far, plus one."""
     out = np.empty((3, runs[-1][1]), dtype=np.int64)
     start = 0
     grid_iter = iter(grids)
@@ -55,14 +57,15 @@ def mrope_positions(runs: list[tuple[int, int, int]], grids: list[tuple[int, int
             out[:, a:b] = np.arange(start, start + b - a)
             start += b - a
             continue
-        t, h, w = next(grid_iter)
+        t, h, w, step = next(grid_iter)
         h, w = h // merge, w // merge
         if t * h * w != b - a:
             raise ValueError(f"{b - a} placeholder tokens for a {t}x{h}x{w} vision grid.")
-        grid = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w),
+        times = (np.arange(t, dtype=np.float32) * np.float32(step)).astype(np.int64)
+        grid = np.stack(np.meshgrid(times, np.arange(h), np.arange(w),
                                     indexing="ij")).reshape(3, -1)
         out[:, a:b] = grid + start
-        start += max(t, h, w)
+        start = int(out[:, a:b].max()) + 1
     return out
 
 
@@ -72,20 +75,21 @@ class Qwen2VLEmbedder(PoolingModel):
     placeholder rows."""
 
     computes_pooled_rows_only = True
+    # transformers' vision tower of the family ("module:Class").
+    vision_tower = ("transformers.models.qwen2_vl.modeling_qwen2_vl:"
+                    "Qwen2VisionTransformerPretrainedModel")
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import (
-            Qwen2VisionTransformerPretrainedModel,
-        )
-
+        module, _, name = self.vision_tower.partition(":")
+        tower = getattr(importlib.import_module(module), name)
         text = copy.copy(config.text_config)
         text.model_type = "qwen2"  # the same layers as Qwen2 (q/k/v biases)
         self.language = DecoderModel(text, task)
         self.classifier, self.classify_pad_token_id = (self.language.classifier,
                                                        self.language.classify_pad_token_id)
         self.attention_shape = self.language.attention_shape
-        self.visual = Qwen2VisionTransformerPretrainedModel._from_config(config.vision_config)
+        self.visual = tower._from_config(config.vision_config)
         self.image_token_id, self.video_token_id = config.image_token_id, config.video_token_id
         self.merge = config.vision_config.spatial_merge_size
         head_dim = self.language.attention_shape.head_dim
@@ -132,11 +136,16 @@ class Qwen2VLEmbedder(PoolingModel):
                 continue
             runs = placeholder_runs(ids[bounds[b]:bounds[b + 1]], vision_ids)
             grids = {self.image_token_id: iter(_rows(record.image_grid_thw)),
-                     self.video_token_id: iter(_rows(record.video_grid_thw))}
+                     self.video_token_id: iter(self.video_grids(record))}
             ordered = [next(grids[token]) for _, _, token in runs if token >= 0]
             pos = mrope_positions(runs, ordered, self.merge)
             out[:, bounds[b]:bounds[b + 1]] = torch.from_numpy(pos).to(out.device)
         return out
+
+    def video_grids(self, record: MultiModalData) -> list[tuple[int, int, int, float]]:
+        """Each video's grid and the step between its temporal positions: one per
+        temporal patch (Qwen2-VL)."""
+        return _rows(record.video_grid_thw)
 
     def rotary(self, positions: torch.Tensor, dtype: torch.dtype
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,5 +174,29 @@ class Qwen2VLEmbedder(PoolingModel):
         self.visual.load_state_dict(vision, strict=True)
 
 
-def _rows(grid: torch.Tensor | None) -> list[tuple[int, int, int]]:
-    return [] if grid is None else [tuple(row) for row in grid.tolist()]
+def _rows(grid: torch.Tensor | None, steps: list[float] | None = None
+          ) -> list[tuple[int, int, int, float]]:
+    if grid is None:
+        return []
+    steps = steps or [1.0] * len(grid)
+    return [(*row, step) for row, step in zip(grid.tolist(), steps, strict=True)]
+
+
+class Qwen2_5_VLEmbedder(Qwen2VLEmbedder):
+    """``Qwen2_5_VLForConditionalGeneration``: Qwen2-VL's language model and positions,
+    its own vision tower (window attention, RMSNorm, gated MLP), and video positions
+    spaced in time: ``tokens_per_second * second_per_grid_ts`` per temporal patch."""
+
+    vision_tower = ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl:"
+                    "Qwen2_5_VisionTransformerPretrainedModel")
+
+    def __init__(self, config: Any, task: str) -> None:
+        super().__init__(config, task)
+        self.tokens_per_second = config.vision_config.tokens_per_second
+
+    def video_grids(self, record: MultiModalData) -> list[tuple[int, int, int, float]]:
+        seconds = record.second_per_grid_ts
+        if record.video_grid_thw is None:
+            return []
+        seconds = [1.0] * len(record.video_grid_thw) if seconds is None else seconds.tolist()
+        return _rows(record.video_grid_thw, [self.tokens_per_second * s for s in seconds])

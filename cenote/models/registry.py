@@ -49,6 +49,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     **{architecture: "cenote.models.decoder:DecoderModel"
        for architecture in BIDIRECTIONAL_DECODERS},
     "Qwen2VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2VLEmbedder",
+    "Qwen2_5_VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2_5_VLEmbedder",
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
     "NewModel": "cenote.models.gte:GteNewModel",
