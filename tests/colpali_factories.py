@@ -51,3 +51,25 @@ def build_tiny_colqwen2(target: Path, seed: int = 0, embedding_dim: int = 32) ->
                                   tokenizer=AutoTokenizer.from_pretrained(target))
     processor.save_pretrained(target)
     return target
+
+
+def build_tiny_jina_reranker_m0(target: Path, seed: int = 0) -> Path:
+    """A jina-reranker-m0-shaped checkpoint: a tiny random Qwen2-VL saved with
+    ``save_pretrained`` under the architecture ``JinaVLForRanking``, with the authors'
+    score head (``score.0``: hidden x hidden, ``score.2``: 1 x hidden) beside it."""
+    from tests.factories import add_tensors_to_checkpoint
+    from tests.vlm_factories import build_tiny_qwen2_vl
+
+    build_tiny_qwen2_vl(target, seed=seed)
+    config = json.loads((target / "config.json").read_text())
+    config["architectures"] = ["JinaVLForRanking"]
+    (target / "config.json").write_text(json.dumps(config))
+    hidden = config["text_config"]["hidden_size"]
+    generator = torch.Generator().manual_seed(seed + 1)
+    add_tensors_to_checkpoint(target, {
+        "score.0.weight": torch.randn(hidden, hidden, generator=generator) * 0.2,
+        "score.0.bias": torch.randn(hidden, generator=generator) * 0.1,
+        "score.2.weight": torch.randn(1, hidden, generator=generator) * 0.5,
+        "score.2.bias": torch.randn(1, generator=generator) + 2.65,  # scores near 0.5
+    })
+    return target

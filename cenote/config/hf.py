@@ -60,6 +60,25 @@ def is_visual_retriever(hf_config: Any) -> bool:
     return architecture_of(hf_config) in VISUAL_RETRIEVERS
 
 
+# Vision-language rerankers: a query and a text or image document in one prompt.
+VL_RERANKERS = frozenset({"JinaVLForRanking"})
+
+
+def is_vl_reranker(hf_config: Any) -> bool:
+    """jina-reranker-m0 (a Qwen2-VL config): the Score API over texts and images."""
+    return architecture_of(hf_config) in VL_RERANKERS
+
+
+def modalities(hf_config: Any) -> tuple[str, ...]:
+    """What inputs a model embeds: text; images (dual encoders, ColQwen2, jina-reranker-m0);
+    and videos (vision-language embedders)."""
+    if is_vision_language(hf_config):
+        return ("text", "image", "video")
+    if is_dual_encoder(hf_config) or is_visual_retriever(hf_config) or is_vl_reranker(hf_config):
+        return ("text", "image")
+    return ("text",)
+
+
 def architecture_of(hf_config: Any) -> str:
     archs = getattr(hf_config, "architectures", None) or []
     if archs:
@@ -205,6 +224,9 @@ def set_reward_head_labels(hf_config: Any, path: Path, overrides: dict[str, Any]
     architecture = architecture_of(hf_config)
     labels = (2 if architecture.endswith("ForProcessRewardModel")
               else 1 if architecture.endswith("ForRewardModel") else None)
+    if architecture in VL_RERANKERS:  # one score, whatever the config says (as vLLM)
+        hf_config.num_labels = 1
+        return
     named = {**read_json(path / "config.json"), **overrides}
     if labels is not None and "num_labels" not in named and "id2label" not in named:
         hf_config.num_labels = labels

@@ -23,8 +23,7 @@ from cenote.config.hf import (
     derive_max_model_len,
     is_bidirectional,
     is_dual_encoder,
-    is_vision_language,
-    is_visual_retriever,
+    modalities,
     set_reward_head_labels,
 )
 from cenote.config.hub import ModelNotFoundError, resolve_model_path, transformer_folder
@@ -46,8 +45,8 @@ from cenote.config.static import (
     read_static_embedding_config,
     static_pooling,
 )
-from cenote.machine import cpu_has_native_bf16
 from cenote.config.token_classification import has_token_classify_head, is_token_classifier
+from cenote.machine import cpu_has_native_bf16
 from cenote.tasks import MODEL_TASKS, supported_pooling_tasks
 
 logger = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def resolve_task(task: str, architecture: str, has_st_config: bool, is_cross_enc
         return task
     if has_st_config:
         return "embed"
-    if architecture.endswith("ForSequenceClassification"):
+    if architecture.endswith(("ForSequenceClassification", "ForRanking")):
         return "classify"
     if architecture.endswith("RewardModel") or is_token_classifier(architecture):
         return "reward"
@@ -397,9 +396,5 @@ class ModelConfig:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """What inputs the model embeds: text; images (dual encoders); and videos (VLMs)."""
-        if is_vision_language(self.hf_config):
-            return ("text", "image", "video")
-        if is_visual_retriever(self.hf_config):
-            return ("text", "image")
-        return ("text", "image") if is_dual_encoder(self.hf_config) else ("text",)
+        """What inputs the model embeds (text; images; videos): see ``hf.modalities``."""
+        return modalities(self.hf_config)

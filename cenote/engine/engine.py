@@ -26,6 +26,7 @@ from cenote.inputs.prompts import Prompt, SequenceInput, TokenizedPrompt, is_ima
 from cenote.inputs.score_prompts import ScoreOptions, limit_pairs, render_pairs
 from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.inputs.vision_language import image_inputs
+from cenote.inputs.vl_rerankers import vl_reranker_inputs
 from cenote.outputs import PoolingRequestOutput
 from cenote.params import EMBEDDING_MODES, PoolingParams
 from cenote.pooling.compact import calibration_texts
@@ -65,7 +66,9 @@ class PoolingEngine:
         # ColQwen2's processor makes its queries, documents and image inputs.
         visual = visual_retrieval_inputs(config.path, config.hf_config, self.tokenizer)
         late = config.retrieval.late_interaction
-        self.images = visual or image_inputs(config, self.tokenizer)  # None: text only
+        # jina-reranker-m0's score prompts: query and document, texts or images, in one.
+        self.vl_pairs = vl_reranker_inputs(config.path, config.hf_config, self.tokenizer)
+        self.images = visual or self.vl_pairs or image_inputs(config, self.tokenizer)
         self.late = visual or (LateInteractionInputs(late, self.tokenizer)
                                if late is not None else None)
         # With quantization="int8": its cosine to the float model's outputs, measured now
@@ -274,6 +277,8 @@ class PoolingEngine:
         chat template, each pair is rendered through it and the text tokenised whole."""
         self.check_task("score")
         resolved = self.resolve_params("score", params, len(pairs), truncate_prompt_tokens)
+        if self.vl_pairs is not None:
+            return self.vl_pairs.pairs(pairs, resolved)
         if options is not None and options.chat_template is not None:
             texts = render_pairs(pairs, options, self.tokenizer.hf)
             tokenized = self._tokenize_grouped(

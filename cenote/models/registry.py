@@ -51,6 +51,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "Qwen2VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2VLEmbedder",
     "Qwen2_5_VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2_5_VLEmbedder",
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
+    "JinaVLForRanking": "cenote.models.vl_rerankers:JinaVLRanker",
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
     "NewModel": "cenote.models.gte:GteNewModel",
     "NewForSequenceClassification": "cenote.models.gte:GteNewModel",
