@@ -106,3 +106,12 @@ def test_late_chunking_params_are_mutable_and_checked_again_when_sent(minilm_fp3
     chunking.chunk_size = 2
     (out,) = minilm_fp32.encode("hello world", params, pooling_task="token_embed")
     assert out.late_chunking.chunk_size == 2
+
+
+def test_a_refused_offline_request_leaves_nothing_in_flight(minilm_fp32):
+    from cenote import LateChunkingParams, PoolingParams, VLLMValidationError
+
+    with pytest.raises(VLLMValidationError):
+        minilm_fp32.encode("hello", PoolingParams(late_chunking_params=LateChunkingParams(1)),
+                           pooling_task="embed")
+    assert minilm_fp32.llm_engine.has_unfinished_requests() is False

@@ -337,3 +337,8 @@ class LLMEngineView:
 
     def get_tokenizer(self) -> Any:
         return self.engine.tokenizer.hf
+
+    def has_unfinished_requests(self) -> bool:
+        """False: the offline ``LLM`` answers (or refuses) every request before its call
+        returns, so none is ever left in flight."""
+        return False
