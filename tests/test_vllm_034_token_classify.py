@@ -118,3 +118,19 @@ def test_scoring_on_a_classifier_pooled_per_token_is_refused_in_vllms_words(clas
     plain = LLM(str(classifier_path), dtype="float32")
     with pytest.raises(ValueError, match=r"^Scoring API is only enabled for num_labels == 1\.$"):
         plain.score("ping", "pong")
+
+
+def test_a_modernbert_token_classifier_serves_token_classify_like_transformers(
+        minilm_path, tmp_path):
+    from tests.test_modernbert import build_tiny_modernbert
+
+    path = build_tiny_modernbert(minilm_path, tmp_path / "ner", "ModernBertForTokenClassification",
+                                 num_labels=4, classifier_bias=True)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.model_config.supported_pooling_tasks == ("encode", "token_classify")
+    # Longer than the local window (8), so the sliding layers show.
+    texts = [SENTENCES[0] + " " + SENTENCES[1], SENTENCES[1]]
+    for text, out in zip(texts, llm.encode(texts, pooling_task="token_classify"), strict=True):
+        expected = hf_token_probs(path, "AutoModelForTokenClassification", text)
+        assert out.outputs.data.shape == expected.shape
+        assert torch.allclose(out.outputs.data, expected, atol=1e-4)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cenote.config.token_classification import is_token_classifier
 from cenote.models.batch import PackedBatch
 from cenote.models.decoder import RotaryEmbedding, apply_rotary
 from cenote.models.interface import AttentionShape, PoolingModel
@@ -136,6 +137,9 @@ class ModernBertModel(PoolingModel):
         self.attention_shape = AttentionShape(heads, heads, head_dim, False)
         if task == "classify":
             self.classifier = ModernBertClassifierHead(config)
+        elif task == "reward" and is_token_classifier(
+                (getattr(config, "architectures", None) or [""])[0]):
+            self.token_head = ModernBertClassifierHead(config)  # on every token
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embedding_norm(self.embeddings(batch.input_ids))
@@ -149,18 +153,21 @@ class ModernBertModel(PoolingModel):
         """Copy checkpoint tensors in; every parameter must be set (the norms' biases
         stay zero where the checkpoint has none, ``norm_bias: false``)."""
         loader = ParameterLoader(self, "modernbert")
+        # A sequence classifier's head, or a token classifier's (the same layers per token).
+        head = "classifier" if self.classifier is not None else "token_head"
         for raw_name, tensor in weights:
             name = raw_name.removeprefix("model.")
-            if _IGNORED.search(name) or (self.classifier is None and _CLASSIFIER.search(name)):
+            if _IGNORED.search(name) or (self.classifier is None and self.token_head is None
+                                         and _CLASSIFIER.search(name)):
                 continue
             for pattern, replacement in _RENAMES:
                 if re.search(pattern, name):
                     name = re.sub(pattern, replacement, name)
                     break
-            loader.assign(name, tensor)
+            loader.assign(re.sub(r"^classifier\.", head + ".", name), tensor)
         missing = loader.finish()
         if not self.config.norm_bias:  # zero biases: the native LayerNorm's exact equal
-            missing = [name for name in missing
-                       if not (name.endswith("norm.bias") and not name.startswith("classifier."))]
+            missing = [name for name in missing if not (
+                name.endswith("norm.bias") and not name.startswith((head + ".")))]
         if missing:
             raise missing_tensors_error(missing)
