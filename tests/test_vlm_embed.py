@@ -117,6 +117,24 @@ def test_qwen2_5_vl_matches_transformers(tmp_path):
         assert torch.allclose(got, expected, atol=2e-5), (text, (got - expected).abs().max())
 
 
+def test_qwen3_vl_with_deepstack_and_interleaved_positions_matches_transformers(tmp_path):
+    from transformers import Qwen3VLModel
+
+    folder = build_tiny_qwen2_vl(tmp_path / "qwen3-vl", version="3")
+    llm = LLM(str(folder), dtype="float32")
+    reference = Qwen3VLModel.from_pretrained(folder, dtype=torch.float32).eval()
+    images = [random_image(96, 64, 1), random_image(64, 64, 2)]
+    prompts = [(f"{IMAGE}a page {IMAGE} and", images, []), ("a text alone", [], [])]
+    outputs = llm.embed([{"prompt": f"{IMAGE}a page {IMAGE} and",
+                          "multi_modal_data": {"image": images}}, "a text alone"])
+    for (text, im, vid), output in zip(prompts, outputs, strict=True):
+        expected = transformers_embedding(reference, llm, text, im, vid)
+        got = torch.tensor(output.outputs.embedding)
+        assert torch.allclose(got, expected, atol=2e-5), (text, (got - expected).abs().max())
+    with pytest.raises(ValueError, match="Videos are not supported for Qwen3-VL"):
+        llm.embed({"prompt": VIDEO, "multi_modal_data": {"video": random_frames(2)}})
+
+
 def test_a_text_embeds_the_same_alone_and_beside_images(llm):
     alone = llm.embed("a text")[0].outputs.embedding
     mixed = llm.embed([{"prompt": IMAGE, "multi_modal_data": {"image": random_image(56, 56)}},

@@ -87,6 +87,25 @@ def tiny_qwen2_5_vl_config(ids: dict[str, int]):
     )
 
 
+def tiny_qwen3_vl_config(ids: dict[str, int]):
+    from transformers import Qwen3VLConfig
+
+    base = tiny_qwen2_vl_config(ids).text_config.to_dict()
+    base.pop("layer_types", None)
+    base["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                               "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    return Qwen3VLConfig(
+        architectures=["Qwen3VLForConditionalGeneration"],
+        text_config={**base, "head_dim": 16, "num_hidden_layers": 3},
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": 64, "patch_size": 16, "spatial_merge_size": MERGE,
+                       "temporal_patch_size": 2, "in_channels": 3,
+                       "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
 def build_tiny_qwen2_vl(target: Path, seed: int = 0, version: str = "2") -> Path:
     """A Qwen2VLForConditionalGeneration (``version="2.5"``: Qwen2_5_VL...) with random
     weights (2 layers, hidden 64), its tokenizer, image and video processor settings."""
@@ -95,7 +114,11 @@ def build_tiny_qwen2_vl(target: Path, seed: int = 0, version: str = "2") -> Path
     target.mkdir(parents=True, exist_ok=True)
     ids = build_byte_tokenizer(target)
     torch.manual_seed(seed)
-    if version == "2.5":
+    if version == "3":
+        from transformers import Qwen3VLForConditionalGeneration
+
+        model = Qwen3VLForConditionalGeneration(tiny_qwen3_vl_config(ids)).eval()
+    elif version == "2.5":
         model = Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config(ids)).eval()
     else:
         model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(ids)).eval()
@@ -104,7 +127,8 @@ def build_tiny_qwen2_vl(target: Path, seed: int = 0, version: str = "2") -> Path
             if name.endswith("weight") and param.ndim >= 2:
                 param.normal_(0.0, 0.08)
     model.save_pretrained(target)
-    processor = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": PATCH,
+    patch = 16 if version == "3" else PATCH
+    processor = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": patch,
                  "merge_size": MERGE, "temporal_patch_size": 2,
                  "image_processor_type": "Qwen2VLImageProcessor",
                  "image_mean": [0.48145466, 0.4578275, 0.40821073],

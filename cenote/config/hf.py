@@ -43,7 +43,8 @@ def is_dual_encoder(hf_config: Any) -> bool:
 
 # Vision-language models embedding text, images and videos in one prompt (SPEC 13).
 VISION_LANGUAGE_ARCHITECTURES = frozenset({"Qwen2VLForConditionalGeneration",
-                                           "Qwen2_5_VLForConditionalGeneration"})
+                                           "Qwen2_5_VLForConditionalGeneration",
+                                           "Qwen3VLForConditionalGeneration"})
 
 
 def is_vision_language(hf_config: Any) -> bool:

@@ -83,6 +83,9 @@ class VisionLanguageProcessor:
         self.temporal_patch_size = self.images.temporal_patch_size
         self.merge = self.images.merge_size
         self.patch_size = self.images.patch_size
+        # Qwen3-VL's video prompts interleave frame timestamps ("<0.5 seconds>") with
+        # per-frame placeholder runs; not built here yet.
+        self.takes_video = hf_config.model_type != "qwen3_vl"
         self.image_token_id = hf_config.image_token_id
         self.video_token_id = hf_config.video_token_id
 
@@ -131,6 +134,9 @@ class VisionLanguageProcessor:
             if placeholders != count:
                 raise ValueError(f"The prompt has {placeholders} {token} placeholders for "
                                  f"{count} {name}: give one placeholder per item.")
+        if videos and not self.takes_video:
+            raise ValueError("Videos are not supported for Qwen3-VL models yet (its prompts "
+                             "carry frame timestamps); send sampled frames as images.")
         data = MultiModalData()
         if images:
             data.pixel_values, data.image_grid_thw = self._image_patches(

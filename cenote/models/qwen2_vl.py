@@ -78,13 +78,15 @@ class Qwen2VLEmbedder(PoolingModel):
     # transformers' vision tower of the family ("module:Class").
     vision_tower = ("transformers.models.qwen2_vl.modeling_qwen2_vl:"
                     "Qwen2VisionTransformerPretrainedModel")
+    # The decoder family its language model's layers are.
+    language_family = "qwen2"
 
     def __init__(self, config: Any, task: str) -> None:
         super().__init__()
         module, _, name = self.vision_tower.partition(":")
         tower = getattr(importlib.import_module(module), name)
         text = copy.copy(config.text_config)
-        text.model_type = "qwen2"  # the same layers as Qwen2 (q/k/v biases)
+        text.model_type = self.language_family  # the same layers as Qwen2's (or Qwen3's)
         self.language = DecoderModel(text, task)
         self.classifier, self.classify_pad_token_id = (self.language.classifier,
                                                        self.language.classify_pad_token_id)
@@ -102,27 +104,36 @@ class Qwen2VLEmbedder(PoolingModel):
         x = self.language.embed_tokens(batch.input_ids)
         if not records or not any(r is not None for r in records):
             return self.language(batch, inputs_embeds=x)
+        deepstack: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
         for token_id, pixels, grids in (
                 (self.image_token_id, "pixel_values", "image_grid_thw"),
                 (self.video_token_id, "pixel_values_videos", "video_grid_thw")):
             found = [(getattr(r, pixels), getattr(r, grids)) for r in records
                      if r is not None and getattr(r, pixels) is not None]
             if found:
-                features = self.vision_features(torch.cat([p for p, _ in found]),
-                                                torch.cat([g for _, g in found]))
+                features, extra = self.vision_features(torch.cat([p for p, _ in found]),
+                                                       torch.cat([g for _, g in found]))
                 rows = (batch.input_ids[:batch.num_tokens] == token_id).nonzero().squeeze(1)
                 if len(rows) != len(features):
                     raise ValueError(f"{len(rows)} placeholder tokens for {len(features)} "
                                      "vision tokens.")
                 x = x.index_copy(0, rows, features.to(x.dtype))
-        return self.language(batch, inputs_embeds=x,
-                             rotary=self.rotary(self.positions(batch, records), x.dtype))
+                deepstack.append((rows, extra))
+        rotary = self.rotary(self.positions(batch, records), x.dtype)
+        return self.run_language(batch, x, rotary, deepstack)
+
+    def run_language(self, batch: PackedBatch, x: torch.Tensor,
+                     rotary: tuple[torch.Tensor, torch.Tensor],
+                     deepstack: list[tuple[torch.Tensor, list[torch.Tensor]]]) -> torch.Tensor:
+        """The language model over the merged rows (``deepstack``: Qwen3-VL's)."""
+        return self.language(batch, inputs_embeds=x, rotary=rotary)
 
     def vision_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
-                        ) -> torch.Tensor:
-        """The merged vision tokens of images or videos: ``[sum(t*h*w) / merge^2, hidden]``."""
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The merged vision tokens of images or videos, ``[sum(t*h*w) / merge^2, hidden]``,
+        and the features the family adds to early layers' rows (none here)."""
         weight = self.visual.patch_embed.proj.weight
-        return self.visual(pixel_values.to(weight.dtype), grid_thw=grid_thw).pooler_output
+        return self.visual(pixel_values.to(weight.dtype), grid_thw=grid_thw).pooler_output, []
 
     def positions(self, batch: PackedBatch, records: list[MultiModalData | None]
                   ) -> torch.Tensor:
@@ -200,3 +211,48 @@ class Qwen2_5_VLEmbedder(Qwen2VLEmbedder):
             return []
         seconds = [1.0] * len(record.video_grid_thw) if seconds is None else seconds.tolist()
         return _rows(record.video_grid_thw, [self.tokens_per_second * s for s in seconds])
+
+
+class Qwen3VLEmbedder(Qwen2VLEmbedder):
+    """``Qwen3VLForConditionalGeneration`` (Qwen3-VL-Embedding): Qwen3's language model
+    (q/k RMSNorm), transformers' Qwen3-VL vision tower, interleaved M-RoPE (the
+    frequencies cycle t, h, w instead of running in three blocks) and DeepStack: the
+    tower's intermediate features added to the vision rows after the first layers."""
+
+    vision_tower = "transformers.models.qwen3_vl.modeling_qwen3_vl:Qwen3VLVisionModel"
+    language_family = "qwen3"
+
+    def vision_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        weight = self.visual.patch_embed.proj.weight
+        out = self.visual(pixel_values.to(weight.dtype), grid_thw=grid_thw)
+        return out.pooler_output, list(out.deepstack_features)
+
+    def run_language(self, batch: PackedBatch, x: torch.Tensor,
+                     rotary: tuple[torch.Tensor, torch.Tensor],
+                     deepstack: list[tuple[torch.Tensor, list[torch.Tensor]]]) -> torch.Tensor:
+        language = self.language
+        depth = max((len(extra) for _, extra in deepstack), default=0)
+        last = len(language.layers) - 1
+        for i, layer in enumerate(language.layers):
+            # A pooled-only last layer would drop the rows DeepStack still adds to.
+            pooled_only = i == last and batch.pooled is not None and i >= depth
+            x = layer(x, *rotary, batch, pooled_only=pooled_only)
+            for rows, extra in deepstack:
+                if i < len(extra):
+                    x = x.index_add(0, rows, extra[i].to(x.dtype))
+        if batch.pooled is not None and depth > last:  # every row ran: keep the pooled
+            x = x[batch.pooled_rows]
+        return language.norm(x)
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interleaved: frequency j reads axis h where j % 3 == 1 and j < 3 * sections[1],
+        axis w where j % 3 == 2 and j < 3 * sections[2], else t."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)
+        mixed = freqs[0].clone()
+        for axis in (1, 2):
+            picked = slice(axis, 3 * self.mrope_section[axis], 3)
+            mixed[..., picked] = freqs[axis, ..., picked]
+        emb = torch.cat((mixed, mixed), dim=-1).unsqueeze(1)
+        return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)

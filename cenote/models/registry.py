@@ -50,6 +50,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
        for architecture in BIDIRECTIONAL_DECODERS},
     "Qwen2VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2VLEmbedder",
     "Qwen2_5_VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2_5_VLEmbedder",
+    "Qwen3VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen3VLEmbedder",
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
     "JinaVLForRanking": "cenote.models.vl_rerankers:JinaVLRanker",
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
