@@ -15,13 +15,16 @@ from tests.vlm_factories import (
     MIN_PIXELS,
     PATCH,
     build_byte_tokenizer,
+    tiny_qwen2_5_vl_config,
     tiny_qwen2_vl_config,
 )
 
 
-def build_tiny_colqwen2(target: Path, seed: int = 0, embedding_dim: int = 32) -> Path:
-    """A ColQwen2ForRetrieval (Qwen2-VL backbone: 2 layers, hidden 64) with random
-    weights and its ColQwen2Processor."""
+def build_tiny_colqwen2(target: Path, seed: int = 0, embedding_dim: int = 32,
+                        backbone: str = "2") -> Path:
+    """A ColQwen2ForRetrieval (a Qwen2-VL backbone, ``backbone="2.5"``: Qwen2.5-VL, as
+    ColQwen2.5 checkpoints; 2 layers, hidden 64) with random weights and its
+    ColQwen2Processor."""
     from transformers import (
         AutoImageProcessor,
         AutoTokenizer,
@@ -32,8 +35,8 @@ def build_tiny_colqwen2(target: Path, seed: int = 0, embedding_dim: int = 32) ->
 
     target.mkdir(parents=True, exist_ok=True)
     ids = build_byte_tokenizer(target)
-    config = ColQwen2Config(vlm_config=tiny_qwen2_vl_config(ids).to_dict(),
-                            embedding_dim=embedding_dim)
+    vlm = tiny_qwen2_5_vl_config(ids) if backbone == "2.5" else tiny_qwen2_vl_config(ids)
+    config = ColQwen2Config(vlm_config=vlm.to_dict(), embedding_dim=embedding_dim)
     torch.manual_seed(seed)
     model = ColQwen2ForRetrieval(config).eval()
     with torch.no_grad():  # the default init is tiny: give the layers something to do

@@ -68,6 +68,25 @@ def test_image_and_query_vectors_match_transformers(llm, reference):
         torch.testing.assert_close(o.outputs.data, t, atol=2e-5, rtol=1e-4)
 
 
+def test_colqwen2_5_vectors_match_transformers(tmp_path):
+    """ColQwen2.5: the same class with a Qwen2.5-VL backbone (its own vision tower)."""
+    from transformers import ColQwen2ForRetrieval, ColQwen2Processor
+
+    folder = build_tiny_colqwen2(tmp_path / "colqwen2.5", backbone="2.5")
+    llm = LLM(str(folder), dtype="float32")
+    reference = (ColQwen2ForRetrieval.from_pretrained(folder, dtype=torch.float32).eval(),
+                 ColQwen2Processor.from_pretrained(folder))
+    assert reference[0].config.vlm_config.model_type == "qwen2_5_vl"
+    pages = [page(112, 84, 20)]
+    ours = llm.encode([image_prompt(p) for p in pages], pooling_task="token_embed")
+    ours += llm.encode(["a query"], pooling_task="token_embed",
+                       pooling_params=PoolingParams(embedding_mode="query"))
+    theirs = (transformers_vectors(reference, images=pages)
+              + transformers_vectors(reference, queries=["a query"]))
+    for o, t in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(o.outputs.data, t, atol=2e-5, rtol=1e-4)
+
+
 def test_score_text_queries_against_page_images_is_maxsim(llm, reference):
     model, processor = reference
     pages = [page(56, 56, 2), page(84, 56, 3), page(56, 112, 4)]

@@ -1,10 +1,11 @@
-"""Visual document retrievers (ColQwen2, and ColQwen2.5 where the backbone is Qwen2-VL
-shaped): one vector per token or image patch, scored against each other by MaxSim.
+"""Visual document retrievers (ColQwen2, and ColQwen2.5: the same class with a Qwen2.5-VL
+``vlm_config``): one vector per token or image patch, scored against each other by MaxSim.
 
 ``ColQwen2ForRetrieval`` (transformers' class) is a Qwen2-VL model whose last hidden
 states go through ``embedding_proj_layer`` and are normalised (the pooler normalises
 ``token_embed`` rows). The vision tower is transformers' own, the language model
-cenote's packed decoder (:class:`~cenote.models.qwen2_vl.Qwen2VLEmbedder`).
+cenote's packed decoder (:class:`~cenote.models.qwen2_vl.Qwen2VLEmbedder`), the tower
+the one of the ``vlm_config``'s family (Qwen2-VL's or Qwen2.5-VL's).
 
 Positions: transformers' ``ColQwen2ForRetrieval.forward`` hands the VLM only
 ``inputs_embeds`` (no ``image_grid_thw``), so its language model numbers every token
@@ -22,11 +23,14 @@ import torch
 from torch import nn
 
 from cenote.models.batch import PackedBatch
-from cenote.models.qwen2_vl import Qwen2VLEmbedder
+from cenote.models.qwen2_vl import Qwen2_5_VLEmbedder, Qwen2VLEmbedder
 
 # transformers 5 saves ``vlm.visual.*`` / ``vlm.language_model.*``; older conversions
 # ``vlm.model.visual.*`` / ``vlm.model.language_model.*`` (and an unused ``vlm.lm_head``).
 _VLM_PREFIX = re.compile(r"^vlm\.(model\.)?")
+# The vision tower of each backbone ColQwen2ForRetrieval's vlm_config may name.
+_TOWERS = {"qwen2_vl": Qwen2VLEmbedder.vision_tower,
+           "qwen2_5_vl": Qwen2_5_VLEmbedder.vision_tower}
 
 
 class ColQwen2Embedder(Qwen2VLEmbedder):
@@ -38,6 +42,11 @@ class ColQwen2Embedder(Qwen2VLEmbedder):
         if task != "embed":
             raise ValueError(f"ColQwen2ForRetrieval is a retrieval embedder (token_embed); "
                              f"task {task!r} does not apply to it.")
+        backbone = config.vlm_config.model_type
+        if backbone not in _TOWERS:
+            raise ValueError(f"ColQwen2ForRetrieval with a {backbone!r} backbone is not "
+                             f"supported; supported: {', '.join(sorted(_TOWERS))}.")
+        self.vision_tower = _TOWERS[backbone]  # read by Qwen2VLEmbedder.__init__
         super().__init__(config.vlm_config, task)
         hidden = config.vlm_config.text_config.hidden_size
         self.embedding_proj_layer = nn.Linear(hidden, config.embedding_dim)
@@ -47,8 +56,9 @@ class ColQwen2Embedder(Qwen2VLEmbedder):
         found = [(r.pixel_values, r.image_grid_thw) for r in batch.multimodal or ()
                  if r is not None and r.pixel_values is not None]
         if found:
-            features = self.vision_features(torch.cat([p for p, _ in found]),
-                                            torch.cat([g for _, g in found]))
+            weight = self.visual.patch_embed.proj.weight
+            features = self.visual(torch.cat([p for p, _ in found]).to(weight.dtype),
+                                   grid_thw=torch.cat([g for _, g in found])).pooler_output
             rows = (batch.input_ids[:batch.num_tokens] == self.image_token_id).nonzero()
             if len(rows) != len(features):
                 raise ValueError(f"{len(rows)} image placeholder tokens for "
