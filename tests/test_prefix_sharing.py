@@ -194,9 +194,15 @@ def test_bf16_with_shared_prefixes_stays_with_each_sequence_run_whole(tiny_decod
     assert F.cosine_similarity(shared, plain, dim=-1).min() >= 0.9999
 
 
+def test_vllms_cache_config_says_whether_prefixes_are_shared(decoder):
+    assert decoder.llm_engine.vllm_config.cache_config.enable_prefix_caching is True
+
+
 def test_bidirectional_decoders_never_share(tiny_decoder):
     path = tiny_decoder("qwen3", "Qwen3Model", is_causal=False)
-    assert not LLM(str(path), dtype="float32").engine.runner.shares_prefixes
+    llm = LLM(str(path), dtype="float32")
+    assert not llm.engine.runner.shares_prefixes
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
 
 
 def test_vllms_spellings_turn_it_off(tiny_decoder):

@@ -280,9 +280,10 @@ def read_tokenization_kwargs(kwargs: dict[str, Any] | None,
 
 @dataclass
 class CacheConfigView:
-    """vLLM's cache settings as given: cenote keeps no KV cache between batches; with
-    ``enable_prefix_caching`` a causal decoder computes a prefix shared within a batch
-    once."""
+    """vLLM's cache settings: cenote keeps no KV cache between batches;
+    ``enable_prefix_caching`` says whether a prefix that several sequences of a batch
+    share runs once, as vLLM says whether it caches prefixes: asked for (the default)
+    and the model causal (a native decoder)."""
 
     gpu_memory_utilization: float | None = None
     block_size: int | None = None
@@ -318,7 +319,7 @@ class LLMEngineView:
             cache_config=CacheConfigView(
                 gpu_memory_utilization=engine_args.get("gpu_memory_utilization"),
                 block_size=engine_args.get("block_size"),
-                enable_prefix_caching=config.enable_prefix_caching),
+                enable_prefix_caching=bool(engine.runner and engine.runner.shares_prefixes)),
             scheduler_config=SchedulerConfigView(
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 max_model_len=config.max_model_len,
