@@ -134,3 +134,17 @@ def test_a_modernbert_token_classifier_serves_token_classify_like_transformers(
         expected = hf_token_probs(path, "AutoModelForTokenClassification", text)
         assert out.outputs.data.shape == expected.shape
         assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+
+
+def test_a_qwen3_token_classifier_serves_token_classify_like_transformers(minilm_path, tmp_path):
+    from tests.factories import build_tiny_decoder
+
+    path = build_tiny_decoder(minilm_path, tmp_path / "qwen3-ner", "qwen3",
+                              "Qwen3ForTokenClassification", num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.model_config.supported_pooling_tasks == ("encode", "token_classify")
+    for text, out in zip(SENTENCES, llm.encode(SENTENCES, pooling_task="token_classify"),
+                         strict=True):
+        expected = hf_token_probs(path, "AutoModelForTokenClassification", text)
+        assert out.outputs.data.shape == expected.shape
+        assert torch.allclose(out.outputs.data, expected, atol=1e-4)

@@ -16,8 +16,9 @@ What sits on top of the hidden states depends on the task and architecture:
 - ``classify``: ``score`` (linear, no bias) on the pooled row, as in
   ``*ForSequenceClassification``; a ``*ForCausalLM`` needs a ``score.weight``
   in its checkpoint.
-- ``reward`` on ``*ForRewardModel`` and ``*ForProcessRewardModel``: the per-token
-  head ``score.0`` -> ReLU -> ``score.2``, applied to every token (``token_head``).
+- ``reward`` on ``*ForRewardModel``, ``*ForProcessRewardModel`` (``score.0`` -> ReLU
+  -> ``score.2``) and ``*ForTokenClassification`` (``score``): the per-token head
+  (``token_head``, ``decoder_heads.py``), applied to every token.
 - anything else: the bare hidden states (embed: LAST + normalise; reward on a
   converted causal LM: ALL).
 """
@@ -35,6 +36,7 @@ from torch import nn
 
 from cenote.config.hf import architecture_of, is_bidirectional, rope_settings
 from cenote.models.batch import PackedBatch
+from cenote.models.decoder_heads import decoder_token_head
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.kernels import rowwise_for
 from cenote.models.layers import fp32_copies
@@ -247,19 +249,6 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attn_norm(x))
 
 
-class RewardHead(nn.Module):
-    """Qwen2ForRewardModel's per-token head: Linear -> ReLU -> Linear."""
-
-    def __init__(self, hidden_size: int, num_labels: int) -> None:
-        super().__init__()
-        self.out_features = num_labels
-        self.score = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-                                   nn.Linear(hidden_size, num_labels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.score(x)
-
-
 # Checkpoint name (after the "model." prefix is cut) -> our name.
 _RENAMES = [
     (r"layers\.(\d+)\.input_layernorm\.", r"layers.\1.input_norm."),
@@ -315,9 +304,8 @@ class DecoderModel(PoolingModel):
             # bidirectional model's rows depend on every token, so none is skipped.
             self.classify_pad_token_id = (getattr(config, "pad_token_id", None)
                                           if args.causal else None)
-        elif task == "reward" and self.architecture.endswith(("ForRewardModel",
-                                                              "ForProcessRewardModel")):
-            self.token_head = RewardHead(args.hidden_size, config.num_labels)
+        elif task == "reward":  # a reward model's or a token classifier's head, if any
+            self.token_head = decoder_token_head(self.architecture, args.hidden_size, config)
 
     def forward(self, batch: PackedBatch, inputs_embeds: torch.Tensor | None = None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
