@@ -170,6 +170,25 @@ def test_sliding_window_layers_shorter_than_the_prefix(tiny_decoder):
     _assert_same(shared, plain)
 
 
+def test_causal_gemma3_shares_prefixes_too(minilm_path, tmp_path):
+    import transformers
+
+    from tests.factories import _save_tokenizer, _widen_
+
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=30522, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        layer_types=["sliding_attention", "full_attention"], sliding_window=4,
+        max_position_embeddings=256, use_bidirectional_attention=False)
+    model = transformers.Gemma3TextModel(config)
+    _widen_(model, 0.1)
+    model.save_pretrained(tmp_path)
+    _save_tokenizer(minilm_path, tmp_path)
+    shared, plain = _embed_both_ways(LLM(str(tmp_path), dtype="float32"), _prompts(MIXED))
+    _assert_same(shared, plain)
+
+
 def test_a_classifier_scores_the_same_with_shared_prefixes(tiny_decoder):
     llm = LLM(str(tiny_decoder("qwen3", "Qwen3ForSequenceClassification", num_labels=3)),
               dtype="float32")

@@ -23,10 +23,10 @@ from cenote.config.hf import architecture_of, is_bidirectional
 from cenote.models.batch import PackedBatch
 from cenote.models.decoder import DecoderArgs, FeedForward, RotaryEmbedding, apply_rotary
 from cenote.models.interface import AttentionShape, PoolingModel
-from cenote.models.layers import packed_attention
 from cenote.models.linear import Linear
 from cenote.models.loading import ParameterLoader, missing_tensors_error
 from cenote.models.lora import llama_lora_modules
+from cenote.models.prefix_sharing import attention
 
 
 def gemma3_args(config: Any) -> DecoderArgs:
@@ -88,8 +88,8 @@ class Gemma3Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(self.k_norm(k), cos, sin)
         if self.query_scale != 1.0:
             q = q * self.query_scale
-        out = packed_attention(q, k, v, batch, causal=self.causal,
-                               sliding_window=self.sliding_window)
+        out = attention(q, k, v, batch, causal=self.causal,  # shared prefixes: once
+                        sliding_window=self.sliding_window)
         return self.o_proj(out)
 
 
@@ -135,6 +135,7 @@ class Gemma3TextModel(PoolingModel):
         self.config = config
         self.architecture = architecture_of(config)
         args = gemma3_args(config)
+        self.shares_prefixes = args.causal
         scalar = getattr(config, "query_pre_attn_scalar", None) or args.head_dim
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.embed_scale = args.hidden_size ** 0.5
