@@ -76,6 +76,12 @@ def test_the_plan_keeps_each_token_and_position_and_computes_each_shared_row_onc
     assert distinct.num_tokens < batch.num_tokens - 5 * len(INSTRUCTION)
 
 
+def test_token_ids_in_tuples_share_with_lists():
+    token_lists = [tuple(INSTRUCTION + _ids(4)), INSTRUCTION + _ids(3), INSTRUCTION + _ids(5)]
+    distinct = share_prefixes(PackedBatch.build(token_lists), token_lists)
+    assert distinct.num_tokens == len(INSTRUCTION) + 12
+
+
 def test_pooled_rows_bucketed_rows_and_filler():
     batch = PackedBatch.build(MIXED, bucket=True, pooled="last")
     distinct = share_prefixes(batch, MIXED, bucket=True)

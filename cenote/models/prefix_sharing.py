@@ -107,6 +107,8 @@ def _distinct_rows(token_ids: Sequence[Sequence[int]], lens: np.ndarray, cu: np.
     """``(expand, sources, positions)``: the distinct row of each token (``[T]``), and
     of each distinct row a token that is it and its position; None when no sequence
     shares ``MIN_SHARED_TOKENS`` tokens with another."""
+    # Lists compare with lists only (a prompt's ids may come as a tuple).
+    token_ids = [ids if isinstance(ids, list) else list(ids) for ids in token_ids]
     # In lexicographic order the longest prefix a sequence shares with any before it is
     # the one it shares with the sequence just before it.
     order = sorted(range(len(token_ids)), key=token_ids.__getitem__)
