@@ -10,7 +10,8 @@
    (queries behind a shared instruction, with and without prefix sharing),
    ``profile_embed.py``, ``static_embed.py`` (a model2vec table vs model2vec's
    ``encode`` and MiniLM) and ``offline_embed.py --modernbert-base`` (a
-   ModernBERT-base-shaped embedder vs sentence-transformers), as subprocesses;
+   ModernBERT-base-shaped embedder vs sentence-transformers), ``rotary_encoders.py``
+   (NomicBert- and GTE-base-shaped embedders vs a padded reference), as subprocesses;
    their printed tables go into the README as they are.
 
 Only the part of the README between the generated markers is rewritten; any
@@ -57,6 +58,8 @@ SCRIPTS = {
     "static": ("Static embeddings (model2vec) vs model2vec and MiniLM", "static_embed.py", ""),
     "modernbert": ("ModernBERT (base shape) vs sentence-transformers", "offline_embed.py",
                    "--modernbert-base --texts 64 --repeats 1"),
+    "rotary_encoders": ("NomicBert and GTE new (base shapes) vs a padded reference",
+                        "rotary_encoders.py", "--texts 64 --repeats 1"),
 }
 README_INTRO = """# Benchmarks
 

@@ -22,6 +22,7 @@ computing (NomicBert's dynamic NTK base is taken from the padded length).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -49,6 +50,15 @@ def _attention(q, k, v, mask):  # [B, L, H, D] each; mask [B, L] True = a real t
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
 
 
+@functools.lru_cache(maxsize=4)
+def _load(folder: Path, strip: str = "") -> tuple[dict, dict]:
+    """A folder's config.json and fp32 tensors (``strip``: a name prefix to cut)."""
+    cfg = json.loads((folder / "config.json").read_text())
+    sd = {k.removeprefix(strip): v.float()
+          for k, v in load_file(str(folder / "model.safetensors")).items()}
+    return cfg, sd
+
+
 def _pad(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(map(len, token_ids))
     ids = torch.tensor([t + [0] * (length - len(t)) for t in token_ids])
@@ -59,8 +69,7 @@ def _pad(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def nomic_bert_hidden(folder: Path, token_ids: list[list[int]]) -> list[torch.Tensor]:
     """``NomicBertModel(...).last_hidden_state`` of each sequence (padded batch), fp32."""
-    cfg = json.loads((folder / "config.json").read_text())
-    sd = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    cfg, sd = _load(Path(folder))
     hidden, heads, eps = cfg["n_embd"], cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5)
     head_dim = hidden // heads
     ids, mask = _pad(token_ids)
@@ -132,9 +141,7 @@ def gte_new_forward(folder: Path, token_ids: list[list[int]]
                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """``NewModel`` hidden states of each sequence and, for ``NewForSequenceClassification``,
     the logits ``[B, num_labels]`` (else None); padded batch, fp32."""
-    cfg = json.loads((folder / "config.json").read_text())
-    sd = {k.removeprefix("new."): v.float()
-          for k, v in load_file(str(folder / "model.safetensors")).items()}
+    cfg, sd = _load(Path(folder), "new.")
     hidden, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
     head_dim = hidden // heads
     ids, mask = _pad(token_ids)
@@ -184,24 +191,25 @@ def gte_new_forward(folder: Path, token_ids: list[list[int]]
     return [x[b, :len(t)] for b, t in enumerate(token_ids)], logits
 
 
-def _random(shape, generator, kind: str) -> torch.Tensor:
+def _random(shape, generator, kind: str, std: float) -> torch.Tensor:
     if kind == "norm.weight":
         return 1 + 0.2 * torch.randn(shape, generator=generator)
-    return (0.1 if len(shape) > 1 else 0.2) * torch.randn(shape, generator=generator)
+    return (std if len(shape) > 1 else 2 * std) * torch.randn(shape, generator=generator)
 
 
 def write_checkpoint(folder: Path, config: dict, shapes: dict[str, tuple[int, ...]],
-                     minilm_path: Path, seed: int = 0) -> Path:
+                     minilm_path: Path, seed: int = 0, std: float = 0.1) -> Path:
     """A folder laid out as the published checkpoints: ``config.json`` (with its
     ``auto_map`` to code that is not there), ``model.safetensors`` under the real tensor
-    names, random weights, and MiniLM's tokenizer."""
+    names, random weights (matrices ``std``: wide enough at test widths that mistakes
+    show), and MiniLM's tokenizer."""
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     # Every 1-D weight here is a norm's: around 1, the rest around 0.
     tensors = {name: _random(shape, generator, "norm.weight" if len(shape) == 1
-                             and name.endswith("weight") else "")
+                             and name.endswith("weight") else "", std)
                for name, shape in shapes.items()}
     save_file(tensors, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(config, indent=2))
