@@ -26,6 +26,7 @@ from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, load_io_processor
 from cenote.engine.lora import with_adapters
 from cenote.inputs.prompts import Prompt, SequenceInput, make_score_pairs, normalize_prompts
 from cenote.inputs.score_prompts import ScoreOptions
+from cenote.models.dummy_weights import dummy_checkpoint
 from cenote.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -86,6 +87,8 @@ class LLM:
         for name, value in vllm_engine_args.items():
             if problem := vllm_arg_problem(name, value):
                 raise ValueError(problem)
+        if vllm_engine_args.get("load_format") == "dummy":  # random weights, as vLLM's
+            model = dummy_checkpoint(model, revision, trust_remote_code)
         if vllm_engine_args:
             logger.info("Ignoring vLLM engine arguments that do not apply here: %s",
                         ", ".join(sorted(vllm_engine_args)))

@@ -54,7 +54,7 @@ def test_every_engine_argument_vllms_test_runner_passes_is_accepted(runner_llm):
 
 
 @pytest.mark.parametrize("kwargs, reason", [
-    ({"load_format": "dummy"}, "cenote loads the checkpoint's own weights"),
+    ({"load_format": "gguf"}, "cenote loads the checkpoint's own weights"),
     ({"tokenizer_mode": "mistral"}, "the model's Hugging Face tokenizer"),
     ({"skip_tokenizer_init": True}, "tokenizes text prompts itself"),
     ({"tensor_parallel_size": 2}, "one device"),

@@ -58,7 +58,7 @@ IGNORED_VLLM_OPTIONS = (
 # refused.
 _TRIVIAL_VLLM_VALUES = {"tensor_parallel_size": ("1",), "pipeline_parallel_size": ("1",),
                         "data_parallel_size": ("1",),
-                        "load_format": ("auto", "safetensors", "pt", "hf"),
+                        "load_format": ("auto", "safetensors", "pt", "hf", "dummy"),
                         "tokenizer_mode": ("auto", "hf"),
                         "skip_tokenizer_init": ("False",),
                         "model_impl": ("auto",)}
@@ -66,7 +66,7 @@ _REFUSAL_REASONS = {
     "data_parallel_size": "the offline LLM runs one engine (serve with --data-parallel-size, "
                           "or embed a dataset with cenote.integrations.ray)",
     "load_format": "cenote loads the checkpoint's own weights (safetensors or "
-                   "pytorch_model.bin), never dummy or other formats",
+                   "pytorch_model.bin), or random ones (dummy); no other formats",
     "tokenizer_mode": "cenote tokenizes with the model's Hugging Face tokenizer (auto)",
     "skip_tokenizer_init": "cenote tokenizes text prompts itself and needs the tokenizer",
     "model_impl": "cenote picks its implementation itself (native where it has one, else "

@@ -25,12 +25,13 @@ logger = logging.getLogger(__name__)
 def _embedding_class(hf_config):
     """The checkpoint's own headless class where it names one transformers has (e.g.
     ``T5EncoderModel``, which ``AutoModel`` would load as the whole encoder-decoder),
-    else ``AutoModel``."""
+    else ``AutoModel`` (also for a ``*LMHeadModel``, e.g. GPT-2's: a body with a head)."""
     import transformers
 
     for name in getattr(hf_config, "architectures", None) or []:
         cls = getattr(transformers, name, None)
-        if cls is not None and name.endswith("Model") and "For" not in name:
+        if (cls is not None and name.endswith("Model") and "For" not in name
+                and "LMHead" not in name):
             return cls
     return transformers.AutoModel
 
