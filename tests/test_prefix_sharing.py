@@ -209,6 +209,22 @@ def test_sdpa_attention_path(decoder, monkeypatch):
     _assert_same(shared, plain)
 
 
+def test_bucketed_rows_of_int8_matmuls(tiny_decoder):
+    """int8 layers give the matmuls bucketed row counts: filler rows on both batches."""
+    from cenote.models.quantization import check_int8_support
+
+    try:
+        check_int8_support()
+    except ValueError as exc:
+        pytest.skip(f"no oneDNN int8 matmul here: {exc}")
+    path = tiny_decoder("qwen3", "Qwen3Model", hidden_size=128, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=64)
+    llm = LLM(str(path), quantization="int8")
+    assert llm.engine.runner.bucket_rows
+    shared, plain = _embed_both_ways(llm, _prompts(MIXED))
+    _assert_same(shared, plain)
+
+
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_with_shared_prefixes_stays_with_each_sequence_run_whole(tiny_decoder):
     # head_dim 64: the native RMSNorm and rotary kernels run too.
