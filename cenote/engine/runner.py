@@ -19,7 +19,7 @@ from cenote.models import load_model
 from cenote.models.batch import PackedBatch, upload
 from cenote.models.interface import Vocabulary
 from cenote.models.linear import Linear
-from cenote.models.lora import ModelAdapters
+from cenote.models.lora import ModelAdapters, by_adapter
 from cenote.models.prefix_sharing import share_prefixes, token_rows
 from cenote.params import PoolingParams
 from cenote.pooling.methods import PoolingMetadata
@@ -41,8 +41,10 @@ class PreparedBatch:
     text_rows: list[int] | None = None
     image_rows: list[int] | None = None
     pixel_values: torch.Tensor | None = None
-    # Each text record's LoRA adapter id (0: the base), when one asks for an adapter.
+    # Each packed sequence's LoRA adapter id (0: the base), when one asks for an adapter;
+    # the batch packs record ``lora_order[k]`` as its sequence k.
     lora_ids: list[int] | None = None
+    lora_order: list[int] | None = None
 
 
 class ModelRunner:
@@ -66,6 +68,8 @@ class ModelRunner:
         # Whether the prefixes a batch's sequences share run once (causal decoders).
         self.shares_prefixes = self.model.shares_prefixes and config.enable_prefix_caching
         self.one_thread = self.model.single_threaded and config.device.type == "cpu"
+        if self.adapters is not None:
+            self.adapters.rows.bucket = self.bucket_rows
 
     @property
     def launches_async(self) -> bool:
@@ -92,6 +96,11 @@ class ModelRunner:
         return prepared
 
     def _prepare_texts(self, seqs: Sequence[SequenceInput], pooling_task: str) -> PreparedBatch:
+        params = [s.params for s in seqs]
+        # With adapters, each adapter's sequences side by side: its rows are one range.
+        order = by_adapter([s.lora_id for s in seqs])
+        if order is not None:
+            seqs = [seqs[i] for i in order]
         types = None
         if any(s.token_type_ids is not None for s in seqs):
             types = [s.token_type_ids or [0] * len(s.token_ids) for s in seqs]
@@ -117,8 +126,8 @@ class ModelRunner:
         if any(s.multimodal is not None for s in seqs):  # a vision-language model's pixels
             batch.multimodal = [s.multimodal and s.multimodal.to(self.config.device)
                                 for s in seqs]
-        return PreparedBatch(batch, pooling_task, [s.params for s in seqs], skip,
-                             lora_ids=lora_ids)
+        return PreparedBatch(batch, pooling_task, params, skip, lora_ids=lora_ids,
+                             lora_order=order)
 
     @torch.inference_mode()
     def launch(self, prepared: PreparedBatch) -> list[torch.Tensor]:
@@ -156,6 +165,12 @@ class ModelRunner:
                 raise ValueError("LoRA adapters were asked for, but LoRA is not enabled.")
             with self.adapters.active(prepared.lora_ids, batch):
                 hidden, meta = self._hidden(batch, prepared)
+            order = prepared.lora_order
+            packed = self.pooler(hidden, meta, prepared.pooling_task, [params[i] for i in order])
+            outputs: list[torch.Tensor | None] = [None] * len(order)
+            for k, i in enumerate(order):
+                outputs[i] = packed[k]
+            return outputs
         else:
             hidden, meta = self._hidden(batch, prepared)
         return self.pooler(hidden, meta, prepared.pooling_task, params)

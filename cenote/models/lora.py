@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from cenote.config.lora import ADAPTER_WEIGHTS, AdapterConfig, LoRAError
-from cenote.models.batch import PackedBatch
+from cenote.models.batch import PackedBatch, bucket_rows
 from cenote.models.interface import PoolingModel
-from cenote.models.linear import Linear
+from cenote.models.linear import Linear, can_pack
 
 # A PEFT tensor name: base_model.model.<module>.lora_A.weight (older PEFT kept the
 # adapter's name: lora_A.default.weight).
@@ -52,12 +52,27 @@ def llama_lora_modules(attention: str) -> tuple[tuple[str, str, tuple[str, ...] 
 
 class LoRARows:
     """The running batch's rows per adapter, shared by every adapted linear: ``groups``
-    is ``[(adapter id, row indices or None for every row)]``, None outside a batch
-    with adapters."""
+    is ``[(adapter id, first row, end row)]``, None outside a batch with adapters."""
 
     def __init__(self) -> None:
-        self.groups: list[tuple[int, torch.Tensor | None]] | None = None
+        self.groups: list[tuple[int, int, int]] | None = None
         self.num_rows = 0
+        # Whether the products run on row counts rounded up to ``bucket_rows`` (oneDNN
+        # compiles a kernel per row count; see ModelRunner.bucket_rows).
+        self.bucket = False
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T``, ``weight`` kept in oneDNN's layout when it could be (see ``_packed``)."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return F.linear(x, weight)
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` in oneDNN's blocked layout where it can be (as ``Linear.pack``): a
+    plain bf16 matmul on CPU lays its weight out again on every call."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, None) if can_pack(weight) else weight
 
 
 class LinearLoRA:
@@ -78,16 +93,19 @@ class LinearLoRA:
             raise RuntimeError(f"LoRA: a linear saw {x.shape[0]} rows in a batch of "
                                f"{self.rows.num_rows}; a path that drops rows must not run "
                                "with adapters (see /tmp/cenote-notes/lora.md).")
-        for adapter_id, rows in self.rows.groups:
+        total = x.shape[0]
+        for adapter_id, start, end in self.rows.groups:
             pair = self.adapters.get(adapter_id)
             if pair is None:  # this adapter leaves this layer as it is
                 continue
             a, b = pair
-            if rows is None:
-                out = out + F.linear(F.linear(x.to(a.dtype), a), b).to(out.dtype)
-            else:
-                delta = F.linear(F.linear(x.index_select(0, rows).to(a.dtype), a), b)
-                out = out.index_add(0, rows, delta.to(out.dtype))
+            # The products run on a window of a bucketed row count around the group's
+            # rows (few distinct shapes); only the group's rows are added.
+            rows = min(bucket_rows(end - start), total) if self.rows.bucket else end - start
+            first = min(start, total - rows)
+            delta = _matmul(_matmul(x[first:first + rows], a), b)
+            # ``out`` is the base layer's fresh output: its rows are updated in place.
+            out[start:end] += delta[start - first:end - first].to(out.dtype)
         return out
 
 
@@ -255,8 +273,8 @@ class ModelAdapters:
             a_parts.append(a)
             col += a.shape[0]
         a_full = torch.cat(a_parts)
-        return (a_full.to(self.device, self.dtype).contiguous(),
-                b_full.to(self.device, self.dtype).contiguous())
+        return (_packed(a_full.to(self.device, self.dtype).contiguous()),
+                _packed(b_full.to(self.device, self.dtype).contiguous()))
 
     @contextlib.contextmanager
     def active(self, adapter_ids: Sequence[int], batch: PackedBatch) -> Iterator[None]:
@@ -282,21 +300,29 @@ def _same_name(base: str | None, served: str) -> bool:
     return last(base) == last(served)
 
 
+def by_adapter(adapter_ids: Sequence[int]) -> list[int] | None:
+    """The order that puts the sequences of each adapter side by side (the base's
+    first), or None when no sequence asks for an adapter."""
+    if not any(adapter_ids):
+        return None
+    return sorted(range(len(adapter_ids)), key=adapter_ids.__getitem__)
+
+
 def adapter_groups(adapter_ids: Sequence[int], batch: PackedBatch,
-                   loaded: set[int]) -> list[tuple[int, torch.Tensor | None]] | None:
-    """``[(adapter id, its rows)]`` for a batch whose sequence i asks for
-    ``adapter_ids[i]``; rows None when one adapter has every row; None when no sequence
-    asks for one. LoRAError for an adapter that is not loaded (unloaded meanwhile)."""
-    ids = np.asarray(adapter_ids, dtype=np.int64)
-    wanted = sorted(set(ids.tolist()) - {0})
+                   loaded: set[int]) -> list[tuple[int, int, int]] | None:
+    """``[(adapter id, first row, end row)]`` for a batch whose sequence i asks for
+    ``adapter_ids[i]`` (sorted: see ``by_adapter``); None when no sequence asks for
+    one. LoRAError for an adapter that is not loaded (unloaded meanwhile)."""
+    wanted = sorted(set(adapter_ids) - {0})
     if not wanted:
         return None
     missing = [i for i in wanted if i not in loaded]
     if missing:
         raise LoRAError(f"LoRA adapter id(s) {missing} are not loaded (unloaded while queued?).")
-    per_row = np.zeros(batch.num_rows, dtype=np.int64)
-    per_row[:batch.num_tokens] = np.repeat(ids, batch.seq_lens)
-    if len(wanted) == 1 and batch.num_rows == batch.num_tokens and (ids == wanted[0]).all():
-        return [(wanted[0], None)]
-    device = batch.input_ids.device
-    return [(i, torch.from_numpy(np.flatnonzero(per_row == i)).to(device)) for i in wanted]
+    if any(a > b for a, b in zip(adapter_ids, adapter_ids[1:], strict=False)):
+        raise ValueError("a batch's sequences must be sorted by adapter (see by_adapter)")
+    cu = np.zeros(len(adapter_ids) + 1, dtype=np.int64)
+    np.cumsum(batch.seq_lens, out=cu[1:])
+    ids = np.asarray(adapter_ids, dtype=np.int64)
+    return [(i, int(cu[np.argmax(ids == i)]), int(cu[len(ids) - np.argmax(ids[::-1] == i)]))
+            for i in wanted]
