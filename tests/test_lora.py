@@ -139,6 +139,28 @@ def test_modernbert_adapter_matches_peft(minilm_path, tmp_path):
     assert F.cosine_similarity(_vectors(outs), reference).min() >= 0.9999
 
 
+def test_gemma3_adapter_matches_peft_on_every_token(minilm_path, tmp_path):
+    """Bidirectional Gemma3 (EmbeddingGemma's body): every token's row, through ``encode``."""
+    import transformers
+
+    from tests.factories import _save_tokenizer, _widen_
+    from tests.test_bidirectional_decoders import GEMMA3
+
+    torch.manual_seed(5)
+    config = transformers.Gemma3TextConfig(**GEMMA3, use_bidirectional_attention=True)
+    base = transformers.Gemma3TextModel(config)
+    _widen_(base, 0.1)
+    base.save_pretrained(tmp_path / "gemma")
+    _save_tokenizer(minilm_path, tmp_path / "gemma")
+    adapted = build_adapter(base.eval(), tmp_path / "a", DECODER_TARGETS, seed=2)
+    llm = LLM(str(tmp_path / "gemma"), dtype="float32", enable_lora=True)
+    outs = llm.encode(TEXTS, lora_request=LoRARequest("g", 1, str(tmp_path / "a")))
+    for out in outs:
+        with torch.no_grad():
+            expected = adapted(input_ids=torch.tensor([out.prompt_token_ids])).last_hidden_state[0]
+        assert F.cosine_similarity(out.outputs.data, expected).min() >= 0.9999
+
+
 def test_default_dtype_stays_close_to_peft(minilm_path, minilm_adapters):
     requests, references, _ = minilm_adapters
     llm = LLM(str(minilm_path), enable_lora=True)
