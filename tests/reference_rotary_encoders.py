@@ -258,7 +258,7 @@ def gte_shapes(config: dict, classifier: bool) -> dict[str, tuple[int, ...]]:
     shapes = {"embeddings.word_embeddings.weight": (config["vocab_size"], h),
               "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
     if config.get("type_vocab_size", 1) > 0:
-        shapes["embeddings.token_type_embeddings.weight"] = (config["type_vocab_size"], h)
+        shapes["embeddings.token_type_embeddings.weight"] = (config.get("type_vocab_size", 1), h)
     if config.get("position_embedding_type", "rope") == "absolute":
         shapes["embeddings.position_embeddings.weight"] = (config["max_position_embeddings"], h)
     for i in range(config["num_hidden_layers"]):

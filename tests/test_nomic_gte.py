@@ -197,3 +197,59 @@ def test_unsupported_nomic_options_are_refused(build):
     folder = build("nomic", {**NOMIC_V15, "rotary_emb_interleaved": True})
     with pytest.raises(ValueError, match="rotary_emb_interleaved"):
         LLM(str(folder), dtype="float32")
+
+
+def _adapter_and_merged(folder, target, modules: dict[str, tuple[int, int]], seed: int):
+    """A PEFT LoRA folder (r 4, alpha 8) on ``modules`` (checkpoint module -> (out, in))
+    and a copy of ``folder`` with the adapter merged into its weights (W + 2 * B @ A)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    merged = shutil.copytree(folder, target / "merged")
+    adapter = target / "adapter"
+    adapter.mkdir()
+    weights = load_file(str(folder / "model.safetensors"))
+    tensors = {}
+    for module, (out_features, in_features) in modules.items():
+        a = 0.1 * torch.randn(4, in_features, generator=generator)
+        b = 0.1 * torch.randn(out_features, 4, generator=generator)
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b
+        weights[f"{module}.weight"] = weights[f"{module}.weight"] + 2.0 * b @ a
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    save_file(weights, str(merged / "model.safetensors"))
+    targets = sorted({m.rsplit(".", 1)[-1] for m in modules})
+    (adapter / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": targets,
+        "bias": "none", "task_type": "FEATURE_EXTRACTION"}))
+    return adapter, merged
+
+
+@pytest.mark.parametrize("family", ["nomic", "gte"])
+def test_lora_adapters_on_the_fused_projections_equal_merged_weights(build, family,
+                                                                    tmp_path):
+    from cenote import LoRARequest
+
+    if family == "nomic":
+        folder = build("nomic", NOMIC_V15, "mean", seed=4)
+        layer = "encoder.layers.1"
+        modules = {f"{layer}.attn.Wqkv": (192, 64), f"{layer}.mlp.fc11": (256, 64),
+                   f"{layer}.mlp.fc12": (256, 64), f"{layer}.mlp.fc2": (64, 256),
+                   f"{layer}.attn.out_proj": (64, 64)}
+    else:
+        folder = build("gte", GTE_BASE, "cls", seed=4)
+        layer = "encoder.layer.1"
+        modules = {f"{layer}.attention.qkv_proj": (192, 64),
+                   f"{layer}.mlp.up_gate_proj": (192, 64), f"{layer}.mlp.down_proj": (64, 96)}
+    adapter, merged = _adapter_and_merged(folder, tmp_path, modules, seed=5)
+    llm = LLM(str(folder), dtype="float32", enable_lora=True)
+    adapted = llm.embed(TEXTS, lora_request=LoRARequest("a", 1, str(adapter)))
+    base = llm.embed(TEXTS)
+    expected = LLM(str(merged), dtype="float32").embed(TEXTS)
+    for got, want, plain in zip(adapted, expected, base, strict=True):
+        got, want = torch.tensor(got.outputs.embedding), torch.tensor(want.outputs.embedding)
+        assert torch.allclose(got, want, atol=1e-4)
+        assert not torch.allclose(got, torch.tensor(plain.outputs.embedding), atol=1e-3)
