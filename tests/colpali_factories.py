@@ -76,3 +76,51 @@ def build_tiny_jina_reranker_m0(target: Path, seed: int = 0) -> Path:
         "score.2.bias": torch.randn(1, generator=generator) + 2.65,  # scores near 0.5
     })
     return target
+
+
+def build_tiny_colpali(target: Path, seed: int = 0, embedding_dim: int = 32) -> Path:
+    """A ColPaliForRetrieval (PaliGemma: a 2-layer SigLIP on 28x28 images, 4 image tokens,
+    and a 2-layer Gemma) with random weights, and its ColPaliProcessor built locally (a
+    byte-level tokenizer with Gemma's special tokens, SigLIP's image processor)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        ColPaliConfig,
+        ColPaliForRetrieval,
+        ColPaliProcessor,
+        PaliGemmaConfig,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    target.mkdir(parents=True, exist_ok=True)
+    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
+                                        eos_token="<eos>", pad_token="<pad>",
+                                        additional_special_tokens=["<image>"])
+    images = SiglipImageProcessorPil(size={"height": 28, "width": 28}, image_seq_length=4,
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = ColPaliProcessor(image_processor=images, tokenizer=tokenizer)
+    ids = processor.tokenizer
+    vlm = PaliGemmaConfig(
+        text_config={"model_type": "gemma", "vocab_size": len(ids), "hidden_size": 64,
+                     "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+                     "pad_token_id": ids.pad_token_id, "bos_token_id": ids.bos_token_id,
+                     "eos_token_id": ids.eos_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        image_token_id=ids.convert_tokens_to_ids("<image>"), projection_dim=64, hidden_size=64)
+    torch.manual_seed(seed)
+    model = ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm.to_dict(),
+                                              embedding_dim=embedding_dim)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.ndim >= 2:
+                param.normal_(0.0, 0.08)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from cenote import LLM, PoolingParams
-from tests.colpali_factories import build_tiny_colqwen2
+from tests.colpali_factories import build_tiny_colpali, build_tiny_colqwen2
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,32 @@ def test_readme_page_search_example_runs(colqwen2, tmp_path, monkeypatch, capsys
     assert len(lines) == 3 and all(line.split()[1].startswith("pages/p") for line in lines)
     printed = [float(line.split()[0]) for line in lines]
     assert printed == sorted(printed, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def colpali(tmp_path_factory):
+    return build_tiny_colpali(tmp_path_factory.mktemp("colpali"))
+
+
+def test_colpali_vectors_and_scores_match_transformers(colpali):
+    """ColPali (PaliGemma) on transformers' own class, fed as its ColPaliProcessor feeds it:
+    the vectors of pages and queries in one batch, and MaxSim as score_retrieval."""
+    from transformers import ColPaliForRetrieval, ColPaliProcessor
+
+    llm = LLM(str(colpali), dtype="float32")
+    reference = (ColPaliForRetrieval.from_pretrained(colpali, dtype=torch.float32).eval(),
+                 ColPaliProcessor.from_pretrained(colpali))
+    pages = [page(56, 84, 30), page(40, 40, 31)]
+    queries = ["what is shown?", "total"]
+    prompts = [image_prompt(p) for p in pages] + queries
+    params = [PoolingParams()] * 2 + [PoolingParams(embedding_mode="query")] * 2
+    ours = llm.encode(prompts, pooling_task="token_embed", pooling_params=params)
+    theirs = (transformers_vectors(reference, images=pages)
+              + transformers_vectors(reference, queries=queries))
+    for o, t in zip(ours, theirs, strict=True):
+        assert o.outputs.data.shape == t.shape
+        torch.testing.assert_close(o.outputs.data, t, atol=2e-5, rtol=1e-4)
+    scores = [o.outputs.score for o in llm.score(queries[0], [image_prompt(p) for p in pages])]
+    model, processor = reference
+    expected = processor.score_retrieval(theirs[2][None], theirs[:2]).float()[0].tolist()
+    assert scores == pytest.approx(expected, rel=1e-4)

@@ -53,11 +53,11 @@ def is_vision_language(hf_config: Any) -> bool:
 
 
 # Visual document retrievers: one vector per token or image patch, scored by MaxSim.
-VISUAL_RETRIEVERS = frozenset({"ColQwen2ForRetrieval"})
+VISUAL_RETRIEVERS = frozenset({"ColQwen2ForRetrieval", "ColPaliForRetrieval"})
 
 
 def is_visual_retriever(hf_config: Any) -> bool:
-    """ColQwen2 (its ``vlm_config`` a Qwen2-VL model): token_embed over text and images."""
+    """ColQwen2 and ColPali (a ``vlm_config`` backbone): token_embed over text and images."""
     return architecture_of(hf_config) in VISUAL_RETRIEVERS
 
 

@@ -1,5 +1,5 @@
-"""Queries and documents of visual document retrievers (ColQwen2), made as transformers'
-``ColQwen2Processor`` makes them:
+"""Queries and documents of visual document retrievers, made as transformers' processors
+make them (ColPali's: see :class:`ColPaliInputs`). ColQwen2's (``ColQwen2Processor``):
 
 - a text query is ``query_prefix + text + pad_token * 10 + "\\n"`` (``process_queries``:
   "Query: ", then ten augmentation tokens);
@@ -14,13 +14,16 @@ query form with ``embedding_mode="query"``. Images may be queries as well as doc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cenote.config.hf import is_visual_retriever
+from cenote.config.hf import architecture_of, is_visual_retriever
 from cenote.config.hub import read_json
 from cenote.exceptions import VLLMValidationError
+from cenote.inputs.images import as_image
+from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput, is_image_prompt
 from cenote.inputs.tokenizer import Tokenizer
 from cenote.inputs.vision_language import VisionLanguageProcessor
@@ -35,14 +38,19 @@ _AUGMENTATION_TOKENS = 10
 def visual_retrieval_inputs(path: Path, hf_config: Any, tokenizer: Tokenizer
                             ) -> VisualRetrievalInputs | None:
     """The queries and documents of a visual retriever, None for other models."""
-    return VisualRetrievalInputs(path, hf_config, tokenizer) if is_visual_retriever(
-        hf_config) else None
+    if not is_visual_retriever(hf_config):
+        return None
+    colpali = architecture_of(hf_config) == "ColPaliForRetrieval"
+    return (ColPaliInputs if colpali else VisualRetrievalInputs)(path, hf_config, tokenizer)
 
 
 class VisualRetrievalInputs:
     """ColQwen2's processor: the Qwen2-VL image processor of its ``vlm_config``, and the
     query and image prompts of its ``processor_config.json`` (transformers' defaults
     where it names none)."""
+
+    name = "ColQwen2"
+    query_special_tokens = True  # Qwen2's tokenizer adds none
 
     def __init__(self, path: Path, hf_config: Any, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -99,17 +107,16 @@ class VisualRetrievalInputs:
     def _record(self, item: Any, params: PoolingParams, query: bool) -> SequenceInput:
         if is_image_prompt(item):
             if item.get("prompt"):
-                raise ValueError("A ColQwen2 image input is the image alone (the processor "
+                raise ValueError(f"A {self.name} image input is the image alone (the processor "
                                  "writes its prompt); send text as an input of its own.")
             data = item["multi_modal_data"]
             if "video" in data:
-                raise ValueError("ColQwen2 embeds text and images, not videos.")
+                raise ValueError(f"{self.name} embeds text and images, not videos.")
             images = data["image"] if isinstance(data["image"], (list, tuple)) else [data["image"]]
             if len(images) != 1:
-                raise ValueError(f"A ColQwen2 image input holds one image, not {len(images)}.")
-            text, mm = self.vision.process(self.visual_prompt, images, [],
-                                           item.get("mm_processor_kwargs"))
-            ids = self.tokenizer.encode_prompts([text])[0].token_ids
+                raise ValueError(f"A {self.name} image input holds one image, not "
+                                 f"{len(images)}.")
+            ids, mm = self._image(images[0], item.get("mm_processor_kwargs"))
             return SequenceInput(ids, None, params, multimodal=mm)
         if isinstance(item, dict) and "prompt_token_ids" in item:
             raise TypeError("Scoring takes texts and images; token-id prompts are not "
@@ -117,9 +124,51 @@ class VisualRetrievalInputs:
         if not isinstance(item, str):
             raise TypeError(f"A score input must be a text or an image prompt, not "
                             f"{type(item).__name__}.")
-        text = self.query_prefix + item + self.query_suffix if query else item
-        tokenized = self.tokenizer.encode_prompts([text],
-                                                  self.tokenizer.resolve_truncation(
-                                                      params.truncate_prompt_tokens,
-                                                      params.truncation_side))
-        return SequenceInput(tokenized[0].token_ids, None, params)
+        cut = self.tokenizer.resolve_truncation(params.truncate_prompt_tokens,
+                                                params.truncation_side)
+        if not query:
+            return SequenceInput(self.tokenizer.encode_prompts([item], cut)[0].token_ids,
+                                 None, params)
+        text = self.query_prefix + item + self.query_suffix
+        ids = self.tokenizer.encode_prompts([text], cut, self.query_special_tokens)[0].token_ids
+        return SequenceInput(ids, None, params)
+
+    def _image(self, image: Any, kwargs: dict[str, Any] | None
+               ) -> tuple[list[int], MultiModalData]:
+        """An image's token ids (its prompt, the placeholder expanded) and pixels."""
+        text, mm = self.vision.process(self.visual_prompt, [image], [], kwargs)
+        return self.tokenizer.encode_prompts([text])[0].token_ids, mm
+
+
+class ColPaliInputs(VisualRetrievalInputs):
+    """ColPali's processor (``ColPaliProcessor``, loaded from the checkpoint's files): a
+    query is ``bos + "Question: " + text + pad_token * 10 + "\n"``, an image
+    ``"<image>" * image_seq_length + bos + "Describe the image.\n"`` with its SigLIP
+    pixels (``process_queries`` / ``process_images``)."""
+
+    name = "ColPali"
+    query_special_tokens = False  # the processor writes the BOS itself
+
+    def __init__(self, path: Path, hf_config: Any, tokenizer: Tokenizer) -> None:
+        from transformers import ColPaliProcessor
+
+        self.tokenizer = tokenizer
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        self.processor = ColPaliProcessor.from_pretrained(path)
+        hf = self.processor.tokenizer
+        self.query_prefix = hf.bos_token + self.processor.query_prefix
+        self.query_suffix = self.processor.query_augmentation_token * _AUGMENTATION_TOKENS + "\n"
+
+    @property
+    def min_image_pixels(self) -> int:
+        size = self.processor.image_processor.size
+        return int(size["height"] * size["width"])
+
+    def _image(self, image: Any, kwargs: dict[str, Any] | None
+               ) -> tuple[list[int], MultiModalData]:
+        if kwargs:
+            raise ValueError("ColPali's images are resized to one size; mm_processor_kwargs "
+                             "do not apply.")
+        out = self.processor.process_images(images=[as_image(image)])
+        return (out["input_ids"][0].tolist(),
+                MultiModalData(pixel_values=out["pixel_values"].float()))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cenote.models.batch import PackedBatch
+from cenote.models.interface import PoolingModel
 from cenote.models.qwen2_vl import Qwen2_5_VLEmbedder, Qwen2VLEmbedder
 
 # transformers 5 saves ``vlm.visual.*`` / ``vlm.language_model.*``; older conversions
@@ -83,3 +84,51 @@ class ColQwen2Embedder(Qwen2VLEmbedder):
 
         super().load_weights(backbone())
         self.embedding_proj_layer.load_state_dict(projection, strict=True)
+
+
+# transformers 5 saves PaliGemma in its legacy layout (``vlm.language_model.model.*``) and
+# its modules are ``vlm.language_model.*``; newer saves name them ``vlm.model.*``.
+_PALIGEMMA_RENAMES = ((re.compile(r"^vlm\.model\."), "vlm."),
+                      (re.compile(r"^vlm\.language_model\.model\."), "vlm.language_model."),
+                      (re.compile(r"^vlm\.vision_tower\.vision_model\."), "vlm.vision_tower."))
+_PALIGEMMA_UNUSED = re.compile(r"^vlm\.(language_model\.)?lm_head\.")
+
+
+class ColPaliEmbedder(PoolingModel):
+    """``ColPaliForRetrieval`` (PaliGemma: SigLIP and Gemma) run by transformers' own class,
+    padded: its projected, normalised vector of every token. A batch's images
+    (``batch.multimodal``: each record's ``pixel_values`` ``[1, 3, H, W]``) fill their
+    sequences' ``<image>`` rows in order."""
+
+    def __init__(self, config: Any, task: str) -> None:
+        super().__init__()
+        if task != "embed":
+            raise ValueError(f"ColPaliForRetrieval is a retrieval embedder (token_embed); "
+                             f"task {task!r} does not apply to it.")
+        from transformers import ColPaliForRetrieval
+
+        self.retrieval = ColPaliForRetrieval(config).eval()
+        self.pad_token_id = config.vlm_config.text_config.pad_token_id or 0
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        ids = batch.to_padded(batch.input_ids.unsqueeze(1)).squeeze(-1)
+        lens = torch.tensor(batch.seq_lens, device=ids.device)
+        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lens[:, None]).long()
+        ids = ids.masked_fill(mask == 0, self.pad_token_id)
+        pixels = [r.pixel_values for r in batch.multimodal or () if r is not None
+                  and r.pixel_values is not None]
+        out = self.retrieval(input_ids=ids, attention_mask=mask,
+                             token_type_ids=torch.zeros_like(ids),
+                             pixel_values=torch.cat(pixels) if pixels else None)
+        return batch.from_padded(out.embeddings)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """The checkpoint's tensors by transformers' module names (either layout)."""
+        state = {}
+        for name, tensor in weights:
+            if _PALIGEMMA_UNUSED.match(name):
+                continue
+            for pattern, replacement in _PALIGEMMA_RENAMES:
+                name = pattern.sub(replacement, name)
+            state[name] = tensor
+        self.retrieval.load_state_dict(state, strict=True)

@@ -52,6 +52,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "Qwen2_5_VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen2_5_VLEmbedder",
     "Qwen3VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen3VLEmbedder",
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
+    "ColPaliForRetrieval": "cenote.models.colpali:ColPaliEmbedder",
     "JinaVLForRanking": "cenote.models.vl_rerankers:JinaVLRanker",
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
     "NewModel": "cenote.models.gte:GteNewModel",
