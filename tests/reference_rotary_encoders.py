@@ -67,8 +67,11 @@ def _pad(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def nomic_bert_hidden(folder: Path, token_ids: list[list[int]]) -> list[torch.Tensor]:
-    """``NomicBertModel(...).last_hidden_state`` of each sequence (padded batch), fp32."""
+def nomic_bert_hidden(folder: Path, token_ids: list[list[int]],
+                      rope: tuple[torch.Tensor, float] | None = None) -> list[torch.Tensor]:
+    """``NomicBertModel(...).last_hidden_state`` of each sequence (padded batch), fp32.
+    ``rope``: other inverse frequencies and cos/sin scale (vLLM's context extension,
+    which the authors' code does not have)."""
     cfg, sd = _load(Path(folder))
     hidden, heads, eps = cfg["n_embd"], cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5)
     head_dim = hidden // heads
@@ -89,9 +92,12 @@ def nomic_bert_hidden(folder: Path, token_ids: list[list[int]]) -> list[torch.Te
         if factor and length > trained:  # NomicBertDynamicNTKRotaryEmbedding, padded length
             base = base * ((factor * length / trained) - (factor - 1)) ** (ro_dim / (ro_dim - 2))
         inv_freq = 1.0 / (base ** (torch.arange(0, ro_dim, 2, dtype=torch.float32) / ro_dim))
+        scale = 1.0
+        if rope is not None:
+            inv_freq, scale = rope
         freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
-        cos = torch.cat([freqs.cos()] * 2, -1)[:, None, :]  # "... d -> ... 1 (2 d)"
-        sin = torch.cat([freqs.sin()] * 2, -1)[:, None, :]
+        cos = scale * torch.cat([freqs.cos()] * 2, -1)[:, None, :]  # "... d -> ... 1 (2 d)"
+        sin = scale * torch.cat([freqs.sin()] * 2, -1)[:, None, :]
     act = {"swiglu": F.silu, "glu": torch.sigmoid, "geglu": F.gelu}.get(
         cfg.get("activation_function"))
     residual = None

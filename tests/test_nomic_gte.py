@@ -253,3 +253,28 @@ def test_lora_adapters_on_the_fused_projections_equal_merged_weights(build, fami
         got, want = torch.tensor(got.outputs.embedding), torch.tensor(want.outputs.embedding)
         assert torch.allclose(got, want, atol=1e-4)
         assert not torch.allclose(got, torch.tensor(plain.outputs.embedding), atol=1e-3)
+
+
+def test_nomic_context_extension_by_rope_override_as_vllm(build):
+    # vLLM's recipe: hf_overrides rope_scaling (YaRN here) lifts the limit to
+    # original_max_position_embeddings * factor; the frequencies are transformers' YaRN
+    # of the rotary channels at rotary_emb_base, cos/sin scaled by its attention factor.
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    folder = build("nomic", NOMIC_V15)  # no ST folder: its max_seq_length would cap it
+    scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}
+    llm = LLM(str(folder), dtype="float32", hf_overrides={"rope_scaling": scaling},
+              max_model_len=8192)
+    assert llm.config.max_model_len == 8192
+    llama = LlamaConfig(hidden_size=64, num_attention_heads=2,
+                        rope_parameters={**scaling, "rope_theta": 1000.0})
+    rope = ROPE_INIT_FUNCTIONS["yarn"](llama, torch.device("cpu"))
+    assert rope[1] > 1.0  # YaRN's attention factor
+    outs = llm.embed(TEXTS)
+    reference = nomic_bert_hidden(folder, [o.prompt_token_ids for o in outs], rope=rope)
+    plain = nomic_bert_hidden(folder, [o.prompt_token_ids for o in outs])
+    for out, hidden, unscaled in zip(outs, reference, plain, strict=True):
+        vector = torch.tensor(out.outputs.embedding)
+        assert cosine(vector, pool(hidden, "cls")) >= 0.9999
+        assert cosine(vector, pool(unscaled, "cls")) < 0.99999

@@ -52,6 +52,11 @@ class NomicBertConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @property
+    def default_theta(self) -> float:
+        """The RoPE base a ``rope_scaling`` override (vLLM's context extension) keeps."""
+        return float(self.rotary_emb_base)
+
+    @property
     def max_position_embeddings(self) -> int:
         """The longest input served: with rotary positions and no ``rotary_scaling_factor``
         the length it was trained to (``max_trained_positions``), as vLLM limits it;

@@ -13,6 +13,7 @@ length. What the authors' code does is read from their ``modeling_hf_nomic_bert.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from collections.abc import Iterable
@@ -22,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cenote.config.hf import rope_settings
 from cenote.models.batch import PackedBatch
+from cenote.models.decoder import rope_frequencies
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import LayerNorm
 from cenote.models.loading import ParameterLoader, missing_tensors_error
@@ -51,6 +54,18 @@ def _check_supported(config: Any) -> None:
     if config.activation_function not in (*_GATES, *_PLAIN):
         raise ValueError(f"Unsupported NomicBert activation_function "
                          f"{config.activation_function!r}.")
+
+
+def _scaled_rope(config: Any, rotary_dim: int) -> tuple[torch.Tensor, float] | None:
+    """Inverse frequencies and cos/sin scale of a RoPE override, as transformers computes
+    them for the rotary channels; None without one."""
+    rope_type, params = rope_settings(config)
+    if not params or rope_type == "default" and params.get("rope_theta") in (
+            None, float(config.rotary_emb_base)):
+        return None
+    scaled = copy.deepcopy(config)
+    scaled.rope_parameters = {**params, "partial_rotary_factor": config.rotary_emb_fraction}
+    return rope_frequencies(scaled, rotary_dim)  # (YaRN and the like take the config's)
 
 
 def _inner_size(config: Any) -> int:
@@ -102,6 +117,9 @@ class NomicBertModel(PoolingModel):
             fc2_bias=config.mlp_fc2_bias, gate_act=gate, act=None if gate else "gelu",
             rotary_dim=self.rotary_dim) for _ in range(config.n_layer))
         self.base = float(config.rotary_emb_base)
+        # vLLM's context extension: an hf_overrides rope_scaling (YaRN, linear, ...) on
+        # the rotary channels; rotary_scaling_factor is then ignored, as vLLM does.
+        self.scaled_rope = _scaled_rope(config, self.rotary_dim) if self.rotary_dim > 0 else None
         self.attention_shape = AttentionShape(heads, heads, head_dim, False)
 
     def _inv_freq(self, base: float | torch.Tensor) -> torch.Tensor:
@@ -117,6 +135,9 @@ class NomicBertModel(PoolingModel):
         ``rotary_scaling_factor``) the dynamic NTK base from the sequence's length."""
         if self.rotary_dim <= 0:
             return None, None
+        if self.scaled_rope is not None:
+            return rotary_cos_sin(batch.positions, *self.scaled_rope[:1], dtype,
+                                  self.scaled_rope[1])
         factor, trained = self.config.rotary_scaling_factor, self.config.max_trained_positions
         if not factor or batch.max_len <= trained:
             return rotary_cos_sin(batch.positions, self._inv_freq(self.base), dtype)

@@ -21,13 +21,14 @@ from cenote.models.layers import packed_attention, packed_qkv_attention
 from cenote.models.linear import Linear
 
 
-def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype,
+                   scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin ``[R, 1, rotary_dim]`` (half-split layout) of each row's position, computed
-    in fp32; ``inv_freq`` is ``[rotary_dim // 2]`` or one such row per token."""
+    in fp32 (times YaRN's ``scaling``); ``inv_freq`` is ``[rotary_dim // 2]`` or one such
+    row per token."""
     freqs = positions.float().unsqueeze(-1) * inv_freq.to(positions.device)
     emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
 
 
 def token_sequence_lengths(batch: PackedBatch) -> torch.Tensor:
