@@ -153,6 +153,8 @@ class ImageProcessor:
         # A ViT's tokens: one per patch (SigLIP 2 declares its most), and CLIP's class token.
         self.cost = _patches(vision_config) + (
             getattr(vision_config, "model_type", "") == "clip_vision_model")
+        # What even a 1x1 image costs once pre-processed (the server's pixel floor).
+        self.min_image_pixels = processed_pixels(vision_config)
 
     def pixels(self, images: list[Any]) -> list[torch.Tensor]:
         """Each image as ``[3, H, W]`` pixel values."""

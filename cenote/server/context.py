@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cenote.config.lora import LoRARequest
 from cenote.engine.async_engine import AsyncPoolingEngine
 from cenote.engine.io_processor import IOProcessor
-from cenote.inputs.images import processed_pixels
 from cenote.inputs.prompts import Prompt
 from cenote.server.errors import ModelNotFoundError
 from cenote.server.guard import MediaBudget
@@ -209,7 +208,7 @@ class ModelContext:
                              "them as separate inputs.")
         if urls:
             # Even a 1x1 image costs a whole input of the vision tower once pre-processed.
-            floor = processed_pixels(self.engine.config.hf_config.vision_config)
+            floor = self.engine.engine.images.min_image_pixels
             return {"prompt": "", "multi_modal_data": {"image": await media.image(urls[0],
                                                                                   floor)}}
         if not texts:
