@@ -149,3 +149,30 @@ def test_a_text_only_message_embeds_as_its_rendered_text(server, offline):
     assert response.status_code == 200, response.text
     assert torch.allclose(torch.tensor(response.json()["data"][0]["embedding"]),
                           offline_messages(offline, messages), atol=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"resize": True}, "mm_processor_kwargs takes fps, max_pixels, min_pixels, num_frames"),
+    ({"num_frames": "four"}, "mm_processor_kwargs.num_frames must be a positive integer"),
+])
+def test_bad_mm_processor_kwargs_are_a_400(server, kwargs, message):
+    messages = [{"role": "user", "content": [video_part(VIDEO)]}]
+    response = post(server, "/v1/embeddings", messages=messages, mm_processor_kwargs=kwargs)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_run_batch_embeds_image_messages_as_offline(qwen2_vl, offline, tmp_path):
+    import json
+
+    from tests.test_run_batch import read_lines, run_batch
+
+    messages = [{"role": "user", "content": [image_part(png(5)), {"type": "text", "text": "x"}]}]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"custom_id": "page", "method": "POST", "url": "/v1/embeddings",
+                                  "body": {"model": str(qwen2_vl), "messages": messages}}) + "\n")
+    run_batch("-i", source, "-o", target, "--model", qwen2_vl, "--dtype", "float32")
+    (line,) = read_lines(target)
+    assert line["error"] is None, line
+    got = torch.tensor(line["response"]["body"]["data"][0]["embedding"])
+    assert torch.allclose(got, offline_messages(offline, messages), atol=1e-5)

@@ -97,7 +97,7 @@ class VisionLanguageProcessor:
     def decoded_frames(self, video: EncodedVideo, kwargs: dict[str, Any] | None) -> int:
         """How many frames of ``video`` its pre-processing decodes (sampled as
         :meth:`process` samples them): what it costs in decoded pixels, per frame size."""
-        fps, num_frames = self._sampling(kwargs or {})
+        fps, num_frames = self._sampling(checked_kwargs(kwargs))
         return len(sample_frame_indices(video.frames, video.fps, fps=fps, num_frames=num_frames,
                                         temporal_patch_size=self.temporal_patch_size))
 
@@ -123,11 +123,7 @@ class VisionLanguageProcessor:
                 kwargs: dict[str, Any] | None = None) -> tuple[str, MultiModalData]:
         """``text`` with each placeholder expanded to its vision tokens, and the pixels of
         ``images`` and ``videos``; ``ValueError`` when placeholders and media disagree."""
-        kwargs = dict(kwargs or {})
-        unknown = set(kwargs) - PROCESSOR_KWARGS
-        if unknown:
-            raise ValueError(f"mm_processor_kwargs takes {', '.join(sorted(PROCESSOR_KWARGS))}, "
-                             f"not {', '.join(sorted(unknown))}.")
+        kwargs = checked_kwargs(kwargs)
         for name, count, token in (("images", len(images), self.image_token),
                                    ("videos", len(videos), self.video_token)):
             placeholders = text.count(token)
@@ -210,6 +206,22 @@ class VisionLanguageProcessor:
             ids = self.tokenizer.encode_prompts([text], None, add_special_tokens)[0].token_ids
             out.append(SequenceInput(ids, None, p, multimodal=mm))
         return out
+
+
+def checked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A request's ``mm_processor_kwargs``, checked: known names, positive values."""
+    kwargs = dict(kwargs or {})
+    unknown = set(kwargs) - PROCESSOR_KWARGS
+    if unknown:
+        raise ValueError(f"mm_processor_kwargs takes {', '.join(sorted(PROCESSOR_KWARGS))}, "
+                         f"not {', '.join(sorted(unknown))}.")
+    for name, value in kwargs.items():
+        whole = name != "fps"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                or value <= 0:
+            raise ValueError(f"mm_processor_kwargs.{name} must be a positive "
+                             f"{'integer' if whole else 'number'}, not {value!r}.")
+    return kwargs
 
 
 def _listed(value: Any) -> list[Any]:

@@ -136,12 +136,12 @@ class MediaPolicy:
         if scheme == "data":
             return _data_uri(url, kind)
         if scheme == "file":
-            return await run_in_threadpool(self._local_file, url)
+            return await run_in_threadpool(self._local_file, url, kind)
         if scheme in ("http", "https"):
             return await self._remote(url, kind)
         raise ValueError(f"Image URLs may be data:, file: or http(s): URLs, not {scheme or url!r}.")
 
-    def _local_file(self, url: str) -> bytes:
+    def _local_file(self, url: str, kind: str = "image") -> bytes:
         root = self.allowed_local_media_path
         if root is None:
             raise ValueError("file:// images are not allowed on this server (start it with "
@@ -156,8 +156,8 @@ class MediaPolicy:
                              "--allowed-local-media-path allows.")
         if not path.is_file():
             raise ValueError(f"No such image file: {unquote(parts.path)!r}.")
-        if path.stat().st_size > self.max_image_bytes:
-            raise ValueError(f"The image file is larger than the {self.max_image_bytes} bytes "
+        if path.stat().st_size > self._max_bytes(kind):
+            raise ValueError(f"The {kind} file is larger than the {self._max_bytes(kind)} bytes "
                              "this server takes.")
         return path.read_bytes()
 
@@ -169,12 +169,15 @@ class MediaPolicy:
                              "allow a host).")
         logger.debug("Fetching an image from %s", loggable_url(url))
         try:
-            return await asyncio.wait_for(self._fetch(url), self.fetch_timeout_s)
+            return await asyncio.wait_for(self._fetch(url, kind), self.fetch_timeout_s)
         except asyncio.TimeoutError:
             raise ValueError(f"Fetching the image took longer than {self.fetch_timeout_s:g} s."
                              ) from None
 
-    async def _fetch(self, url: str) -> bytes:
+    def _max_bytes(self, kind: str) -> int:
+        return self.max_video_bytes if kind == "video" else self.max_image_bytes
+
+    async def _fetch(self, url: str, kind: str = "image") -> bytes:
         try:
             async with httpx.AsyncClient(timeout=self.fetch_timeout_s,
                                          follow_redirects=False) as client:
@@ -185,9 +188,9 @@ class MediaPolicy:
                     data = bytearray()
                     async for chunk in response.aiter_bytes():
                         data += chunk
-                        if len(data) > self.max_image_bytes:
-                            raise ValueError(f"The image is larger than the "
-                                             f"{self.max_image_bytes} bytes this server takes.")
+                        if len(data) > self._max_bytes(kind):
+                            raise ValueError(f"The {kind} is larger than the "
+                                             f"{self._max_bytes(kind)} bytes this server takes.")
                     return bytes(data)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ValueError(f"Could not fetch the image: {type(exc).__name__}.") from None
