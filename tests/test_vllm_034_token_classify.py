@@ -148,3 +148,19 @@ def test_a_qwen3_token_classifier_serves_token_classify_like_transformers(minilm
         expected = hf_token_probs(path, "AutoModelForTokenClassification", text)
         assert out.outputs.data.shape == expected.shape
         assert torch.allclose(out.outputs.data, expected, atol=1e-4)
+
+
+def test_a_body_saved_under_a_masked_lm_name_without_its_head_still_embeds(minilm_path,
+                                                                           tmp_path):
+    """No Sentence-Transformers files and no masked-LM tensors: an embedder, as before."""
+    folder = tmp_path / "body"
+    shutil.copytree(minilm_path, folder)
+    for name in ("modules.json", "config_sentence_transformers.json",
+                 "sentence_bert_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    llm = LLM(str(folder), dtype="float32")
+    assert "token_classify" not in llm.model_config.supported_pooling_tasks
+    assert len(llm.embed("hello")[0].outputs.embedding) == 384

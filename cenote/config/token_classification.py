@@ -5,7 +5,11 @@ vocabulary per token). Both answer softmax probabilities by default, as vLLM doe
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 if TYPE_CHECKING:
     from cenote.config.model import ModelConfig
@@ -27,9 +31,27 @@ def is_token_classifier(architecture: str) -> bool:
 def serves_masked_lm_head(config: ModelConfig) -> bool:
     """A raw BERT-family masked-LM folder embedding with its body (cenote's) whose
     token_classify is its masked-LM head (vLLM's). Not a Sentence-Transformers folder
-    (which saves the body only) nor a SPLADE model (whose head makes sparse vectors)."""
+    (which saves the body only), a SPLADE model (whose head makes sparse vectors) nor a
+    folder whose weights have no masked-LM head (a body saved under the MLM's name)."""
     return (config.task == "embed" and config.architecture in MASKED_LM_ARCHITECTURES
-            and config.st_config is None and config.retrieval.sparse is None)
+            and config.st_config is None and config.retrieval.sparse is None
+            and has_masked_lm_weights(str(config.path)))
+
+
+@functools.lru_cache(maxsize=64)
+def has_masked_lm_weights(folder: str) -> bool:
+    """Whether the checkpoint in ``folder`` holds a BERT (``cls.predictions.``) or
+    RoBERTa (``lm_head.``) masked-LM head; only the tensor names are read."""
+    names: list[str] = []
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as handle:
+            names.extend(handle.keys())
+    if not names:
+        for file in sorted(Path(folder).glob("pytorch_model*.bin")):
+            names.extend(torch.load(file, map_location="cpu", mmap=True, weights_only=True))
+    return any(n.startswith(("cls.predictions.", "lm_head.")) for n in names)
 
 
 def has_token_classify_head(config: ModelConfig) -> bool:
