@@ -75,7 +75,11 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", nargs="+", default=["auto"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from cenote import LLM, LoRARequest
     from cenote.config import default_model_path

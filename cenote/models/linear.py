@@ -110,12 +110,15 @@ class Linear(nn.Linear):
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b + residual``, the add fused into the matmul when packed."""
-        if _adapting(self):
-            return residual + self.forward(x)
+        if _adapting(self):  # the adapters' rows added in place to the sum
+            return self.lora.add_to(x, self._add(x, residual))
+        return self._add(x, residual)
+
+    def _add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.int8 is not None:
             return self.int8(x, residual)
         if self.int8_observed is not None:
-            return residual + self.forward(x)
+            return residual + self._forward(x)
         if self.packed is None:
             return residual + F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias,
