@@ -278,3 +278,20 @@ def test_nomic_context_extension_by_rope_override_as_vllm(build):
         vector = torch.tensor(out.outputs.embedding)
         assert cosine(vector, pool(hidden, "cls")) >= 0.9999
         assert cosine(vector, pool(unscaled, "cls")) < 0.99999
+
+
+def test_gte_reranker_scores_pairs_as_the_authors_model(build):
+    # One label (gte-multilingual-reranker-base): score is its sigmoid. The tokenizer
+    # here marks the document as token type 1, which a one-type model reads as type 0.
+    from transformers import AutoTokenizer
+
+    config = {**GTE_BASE, "architectures": ["NewForSequenceClassification"],
+              "id2label": {"0": "LABEL_0"}}
+    folder = build("gte_rr", config, seed=6)
+    documents = TEXTS[:3]
+    scores = [o.outputs.score for o in LLM(str(folder), dtype="float32").score("a query",
+                                                                            documents)]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = [tokenizer("a query", d)["input_ids"] for d in documents]
+    _, logits = gte_new_forward(folder, ids)
+    assert scores == pytest.approx(torch.sigmoid(logits[:, 0]).tolist(), abs=1e-5)

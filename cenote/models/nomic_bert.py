@@ -149,9 +149,11 @@ class NomicBertModel(PoolingModel):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.word_embeddings(batch.input_ids)
-        if self.token_type_embeddings is not None:
-            x = x + (self.token_type_embeddings(batch.token_type_ids)
-                     if batch.token_type_ids is not None else self.token_type_embeddings.weight[0])
+        types = self.token_type_embeddings
+        if types is not None:  # one type only: a pair's second text is type 0 too
+            x = x + (types(batch.token_type_ids)
+                     if batch.token_type_ids is not None and types.num_embeddings > 1
+                     else types.weight[0])
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(batch.positions)
         x = self.embedding_norm(x)
