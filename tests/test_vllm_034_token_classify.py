@@ -164,3 +164,32 @@ def test_a_body_saved_under_a_masked_lm_name_without_its_head_still_embeds(minil
     llm = LLM(str(folder), dtype="float32")
     assert "token_classify" not in llm.model_config.supported_pooling_tasks
     assert len(llm.embed("hello")[0].outputs.embedding) == 384
+
+
+def test_a_token_classifier_transformers_runs_serves_its_logits_per_token(minilm_path,
+                                                                         tmp_path):
+    """DistilBERT has no native implementation: the fallback answers its token logits."""
+    from tests.factories import build_tiny_transformers_model
+
+    path = build_tiny_transformers_model(
+        minilm_path, tmp_path / "distil-ner", "DistilBertConfig",
+        "DistilBertForTokenClassification", dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+        max_position_embeddings=160, num_labels=3)
+    llm = LLM(str(path), dtype="float32")
+    assert llm.model_config.supported_pooling_tasks == ("encode", "token_classify")
+    for text, out in zip(SENTENCES, llm.encode(SENTENCES, pooling_task="token_classify"),
+                         strict=True):
+        expected = hf_token_probs(path, "AutoModelForTokenClassification", text)
+        assert out.outputs.data.shape == expected.shape
+        assert torch.allclose(out.outputs.data, expected, atol=1e-5)
+
+
+def test_a_native_family_without_a_token_head_refuses_a_token_classifier():
+    from types import SimpleNamespace
+
+    from cenote.config.token_classification import check_token_classifier_head
+
+    config = SimpleNamespace(task="reward", architecture="Gemma3ForTokenClassification")
+    with pytest.raises(ValueError, match="without its token-classification head"):
+        check_token_classifier_head(config, has_head=False)
+    check_token_classifier_head(config, has_head=True)  # a head: served

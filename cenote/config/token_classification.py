@@ -66,3 +66,12 @@ def softmax_by_default(config: ModelConfig) -> bool:
     """Whether token_classify applies softmax unless asked not to (vLLM's classifier
     activation on these heads; a reward head's outputs stay raw)."""
     return is_token_classifier(config.architecture) or serves_masked_lm_head(config)
+
+
+def check_token_classifier_head(config: ModelConfig, has_head: bool) -> None:
+    """A token classifier whose native model built no per-token head (a family cenote
+    runs natively without its token-classification head) is refused, never answered
+    with its hidden states."""
+    if config.task == "reward" and is_token_classifier(config.architecture) and not has_head:
+        raise ValueError(f"{config.architecture} is not supported: cenote runs this "
+                         "family natively without its token-classification head.")

@@ -16,6 +16,7 @@ import logging
 import torch
 from torch import nn
 
+from cenote.config.token_classification import is_token_classifier
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import PoolingModel
 
@@ -39,10 +40,16 @@ def _embedding_class(hf_config):
 class TransformersFallbackModel(PoolingModel):
     def __init__(self, config, classify: bool) -> None:
         super().__init__()
-        from transformers import AutoModelForSequenceClassification
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoModelForTokenClassification,
+        )
 
-        factory = AutoModelForSequenceClassification if classify else _embedding_class(
-            config.hf_config)
+        # A *ForTokenClassification checkpoint (task reward): its logits on every token.
+        self.token_logits = config.task == "reward" and is_token_classifier(config.architecture)
+        factory = (AutoModelForSequenceClassification if classify
+                   else AutoModelForTokenClassification if self.token_logits
+                   else _embedding_class(config.hf_config))
         self.hf_model, info = factory.from_pretrained(
             config.path,
             config=config.hf_config,
@@ -51,7 +58,7 @@ class TransformersFallbackModel(PoolingModel):
             output_loading_info=True,
         )
         missing = sorted(info.get("missing_keys") or [])
-        if missing and classify:
+        if missing and (classify or self.token_logits):
             # transformers fills a missing head with random weights: every load would
             # answer differently.
             raise ValueError(
@@ -71,6 +78,7 @@ class TransformersFallbackModel(PoolingModel):
                                     in inspect.signature(self.hf_model.forward).parameters)
         # The classifier lives inside hf_model; the pooler applies only the activation.
         self.classifier = nn.Identity() if classify else None
+        self.token_head = nn.Identity() if self.token_logits else None
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         if self.classify and self.pad_token_id is None and batch.num_seqs > 1:
@@ -103,4 +111,4 @@ class TransformersFallbackModel(PoolingModel):
         if self.classify:
             lens = torch.tensor(batch.seq_lens, device=out.logits.device)
             return torch.repeat_interleave(out.logits, lens, dim=0)
-        return batch.from_padded(out.last_hidden_state)
+        return batch.from_padded(out.logits if self.token_logits else out.last_hidden_state)

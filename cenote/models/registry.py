@@ -20,7 +20,10 @@ from cenote.config.hf import (
 from cenote.config.hub import read_json
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
 from cenote.config.static import STATIC_MODEL_TYPE
-from cenote.config.token_classification import serves_masked_lm_head
+from cenote.config.token_classification import (
+    check_token_classifier_head,
+    serves_masked_lm_head,
+)
 from cenote.models.interface import PoolingModel, Vocabulary
 from cenote.models.kernels import native_attention, native_rowwise
 from cenote.models.layers import settle_cpu_attention
@@ -54,6 +57,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
     "ColPaliForRetrieval": "cenote.models.colpali:ColPaliEmbedder",
     "JinaVLForRanking": "cenote.models.vl_rerankers:JinaVLRanker",
+    "Qwen3VLForSequenceClassification": "cenote.models.vl_rerankers:Qwen3VLReranker",
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
     "NewModel": "cenote.models.gte:GteNewModel",
     "NewForSequenceClassification": "cenote.models.gte:GteNewModel",
@@ -142,6 +146,7 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
     else:
         # A native model builds the heads its task needs (classifier, per-token reward head).
         model = cls(config.hf_config, task=config.task)
+        check_token_classifier_head(config, model.token_head is not None)
         if head_from_tokens is not None:
             method, tokens = head_from_tokens
             model.use_head_from_tokens(method, vocabulary.vocab_ids(tokens))
