@@ -168,6 +168,6 @@ class ModernBertModel(PoolingModel):
         missing = loader.finish()
         if not self.config.norm_bias:  # zero biases: the native LayerNorm's exact equal
             missing = [name for name in missing if not (
-                name.endswith("norm.bias") and not name.startswith((head + ".")))]
+                name.endswith("norm.bias") and not name.startswith(head + "."))]
         if missing:
             raise missing_tensors_error(missing)
