@@ -124,15 +124,29 @@ def test_qwen3_vl_with_deepstack_and_interleaved_positions_matches_transformers(
     llm = LLM(str(folder), dtype="float32")
     reference = Qwen3VLModel.from_pretrained(folder, dtype=torch.float32).eval()
     images = [random_image(96, 64, 1), random_image(64, 64, 2)]
-    prompts = [(f"{IMAGE}a page {IMAGE} and", images, []), ("a text alone", [], [])]
-    outputs = llm.embed([{"prompt": f"{IMAGE}a page {IMAGE} and",
-                          "multi_modal_data": {"image": images}}, "a text alone"])
+    frames = random_frames(4, size=64, seed=7)
+    prompts = [(f"{IMAGE}a page {IMAGE} and", images, []), ("a text alone", [], []),
+               (f"a clip {VIDEO} and {IMAGE}", images[:1], [frames])]
+    outputs = llm.embed([{"prompt": text, "multi_modal_data": {"image": im, "video": vid}}
+                         if im or vid else text for text, im, vid in prompts])
     for (text, im, vid), output in zip(prompts, outputs, strict=True):
         expected = transformers_embedding(reference, llm, text, im, vid)
         got = torch.tensor(output.outputs.embedding)
         assert torch.allclose(got, expected, atol=2e-5), (text, (got - expected).abs().max())
-    with pytest.raises(ValueError, match="Videos are not supported for Qwen3-VL"):
-        llm.embed({"prompt": VIDEO, "multi_modal_data": {"video": random_frames(2)}})
+
+
+def test_qwen3_vl_video_prompts_carry_each_temporal_patch_after_its_timestamp(tmp_path):
+    folder = build_tiny_qwen2_vl(tmp_path / "qwen3-vl", version="3")
+    processor = LLM(str(folder), dtype="float32").engine.images
+    video = mp4_bytes(random_frames(8, size=64), rate=4)  # 2 s
+    text, data = processor.process(f"a{VIDEO}b", [], [video], {"fps": 2})
+    # Qwen3VLVideoProcessor.sample_frames: int(8 / 4 * 2) = 4 frames from first to last,
+    # np.linspace(0, 7, 4).round() = [0, 2, 5, 7]; each patch at the mean of its frames'
+    # times (Qwen3VLProcessor._calculate_timestamps): (0 + 0.5) / 2, (1.25 + 1.75) / 2.
+    t, h, w = data.video_grid_thw[0].tolist()
+    run = "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+    assert t == 2
+    assert text == f"a<{0.25:.1f} seconds>{run}<{1.5:.1f} seconds>{run}b"
 
 
 def test_a_text_embeds_the_same_alone_and_beside_images(llm):

@@ -135,6 +135,9 @@ def build_tiny_qwen2_vl(target: Path, seed: int = 0, version: str = "2") -> Path
                  "image_std": [0.26862954, 0.26130258, 0.27577711]}
     (target / "preprocessor_config.json").write_text(json.dumps(processor))
     video = {**processor, "video_processor_type": "Qwen2VLVideoProcessor"}
+    if version == "3":  # samples 2 frames a second, one pixel budget for a whole video
+        video.update(video_processor_type="Qwen3VLVideoProcessor", fps=2,
+                     do_sample_frames=True, max_pixels=MAX_PIXELS * 4)
     del video["image_processor_type"]
     (target / "video_preprocessor_config.json").write_text(json.dumps(video))
     return target

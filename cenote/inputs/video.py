@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,19 +124,51 @@ def decode_frames(video: EncodedVideo, indices: list[int]) -> list[np.ndarray]:
 
 # The frame rate transformers assumes for frames given without one (VideoMetadata).
 DEFAULT_FRAME_RATE = 24.0
+# Which frames of ``total`` (at ``fps`` frames per second, None if unknown) to read.
+FrameSampler = Callable[[int, float | None], list[int]]
 
 
-def as_frames(value: Any, fps: float | None = None, num_frames: int | None = None,
-              temporal_patch_size: int = 2) -> tuple[list[np.ndarray], float]:
+def sample_evenly_with_ends(total: int, video_fps: float | None, *, fps: float | None = None,
+                            num_frames: int | None = None, min_frames: int = 4,
+                            max_frames: int = 768) -> list[int]:
+    """Qwen3-VL's ``sample_frames``: ``num_frames`` (or ``fps`` per second of video; all
+    frames when neither is given) spread from the first frame to the last, rounded."""
+    if fps is not None and num_frames is not None:
+        raise ValueError("mm_processor_kwargs: fps and num_frames are mutually exclusive.")
+    if num_frames is None and fps is not None:
+        num_frames = int(total / (video_fps or DEFAULT_FRAME_RATE) * fps)
+        num_frames = min(max(num_frames, min_frames), max_frames, total)
+    if num_frames is None:
+        num_frames = min(max(total, min_frames), max_frames)
+    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
+
+
+@dataclass
+class SampledFrames:
+    """The frames a video's pre-processing reads, where they were in it, and its rate."""
+
+    frames: list[np.ndarray]
+    indices: list[int]
+    total: int
+    fps: float | None  # None: frames given without a rate
+
+    @property
+    def sampled_fps(self) -> float:
+        """transformers' ``VideoMetadata.sampled_fps``: 24 for frames without a rate."""
+        if not self.fps:
+            return DEFAULT_FRAME_RATE
+        return len(self.indices) / self.total * self.fps
+
+
+def as_frames(value: Any, sample: FrameSampler) -> SampledFrames:
     """A prompt's video (video bytes, an :class:`EncodedVideo`, a ``[frames, H, W, 3]``
-    uint8 array, or a list of frames as arrays or ``PIL.Image``) as its sampled frames,
-    and their rate (transformers' ``sampled_fps``; 24 for frames given without one)."""
+    uint8 array, or a list of frames as arrays or ``PIL.Image``) as the frames ``sample``
+    picks."""
     if isinstance(value, (bytes, bytearray)):
         value = read_video_header(bytes(value))
     if isinstance(value, EncodedVideo):
-        indices = sample_frame_indices(value.frames, value.fps, fps=fps, num_frames=num_frames,
-                                       temporal_patch_size=temporal_patch_size)
-        return decode_frames(value, indices), len(indices) / value.frames * value.fps
+        indices = sample(value.frames, value.fps)
+        return SampledFrames(decode_frames(value, indices), indices, value.frames, value.fps)
     if isinstance(value, np.ndarray) and value.ndim == 4:
         value = list(value)
     if not isinstance(value, (list, tuple)) or not value:
@@ -147,6 +180,5 @@ def as_frames(value: Any, fps: float | None = None, num_frames: int | None = Non
         if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
                 and frame.shape[2] == 3):
             raise ValueError("Each video frame must be an HxWx3 uint8 array or a PIL.Image.")
-    indices = sample_frame_indices(len(frames), None, num_frames=num_frames,
-                                   temporal_patch_size=temporal_patch_size)
-    return [frames[i] for i in indices], DEFAULT_FRAME_RATE
+    indices = sample(len(frames), None)
+    return SampledFrames([frames[i] for i in indices], indices, len(frames), None)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cenote.config import ModelConfig
@@ -26,7 +28,14 @@ from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput
 from cenote.inputs.tokenizer import Tokenizer
-from cenote.inputs.video import EncodedVideo, as_frames, sample_frame_indices
+from cenote.inputs.video import (
+    DEFAULT_FRAME_RATE,
+    EncodedVideo,
+    SampledFrames,
+    as_frames,
+    sample_evenly_with_ends,
+    sample_frame_indices,
+)
 from cenote.params import PoolingParams
 
 # mm_processor_kwargs a request may set.
@@ -61,6 +70,9 @@ class VisionLanguageProcessor:
 
     image_token = "<|image_pad|>"
     video_token = "<|video_pad|>"
+    # The video processor's defaults where its config is silent (Qwen2VLVideoProcessor:
+    # no sampling, every frame read).
+    samples_frames, default_fps = False, 2.0
 
     def __init__(self, path: Path, hf_config: Any, tokenizer: Tokenizer) -> None:
         from transformers import AutoImageProcessor
@@ -79,13 +91,12 @@ class VisionLanguageProcessor:
                                  or _VIDEO_DEFAULTS["min_pixels"])
         self.video_max_pixels = (video.get("max_pixels") or size.get("longest_edge")
                                  or _VIDEO_DEFAULTS["max_pixels"])
-        self.video_fps = video.get("fps") if video.get("do_sample_frames") else None
+        self.video_fps = (video.get("fps", self.default_fps)
+                          if video.get("do_sample_frames", self.samples_frames) else None)
+        self.video_frame_range = (video.get("min_frames", 4), video.get("max_frames", 768))
         self.temporal_patch_size = self.images.temporal_patch_size
         self.merge = self.images.merge_size
         self.patch_size = self.images.patch_size
-        # Qwen3-VL's video prompts interleave frame timestamps ("<0.5 seconds>") with
-        # per-frame placeholder runs; not built here yet.
-        self.takes_video = hf_config.model_type != "qwen3_vl"
         self.image_token_id = hf_config.image_token_id
         self.video_token_id = hf_config.video_token_id
 
@@ -97,16 +108,29 @@ class VisionLanguageProcessor:
     def decoded_frames(self, video: EncodedVideo, kwargs: dict[str, Any] | None) -> int:
         """How many frames of ``video`` its pre-processing decodes (sampled as
         :meth:`process` samples them): what it costs in decoded pixels, per frame size."""
-        fps, num_frames = self._sampling(checked_kwargs(kwargs))
-        return len(sample_frame_indices(video.frames, video.fps, fps=fps, num_frames=num_frames,
-                                        temporal_patch_size=self.temporal_patch_size))
+        return len(self.frame_indices(video.frames, video.fps, checked_kwargs(kwargs)))
 
-    def _sampling(self, kwargs: dict[str, Any]) -> tuple[float | None, int | None]:
-        """``(fps, num_frames)``: the request's, else the video processor's own fps."""
+    def frame_indices(self, total: int, video_fps: float | None, kwargs: dict[str, Any]
+                      ) -> list[int]:
+        """Qwen2-VL's ``sample_frames``: the request's ``num_frames`` or ``fps``, else the
+        video processor's own fps (a rate needs the video's: frames given without one
+        are all read, or ``num_frames`` of them)."""
         fps, num_frames = kwargs.get("fps"), kwargs.get("num_frames")
         if fps is None and num_frames is None:
             fps = self.video_fps
-        return fps, num_frames
+        return sample_frame_indices(total, video_fps, fps=fps if video_fps else None,
+                                    num_frames=num_frames,
+                                    temporal_patch_size=self.temporal_patch_size)
+
+    def frame_images(self, frames: list[np.ndarray], kwargs: dict[str, Any]
+                     ) -> tuple[list[Any], dict[str, int]]:
+        """A video's frames as images, and the size the image processor gives each one:
+        Qwen2-VL sizes every frame alone, between the video's min and max pixels."""
+        from PIL import Image
+
+        return [Image.fromarray(frame) for frame in frames], {
+            "shortest_edge": kwargs.get("min_pixels", self.video_min_pixels),
+            "longest_edge": kwargs.get("max_pixels", self.video_max_pixels)}
 
     def render(self, hf_tokenizer: Any, messages: list[dict[str, Any]], **options: Any
                ) -> tuple[str, list[Any], list[Any]]:
@@ -130,9 +154,6 @@ class VisionLanguageProcessor:
             if placeholders != count:
                 raise ValueError(f"The prompt has {placeholders} {token} placeholders for "
                                  f"{count} {name}: give one placeholder per item.")
-        if videos and not self.takes_video:
-            raise ValueError("Videos are not supported for Qwen3-VL models yet (its prompts "
-                             "carry frame timestamps); send sampled frames as images.")
         data = MultiModalData()
         if images:
             data.pixel_values, data.image_grid_thw = self._image_patches(
@@ -140,13 +161,13 @@ class VisionLanguageProcessor:
                 kwargs.get("max_pixels"))
             text = self._expand(text, self.image_token, data.image_grid_thw)
         if videos:
-            patches, grids, rates = zip(*(self._video_patches(video, kwargs)
-                                          for video in videos), strict=True)
+            patches, grids, sampled = zip(*(self._video_patches(video, kwargs)
+                                            for video in videos), strict=True)
             data.pixel_values_videos = torch.cat(patches)
             data.video_grid_thw = torch.stack(grids)
             data.second_per_grid_ts = torch.tensor(
-                [self.temporal_patch_size / rate for rate in rates], dtype=torch.float32)
-            text = self._expand(text, self.video_token, data.video_grid_thw)
+                [self.temporal_patch_size / s.sampled_fps for s in sampled], dtype=torch.float32)
+            text = self._expand_videos(text, data.video_grid_thw, list(sampled))
         return text, data
 
     def _image_patches(self, images: list[Any], min_pixels: int | None,
@@ -160,30 +181,28 @@ class VisionLanguageProcessor:
         return out["pixel_values"].float(), out["image_grid_thw"].long()
 
     def _video_patches(self, video: Any, kwargs: dict[str, Any]
-                       ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """A video's temporal patches: each frame through the image processor at the
-        video's size, then consecutive frames paired as ``Qwen2VLVideoProcessor.patchify``
-        pairs them (the last frame repeated to a whole pair); and the sampled frame rate."""
-        fps, num_frames = self._sampling(kwargs)
-        frames, rate = as_frames(video, fps=fps, num_frames=num_frames,
-                                 temporal_patch_size=self.temporal_patch_size)
+                       ) -> tuple[torch.Tensor, torch.Tensor, SampledFrames]:
+        """A video's temporal patches: each sampled frame through the image processor at
+        the video's size, then consecutive frames paired as the video processor's
+        ``patchify`` pairs them (the last frame repeated to a whole pair)."""
+        sampled = as_frames(video, lambda total, fps: self.frame_indices(total, fps, kwargs))
         tps = self.temporal_patch_size
-        frames += [frames[-1]] * (-len(frames) % tps)
-        from PIL import Image
-
-        pixels, grid = self._image_patches(
-            [Image.fromarray(frame) for frame in frames],
-            kwargs.get("min_pixels", self.video_min_pixels),
-            kwargs.get("max_pixels", self.video_max_pixels))
+        images, size = self.frame_images(sampled.frames, kwargs)
+        images += [images[-1]] * (-len(images) % tps)
+        pixels, grid = self._image_patches(images, size["shortest_edge"], size["longest_edge"])
         per_frame = int(grid[0, 1] * grid[0, 2])
         # [frames, patches, C, tps, p, p]: the image processor repeats each frame over tps
         p = self.patch_size
-        pixels = pixels.view(len(frames), per_frame, 3, tps, p, p)[:, :, :, 0]
-        grid_t = len(frames) // tps
+        pixels = pixels.view(len(images), per_frame, 3, tps, p, p)[:, :, :, 0]
+        grid_t = len(images) // tps
         # pair k: frames k*tps .. k*tps+tps-1 along the temporal axis of each patch
         pixels = pixels.view(grid_t, tps, per_frame, 3, p, p).permute(0, 2, 3, 1, 4, 5)
         return (pixels.reshape(grid_t * per_frame, 3 * tps * p * p).contiguous(),
-                torch.tensor([grid_t, int(grid[0, 1]), int(grid[0, 2])]), rate)
+                torch.tensor([grid_t, int(grid[0, 1]), int(grid[0, 2])]), sampled)
+
+    def _expand_videos(self, text: str, grids: torch.Tensor,
+                       sampled: list[SampledFrames]) -> str:
+        return self._expand(text, self.video_token, grids)
 
     def _expand(self, text: str, token: str, grids: torch.Tensor) -> str:
         """Each ``token`` as many times as its image or video has merged patches."""
@@ -207,6 +226,79 @@ class VisionLanguageProcessor:
             out.append(SequenceInput(ids, None, p, multimodal=mm))
         return out
 
+
+
+class Qwen3VLInputs(VisionLanguageProcessor):
+    """Qwen3-VL's processor: frames sampled from the first to the last, sized together
+    (one pixel budget for the whole video, ``Qwen3VLVideoProcessor``'s ``smart_resize``),
+    and each temporal patch its own placeholder run after its timestamp:
+    ``<0.5 seconds><|vision_start|><|video_pad|>...<|vision_end|>`` (the chat template's
+    single wrapper replaced by the runs)."""
+
+    samples_frames = True
+
+    def frame_indices(self, total: int, video_fps: float | None, kwargs: dict[str, Any]
+                      ) -> list[int]:
+        fps, num_frames = kwargs.get("fps"), kwargs.get("num_frames")
+        if fps is None and num_frames is None:
+            fps = self.video_fps
+        low, high = self.video_frame_range
+        return sample_evenly_with_ends(total, video_fps, fps=fps, num_frames=num_frames,
+                                       min_frames=low, max_frames=high)
+
+    def frame_images(self, frames: list[np.ndarray], kwargs: dict[str, Any]
+                     ) -> tuple[list[Any], dict[str, int]]:
+        from PIL import Image
+
+        height, width = frames[0].shape[:2]
+        factor = self.patch_size * self.merge
+        low = kwargs.get("min_pixels", self.video_min_pixels)
+        high = kwargs.get("max_pixels", self.video_max_pixels)
+        h, w = video_size(len(frames), height, width, self.temporal_patch_size, factor, low,
+                          high)
+        images = [Image.fromarray(frame).resize((w, h), Image.Resampling.BICUBIC)
+                  for frame in frames]
+        return images, {"shortest_edge": h * w, "longest_edge": h * w}  # kept as they are
+
+    def _expand_videos(self, text: str, grids: torch.Tensor,
+                       sampled: list[SampledFrames]) -> str:
+        start, end = "<|vision_start|>", "<|vision_end|>"
+        text = text.replace(start + self.video_token + end, self.video_token)
+        pieces = text.split(self.video_token)
+        out = pieces[0]
+        for grid, frames, piece in zip(grids.tolist(), sampled, pieces[1:], strict=True):
+            run = self.video_token * (grid[1] * grid[2] // self.merge**2)
+            for time in self._timestamps(frames):
+                out += f"<{time:.1f} seconds>{start}{run}{end}"
+            out += piece
+        return out
+
+    def _timestamps(self, sampled: SampledFrames) -> list[float]:
+        """Each temporal patch's time: the mean of its first and last frame's."""
+        tps = self.temporal_patch_size
+        indices = sampled.indices + [sampled.indices[-1]] * (-len(sampled.indices) % tps)
+        seconds = [i / (sampled.fps or DEFAULT_FRAME_RATE) for i in indices]
+        return [(seconds[i] + seconds[i + tps - 1]) / 2 for i in range(0, len(seconds), tps)]
+
+
+def video_size(frames: int, height: int, width: int, temporal_factor: int, factor: int,
+               min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's video ``smart_resize``: one size for every frame, the whole video's
+    pixels (frames x height x width) between ``min_pixels`` and ``max_pixels``."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 def checked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """A request's ``mm_processor_kwargs``, checked: known names, positive values."""
@@ -232,12 +324,19 @@ def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+
+def vision_language_processor(path: Path, hf_config: Any, tokenizer: Tokenizer
+                              ) -> VisionLanguageProcessor:
+    """The processor of a Qwen2-VL, Qwen2.5-VL or Qwen3-VL configuration."""
+    family = Qwen3VLInputs if hf_config.model_type == "qwen3_vl" else VisionLanguageProcessor
+    return family(path, hf_config, tokenizer)
+
 def image_inputs(config: ModelConfig, tokenizer: Tokenizer
                  ) -> VisionLanguageProcessor | ImageProcessor | None:
     """What turns a model's image prompts into records: a vision-language model's
     processor, a dual encoder's image processor, or None for a text-only model."""
     if is_vision_language(config.hf_config):
-        return VisionLanguageProcessor(config.path, config.hf_config, tokenizer)
+        return vision_language_processor(config.path, config.hf_config, tokenizer)
     if "image" in config.modalities:
         return ImageProcessor(config.path, config.hf_config.vision_config)
     return None

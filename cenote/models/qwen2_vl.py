@@ -222,6 +222,12 @@ class Qwen3VLEmbedder(Qwen2VLEmbedder):
     vision_tower = "transformers.models.qwen3_vl.modeling_qwen3_vl:Qwen3VLVisionModel"
     language_family = "qwen3"
 
+    def video_grids(self, record: MultiModalData) -> list[tuple[int, int, int, float]]:
+        """One grid per temporal patch: each is its own placeholder run, after its
+        timestamp."""
+        return [(1, h, w, 1.0) for t, h, w, _ in _rows(record.video_grid_thw)
+                for _ in range(t)]
+
     def vision_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         weight = self.visual.patch_embed.proj.weight
