@@ -156,6 +156,16 @@ def test_a_text_embeds_the_same_alone_and_beside_images(llm):
     assert np.allclose(alone, mixed, atol=1e-5)
 
 
+def test_placeholder_tokens_typed_in_a_text_do_not_disturb_its_batch(llm):
+    typed = f"a text that types {IMAGE} itself"
+    alone = llm.embed(typed)[0].outputs.embedding
+    image_prompt = {"prompt": f"{IMAGE}x", "multi_modal_data": {"image": random_image(56, 56)}}
+    image_alone = llm.embed(image_prompt)[0].outputs.embedding
+    together = llm.embed([typed, image_prompt])
+    assert np.allclose(together[0].outputs.embedding, alone, atol=1e-5)
+    assert np.allclose(together[1].outputs.embedding, image_alone, atol=1e-5)
+
+
 def test_matryoshka_dimensions_cut_and_renormalise(qwen2_vl):
     llm = LLM(str(qwen2_vl), dtype="float32", hf_overrides={"is_matryoshka": True})
     from cenote import PoolingParams

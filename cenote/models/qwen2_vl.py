@@ -105,6 +105,10 @@ class Qwen2VLEmbedder(PoolingModel):
         if not records or not any(r is not None for r in records):
             return self.language(batch, inputs_embeds=x)
         deepstack: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        # Placeholder ids in a text-only prompt (typed as text) are plain tokens there.
+        lens = torch.tensor(batch.seq_lens, device=x.device)
+        with_media = torch.tensor([r is not None for r in records], device=x.device)
+        with_media = with_media.repeat_interleave(lens)
         for token_id, pixels, grids in (
                 (self.image_token_id, "pixel_values", "image_grid_thw"),
                 (self.video_token_id, "pixel_values_videos", "video_grid_thw")):
@@ -113,7 +117,8 @@ class Qwen2VLEmbedder(PoolingModel):
             if found:
                 features, extra = self.vision_features(torch.cat([p for p, _ in found]),
                                                        torch.cat([g for _, g in found]))
-                rows = (batch.input_ids[:batch.num_tokens] == token_id).nonzero().squeeze(1)
+                ids = batch.input_ids[:batch.num_tokens]
+                rows = ((ids == token_id) & with_media).nonzero().squeeze(1)
                 if len(rows) != len(features):
                     raise ValueError(f"{len(rows)} placeholder tokens for {len(features)} "
                                      "vision tokens.")
