@@ -295,3 +295,30 @@ def test_gte_reranker_scores_pairs_as_the_authors_model(build):
     ids = [tokenizer("a query", d)["input_ids"] for d in documents]
     _, logits = gte_new_forward(folder, ids)
     assert scores == pytest.approx(torch.sigmoid(logits[:, 0]).tolist(), abs=1e-5)
+
+
+def test_other_heads_checkpoints_embed_natively_with_the_body(build, tmp_path):
+    # NomicBertForPreTraining saves the body under "bert." beside its masked-LM head;
+    # NewForMaskedLM under "new." beside "lm_head.": by model_type, the body embeds.
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for family, config, prefix, head, architecture in (
+            ("nomic", NOMIC_V15, "bert.", "cls.predictions.transform.dense.weight",
+             "NomicBertForPreTraining"),
+            ("gte", GTE_BASE, "new.", "lm_head.dense.weight", "NewForMaskedLM")):
+        folder = build(family, config, seed=7)
+        renamed = shutil.copytree(folder, tmp_path / family)
+        tensors = {prefix + k: v for k, v in load_file(str(folder / "model.safetensors")).items()}
+        tensors[head] = torch.zeros(64, 64)
+        save_file(tensors, str(renamed / "model.safetensors"))
+        (renamed / "config.json").write_text(json.dumps({**config,
+                                                         "architectures": [architecture]}))
+        ours = LLM(str(renamed), dtype="float32")
+        assert isinstance(ours.engine.runner.model, NomicBertModel if family == "nomic"
+                          else GteNewModel)
+        for a, b in zip(ours.embed(TEXTS), LLM(str(folder), dtype="float32").embed(TEXTS),
+                        strict=True):
+            assert a.outputs.embedding == pytest.approx(b.outputs.embedding, abs=1e-6)

@@ -44,6 +44,10 @@ NATIVE_MODEL_TYPES: dict[str, str] = {
        for model_type in ("qwen2", "qwen3", "llama", "mistral")},
     "gemma3_text": "cenote.models.gemma3:Gemma3TextModel",
     "modernbert": "cenote.models.modernbert:ModernBertModel",
+    # Their other heads' checkpoints (NomicBertForPreTraining, NewForMaskedLM) embed with
+    # the body; config/remote_code.py reads their configs.
+    "nomic_bert": "cenote.models.nomic_bert:NomicBertModel",
+    "new": "cenote.models.gte:GteNewModel",
     STATIC_MODEL_TYPE: "cenote.models.static:StaticEmbeddingModel",
 }
 # Architectures run natively whatever their model_type (llama-nemotron-embed's is its
