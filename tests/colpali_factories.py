@@ -124,3 +124,17 @@ def build_tiny_colpali(target: Path, seed: int = 0, embedding_dim: int = 32) -> 
     model.save_pretrained(target)
     processor.save_pretrained(target)
     return target
+
+
+def build_tiny_qwen3_vl_reranker(target: Path, seed: int = 0) -> Path:
+    """A Qwen3-VL-Reranker-shaped checkpoint: a tiny random Qwen3VLForConditionalGeneration
+    (as the real one is saved) whose tokenizer has "no" and "yes" as single tokens."""
+    from transformers import AutoTokenizer
+
+    from tests.vlm_factories import build_tiny_qwen2_vl
+
+    build_tiny_qwen2_vl(target, seed=seed, version="3")
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    tokenizer.add_tokens(["no", "yes"])  # within the config's vocab_size (272)
+    tokenizer.save_pretrained(target)
+    return target

@@ -81,6 +81,8 @@ ARCHITECTURE_LAYOUTS = {
     "BertSpladeSparseEmbeddingModel": "splade",  # a masked-LM folder as SPLADE (vLLM)
     "HF_ColBERT": "stanford-colbert",  # Stanford ColBERT: bert.* plus linear.weight
     "BgeM3EmbeddingModel": "bge-m3",  # its heads are read from the folder's files
+    # vLLM's Qwen3-VL-Reranker recipe names it in hf_overrides (no transformers class)
+    "Qwen3VLForSequenceClassification": "vl-reranker",
 }
 
 RUNNERS = ("auto", "pooling", "generate")

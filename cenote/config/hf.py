@@ -62,11 +62,11 @@ def is_visual_retriever(hf_config: Any) -> bool:
 
 
 # Vision-language rerankers: a query and a text or image document in one prompt.
-VL_RERANKERS = frozenset({"JinaVLForRanking"})
+VL_RERANKERS = frozenset({"JinaVLForRanking", "Qwen3VLForSequenceClassification"})
 
 
 def is_vl_reranker(hf_config: Any) -> bool:
-    """jina-reranker-m0 (a Qwen2-VL config): the Score API over texts and images."""
+    """jina-reranker-m0, Qwen3-VL-Reranker: the Score API over texts and images."""
     return architecture_of(hf_config) in VL_RERANKERS
 
 
@@ -225,7 +225,7 @@ def set_reward_head_labels(hf_config: Any, path: Path, overrides: dict[str, Any]
     architecture = architecture_of(hf_config)
     labels = (2 if architecture.endswith("ForProcessRewardModel")
               else 1 if architecture.endswith("ForRewardModel") else None)
-    if architecture in VL_RERANKERS:  # one score, whatever the config says (as vLLM)
+    if architecture == "JinaVLForRanking":  # one score, whatever the config says (vLLM)
         hf_config.num_labels = 1
         return
     named = {**read_json(path / "config.json"), **overrides}

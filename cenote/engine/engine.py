@@ -278,7 +278,7 @@ class PoolingEngine:
         self.check_task("score")
         resolved = self.resolve_params("score", params, len(pairs), truncate_prompt_tokens)
         if self.vl_pairs is not None:
-            return self.vl_pairs.pairs(pairs, resolved)
+            return self.vl_pairs.pairs(pairs, resolved, options)
         if options is not None and options.chat_template is not None:
             texts = render_pairs(pairs, options, self.tokenizer.hf)
             tokenized = self._tokenize_grouped(

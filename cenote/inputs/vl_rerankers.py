@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cenote.config.hf import is_vl_reranker
+from cenote.config.hf import architecture_of, is_vl_reranker
 from cenote.inputs.prompts import SequenceInput, is_image_prompt
+from cenote.inputs.score_prompts import ScoreOptions, render_pairs
 from cenote.inputs.tokenizer import Tokenizer
 from cenote.inputs.vision_language import VisionLanguageProcessor
 from cenote.params import PoolingParams
@@ -25,9 +26,12 @@ JINA_VL_SCORE_TOKEN_ID = 100
 
 
 def vl_reranker_inputs(path: Path, hf_config: Any, tokenizer: Tokenizer
-                       ) -> JinaVLPairs | None:
+                       ) -> JinaVLPairs | ChatTemplatePairs | None:
     """The score prompts of a vision-language reranker, None for other models."""
-    return JinaVLPairs(path, hf_config, tokenizer) if is_vl_reranker(hf_config) else None
+    if not is_vl_reranker(hf_config):
+        return None
+    jina = architecture_of(hf_config) == "JinaVLForRanking"
+    return (JinaVLPairs if jina else ChatTemplatePairs)(path, hf_config, tokenizer)
 
 
 class JinaVLPairs:
@@ -48,9 +52,12 @@ class JinaVLPairs:
         """Image prompts outside a pair: their own text with placeholders."""
         return self.vision.records(prompts, pooling_task, params, add_special_tokens)
 
-    def pairs(self, pairs: Sequence[tuple[Any, Any]], params: list[PoolingParams]
-              ) -> list[SequenceInput]:
+    def pairs(self, pairs: Sequence[tuple[Any, Any]], params: list[PoolingParams],
+              options: ScoreOptions | None = None) -> list[SequenceInput]:
         """One record per (query, document) pair, ending in the score token."""
+        if options is not None and options.chat_template is not None:
+            raise ValueError("jina-reranker-m0 writes its own score prompt; chat_template "
+                             "does not apply to it.")
         out = []
         for (query, document), p in zip(pairs, params, strict=True):
             images, kwargs = [], {}
@@ -83,3 +90,34 @@ def _one_image(prompt: dict[str, Any]) -> Any:
             raise ValueError(f"A reranker's image input holds one image, not {len(image)}.")
         image = image[0]
     return image
+
+
+class ChatTemplatePairs(JinaVLPairs):
+    """Qwen3-VL-Reranker's pairs: the messages ``query`` then ``document`` through the
+    chat template (the request's, else the tokenizer's), an image written where its
+    message's content goes as ``<|vision_start|><|image_pad|><|vision_end|>``, the
+    images in the order the template writes them (vLLM's score template path)."""
+
+    def pairs(self, pairs: Sequence[tuple[Any, Any]], params: list[PoolingParams],
+              options: ScoreOptions | None = None) -> list[SequenceInput]:
+        options = options or ScoreOptions()
+        out = []
+        for (query, document), p in zip(pairs, params, strict=True):
+            marks = {"query": "\x00cenote-query\x00", "document": "\x00cenote-document\x00"}
+            items = {"query": query, "document": document}
+            shown = [(role, marks[role] if is_image_prompt(item) else item)
+                     for role, item in items.items()]
+            text = render_pairs([(shown[0][1], shown[1][1])], options, self.tokenizer.hf)[0]
+            at = {role: text.find(mark) for role, mark in marks.items()
+                  if is_image_prompt(items[role])}
+            if any(position < 0 for position in at.values()):
+                raise ValueError("The chat template does not write the image's message.")
+            images = [_one_image(items[role]) for role in sorted(at, key=at.get)]
+            for mark in marks.values():
+                text = text.replace(mark, _IMAGE)
+            expanded, mm = self.vision.process(text, images, [], {})
+            cut = self.tokenizer.resolve_truncation(p.truncate_prompt_tokens, p.truncation_side)
+            ids = self.tokenizer.encode_prompts([expanded], cut, add_special_tokens=False)
+            out.append(SequenceInput(ids[0].token_ids, None, p,
+                                     multimodal=mm if images else None))
+        return out

@@ -1,6 +1,12 @@
 """Vision-language rerankers: a query and a document (text or image) in one prompt, one
 score from the last token.
 
+``Qwen3VLForSequenceClassification`` (Qwen3-VL-Reranker, served as vLLM's recipe: the
+architecture, ``classifier_from_token: ["no", "yes"]`` and ``is_original_qwen3_reranker``
+given as ``hf_overrides``): Qwen3-VL (``Qwen3VLEmbedder``) whose classifier is the
+LM head's "yes" row minus its "no" row, on the last token; sigmoid gives
+``P(yes) / (P(yes) + P(no))``.
+
 ``JinaVLForRanking`` (jina-reranker-m0; its code ships with the checkpoint and is never
 run here): a Qwen2-VL model whose lm_head is dropped and whose last token's final hidden
 state goes through ``score`` (``Linear(h, h)``, ReLU, ``Linear(h, 1)``); the authors'
@@ -13,6 +19,7 @@ cenote's packed decoder with Qwen2-VL's multimodal positions, as
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cenote.models.qwen2_vl import Qwen2VLEmbedder
+from cenote.models.qwen2_vl import Qwen2VLEmbedder, Qwen3VLEmbedder
 
 # The authors' normalisation: sigmoid(score - LOGIT_BIAS).
 JINA_VL_LOGIT_BIAS = 2.65
@@ -64,3 +71,24 @@ class JinaVLRanker(Qwen2VLEmbedder):
         if "2.bias" in head:
             head["2.bias"] = head["2.bias"].float() - JINA_VL_LOGIT_BIAS
         self.classifier.load_state_dict(head, strict=True)
+
+
+class Qwen3VLReranker(Qwen3VLEmbedder):
+    """``Qwen3VLForSequenceClassification`` with its head built from LM-head rows."""
+
+    builds_head_from_tokens = True
+
+    def __init__(self, config: Any, task: str) -> None:
+        if task != "classify":
+            raise ValueError(f"Qwen3VLForSequenceClassification is a reranker (task "
+                             f"'classify'); task {task!r} does not apply to it.")
+        # The labels the head gives (1 for from_2_way_softmax) are set on the top config.
+        config = copy.copy(config)
+        config.text_config = copy.copy(config.text_config)
+        config.text_config.num_labels = config.num_labels
+        super().__init__(config, task)
+
+    def use_head_from_tokens(self, method: str, token_ids: list[int]) -> None:
+        self.language.use_head_from_tokens(method, token_ids)
+        self.classifier = self.language.classifier
+        self.classify_pad_token_id = self.language.classify_pad_token_id
