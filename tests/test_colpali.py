@@ -167,3 +167,24 @@ def test_colpali_vectors_and_scores_match_transformers(colpali):
     model, processor = reference
     expected = processor.score_retrieval(theirs[2][None], theirs[:2]).float()[0].tolist()
     assert scores == pytest.approx(expected, rel=1e-4)
+
+
+def test_score_takes_vllm_content_documents(llm):
+    """vLLM's offline ``{"content": [...]}`` documents: an image_url data: URL, image_pil,
+    text parts; each scored as the same image or text given directly."""
+    import base64
+    import io
+
+    image = page(56, 84, 40)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    documents = [{"content": [{"type": "image_url", "image_url": {"url": url}}]},
+                 {"content": [{"type": "image_pil", "image_pil": image}]},
+                 {"content": [{"type": "text", "text": "a text page"}]}]
+    scores = [o.outputs.score for o in llm.score("q", documents)]
+    direct = [o.outputs.score for o in llm.score("q", [image_prompt(image), "a text page"])]
+    assert scores == pytest.approx([direct[0], direct[0], direct[1]], rel=1e-5)
+    with pytest.raises(ValueError, match="data: URL"):
+        llm.score("q", {"content": [{"type": "image_url",
+                                     "image_url": {"url": "https://example.com/p.png"}}]})

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from cenote.inputs.multimodal import MultiModalData
+from cenote.inputs.score_content import content_input
 from cenote.outputs import LateChunkingMetadata
 from cenote.params import PoolingParams
 
@@ -95,6 +96,8 @@ def _score_text(item: object, where: str) -> str:
     """A score input as text: a string, or vLLM's text prompt ``{"prompt": "..."}``."""
     if is_image_prompt(item):
         return multimodal_prompt(item, 0)
+    if isinstance(item, dict) and "content" in item:  # vLLM's ScoreMultiModalParam
+        return content_input(item["content"], where)
     if isinstance(item, dict) and isinstance(item.get("prompt"), str):
         return item["prompt"]
     if isinstance(item, str):
