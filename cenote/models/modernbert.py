@@ -74,13 +74,13 @@ class ModernBertLayer(nn.Module):
 class ModernBertClassifierHead(nn.Module):
     """``head`` (dense, activation, norm) then ``classifier``, on the pooled row."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, outputs: int | None = None, out_bias: bool = True) -> None:
         super().__init__()
         hidden = config.hidden_size
         self.dense = nn.Linear(hidden, hidden, bias=config.classifier_bias)
         self.act = _activation(config.classifier_activation)
         self.norm = nn.LayerNorm(hidden, eps=config.norm_eps, bias=config.norm_bias)
-        self.out = nn.Linear(hidden, config.num_labels)
+        self.out = nn.Linear(hidden, outputs or config.num_labels, bias=out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(self.act(self.dense(x))))
@@ -99,6 +99,7 @@ _RENAMES = [
 ]
 _CLASSIFIER = re.compile(r"^(head|classifier)\.")
 _IGNORED = re.compile(r"^decoder\.")  # ModernBertForMaskedLM's vocabulary projection
+_MASKED_LM_HEAD = re.compile(r"^(head|decoder)\.")  # its head, when SPLADE reads it
 
 
 class ModernBertModel(PoolingModel):
@@ -109,6 +110,7 @@ class ModernBertModel(PoolingModel):
     """
 
     computes_pooled_rows_only = True
+    builds_vocab_head = True
     lora_modules = (
         (r"layers\.(\d+)\.attn\.Wqkv", r"layers.\1.qkv", None),
         (r"layers\.(\d+)\.attn\.Wo", r"layers.\1.attn_out", None),
@@ -141,6 +143,13 @@ class ModernBertModel(PoolingModel):
                 (getattr(config, "architectures", None) or [""])[0]):
             self.token_head = ModernBertClassifierHead(config)  # on every token
 
+    def use_vocab_head(self) -> None:
+        """Load ModernBertForMaskedLM's head too (``head``: dense, activation, norm; then
+        ``decoder``, tied to the embeddings where the checkpoint leaves it out): SPLADE
+        reads its logits."""
+        self.vocab_head = ModernBertClassifierHead(self.config, self.config.vocab_size,
+                                                   self.config.decoder_bias)
+
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embedding_norm(self.embeddings(batch.input_ids))
         rotary = {kind: rope(batch.positions, x.dtype) for kind, rope in self.rotary.items()}
@@ -157,6 +166,11 @@ class ModernBertModel(PoolingModel):
         head = "classifier" if self.classifier is not None else "token_head"
         for raw_name, tensor in weights:
             name = raw_name.removeprefix("model.")
+            if self.vocab_head is not None and _MASKED_LM_HEAD.match(name):
+                part = (name.removeprefix("head.") if name.startswith("head.")
+                        else "out." + name.removeprefix("decoder."))
+                loader.assign("vocab_head." + part, tensor)
+                continue
             if _IGNORED.search(name) or (self.classifier is None and self.token_head is None
                                          and _CLASSIFIER.search(name)):
                 continue
@@ -166,6 +180,10 @@ class ModernBertModel(PoolingModel):
                     break
             loader.assign(re.sub(r"^classifier\.", head + ".", name), tensor)
         missing = loader.finish()
+        if "vocab_head.out.weight" in missing:  # tied to the embeddings
+            with torch.no_grad():
+                self.vocab_head.out.weight.copy_(self.embeddings.weight)
+            missing.remove("vocab_head.out.weight")
         if not self.config.norm_bias:  # zero biases: the native LayerNorm's exact equal
             missing = [name for name in missing if not (
                 name.endswith("norm.bias") and not name.startswith(head + "."))]
