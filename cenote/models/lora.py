@@ -76,7 +76,8 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
 
 
 class LinearLoRA:
-    """The adapters of one linear layer: id -> (A ``[r, in]``, B ``[out, r]``, scaled)."""
+    """The adapters of one linear layer: id -> (A ``[r, in]`` (in oneDNN's layout where
+    it can be), B.T ``[r, out]``, scaled)."""
 
     def __init__(self, rows: LoRARows) -> None:
         self.rows = rows
@@ -98,14 +99,18 @@ class LinearLoRA:
             pair = self.adapters.get(adapter_id)
             if pair is None:  # this adapter leaves this layer as it is
                 continue
-            a, b = pair
-            # The products run on a window of a bucketed row count around the group's
-            # rows (few distinct shapes); only the group's rows are added.
+            a, b_t = pair
+            # x @ A.T on a window of a bucketed row count around the group's rows (few
+            # distinct shapes for oneDNN); only the group's rows go on.
             rows = min(bucket_rows(end - start), total) if self.rows.bucket else end - start
             first = min(start, total - rows)
-            delta = _matmul(_matmul(x[first:first + rows], a), b)
-            # ``out`` is the base layer's fresh output: its rows are updated in place.
-            out[start:end] += delta[start - first:end - first].to(out.dtype)
+            h = _matmul(x[first:first + rows], a)[start - first:end - first]
+            # ``out`` is the base layer's fresh output: its rows take h @ B.T in place, in
+            # one GEMM (beta 1) rather than a product and an add.
+            if out.dtype == b_t.dtype:
+                out[start:end].addmm_(h, b_t)
+            else:
+                out[start:end] += (h.to(b_t.dtype) @ b_t).to(out.dtype)
         return out
 
 
@@ -274,7 +279,7 @@ class ModelAdapters:
             col += a.shape[0]
         a_full = torch.cat(a_parts)
         return (_packed(a_full.to(self.device, self.dtype).contiguous()),
-                _packed(b_full.to(self.device, self.dtype).contiguous()))
+                b_full.t().to(self.device, self.dtype).contiguous())
 
     @contextlib.contextmanager
     def active(self, adapter_ids: Sequence[int], batch: PackedBatch) -> Iterator[None]:
