@@ -264,6 +264,8 @@ def derive_max_model_len(
     key = next((k for k in _LENGTH_KEYS if isinstance(getattr(hf_config, k, None), int)
                 and getattr(hf_config, k) > 0), None)
     text_config = getattr(hf_config, "text_config", None)
+    if key is None and text_config is None and is_visual_retriever(hf_config):
+        text_config = hf_config.vlm_config.text_config  # ColPali / ColQwen2: the VLM's
     if key is None and text_config is not None:  # a dual encoder: its text tower's limit
         return derive_max_model_len(text_config, st_config, user_value)
     if key is not None:
