@@ -138,3 +138,62 @@ def build_tiny_qwen3_vl_reranker(target: Path, seed: int = 0) -> Path:
     tokenizer.add_tokens(["no", "yes"])  # within the config's vocab_size (272)
     tokenizer.save_pretrained(target)
     return target
+
+
+def build_tiny_e5v(target: Path, seed: int = 0) -> Path:
+    """An e5-v-shaped checkpoint: a LlavaNextForConditionalGeneration (a 2-layer CLIP
+    vision tower on 28x28 crops, anyres up to 56x56, a 2-layer Llama) with random
+    weights, and its LlavaNextProcessor built locally (byte-level tokenizer with a BOS
+    and ``<image>``, the PIL image processor)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
+
+    target.mkdir(parents=True, exist_ok=True)
+    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    vocab.update({"<s>": 256, "</s>": 257, "<pad>": 258, "<image>": 259})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 256)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>",
+                                        additional_special_tokens=["<image>"])
+    images = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+        image_grid_pinpoints=[[28, 28], [28, 56], [56, 28], [56, 56]],
+        image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14,
+                                   vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1)
+    config = LlavaNextConfig(
+        text_config={"model_type": "llama", "vocab_size": 272, "hidden_size": 64,
+                     "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 512, "pad_token_id": 258,
+                     "bos_token_id": 256, "eos_token_id": 257},
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 32,
+                       "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+                       "projection_dim": 32},
+        image_token_index=259, image_grid_pinpoints=[[28, 28], [28, 56], [56, 28], [56, 56]],
+        vision_feature_select_strategy="default", vision_feature_layer=-2,
+        architectures=["LlavaNextForConditionalGeneration"])
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.ndim >= 2:
+                param.normal_(0.0, 0.08)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target

@@ -70,12 +70,18 @@ def is_vl_reranker(hf_config: Any) -> bool:
     return architecture_of(hf_config) in VL_RERANKERS
 
 
+def is_llava_next(hf_config: Any) -> bool:
+    """LLaVA-NeXT converted to an embedder (e5-v): prompts with ``<image>`` placeholders."""
+    return architecture_of(hf_config) == "LlavaNextForConditionalGeneration"
+
+
 def modalities(hf_config: Any) -> tuple[str, ...]:
     """What inputs a model embeds: text; images (dual encoders, ColQwen2, jina-reranker-m0);
     and videos (vision-language embedders)."""
     if is_vision_language(hf_config):
         return ("text", "image", "video")
-    if is_dual_encoder(hf_config) or is_visual_retriever(hf_config) or is_vl_reranker(hf_config):
+    if (is_dual_encoder(hf_config) or is_visual_retriever(hf_config)
+            or is_vl_reranker(hf_config) or is_llava_next(hf_config)):
         return ("text", "image")
     return ("text",)
 

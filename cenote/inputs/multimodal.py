@@ -22,6 +22,8 @@ class MultiModalData:
     # Seconds each video's temporal patch spans (temporal_patch_size / sampled fps): how
     # Qwen2.5-VL spaces its video positions in time.
     second_per_grid_ts: torch.Tensor | None = None  # [videos] float32
+    # LLaVA-NeXT: each image's (height, width), its pixels [images, crops, C, H, W].
+    image_sizes: torch.Tensor | None = None  # [images, 2] long
 
     @property
     def patches(self) -> int:
@@ -35,4 +37,4 @@ class MultiModalData:
 
         return MultiModalData(moved(self.pixel_values), moved(self.image_grid_thw),
                               moved(self.pixel_values_videos), moved(self.video_grid_thw),
-                              self.second_per_grid_ts)
+                              self.second_per_grid_ts, moved(self.image_sizes))

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from cenote.config import ModelConfig
-from cenote.config.hf import is_vision_language
+from cenote.config.hf import is_llava_next, is_vision_language
 from cenote.inputs.chat import render_chat
 from cenote.inputs.images import ImageProcessor, as_image
+from cenote.inputs.llava_next import LlavaNextInputs
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput
 from cenote.inputs.tokenizer import Tokenizer
@@ -332,11 +333,14 @@ def vision_language_processor(path: Path, hf_config: Any, tokenizer: Tokenizer
     return family(path, hf_config, tokenizer)
 
 def image_inputs(config: ModelConfig, tokenizer: Tokenizer
-                 ) -> VisionLanguageProcessor | ImageProcessor | None:
+                 ) -> VisionLanguageProcessor | LlavaNextInputs | ImageProcessor | None:
     """What turns a model's image prompts into records: a vision-language model's
-    processor, a dual encoder's image processor, or None for a text-only model."""
+    processor (LLaVA-NeXT's its own), a dual encoder's image processor, or None for a
+    text-only model."""
     if is_vision_language(config.hf_config):
         return vision_language_processor(config.path, config.hf_config, tokenizer)
+    if is_llava_next(config.hf_config):
+        return LlavaNextInputs(config.path)
     if "image" in config.modalities:
         return ImageProcessor(config.path, config.hf_config.vision_config)
     return None

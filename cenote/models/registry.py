@@ -61,6 +61,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
     "ColPaliForRetrieval": "cenote.models.colpali:ColPaliEmbedder",
     "JinaVLForRanking": "cenote.models.vl_rerankers:JinaVLRanker",
+    "LlavaNextForConditionalGeneration": "cenote.models.llava_next:LlavaNextEmbedder",
     "Qwen3VLForSequenceClassification": "cenote.models.vl_rerankers:Qwen3VLReranker",
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
     "NewModel": "cenote.models.gte:GteNewModel",

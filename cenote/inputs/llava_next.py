@@ -1,0 +1,59 @@
+"""Image prompts of LLaVA-NeXT converted to an embedder (e5-v): the prompt's ``<image>``
+expanded to the image's anyres tokens and its pixels made by the checkpoint's own
+``LlavaNextProcessor`` (PIL backend), as transformers' processor makes them. e5-v's
+prompts are the user's (its template: ``<image>\\nSummary above image in one word: `` in
+a Llama 3 chat turn); texts without images go through the tokenizer as for any model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cenote.inputs.images import as_image
+from cenote.inputs.multimodal import MultiModalData
+from cenote.inputs.prompts import SequenceInput
+from cenote.params import PoolingParams
+
+
+class LlavaNextInputs:
+    """The checkpoint's ``LlavaNextProcessor``: one ``<image>`` per image in a prompt."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import LlavaNextProcessor
+
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            self.processor = LlavaNextProcessor.from_pretrained(path)
+        except Exception as exc:
+            raise ValueError(f"{path} has no usable LLaVA-NeXT processor: {exc}") from exc
+        self.image_token = self.processor.image_token
+
+    @property
+    def min_image_pixels(self) -> int:
+        """What even a 1x1 image costs once pre-processed: its base crop."""
+        crop = self.processor.image_processor.crop_size
+        return int(crop["height"] * crop["width"])
+
+    def records(self, prompts: Sequence[Any], pooling_task: str, params: list[PoolingParams],
+                add_special_tokens: bool = True) -> list[SequenceInput]:
+        out = []
+        for prompt, p in zip(prompts, params, strict=True):
+            data = prompt["multi_modal_data"]
+            if "video" in data:
+                raise ValueError("LLaVA-NeXT embeds texts and images, not videos.")
+            images = data["image"] if isinstance(data["image"], (list, tuple)) else [data["image"]]
+            text = prompt.get("prompt") or ""
+            if text.count(self.image_token) != len(images):
+                raise ValueError(f"The prompt has {text.count(self.image_token)} "
+                                 f"{self.image_token} placeholders for {len(images)} images: "
+                                 "give one placeholder per image.")
+            if prompt.get("mm_processor_kwargs"):
+                raise ValueError("mm_processor_kwargs do not apply to LLaVA-NeXT.")
+            batch = self.processor(text=[text], images=[as_image(i) for i in images],
+                                   add_special_tokens=add_special_tokens, return_tensors="pt")
+            mm = MultiModalData(pixel_values=batch["pixel_values"].float(),
+                                image_sizes=batch["image_sizes"])
+            out.append(SequenceInput(batch["input_ids"][0].tolist(), None, p, multimodal=mm))
+        return out
