@@ -25,7 +25,7 @@ from torch import nn
 
 from cenote.models.batch import PackedBatch
 from cenote.models.interface import AttentionShape, PoolingModel
-from cenote.models.loading import ParameterLoader, missing_tensors_error
+from cenote.models.loading import ParameterLoader
 from cenote.models.towers import TextTower, VisionTower
 
 NATIVE_DUAL_ENCODERS = frozenset({"clip", "siglip"})
@@ -146,12 +146,8 @@ class NativeDualEncoder(PoolingModel):
                 continue
             if name == "vision_model.embeddings.patch_embedding.weight":
                 tensor = tensor.reshape(tensor.shape[0], -1)
-            for pattern, replacement in _RENAMES:
-                name = re.sub(pattern, replacement, name)
-            loader.assign(name, tensor)
-        missing = loader.finish()
-        if missing:
-            raise missing_tensors_error(missing)
+            loader.assign_renamed(name, tensor, _RENAMES)
+        loader.finish_all()
         for layer in [*self.text.layers, *self.vision.layers]:
             layer.fold_quick_gelu()
         if self.vision.head is None:

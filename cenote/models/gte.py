@@ -30,7 +30,7 @@ from cenote.models.decoder import RMSNorm
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import LayerNorm
 from cenote.models.linear import ACTIVATION_FUNCTIONS, hidden_activation
-from cenote.models.loading import ParameterLoader, missing_tensors_error
+from cenote.models.loading import ParameterLoader
 from cenote.models.rotary_encoder import (
     RotaryEncoderLayer,
     rotary_cos_sin,
@@ -153,12 +153,8 @@ class GteNewModel(PoolingModel):
                 layer, part, kind = match.groups()
                 loader.add_part(f"layers.{layer}.qkv.{kind}", part, ("q", "k", "v"), tensor)
                 continue
-            for pattern, replacement in _RENAMES:
-                name = re.sub(pattern, replacement, name)
-            loader.assign(name, tensor)
-        missing = loader.finish()
-        if missing:
-            raise missing_tensors_error(missing)
+            loader.assign_renamed(name, tensor, _RENAMES)
+        loader.finish_all()
 
 
 # Checkpoint name (after the "new." prefix is cut) -> ours.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,14 @@ class ParameterLoader:
         self.params[name].data.copy_(tensor)
         self.loaded.add(name)
 
+    def assign_renamed(self, name: str, tensor: torch.Tensor,
+                       renames: list[tuple[str, str]]) -> None:
+        """``assign`` under the name that ``renames`` (``(pattern, replacement)`` applied
+        in turn with ``re.sub``) make of the checkpoint's ``name``."""
+        for pattern, replacement in renames:
+            name = re.sub(pattern, replacement, name)
+        self.assign(name, tensor)
+
     def add_part(self, name: str, part: str, order: tuple[str, ...],
                  tensor: torch.Tensor) -> None:
         """One piece of the fused parameter ``name``, whose pieces stack in ``order``."""
@@ -88,6 +97,12 @@ class ParameterLoader:
                 raise ValueError(f"Checkpoint has only part of {name}: missing {absent}.")
             self.assign(name, torch.cat([parts[p] for p in order]))
         return sorted(set(self.params) - self.loaded)
+
+    def finish_all(self) -> None:
+        """``finish``, refusing a checkpoint that left any parameter unset."""
+        missing = self.finish()
+        if missing:
+            raise missing_tensors_error(missing)
 
 
 def missing_tensors_error(missing: list[str]) -> ValueError:

@@ -28,7 +28,7 @@ from cenote.models.batch import PackedBatch
 from cenote.models.decoder import rope_frequencies
 from cenote.models.interface import AttentionShape, PoolingModel
 from cenote.models.layers import LayerNorm
-from cenote.models.loading import ParameterLoader, missing_tensors_error
+from cenote.models.loading import ParameterLoader
 from cenote.models.rotary_encoder import (
     RotaryEncoderLayer,
     rotary_cos_sin,
@@ -180,12 +180,8 @@ class NomicBertModel(PoolingModel):
                 layer, part, kind = match.groups()
                 loader.add_part(f"layers.{layer}.mlp_in.{kind}", part, ("fc11", "fc12"), tensor)
                 continue
-            for pattern, replacement in _RENAMES:
-                name = re.sub(pattern, replacement, name)
-            loader.assign(name, tensor)
-        missing = loader.finish()
-        if missing:
-            raise missing_tensors_error(missing)
+            loader.assign_renamed(name, tensor, _RENAMES)
+        loader.finish_all()
 
 
 # Checkpoint name (after a "model."/"bert." prefix is cut) -> ours.
