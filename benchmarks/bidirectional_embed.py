@@ -14,25 +14,18 @@ Prints tokens/s, the ratios and the minimum cosine against sentence-transformers
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent))
-from corpus import english_paragraphs  # noqa: E402
-from offline_embed import timed as best_of  # noqa: E402
+from common import best_of, script_parser
+from corpus import english_paragraphs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)

@@ -17,19 +17,13 @@ instead), to show what they are worth.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent))
-from corpus import english_paragraphs  # noqa: E402
-from offline_embed import timed as best_of  # noqa: E402
+from common import best_of, script_parser
+from corpus import english_paragraphs
 
 
 @torch.inference_mode()
@@ -43,8 +37,7 @@ def transformers_embed(model, tokenizer, texts: list[str], batch_size: int) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)

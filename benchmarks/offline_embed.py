@@ -16,26 +16,15 @@ random weights time the same as trained ones.
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import best_of, script_parser
+from corpus import english_paragraphs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import english_paragraphs  # noqa: E402
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` runs (after the caller's warm-up) and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+# Other scripts import it by this name.
+timed = best_of
 
 
 def build_modernbert_base(target: Path) -> Path:
@@ -67,8 +56,7 @@ def build_modernbert_base(target: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--model", default=None, help="model folder (default: bundled MiniLM)")
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=2)
@@ -101,7 +89,7 @@ def main() -> None:
     print(f"{len(texts)} paragraphs, model {model_path}, torch threads "
           f"{torch.get_num_threads()}")
     num_tokens = sum(len(o.prompt_token_ids) for o in llm.embed(texts[:256], use_tqdm=False))
-    seconds, outs = timed(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
+    seconds, outs = best_of(lambda: llm.embed(texts, use_tqdm=False), args.repeats)
     num_tokens = sum(len(o.prompt_token_ids) for o in outs)
     cenote_vecs = torch.tensor([o.outputs.embedding for o in outs])
     rows = [("cenote (default: " + str(llm.config.dtype).removeprefix("torch.") + ")",
@@ -111,19 +99,19 @@ def main() -> None:
         int8 = LLM(model_path, quantization="int8")
         print(f"cenote int8 at load: {int8.engine.int8_accuracy}")
         int8.embed(texts[:256], use_tqdm=False)
-        seconds, outs = timed(lambda: int8.embed(texts, use_tqdm=False), args.repeats)
+        seconds, outs = best_of(lambda: int8.embed(texts, use_tqdm=False), args.repeats)
         rows.append(("cenote int8", seconds, torch.tensor([o.outputs.embedding for o in outs])))
         del int8
 
     st = SentenceTransformer(model_path, device="cpu")
     st.encode(texts[:256], batch_size=args.st_batch_size)
-    seconds, ref = timed(lambda: st.encode(texts, batch_size=args.st_batch_size,
+    seconds, ref = best_of(lambda: st.encode(texts, batch_size=args.st_batch_size,
                                            convert_to_tensor=True), args.repeats)
     rows.append(("sentence-transformers fp32", seconds, ref.float()))
     if args.st_bf16 == "yes" or (args.st_bf16 == "auto" and cpu_has_native_bf16()):
         st_bf16 = st.to(torch.bfloat16)
         st_bf16.encode(texts[:256], batch_size=args.st_batch_size)
-        seconds, vecs = timed(lambda: st_bf16.encode(texts, batch_size=args.st_batch_size,
+        seconds, vecs = best_of(lambda: st_bf16.encode(texts, batch_size=args.st_batch_size,
                                                      convert_to_tensor=True), args.repeats)
         rows.append(("sentence-transformers bf16", seconds, vecs.float()))
 

@@ -16,28 +16,22 @@ apart (min cosine, max abs difference).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent))
-from corpus import english_paragraphs  # noqa: E402
+from common import embedding_matrix, script_parser
+from corpus import english_paragraphs
 
 INSTRUCTION = ("Instruct: Given a web search query, retrieve relevant passages that answer "
                "the query\nQuery: ")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
@@ -70,7 +64,7 @@ def main() -> None:
                     start = time.perf_counter()
                     outs = llm.embed(prompts, use_tqdm=False)
                     best[share] = min(best[share], time.perf_counter() - start)
-                    vectors[share] = torch.tensor([o.outputs.embedding for o in outs])
+                    vectors[share] = embedding_matrix(outs)
             tokens = sum(len(o.prompt_token_ids) for o in outs)
             prefix = os.path.commonprefix([o.prompt_token_ids for o in outs])
             cos = F.cosine_similarity(vectors[True], vectors[False]).min().item()

@@ -19,19 +19,13 @@ Prints tokens/s, the ratios and the minimum cosine against the reference.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent))
-from corpus import english_paragraphs  # noqa: E402
-from offline_embed import timed as best_of  # noqa: E402
+from common import best_of, embedding_matrix, script_parser
+from corpus import english_paragraphs
 
 
 def _configs(layers: int) -> dict[str, tuple[dict, str]]:
@@ -67,8 +61,7 @@ def _reference_vectors(family, folder, token_ids, pooling, batch_size):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
@@ -107,7 +100,7 @@ def main() -> None:
                                         args.repeats)
                 ids = [o.prompt_token_ids for o in outs]
                 label = f"cenote ({str(llm.config.dtype).removeprefix('torch.')})"
-                rows.append((label, seconds, torch.tensor([o.outputs.embedding for o in outs])))
+                rows.append((label, seconds, embedding_matrix(outs)))
                 del llm
             num_tokens = sum(map(len, ids))
             with torch.inference_mode():
