@@ -1,6 +1,6 @@
 """End to end, visual document retrieval and a vision-language reranker through the real
 server: /rerank and /score with page images as documents (``{"content": [image_url]}``),
-each score the one offline ``LLM.score`` gives."""
+each score the one offline ``LLM.score`` gives, and /pooling token_embed of a page."""
 
 from __future__ import annotations
 
@@ -45,8 +45,13 @@ def server(model):
 
 
 @pytest.fixture(scope="module")
-def offline_scores(model):
-    llm = LLM(str(model), dtype="float32")
+def offline(model):
+    return LLM(str(model), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def offline_scores(offline):
+    llm = offline
     docs = [{"prompt": "", "multi_modal_data": {"image": p}} for p in PAGES] + ["a text page"]
     return [o.outputs.score for o in llm.score("revenue table", docs)]
 
@@ -80,3 +85,17 @@ def test_bad_image_is_a_400(server):
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["message"]
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_pooling_token_embed_of_a_page(server, model, offline):
+    if "jina" in model.name:
+        pytest.skip("a reranker has no token_embed")
+    document = image_document(PAGES[0])
+    answer = httpx.post(f"{server.url}/pooling", timeout=120, json={
+        "model": "m", "task": "token_embed",
+        "messages": [{"role": "user", "content": document["content"]}]})
+    assert answer.status_code == 200, answer.text
+    vectors = np.array(answer.json()["data"][0]["data"])
+    expected = offline.encode([{"prompt": "", "multi_modal_data": {"image": PAGES[0]}}],
+                              pooling_task="token_embed")[0].outputs.data.numpy()
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
