@@ -296,6 +296,13 @@ def build_colbert(minilm_path: Path, target: Path, seed: int = 0) -> Path:
     [unused0]/[unused1] query/document markers, [MASK] query expansion to 32 tokens
     (not attended), documents cut at 180, a seeded Dense 384 -> 128 without bias,
     punctuation left out of documents, normalised vectors."""
+    colbert_encoder(minilm_path, 384, 128, seed).save(str(target))
+    return target
+
+
+def colbert_encoder(body_path: Path, hidden: int, dim: int, seed: int):
+    """``build_colbert``'s MultiVectorEncoder (not saved) over the transformers body at
+    ``body_path`` (``hidden`` wide), its seeded Dense projecting to ``dim``."""
     import string
 
     from sentence_transformers import MultiVectorEncoder
@@ -303,20 +310,18 @@ def build_colbert(minilm_path: Path, target: Path, seed: int = 0) -> Path:
     from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
     from transformers import AddedToken
 
-    body = Transformer(str(minilm_path), document_length=180,
+    body = Transformer(str(body_path), document_length=180,
                        query_expansion={"strategy": "fixed", "attend": False, "length": 32})
     body.tokenizer.add_special_tokens({"additional_special_tokens": [
         AddedToken("[unused0]", normalized=False, special=True),
         AddedToken("[unused1]", normalized=False, special=True)]})
     torch.manual_seed(seed)
-    dense = Dense(384, 128, bias=False, activation_function=torch.nn.Identity(),
+    dense = Dense(hidden, dim, bias=False, activation_function=torch.nn.Identity(),
                   module_input_name="token_embeddings")
-    model = MultiVectorEncoder(
+    return MultiVectorEncoder(
         modules=[body, dense, MultiVectorMask(skiplist_words=list(string.punctuation)),
                  Normalize(module_input_name="token_embeddings")],
         prompts={"query": "[unused0] ", "document": "[unused1] "}, device="cpu")
-    model.save(str(target))
-    return target
 
 
 def build_tiny_dual_encoder(minilm_path: Path, target: Path, family: str = "clip",

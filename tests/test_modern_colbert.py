@@ -21,6 +21,7 @@ import torch
 
 from cenote import LLM, PoolingParams
 from cenote.models.modernbert import ModernBertModel
+from tests.factories import colbert_encoder
 from tests.test_modernbert import build_tiny_modernbert
 
 QUERIES = ["what is the capital of france?", "how do glaciers carve valleys"]
@@ -33,24 +34,10 @@ def folders(minilm_path, tmp_path_factory):
     """The MultiVectorEncoder folder (``st``), the same weights as PyLate saves them
     (``pylate``), and the MultiVectorEncoder loaded from the first (``reference``)."""
     from sentence_transformers import MultiVectorEncoder
-    from sentence_transformers.base.modules import Dense, Normalize, Transformer
-    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
-    from transformers import AddedToken
 
     body_path = build_tiny_modernbert(minilm_path, tmp_path_factory.mktemp("modern_body"),
                                       "ModernBertModel", seed=5)
-    body = Transformer(str(body_path), document_length=180,
-                       query_expansion={"strategy": "fixed", "attend": False, "length": 32})
-    body.tokenizer.add_special_tokens({"additional_special_tokens": [
-        AddedToken("[unused0]", normalized=False, special=True),
-        AddedToken("[unused1]", normalized=False, special=True)]})
-    torch.manual_seed(6)
-    dense = Dense(64, 24, bias=False, activation_function=torch.nn.Identity(),
-                  module_input_name="token_embeddings")
-    model = MultiVectorEncoder(
-        modules=[body, dense, MultiVectorMask(skiplist_words=list(string.punctuation)),
-                 Normalize(module_input_name="token_embeddings")],
-        prompts={"query": "[unused0] ", "document": "[unused1] "}, device="cpu")
+    model = colbert_encoder(body_path, 64, 24, seed=6)
     st = tmp_path_factory.mktemp("modern_colbert_st")
     model.save(str(st))
     return {"st": st, "pylate": _as_pylate(st, tmp_path_factory.mktemp("modern_colbert")),
