@@ -50,7 +50,7 @@ def qwen2_vl(tmp_path_factory):
 def server(qwen2_vl):
     args = [str(qwen2_vl), "--dtype", "float32", "--served-model-name", "vlm",
             "--limit-mm-per-prompt", '{"image": 2, "video": 1}', "--max-video-frames", "16",
-            "--allowed-media-domains", "localhost"]
+            "--allowed-media-domains", "localhost", "--max-mm-pixels-per-request", "300000"]
     with cenote_serve(args) as running:
         yield running
 
@@ -135,6 +135,8 @@ def test_cohere_images_embed_each_as_one_image_message(server, offline):
      "--allowed-media-domains"),
     ([{"type": "video_url", "video_url": {"url": "data:image/png;base64,AAAA"}}],
      "data:video/<type>;base64"),
+    # 16 frames of 160x160 to decode: 409,600 pixels, from the header, before decoding.
+    ([video_part(mp4_bytes(random_frames(16, size=160)))], "--max-mm-pixels-per-request"),
 ])
 def test_bad_videos_and_limits_are_a_400_and_the_server_stays_healthy(server, content, message):
     response = post(server, "/v1/embeddings", messages=[{"role": "user", "content": content}])
