@@ -178,3 +178,17 @@ def test_run_batch_embeds_image_messages_as_offline(qwen2_vl, offline, tmp_path)
     assert line["error"] is None, line
     got = torch.tensor(line["response"]["body"]["data"][0]["embedding"])
     assert torch.allclose(got, offline_messages(offline, messages), atol=1e-5)
+
+
+def test_score_and_rerank_take_image_documents(server, offline):
+    page = [{"type": "text", "text": "a page"}, image_part(png(6))]
+    query = torch.tensor(offline.embed("revenue")[0].outputs.embedding)  # a plain text
+    document = offline_messages(offline, [{"role": "user", "content": page}])
+    expected = float(query @ document)
+    scored = post(server, "/score", queries="revenue", documents={"content": page})
+    assert scored.status_code == 200, scored.text
+    assert abs(scored.json()["data"][0]["score"] - expected) < 1e-4
+    ranked = post(server, "/rerank", query="revenue", documents=[{"content": page}, "words"])
+    assert ranked.status_code == 200, ranked.text
+    scores = {r["index"]: r["relevance_score"] for r in ranked.json()["results"]}
+    assert abs(scores[0] - expected) < 1e-4
