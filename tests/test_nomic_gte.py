@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from cenote import LLM
+from cenote.config.remote_code import NomicBertConfig
 from cenote.models.gte import GteNewModel
 from cenote.models.nomic_bert import NomicBertModel
 from tests.reference_rotary_encoders import (
@@ -143,6 +144,19 @@ def test_nomic_without_the_factor_serves_its_trained_length(build):
     assert llm.config.max_model_len == 512  # ST's max_seq_length under max_trained_positions
     folder = build("nomic", {**NOMIC_V15, "max_trained_positions": 64})
     assert LLM(str(folder), dtype="float32").config.max_model_len == 64
+
+
+def test_nomic_takes_a_stated_max_position_embeddings(build):
+    # A limit given as max_position_embeddings (hf_overrides, or a config.json that has
+    # one) is the limit; learned positions stop at their table's n_positions.
+    folder = build("nomic", NOMIC_V15)
+    llm = LLM(str(folder), dtype="float32", hf_overrides={"max_position_embeddings": 4096})
+    assert llm.config.max_model_len == 4096
+    learned = {**NOMIC_V15, "rotary_emb_fraction": 0.0, "n_positions": 128,
+               "max_position_embeddings": 4096}
+    assert NomicBertConfig.from_dict(learned).max_position_embeddings == 128
+    saved = NomicBertConfig.from_dict({**NOMIC_V15, "max_position_embeddings": 4096}).to_dict()
+    assert NomicBertConfig.from_dict(saved).max_position_embeddings == 4096
 
 
 def test_nomic_prompts_come_from_the_sentence_transformers_config(build):

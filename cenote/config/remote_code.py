@@ -58,12 +58,29 @@ class NomicBertConfig(PretrainedConfig):
 
     @property
     def max_position_embeddings(self) -> int:
-        """The longest input served: with rotary positions and no ``rotary_scaling_factor``
+        """The longest input served: a stated ``max_position_embeddings`` (config.json or
+        ``hf_overrides``); else with rotary positions and no ``rotary_scaling_factor``
         the length it was trained to (``max_trained_positions``), as vLLM limits it;
-        with the factor (dynamic NTK past that length) or learned positions, ``n_positions``."""
-        if self.rotary_emb_fraction <= 0 or self.rotary_scaling_factor:
+        with the factor (dynamic NTK past that length) or learned positions, ``n_positions``.
+        Learned positions never go past ``n_positions`` (their table's length)."""
+        learned = self.rotary_emb_fraction <= 0
+        stated = self.__dict__.get("_stated_max_positions")
+        if stated is not None:
+            return min(stated, self.n_positions) if learned else stated
+        if learned or self.rotary_scaling_factor:
             return self.n_positions
         return min(self.n_positions, self.max_trained_positions)
+
+    @max_position_embeddings.setter
+    def max_position_embeddings(self, value: int | None) -> None:
+        self.__dict__["_stated_max_positions"] = value
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        stated = values.pop("_stated_max_positions", None)
+        if stated is not None:
+            values["max_position_embeddings"] = stated
+        return values
 
 
 class NewConfig(PretrainedConfig):
