@@ -99,3 +99,29 @@ def test_pooling_token_embed_of_a_page(server, model, offline):
     expected = offline.encode([{"prompt": "", "multi_modal_data": {"image": PAGES[0]}}],
                               pooling_task="token_embed")[0].outputs.data.numpy()
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_qwen3_vl_reranker_served_as_the_recipe(tmp_path):
+    """Qwen3-VL-Reranker served as vLLM's recipe: --hf-overrides, the template as
+    --chat-template; /rerank with a page image equals offline score."""
+    import json
+
+    from tests.colpali_factories import build_tiny_qwen3_vl_reranker
+    from tests.test_vl_rerankers_qwen3 import OVERRIDES, TEMPLATE
+
+    folder = build_tiny_qwen3_vl_reranker(tmp_path / "qwen3-vl-reranker")
+    template = tmp_path / "reranker.jinja"
+    template.write_text(TEMPLATE)
+    llm = LLM(str(folder), dtype="float32", hf_overrides=OVERRIDES)
+    expected = [o.outputs.score for o in llm.score(
+        "revenue table", [{"prompt": "", "multi_modal_data": {"image": PAGES[0]}},
+                          "a text page"], chat_template=TEMPLATE)]
+    args = [str(folder), "--dtype", "float32", "--served-model-name", "m",
+            "--hf-overrides", json.dumps(OVERRIDES), "--chat-template", str(template)]
+    with cenote_serve(args) as running:
+        answer = httpx.post(f"{running.url}/rerank", timeout=120, json={
+            "model": "m", "query": "revenue table",
+            "documents": [image_document(PAGES[0]), "a text page"]})
+    assert answer.status_code == 200, answer.text
+    by_index = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+    assert [by_index[0], by_index[1]] == pytest.approx(expected, abs=1e-5)
