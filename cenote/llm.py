@@ -20,7 +20,13 @@ from cenote.compat.vllm import (
     vllm_arg_problem,
 )
 from cenote.config import ModelConfig, PoolerConfig
-from cenote.config.lora import DEFAULT_MAX_LORA_RANK, DEFAULT_MAX_LORAS, LoRAOptions, LoRARequest
+from cenote.config.lora import (
+    DEFAULT_MAX_LORA_RANK,
+    DEFAULT_MAX_LORAS,
+    LoRAError,
+    LoRAOptions,
+    LoRARequest,
+)
 from cenote.engine.engine import PoolingEngine, request_outputs
 from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN, load_io_processor, plugin_prompts
 from cenote.engine.lora import with_adapters
@@ -324,7 +330,7 @@ class LLM:
                              "or one each.")
         for request in requests:
             if request is not None and not isinstance(request, LoRARequest):
-                raise TypeError("lora_request must be a LoRARequest (from cenote or "
+                raise LoRAError("lora_request must be a LoRARequest (from cenote or "
                                 f"vllm.lora.request), not {type(request).__name__}.")
         return [0 if r is None else self.engine.loras.resolve(r) for r in requests]
 

@@ -151,8 +151,8 @@ def test_late_chunking_with_truncation_or_padding_is_refused_as_vllm_refuses_it(
         minilm_fp32.encode(TEXT, params, pooling_task="token_embed", **kwargs)
 
 
-def test_late_chunking_with_a_lora_adapter_is_refused(minilm_fp32):
-    with pytest.raises(ValueError, match="LoRA adapters are not supported"):
+def test_late_chunking_with_something_not_a_lora_request_is_refused(minilm_fp32):
+    with pytest.raises(ValueError, match="lora_request must be a LoRARequest"):
         minilm_fp32.encode(TEXT, chunked(4), pooling_task="token_embed",
                            lora_request=object())
 

@@ -227,3 +227,23 @@ def test_unsupported_adapters_are_named(change, message, minilm_checks, minilm_a
 def test_a_folder_without_an_adapter_is_named(minilm_checks, tmp_path):
     with pytest.raises(LoRAError, match="is not a PEFT adapter folder"):
         minilm_checks.embed("hi", lora_request=LoRARequest("none", 51, str(tmp_path)))
+
+
+def test_lora_modules_flag_forms_and_mistakes():
+    from cenote.arguments import build_parser
+    from cenote.launch import lora_options
+
+    args = build_parser().parse_args([
+        "serve", "m", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "32",
+        "--lora-modules", "a=/x/a", '{"name": "b", "path": "/x/b", "base_model_name": "m"}'])
+    options = lora_options(args)
+    assert (options.enabled, options.max_loras, options.max_lora_rank) == (True, 2, 32)
+    assert options.modules == (LoRARequest("a", 1, "/x/a"), LoRARequest("b", 2, "/x/b", "m"))
+    for argv, message in [
+        (["--lora-modules", "a=/x"], "needs --enable-lora"),
+        (["--enable-lora", "--lora-modules", "a=/x", "b=/y"], "raise --max-loras to at least 2"),
+        (["--enable-lora", "--lora-modules", "just-a-name"], "expected name=path"),
+        (["--enable-lora", "--lora-modules", '{"name": "a"}'], 'needs "name" and "path"'),
+    ]:
+        with pytest.raises(LoRAError, match=message):
+            lora_options(build_parser().parse_args(["serve", "m", *argv]))
