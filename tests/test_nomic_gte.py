@@ -186,6 +186,28 @@ def test_gte_variants_match_the_authors_model(build, overrides):
            0.9999)
 
 
+def test_gte_takes_rope_overrides_as_its_config(build):
+    # hf_overrides rope_theta / rope_scaling (vLLM passes both to GTE's rotary) act as the
+    # same values in config.json would; a scaling GTE's code does not know is refused.
+    scaling = {"rope_type": "ntk", "factor": 4.0, "mixed_b": 0.9}
+    folder = build("gte", GTE_BASE, "cls", seed=4)
+    stated = build("gte", {**GTE_BASE, "rope_theta": 5000, "rope_scaling": scaling}, "cls",
+                   seed=4)
+    overridden = LLM(str(folder), dtype="float32",
+                     hf_overrides={"rope_theta": 5000, "rope_scaling": scaling}).embed(TEXTS)
+    expected = LLM(str(stated), dtype="float32").embed(TEXTS)
+    plain = LLM(str(folder), dtype="float32").embed(TEXTS)
+    for got, want, base in zip(overridden, expected, plain, strict=True):
+        assert got.outputs.embedding == pytest.approx(want.outputs.embedding, abs=1e-5)
+        assert got.outputs.embedding != pytest.approx(base.outputs.embedding, abs=1e-3)
+    theta_only = LLM(str(stated), dtype="float32", hf_overrides={"rope_theta": 5000})
+    assert theta_only.embed(TEXTS[:1])[0].outputs.embedding == pytest.approx(
+        expected[0].outputs.embedding, abs=1e-5)  # the scaling stays
+    with pytest.raises(ValueError, match="ntk"):
+        LLM(str(folder), hf_overrides={"rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+                                                        "original_max_position_embeddings": 64}})
+
+
 @pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("auto", 2e-2)])
 def test_gte_reranker_classifier_matches_the_authors_model(build, dtype, atol):
     config = {**GTE_BASE, "architectures": ["NewForSequenceClassification"],

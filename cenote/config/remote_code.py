@@ -112,6 +112,28 @@ class NewConfig(PretrainedConfig):
                                                                 logn_attention_clip1)
         super().__init__(**kwargs)
 
+    # hf_overrides' rope_theta / rope_scaling reach a config as ``rope_parameters``
+    # (cenote.config.hf.apply_hf_overrides); GTE reads them as its own fields, as vLLM
+    # hands both to GTE's rotary embedding.
+    @property
+    def default_theta(self) -> float:
+        return self.gte_rope_theta
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        scaling = dict(self.gte_rope_scaling or {})
+        kind = scaling.pop("type", None) or scaling.pop("rope_type", None)
+        return {**scaling, "rope_type": kind or "default", "rope_theta": self.gte_rope_theta}
+
+    @rope_parameters.setter
+    def rope_parameters(self, params: dict[str, Any] | None) -> None:
+        if not params:
+            return
+        params = dict(params)
+        self.gte_rope_theta = float(params.pop("rope_theta", self.gte_rope_theta))
+        kind = params.pop("rope_type", None) or params.pop("type", None)
+        self.gte_rope_scaling = None if kind in (None, "default") else {"type": kind, **params}
+
 
 _STAND_INS: dict[str, type[PretrainedConfig]] = {"nomic_bert": NomicBertConfig,
                                                  "new": NewConfig}
