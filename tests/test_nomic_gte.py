@@ -146,6 +146,21 @@ def test_nomic_without_the_factor_serves_its_trained_length(build):
     assert LLM(str(folder), dtype="float32").config.max_model_len == 64
 
 
+@pytest.mark.parametrize("family, config, pooling", [
+    ("nomic", NOMIC_V15, "mean"), ("gte", GTE_BASE, "cls")], ids=["nomic", "gte"])
+def test_one_token_and_full_length_prompts_match_the_authors_model(build, family, config,
+                                                                   pooling):
+    folder = build(family, config, pooling, seed=5)
+    llm = LLM(str(folder), dtype="float32")
+    longest = llm.config.max_model_len
+    prompts = [[101], list(range(1000, 1000 + longest)), [101, 2054, 102]]
+    outs = llm.embed([{"prompt_token_ids": ids} for ids in prompts])
+    for out, hidden in zip(outs, _reference(family, folder, outs), strict=True):
+        assert cosine(torch.tensor(out.outputs.embedding), pool(hidden, pooling)) >= 0.9999
+    with pytest.raises(ValueError):
+        llm.embed([{"prompt_token_ids": list(range(1000, 1001 + longest))}])
+
+
 def test_nomic_takes_a_stated_max_position_embeddings(build):
     # A limit given as max_position_embeddings (hf_overrides, or a config.json that has
     # one) is the limit; learned positions stop at their table's n_positions.

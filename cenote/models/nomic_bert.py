@@ -136,8 +136,8 @@ class NomicBertModel(PoolingModel):
         if self.rotary_dim <= 0:
             return None, None
         if self.scaled_rope is not None:
-            return rotary_cos_sin(batch.positions, *self.scaled_rope[:1], dtype,
-                                  self.scaled_rope[1])
+            inv_freq, scale = self.scaled_rope
+            return rotary_cos_sin(batch.positions, inv_freq, dtype, scale)
         factor, trained = self.config.rotary_scaling_factor, self.config.max_trained_positions
         if not factor or batch.max_len <= trained:
             return rotary_cos_sin(batch.positions, self._inv_freq(self.base), dtype)
