@@ -33,6 +33,7 @@ from cenote.models.linear import ACTIVATION_FUNCTIONS, hidden_activation
 from cenote.models.loading import ParameterLoader
 from cenote.models.rotary_encoder import (
     RotaryEncoderLayer,
+    encoder_embeddings,
     rotary_cos_sin,
     token_sequence_lengths,
 )
@@ -114,15 +115,8 @@ class GteNewModel(PoolingModel):
         return scale.clamp(min=1) if self.config.logn_attention_clip1 else scale
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        x = self.word_embeddings(batch.input_ids)
-        types = self.token_type_embeddings
-        if types is not None:  # one type only: a pair's second text is type 0 too
-            x = x + (types(batch.token_type_ids)
-                     if batch.token_type_ids is not None and types.num_embeddings > 1
-                     else types.weight[0])
-        if self.position_embeddings is not None:
-            x = x + self.position_embeddings(batch.positions)
-        x = self.embedding_norm(x)
+        x = encoder_embeddings(batch, self.word_embeddings, self.token_type_embeddings,
+                               self.position_embeddings, self.embedding_norm)
         cos = sin = None
         if self.inv_freq is not None:
             cos, sin = rotary_cos_sin(batch.positions, self.inv_freq, x.dtype)

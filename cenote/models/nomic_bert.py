@@ -31,6 +31,7 @@ from cenote.models.layers import LayerNorm
 from cenote.models.loading import ParameterLoader
 from cenote.models.rotary_encoder import (
     RotaryEncoderLayer,
+    encoder_embeddings,
     rotary_cos_sin,
     token_sequence_lengths,
 )
@@ -148,15 +149,8 @@ class NomicBertModel(PoolingModel):
         return rotary_cos_sin(batch.positions, self._inv_freq(base.float()), dtype)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        x = self.word_embeddings(batch.input_ids)
-        types = self.token_type_embeddings
-        if types is not None:  # one type only: a pair's second text is type 0 too
-            x = x + (types(batch.token_type_ids)
-                     if batch.token_type_ids is not None and types.num_embeddings > 1
-                     else types.weight[0])
-        if self.position_embeddings is not None:
-            x = x + self.position_embeddings(batch.positions)
-        x = self.embedding_norm(x)
+        x = encoder_embeddings(batch, self.word_embeddings, self.token_type_embeddings,
+                               self.position_embeddings, self.embedding_norm)
         cos, sin = self.rotary(batch, x.dtype)
         last = len(self.layers) - 1
         residual = None

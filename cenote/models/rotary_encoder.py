@@ -39,6 +39,21 @@ def token_sequence_lengths(batch: PackedBatch) -> torch.Tensor:
     return torch.cat([per_token, per_token.new_full((filler,), batch.seq_lens[0])])
 
 
+def encoder_embeddings(batch: PackedBatch, words: nn.Embedding, types: nn.Embedding | None,
+                       positions: nn.Embedding | None, norm: nn.Module) -> torch.Tensor:
+    """``norm(words + types + positions)`` of each row, as both families embed: a model
+    with one token type reads every token (a pair's second text too) as type 0; learned
+    ``positions`` only where the model has no rotary ones."""
+    x = words(batch.input_ids)
+    if types is not None:
+        x = x + (types(batch.token_type_ids)
+                 if batch.token_type_ids is not None and types.num_embeddings > 1
+                 else types.weight[0])
+    if positions is not None:
+        x = x + positions(batch.positions)
+    return norm(x)
+
+
 class RotaryEncoderLayer(nn.Module):
     """``gate_act`` (a function of the second half of ``mlp_in``) makes the feed-forward
     gated; otherwise ``act`` (a ``Linear`` activation name) follows ``mlp_in``."""
