@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import best_of, script_parser
+from common import best_of, qwen3_06b_shaped, script_parser
 from corpus import english_paragraphs
 
 
@@ -40,16 +40,10 @@ def main() -> None:
     )
 
     from cenote import LLM
-    from cenote.config import default_model_path
     from cenote.machine import cpu_name
-    from tests.factories import build_tiny_decoder
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_decoder(
-            default_model_path(), Path(tmp) / "qwen3", "qwen3", "Qwen3Model",
-            hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
-            num_key_value_heads=8, head_dim=128, num_hidden_layers=args.layers,
-            max_position_embeddings=512, is_causal=False)
+        path = qwen3_06b_shaped(Path(tmp) / "qwen3", args.layers, is_causal=False)
         body = Transformer(str(path), max_seq_length=256)
         SentenceTransformer(modules=[body, Pooling(1024, pooling_mode="mean"), Normalize()],
                             device="cpu").save(str(path / "st"))

@@ -44,3 +44,16 @@ def embedding_matrix(outputs: list[Any]) -> Any:
     import torch
 
     return torch.tensor([o.outputs.embedding for o in outputs])
+
+
+def qwen3_06b_shaped(target: Path, layers: int, **config: Any) -> Path:
+    """A random Qwen3 checkpoint at Qwen3-0.6B's widths (hidden 1024, 16 query and 8
+    key/value heads of 128, MLP 3072) with ``layers`` layers and MiniLM's tokenizer, at
+    ``target``; ``config``: more fields (``is_causal=False``, ...)."""
+    from cenote.config import default_model_path
+    from tests.factories import build_tiny_decoder
+
+    return build_tiny_decoder(
+        default_model_path(), target, "qwen3", "Qwen3Model", hidden_size=1024,
+        intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        num_hidden_layers=layers, max_position_embeddings=512, **config)

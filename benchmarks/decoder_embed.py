@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import best_of, script_parser
+from common import best_of, qwen3_06b_shaped, script_parser
 from corpus import english_paragraphs
 
 
@@ -50,17 +50,11 @@ def main() -> None:
     import transformers
 
     from cenote import LLM
-    from cenote.config import default_model_path
     from cenote.machine import cpu_name
     from cenote.models import kernels
-    from tests.factories import build_tiny_decoder
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_decoder(
-            default_model_path(), Path(tmp) / "qwen3", "qwen3", "Qwen3Model",
-            hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
-            num_key_value_heads=8, head_dim=128, num_hidden_layers=args.layers,
-            max_position_embeddings=512)
+        path = qwen3_06b_shaped(Path(tmp) / "qwen3", args.layers)
         llm = LLM(str(path))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), padding_side="left")
         texts = [t for t in english_paragraphs(args.texts + 200)

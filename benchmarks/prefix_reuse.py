@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import embedding_matrix, script_parser
+from common import embedding_matrix, qwen3_06b_shaped, script_parser
 from corpus import english_paragraphs
 
 INSTRUCTION = ("Instruct: Given a web search query, retrieve relevant passages that answer "
@@ -39,20 +39,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from cenote import LLM
-    from cenote.config import default_model_path
     from cenote.machine import cpu_name
-    from tests.factories import build_tiny_decoder
 
     queries = [" ".join(p.split()[:4 + i % 6]) for i, p in
                enumerate(english_paragraphs(args.queries))]
     prompts = [INSTRUCTION + q for q in queries]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_decoder(
-            default_model_path(), Path(tmp) / "qwen3", "qwen3", "Qwen3Model",
-            hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
-            num_key_value_heads=8, head_dim=128, num_hidden_layers=args.layers,
-            max_position_embeddings=512)
+        path = qwen3_06b_shaped(Path(tmp) / "qwen3", args.layers)
         for dtype in args.dtypes:
             llm = LLM(str(path), dtype=dtype)
             runner = llm.engine.runner
