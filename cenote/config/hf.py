@@ -53,11 +53,12 @@ def is_vision_language(hf_config: Any) -> bool:
 
 
 # Visual document retrievers: one vector per token or image patch, scored by MaxSim.
-VISUAL_RETRIEVERS = frozenset({"ColQwen2ForRetrieval", "ColPaliForRetrieval"})
+VISUAL_RETRIEVERS = frozenset({"ColQwen2ForRetrieval", "ColPaliForRetrieval", "ColQwen3"})
 
 
 def is_visual_retriever(hf_config: Any) -> bool:
-    """ColQwen2 and ColPali (a ``vlm_config`` backbone): token_embed over text and images."""
+    """ColQwen2 and ColPali (a ``vlm_config`` backbone), ColQwen3 (colpali-engine's: a
+    Qwen3-VL config): token_embed over text and images."""
     return architecture_of(hf_config) in VISUAL_RETRIEVERS
 
 

@@ -26,7 +26,7 @@ from cenote.inputs.images import as_image
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput, is_image_prompt
 from cenote.inputs.tokenizer import Tokenizer
-from cenote.inputs.vision_language import VisionLanguageProcessor
+from cenote.inputs.vision_language import VisionLanguageProcessor, vision_language_processor
 from cenote.params import PoolingParams
 
 _VISUAL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the "
@@ -40,8 +40,9 @@ def visual_retrieval_inputs(path: Path, hf_config: Any, tokenizer: Tokenizer
     """The queries and documents of a visual retriever, None for other models."""
     if not is_visual_retriever(hf_config):
         return None
-    colpali = architecture_of(hf_config) == "ColPaliForRetrieval"
-    return (ColPaliInputs if colpali else VisualRetrievalInputs)(path, hf_config, tokenizer)
+    family = {"ColPaliForRetrieval": ColPaliInputs, "ColQwen3": ColQwen3Inputs}.get(
+        architecture_of(hf_config), VisualRetrievalInputs)
+    return family(path, hf_config, tokenizer)
 
 
 class VisualRetrievalInputs:
@@ -138,6 +139,21 @@ class VisualRetrievalInputs:
         """An image's token ids (its prompt, the placeholder expanded) and pixels."""
         text, mm = self.vision.process(self.visual_prompt, [image], [], kwargs)
         return self.tokenizer.encode_prompts([text])[0].token_ids, mm
+
+
+class ColQwen3Inputs(VisualRetrievalInputs):
+    """colpali-engine's ``ColQwen3Processor``: Qwen3-VL's image processor (the checkpoint
+    is a Qwen3-VL config), ColQwen2's image prompt, and a query that is the text and ten
+    ``<|endoftext|>`` augmentation tokens (``process_queries``: no prefix, no newline)."""
+
+    name = "ColQwen3"
+
+    def __init__(self, path: Path, hf_config: Any, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.vision = vision_language_processor(path, hf_config, tokenizer)
+        self.visual_prompt = _VISUAL_PROMPT
+        self.query_prefix = ""
+        self.query_suffix = "<|endoftext|>" * _AUGMENTATION_TOKENS
 
 
 class ColPaliInputs(VisualRetrievalInputs):

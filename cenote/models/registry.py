@@ -60,6 +60,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "Qwen3VLForConditionalGeneration": "cenote.models.qwen2_vl:Qwen3VLEmbedder",
     "ColQwen2ForRetrieval": "cenote.models.colpali:ColQwen2Embedder",
     "ColPaliForRetrieval": "cenote.models.colpali:ColPaliEmbedder",
+    "ColQwen3": "cenote.models.colqwen3:ColQwen3Embedder",
     "JinaVLForRanking": "cenote.models.vl_rerankers:JinaVLRanker",
     "LlavaNextForConditionalGeneration": "cenote.models.llava_next:LlavaNextEmbedder",
     "Qwen3VLForSequenceClassification": "cenote.models.vl_rerankers:Qwen3VLReranker",
