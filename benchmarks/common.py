@@ -57,3 +57,55 @@ def qwen3_06b_shaped(target: Path, layers: int, **config: Any) -> Path:
         default_model_path(), target, "qwen3", "Qwen3Model", hidden_size=1024,
         intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
         num_hidden_layers=layers, max_position_embeddings=512, **config)
+
+
+# EmbeddingGemma-300m's text model (its config.json): 24 layers of 768, MLP 1152, 3 query
+# heads sharing 1 key/value head of 256, queries scaled by 256 ** -0.5, five sliding
+# layers (window 512) to one full layer, local RoPE theta 1e4 and global 1e6, 2048 positions.
+EMBEDDINGGEMMA_300M = dict(
+    hidden_size=768, intermediate_size=1152, num_attention_heads=3, num_key_value_heads=1,
+    head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+    max_position_embeddings=2048, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+    use_bidirectional_attention=True,
+    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                     "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+)
+
+
+def embeddinggemma_shaped(target: Path, layers: int) -> Path:
+    """A random bidirectional Gemma3 checkpoint at EmbeddingGemma-300m's widths
+    (``EMBEDDINGGEMMA_300M``) with ``layers`` layers (every 6th full attention) and
+    MiniLM's tokenizer and vocabulary, in the Sentence-Transformers layout EmbeddingGemma
+    ships at ``target``: mean pooling, Dense 768 -> 3072 and 3072 -> 768 without bias or
+    activation, Normalize, and its query/document prompts (none by default)."""
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    from cenote.config import default_model_path
+
+    minilm = default_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        **EMBEDDINGGEMMA_300M, vocab_size=len(tokenizer), num_hidden_layers=layers,
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                     for i in range(layers)],
+        pad_token_id=tokenizer.pad_token_id)
+    body_path = target.with_name(target.name + "-body")
+    transformers.Gemma3TextModel(config).save_pretrained(body_path)
+    tokenizer.save_pretrained(body_path)
+    SentenceTransformer(modules=[
+        Transformer(str(body_path), max_seq_length=2048), Pooling(768, pooling_mode="mean"),
+        Dense(768, 3072, bias=False, activation_function=torch.nn.Identity()),
+        Dense(3072, 768, bias=False, activation_function=torch.nn.Identity()),
+        Normalize()],
+        prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
+        device="cpu").save(str(target))
+    return target
