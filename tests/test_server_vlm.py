@@ -192,3 +192,14 @@ def test_score_and_rerank_take_image_documents(server, offline):
     assert ranked.status_code == 200, ranked.text
     scores = {r["index"]: r["relevance_score"] for r in ranked.json()["results"]}
     assert abs(scores[0] - expected) < 1e-4
+
+
+def test_a_truncation_into_an_image_is_a_400_naming_it(server):
+    messages = [{"role": "user", "content": [image_part(png(3)),
+                                             {"type": "text", "text": "a caption"}]}]
+    response = post(server, "/v1/embeddings", messages=messages, truncate_prompt_tokens=4)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "truncate_prompt_tokens=4" in error["message"]
+    assert error["param"] == "truncate_prompt_tokens"
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200

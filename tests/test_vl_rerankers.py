@@ -100,3 +100,12 @@ def test_refusals(llm):
     with pytest.raises(ValueError, match="not videos"):
         llm.score("q", [{"prompt": "", "multi_modal_data": {
             "video": [np.zeros((2, 56, 56, 3), np.uint8)]}}])
+
+
+def test_a_cut_into_an_image_is_refused_for_its_pair_alone(llm):
+    # Before: the cut kept 8 of the image's placeholder tokens and the model raised on them.
+    with pytest.raises(ValueError, match="truncate_prompt_tokens=8"):
+        llm.score("q", [image_prompt(page(56, 84, 0)), "a text document"],
+                  truncate_prompt_tokens=8)
+    (alone,) = llm.score("q", "a text document", truncate_prompt_tokens=8)
+    assert 0 < alone.outputs.score < 1

@@ -281,3 +281,16 @@ def test_qwen2_5_vl_spaces_video_positions_in_seconds():
     positions = mrope_positions(runs, [(3, 2, 2, 2.5)], merge=2)
     assert positions[0].tolist() == [0, 2, 5, 6]
     assert positions[1].tolist() == [0, 0, 0, 6]
+
+
+def test_truncate_prompt_tokens_cuts_text_and_refuses_a_cut_into_an_image(llm):
+    image = random_image(56, 56)
+    prompt = {"prompt": f"{IMAGE} a long caption that follows the image and can be cut",
+              "multi_modal_data": {"image": image}}
+    whole = llm.embed(prompt)[0]
+    cut = llm.embed(prompt, truncate_prompt_tokens=len(whole.prompt_token_ids) - 3,
+                    tokenization_kwargs={"truncation_side": "right"})[0]
+    assert len(cut.prompt_token_ids) == len(whole.prompt_token_ids) - 3  # was ignored
+    assert cut.prompt_token_ids == whole.prompt_token_ids[:-3]
+    with pytest.raises(ValueError, match="truncate_prompt_tokens=4"):
+        llm.embed(prompt, truncate_prompt_tokens=4)

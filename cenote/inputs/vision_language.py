@@ -23,12 +23,13 @@ import torch
 
 from cenote.config import ModelConfig
 from cenote.config.hf import is_llava_next, is_vision_language
+from cenote.exceptions import VLLMValidationError
 from cenote.inputs.chat import render_chat
 from cenote.inputs.images import ImageProcessor, as_image
 from cenote.inputs.llava_next import LlavaNextInputs
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput
-from cenote.inputs.tokenizer import Tokenizer
+from cenote.inputs.tokenizer import Tokenizer, Truncation
 from cenote.inputs.video import (
     DEFAULT_FRAME_RATE,
     EncodedVideo,
@@ -212,6 +213,24 @@ class VisionLanguageProcessor:
         return pieces[0] + "".join(token * n + piece
                                    for n, piece in zip(counts, pieces[1:], strict=True))
 
+    def encode(self, text: str, cut: Truncation | None, add_special_tokens: bool = True
+               ) -> list[int]:
+        """``text`` (its placeholders expanded) tokenised and cut as ``cut`` says: only its
+        text may be cut; a cut into an image's or video's vision tokens is refused (a
+        ``ValueError`` naming truncate_prompt_tokens), for the request alone."""
+        ids = self.tokenizer.encode_prompts([text], cut, add_special_tokens)[0].token_ids
+        if cut is not None:
+            want = text.count(self.image_token) + text.count(self.video_token)
+            vision = (self.image_token_id, self.video_token_id)
+            kept = sum(1 for i in ids if i in vision)
+            if kept != want:
+                raise VLLMValidationError(
+                    f"truncate_prompt_tokens={cut.keep} (truncation_side {cut.side!r}) would "
+                    f"cut into this prompt's {want} image/video tokens, keeping {kept}; only "
+                    "text may be truncated: keep more tokens, truncate from the other side, "
+                    "or leave truncate_prompt_tokens out.", parameter="truncate_prompt_tokens")
+        return ids
+
     def records(self, prompts: Sequence[Any], pooling_task: str, params: list[PoolingParams],
                 add_special_tokens: bool = True) -> list[SequenceInput]:
         """Prompts with images and videos (``{"prompt": text with placeholders,
@@ -223,8 +242,9 @@ class VisionLanguageProcessor:
             text, mm = self.process(prompt.get("prompt") or "", _listed(data.get("image")),
                                     _listed(data.get("video")),
                                     prompt.get("mm_processor_kwargs"))
-            ids = self.tokenizer.encode_prompts([text], None, add_special_tokens)[0].token_ids
-            out.append(SequenceInput(ids, None, p, multimodal=mm))
+            cut = self.tokenizer.resolve_truncation(p.truncate_prompt_tokens, p.truncation_side)
+            out.append(SequenceInput(self.encode(text, cut, add_special_tokens), None, p,
+                                     multimodal=mm))
         return out
 
 

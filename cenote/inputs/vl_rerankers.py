@@ -71,7 +71,7 @@ class JinaVLPairs:
                     parts.append(f"**{label}**:\n{item}")
             text, mm = self.vision.process("\n".join(parts), images, [], kwargs)
             cut = self.tokenizer.resolve_truncation(p.truncate_prompt_tokens, p.truncation_side)
-            ids = self.tokenizer.encode_prompts([text], cut)[0].token_ids
+            ids = self.vision.encode(text, cut)
             out.append(SequenceInput(ids + [JINA_VL_SCORE_TOKEN_ID], None, p,
                                      multimodal=mm if images else None))
         return out
@@ -117,7 +117,7 @@ class ChatTemplatePairs(JinaVLPairs):
                 text = text.replace(mark, _IMAGE)
             expanded, mm = self.vision.process(text, images, [], {})
             cut = self.tokenizer.resolve_truncation(p.truncate_prompt_tokens, p.truncation_side)
-            ids = self.tokenizer.encode_prompts([expanded], cut, add_special_tokens=False)
-            out.append(SequenceInput(ids[0].token_ids, None, p,
+            ids = self.vision.encode(expanded, cut, add_special_tokens=False)
+            out.append(SequenceInput(ids, None, p,
                                      multimodal=mm if images else None))
         return out

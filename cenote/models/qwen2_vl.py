@@ -120,12 +120,27 @@ class Qwen2VLEmbedder(PoolingModel):
                 ids = batch.input_ids[:batch.num_tokens]
                 rows = ((ids == token_id) & with_media).nonzero().squeeze(1)
                 if len(rows) != len(features):
-                    raise ValueError(f"{len(rows)} placeholder tokens for {len(features)} "
-                                     "vision tokens.")
+                    raise ValueError(self._mismatch(batch, records, token_id, pixels, grids))
                 x = x.index_copy(0, rows, features.to(x.dtype))
                 deepstack.append((rows, extra))
         rotary = self.rotary(self.positions(batch, records), x.dtype)
         return self.run_language(batch, x, rotary, deepstack)
+
+    def _mismatch(self, batch: PackedBatch, records: list[MultiModalData | None],
+                  token_id: int, pixels: str, grids: str) -> str:
+        """Which sequence's placeholder tokens disagree with its vision tokens (the engine
+        then runs each sequence alone, so only that one's request fails)."""
+        ids = batch.input_ids[:batch.num_tokens]
+        bounds = batch.cu_seqlens.tolist()
+        for b, record in enumerate(records):
+            if record is None or getattr(record, pixels) is None:
+                continue
+            have = int((ids[bounds[b]:bounds[b + 1]] == token_id).sum())
+            want = int((getattr(record, grids).prod(-1) // self.merge**2).sum())
+            if have != want:
+                return (f"Sequence {b} of the batch has {have} placeholder tokens for its "
+                        f"{want} vision tokens (were they truncated?).")
+        return "The batch's placeholder tokens disagree with its vision tokens."
 
     def run_language(self, batch: PackedBatch, x: torch.Tensor,
                      rotary: tuple[torch.Tensor, torch.Tensor],
