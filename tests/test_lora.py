@@ -247,3 +247,83 @@ def test_lora_modules_flag_forms_and_mistakes():
     ]:
         with pytest.raises(LoRAError, match=message):
             lora_options(build_parser().parse_args(["serve", "m", *argv]))
+
+
+def test_an_unloaded_adapters_id_is_never_reused(minilm_checks, minilm_adapters):
+    """Unload the newest adapter and load another: the new one gets a new id, so a request
+    still queued with the old id is refused as not loaded instead of running through it."""
+    from cenote.engine.lora import with_adapters
+
+    requests = minilm_adapters[0]
+    engine = minilm_checks.engine
+    first = engine.loras.load("reuse-1", requests[0].lora_path)
+    second = engine.loras.load("reuse-2", requests[1].lora_path)
+    queued = with_adapters(engine.prepare(["hi"], "embed"), [second.lora_int_id])
+    engine.loras.remove("reuse-2")
+    third = engine.loras.load("reuse-3", requests[2].lora_path)
+    try:
+        assert third.lora_int_id > second.lora_int_id > first.lora_int_id
+        with pytest.raises(LoRAError, match=rf"\[{second.lora_int_id}\] are not loaded"):
+            engine.run(queued, "embed")
+    finally:
+        engine.loras.remove("reuse-1")
+        engine.loras.remove("reuse-3")
+
+
+def test_threads_resolving_one_request_load_it_once(minilm_checks, minilm_adapters,
+                                                     monkeypatch):
+    """Two threads asking for the same offline adapter at once: both get its id (the
+    lookup and the load are one step, not 'already been loaded' for the slower one)."""
+    import threading
+
+    registry = minilm_checks.engine.loras
+    barrier = threading.Barrier(2, timeout=1)
+
+    class LookupsMeet(dict):  # each lookup waits for the other thread's (1 s at most)
+        def get(self, key, default=None):
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+            return super().get(key, default)
+
+    monkeypatch.setattr(registry, "_by_name", LookupsMeet(registry._by_name))
+    request = LoRARequest("raced", 60, minilm_adapters[0][0].lora_path)
+    results, errors = [], []
+
+    def resolve() -> None:
+        try:
+            results.append(registry.resolve(request))
+        except LoRAError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=resolve) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == [] and results == [60, 60]
+    finally:
+        registry.remove("raced")
+
+
+def test_a_bool_is_not_an_adapter_id():
+    for flag in (True, False):
+        with pytest.raises(LoRAError, match="lora_int_id must be a positive integer"):
+            LoRARequest("a", flag, "/x")
+    assert LoRARequest("a", 1, "/x").lora_int_id == 1
+
+
+def test_rows_mismatch_error_names_no_internal_file():
+    """A layer that saw fewer rows than the batch: the message says what happened and
+    what to do, and names no file of the developers'."""
+    from cenote.models.lora import LinearLoRA, LoRARows
+
+    rows = LoRARows()
+    rows.groups, rows.num_rows = [(1, 0, 4)], 4
+    with pytest.raises(RuntimeError) as caught:
+        LinearLoRA(rows).add_to(torch.zeros(3, 2), torch.zeros(3, 2))
+    message = str(caught.value)
+    assert "computed 3 rows of a batch of 4" in message and "report" in message
+    assert "/tmp" not in message and "notes" not in message

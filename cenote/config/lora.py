@@ -34,7 +34,9 @@ class LoRARequest:
     base_model_name: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.lora_int_id, int) or self.lora_int_id < 1:
+        # bool is an int in Python: True must not pass as adapter id 1.
+        if (not isinstance(self.lora_int_id, int) or isinstance(self.lora_int_id, bool)
+                or self.lora_int_id < 1):
             raise LoRAError(f"lora_int_id must be a positive integer, not {self.lora_int_id!r}.")
         if not self.lora_name:
             raise LoRAError("lora_name must not be empty.")

@@ -28,6 +28,10 @@ class LoRARegistry:
         self.options = options
         self._model = adapters  # cenote.models.lora.ModelAdapters, or None when disabled
         self._by_name: dict[str, LoRARequest] = {}
+        # The highest id ever loaded: run-time loads take the next one, so an id is never
+        # reused in a process (a request queued with an unloaded adapter's id is refused
+        # as not loaded; it never runs through an adapter loaded after it).
+        self._last_id = 0
         self._lock = threading.RLock()
 
     @property
@@ -48,7 +52,9 @@ class LoRARegistry:
             self.add(request)
 
     def next_id(self) -> int:
-        return max((r.lora_int_id for r in self._by_name.values()), default=0) + 1
+        """An id no adapter of this process has had (one above the highest loaded)."""
+        with self._lock:
+            return self._last_id + 1
 
     def add(self, request: LoRARequest) -> None:
         """Load ``request``'s adapter under its name; LoRAError when LoRA is off, the
@@ -72,6 +78,7 @@ class LoRARegistry:
             self._model.load(request.lora_int_id, config, self.options.max_lora_rank,
                              request.lora_name)
             self._by_name[request.lora_name] = request
+            self._last_id = max(self._last_id, request.lora_int_id)
 
     def load(self, name: str, path: str, replace: bool = False) -> LoRARequest:
         """Load the adapter at ``path`` as ``name`` with a new id; with ``replace``, in
@@ -85,6 +92,7 @@ class LoRARegistry:
             config = AdapterConfig.load(path)
             self._model.load(request.lora_int_id, config, self.options.max_lora_rank, name)
             self._by_name[name] = request
+            self._last_id = max(self._last_id, request.lora_int_id)
             self._model.unload(old.lora_int_id)
             return request
 
@@ -99,17 +107,20 @@ class LoRARegistry:
             self._model.unload(request.lora_int_id)
 
     def resolve(self, request: LoRARequest) -> int:
-        """An offline request's adapter id, loading it on first use (as vLLM does)."""
-        known = self._by_name.get(request.lora_name)
-        if known is None:
-            self.add(request)
-            return request.lora_int_id
-        if known.lora_int_id != request.lora_int_id or (
-                request.lora_path and known.lora_path != request.lora_path):
-            raise LoRAError(f"LoRA adapter '{request.lora_name}' is loaded with id "
-                            f"{known.lora_int_id} from {known.lora_path}; this request gives "
-                            f"id {request.lora_int_id} and {request.lora_path}.")
-        return known.lora_int_id
+        """An offline request's adapter id, loading it on first use (as vLLM does); the
+        lookup and the load are one step under the lock, so threads resolving the same
+        request load it once."""
+        with self._lock:
+            known = self._by_name.get(request.lora_name)
+            if known is None:
+                self.add(request)
+                return request.lora_int_id
+            if known.lora_int_id != request.lora_int_id or (
+                    request.lora_path and known.lora_path != request.lora_path):
+                raise LoRAError(f"LoRA adapter '{request.lora_name}' is loaded with id "
+                                f"{known.lora_int_id} from {known.lora_path}; this request "
+                                f"gives id {request.lora_int_id} and {request.lora_path}.")
+            return known.lora_int_id
 
 
 def with_adapters(seqs: Sequence[SequenceInput], adapter_ids: Sequence[int]

@@ -91,9 +91,11 @@ class LinearLoRA:
         """``out`` (the base layer's ``x @ W.T + b``) plus each adapter's product on the
         rows of its sequences."""
         if x.shape[0] != self.rows.num_rows:
-            raise RuntimeError(f"LoRA: a linear saw {x.shape[0]} rows in a batch of "
-                               f"{self.rows.num_rows}; a path that drops rows must not run "
-                               "with adapters (see /tmp/cenote-notes/lora.md).")
+            raise RuntimeError(f"LoRA: a layer computed {x.shape[0]} rows of a batch of "
+                               f"{self.rows.num_rows} with adapters active, so the adapters "
+                               "cannot be applied. This is a bug in cenote, not in the "
+                               "request: please report it with the model and the request; "
+                               "the same request without a LoRA adapter is not affected.")
         total = x.shape[0]
         for adapter_id, start, end in self.rows.groups:
             pair = self.adapters.get(adapter_id)
