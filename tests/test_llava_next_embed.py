@@ -60,3 +60,18 @@ def test_placeholders_must_match_images(e5v):
     with pytest.raises(ValueError, match="placeholder"):
         llm.embed({"prompt": text_prompt("no image token"),
                    "multi_modal_data": {"image": picture(28, 28, 2)}})
+
+
+def test_loading_the_processor_leaves_transformers_logging_as_it_was(e5v):
+    import logging
+
+    from cenote.inputs.llava_next import LlavaNextInputs
+
+    logger = logging.getLogger("transformers")
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        LlavaNextInputs(e5v)
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(before)

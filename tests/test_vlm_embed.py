@@ -294,3 +294,20 @@ def test_truncate_prompt_tokens_cuts_text_and_refuses_a_cut_into_an_image(llm):
     assert cut.prompt_token_ids == whole.prompt_token_ids[:-3]
     with pytest.raises(ValueError, match="truncate_prompt_tokens=4"):
         llm.embed(prompt, truncate_prompt_tokens=4)
+
+
+def test_loading_processors_leaves_transformers_logging_as_it_was(qwen2_vl):
+    import logging
+
+    from transformers import AutoConfig
+
+    from cenote.inputs.vision_language import vision_language_processor
+
+    logger = logging.getLogger("transformers")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:  # it was left at ERROR for the whole process, hiding later warnings of any model
+        vision_language_processor(qwen2_vl, AutoConfig.from_pretrained(qwen2_vl), None)
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)

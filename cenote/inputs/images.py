@@ -5,8 +5,10 @@ torchvision), and costed as the vision tower's tokens (its patches)."""
 from __future__ import annotations
 
 import io
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,19 +136,30 @@ def processed_pixels(vision_config: Any) -> int:
     return _patches(vision_config) * getattr(vision_config, "patch_size", 16) ** 2
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings silenced while a processor loads (without torchvision it
+    picks the PIL backend, and says so), the level it had restored after: later warnings,
+    for every model, still show."""
+    logger = logging.getLogger("transformers")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 class ImageProcessor:
     """The checkpoint's image processor (``preprocessor_config.json`` or
     ``processor_config.json``), on its PIL backend."""
 
     def __init__(self, path: Path, vision_config: Any) -> None:
-        import logging
-
         from transformers import AutoImageProcessor
 
-        # Without torchvision transformers picks the PIL backend, and says so once.
-        logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            self.processor = AutoImageProcessor.from_pretrained(path)
+            with quiet_transformers():
+                self.processor = AutoImageProcessor.from_pretrained(path)
         except Exception as exc:  # no or broken processor files
             raise ValueError(f"{path} has no usable image processor "
                              f"(preprocessor_config.json): {exc}") from exc

@@ -6,12 +6,11 @@ a Llama 3 chat turn); texts without images go through the tokenizer as for any m
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cenote.inputs.images import as_image
+from cenote.inputs.images import as_image, quiet_transformers
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput
 from cenote.params import PoolingParams
@@ -23,9 +22,9 @@ class LlavaNextInputs:
     def __init__(self, path: Path) -> None:
         from transformers import LlavaNextProcessor
 
-        logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            self.processor = LlavaNextProcessor.from_pretrained(path)
+            with quiet_transformers():
+                self.processor = LlavaNextProcessor.from_pretrained(path)
         except Exception as exc:
             raise ValueError(f"{path} has no usable LLaVA-NeXT processor: {exc}") from exc
         self.image_token = self.processor.image_token

@@ -12,7 +12,6 @@ torchvision's interpolation)."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from cenote.config import ModelConfig
 from cenote.config.hf import is_llava_next, is_vision_language
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.chat import render_chat
-from cenote.inputs.images import ImageProcessor, as_image
+from cenote.inputs.images import ImageProcessor, as_image, quiet_transformers
 from cenote.inputs.llava_next import LlavaNextInputs
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput
@@ -80,9 +79,9 @@ class VisionLanguageProcessor:
         from transformers import AutoImageProcessor
 
         self.tokenizer = tokenizer
-        logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            self.images = AutoImageProcessor.from_pretrained(path)
+            with quiet_transformers():
+                self.images = AutoImageProcessor.from_pretrained(path)
         except Exception as exc:
             raise ValueError(f"{path} has no usable image processor "
                              f"(preprocessor_config.json): {exc}") from exc
