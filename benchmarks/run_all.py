@@ -11,7 +11,10 @@
    ``profile_embed.py``, ``static_embed.py`` (a model2vec table vs model2vec's
    ``encode`` and MiniLM) and ``offline_embed.py --modernbert-base`` (a
    ModernBERT-base-shaped embedder vs sentence-transformers), ``rotary_encoders.py``
-   (NomicBert- and GTE-base-shaped embedders vs a padded reference), as subprocesses;
+   (NomicBert- and GTE-base-shaped embedders vs a padded reference),
+   ``bidirectional_embed.py`` (a bidirectional Qwen3-0.6B-shaped embedder) and
+   ``bidirectional_embed.py --embeddinggemma`` (an EmbeddingGemma-300m-shaped one), both
+   vs sentence-transformers fp32 and bf16, as subprocesses;
    their printed tables go into the README as they are.
 
 Only the part of the README between the generated markers is rewritten; any
@@ -60,6 +63,10 @@ SCRIPTS = {
                    "--modernbert-base --texts 64 --repeats 1"),
     "rotary_encoders": ("NomicBert and GTE new (base shapes) vs a padded reference",
                         "rotary_encoders.py", "--texts 64 --repeats 1"),
+    "bidirectional_qwen3": ("Bidirectional Qwen3 (0.6B widths) vs sentence-transformers",
+                            "bidirectional_embed.py", "--texts 64 --repeats 1"),
+    "embeddinggemma": ("EmbeddingGemma (300m shape) vs sentence-transformers",
+                       "bidirectional_embed.py", "--embeddinggemma --texts 64 --repeats 1"),
 }
 README_INTRO = """# Benchmarks
 
