@@ -11,12 +11,12 @@ import torch
 from cenote.config import ModelConfig
 from cenote.config.lora import LoRAOptions
 from cenote.engine.io_processor import NO_IO_PROCESSOR_PLUGIN
-from cenote.engine.lora import LoRARegistry
 from cenote.engine.pipeline import run_one_ahead
 from cenote.engine.quantization import Int8Accuracy, measure_int8
 from cenote.engine.runner import ModelRunner
 from cenote.engine.scheduler import schedule_batches
 from cenote.engine.scoring import ScoreJob, distinct
+from cenote.engine.task_adapters import adapter_registry
 from cenote.exceptions import VLLMValidationError
 from cenote.inputs.chunking import Merge, split_into_chunks
 from cenote.inputs.colpali import visual_retrieval_inputs
@@ -58,9 +58,8 @@ class PoolingEngine:
                                    max_embed_len=config.max_embed_len,
                                    special_tokens=not config.is_static)
         self.runner = ModelRunner(config, self.tokenizer, lora) if policy is None else None
-        # LoRA adapters by name (--enable-lora); --lora-modules load now.
-        self.loras = LoRARegistry(lora or LoRAOptions(), self.runner and self.runner.adapters)
-        self.loras.load_modules()
+        # LoRA adapters (--enable-lora): --lora-modules and the folder's task adapters load now.
+        self.loras = adapter_registry(lora, config.path, self.runner and self.runner.adapters)
         self.policy = self.runner.policy if policy is None else policy
         self._prompt_lengths: dict[str, int] = {}
         # ColQwen2's processor makes its queries, documents and image inputs.

@@ -18,6 +18,7 @@ from cenote.config.hf import (
     is_dual_encoder,
 )
 from cenote.config.hub import read_json
+from cenote.config.jina_v5 import JINA_V5_ARCHITECTURE, check_jina_embeddings_v5
 from cenote.config.sentence_transformers import DenseLayerConfig, is_st_cross_encoder
 from cenote.config.static import STATIC_MODEL_TYPE
 from cenote.config.token_classification import (
@@ -67,6 +68,8 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "NomicBertModel": "cenote.models.nomic_bert:NomicBertModel",
     "NewModel": "cenote.models.gte:GteNewModel",
     "NewForSequenceClassification": "cenote.models.gte:GteNewModel",
+    # jina-embeddings-v5-text-small: a Qwen3 decoder (config/jina_v5.py refuses the rest).
+    JINA_V5_ARCHITECTURE: "cenote.models.decoder:DecoderModel",
 }
 
 
@@ -135,6 +138,7 @@ def load_model(config: ModelConfig, vocabulary: Vocabulary) -> LoadedModel:
     ``vocabulary``: the tokenizer's ids, for heads built from LM-head rows and for
     the tokens a lexical head leaves out."""
     classify = config.task == "classify"
+    check_jina_embeddings_v5(config.hf_config, config.path)
     cls = (None if runs_its_own_code(config)
            else native_model_class(config.model_type, config.architecture))
     head_from_tokens = classifier_from_token(config.hf_config) if classify else None
