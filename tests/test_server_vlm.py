@@ -135,6 +135,10 @@ def test_cohere_images_embed_each_as_one_image_message(server, offline):
      "--allowed-media-domains"),
     ([{"type": "video_url", "video_url": {"url": "data:image/png;base64,AAAA"}}],
      "data:video/<type>;base64"),
+    ([{"type": "video_url", "video_url": {"url": "ftp://localhost/a.mp4"}}],
+     "Video URLs may be data:, file: or http(s)"),
+    ([{"type": "video_url", "video_url": {"url": "file:///tmp/a.mp4"}}],
+     "file:// videos are not allowed"),
     # 16 frames of 160x160 to decode: 409,600 pixels, from the header, before decoding.
     ([video_part(mp4_bytes(random_frames(16, size=160)))], "--max-mm-pixels-per-request"),
 ])

@@ -139,12 +139,13 @@ class MediaPolicy:
             return await run_in_threadpool(self._local_file, url, kind)
         if scheme in ("http", "https"):
             return await self._remote(url, kind)
-        raise ValueError(f"Image URLs may be data:, file: or http(s): URLs, not {scheme or url!r}.")
+        raise ValueError(f"{kind.capitalize()} URLs may be data:, file: or http(s): URLs, "
+                         f"not {scheme or url!r}.")
 
     def _local_file(self, url: str, kind: str = "image") -> bytes:
         root = self.allowed_local_media_path
         if root is None:
-            raise ValueError("file:// images are not allowed on this server (start it with "
+            raise ValueError(f"file:// {kind}s are not allowed on this server (start it with "
                              "--allowed-local-media-path DIR to allow a folder).")
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
@@ -155,7 +156,7 @@ class MediaPolicy:
             raise ValueError(f"The file {unquote(parts.path)!r} is outside the folder "
                              "--allowed-local-media-path allows.")
         if not path.is_file():
-            raise ValueError(f"No such image file: {unquote(parts.path)!r}.")
+            raise ValueError(f"No such {kind} file: {unquote(parts.path)!r}.")
         if path.stat().st_size > self._max_bytes(kind):
             raise ValueError(f"The {kind} file is larger than the {self._max_bytes(kind)} bytes "
                              "this server takes.")
@@ -167,11 +168,11 @@ class MediaPolicy:
             raise ValueError(f"{kind.capitalize()}s from {host or url!r} are not allowed on "
                              "this server (start it with --allowed-media-domains HOST to "
                              "allow a host).")
-        logger.debug("Fetching an image from %s", loggable_url(url))
+        logger.debug("Fetching the %s at %s", kind, loggable_url(url))
         try:
             return await asyncio.wait_for(self._fetch(url, kind), self.fetch_timeout_s)
         except asyncio.TimeoutError:
-            raise ValueError(f"Fetching the image took longer than {self.fetch_timeout_s:g} s."
+            raise ValueError(f"Fetching the {kind} took longer than {self.fetch_timeout_s:g} s."
                              ) from None
 
     def _max_bytes(self, kind: str) -> int:
@@ -183,7 +184,7 @@ class MediaPolicy:
                                          follow_redirects=False) as client:
                 async with client.stream("GET", url) as response:
                     if response.status_code != 200:
-                        raise ValueError(f"Fetching the image answered HTTP "
+                        raise ValueError(f"Fetching the {kind} answered HTTP "
                                          f"{response.status_code}.")
                     data = bytearray()
                     async for chunk in response.aiter_bytes():
@@ -193,7 +194,7 @@ class MediaPolicy:
                                              f"{self._max_bytes(kind)} bytes this server takes.")
                     return bytes(data)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise ValueError(f"Could not fetch the image: {type(exc).__name__}.") from None
+            raise ValueError(f"Could not fetch the {kind}: {type(exc).__name__}.") from None
 
 
 def _data_uri(url: str, kind: str = "image") -> bytes:
