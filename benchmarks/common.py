@@ -61,7 +61,8 @@ def qwen3_06b_shaped(target: Path, layers: int, **config: Any) -> Path:
 
 # EmbeddingGemma-300m's text model (its config.json): 24 layers of 768, MLP 1152, 3 query
 # heads sharing 1 key/value head of 256, queries scaled by 256 ** -0.5, five sliding
-# layers (window 512) to one full layer, local RoPE theta 1e4 and global 1e6, 2048 positions.
+# layers (window 512: 256 keys either side, bidirectional) to one full layer, local RoPE
+# theta 1e4 and global 1e6, 2048 positions.
 EMBEDDINGGEMMA_300M = dict(
     hidden_size=768, intermediate_size=1152, num_attention_heads=3, num_key_value_heads=1,
     head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
