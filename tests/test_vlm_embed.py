@@ -311,3 +311,12 @@ def test_loading_processors_leaves_transformers_logging_as_it_was(qwen2_vl):
         assert logger.level == logging.INFO
     finally:
         logger.setLevel(before)
+
+
+def test_decoding_no_frames_is_refused_as_such_not_as_a_bad_video():
+    from cenote.inputs.video import decode_frames
+
+    video = read_video_header(mp4_bytes(random_frames(4)))
+    assert len(decode_frames(video, [0, 3])) == 2
+    with pytest.raises(ValueError, match="No frames were sampled"):  # was "does not decode"
+        decode_frames(video, [])

@@ -103,7 +103,9 @@ def decode_frames(video: EncodedVideo, indices: list[int]) -> list[np.ndarray]:
     last one wanted."""
     import av
 
-    wanted = set(indices)
+    if not indices:
+        raise ValueError("No frames were sampled from the video: at least one is needed.")
+    wanted, last_wanted = set(indices), max(indices)
     frames: dict[int, np.ndarray] = {}
     try:
         with av.open(io.BytesIO(video.data), mode="r") as container:
@@ -111,7 +113,7 @@ def decode_frames(video: EncodedVideo, indices: list[int]) -> list[np.ndarray]:
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     frames[i] = frame.to_ndarray(format="rgb24")
-                if i >= max(indices) or i >= video.frames:
+                if i >= last_wanted or i >= video.frames:
                     break
     except Exception:
         raise ValueError(_NOT_A_VIDEO) from None
