@@ -128,3 +128,23 @@ def test_server_picks_the_task_by_model_name(jina_v5, llm):
         assert {"retrieval", "text-matching"} <= {m.id for m in client.models.list().data}
         with pytest.raises(openai.NotFoundError, match="The model `classification` does not"):
             client.embeddings.create(model="classification", input="hi")
+
+
+def test_task_adapter_discovery_rules(tmp_path):
+    """Ids after --lora-modules' in path order, a --lora-modules name wins, two levels deep
+    at most, duplicate names refused, nothing added without --enable-lora."""
+    from cenote.config.lora import LoRAOptions
+    from cenote.config.task_adapters import with_task_adapters
+
+    for folder in ("adapters/retrieval", "clustering", "adapters/deep/x/too-deep"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "adapter_config.json").write_text("{}")
+    assert with_task_adapters(LoRAOptions(), tmp_path) == LoRAOptions()
+    mine = LoRARequest("clustering", 1, "/elsewhere")
+    options = with_task_adapters(LoRAOptions(True, max_loras=2, modules=(mine,)), tmp_path)
+    assert options.modules == (mine, LoRARequest("retrieval", 2, str(tmp_path / "adapters"
+                                                                      / "retrieval")))
+    (tmp_path / "adapters" / "clustering").mkdir()
+    (tmp_path / "adapters" / "clustering" / "adapter_config.json").write_text("{}")
+    with pytest.raises(LoRAError, match="Two task adapters .* named 'clustering'"):
+        with_task_adapters(LoRAOptions(True, max_loras=4), tmp_path)
