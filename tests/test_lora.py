@@ -263,7 +263,7 @@ def test_an_unloaded_adapters_id_is_never_reused(minilm_checks, minilm_adapters)
     third = engine.loras.load("reuse-3", requests[2].lora_path)
     try:
         assert third.lora_int_id > second.lora_int_id > first.lora_int_id
-        with pytest.raises(LoRAError, match=rf"\[{second.lora_int_id}\] are not loaded"):
+        with pytest.raises(LoRAError, match=rf"\[{second.lora_int_id}\]\) are not loaded"):
             engine.run(queued, "embed")
     finally:
         engine.loras.remove("reuse-1")

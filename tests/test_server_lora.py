@@ -182,3 +182,34 @@ def test_loading_needs_enable_lora_and_the_runtime_switch(minilm_fp32, adapters,
         assert "--enable-lora" in response.json()["error"]["message"]
         response = api.post("/v1/embeddings", json={"model": "a1", "input": "hi"})
         assert response.status_code == 404
+
+
+def test_a_request_whose_adapter_was_unloaded_while_queued_is_a_400(minilm_path, adapters):
+    """A request queued with an adapter that is unloaded (and another loaded) before its
+    batch runs: refused as not loaded (a LoRAError, 400), never run through the new
+    adapter; a request for the base in the same batch is unaffected."""
+    import asyncio
+
+    from cenote import LLM
+    from cenote.config.lora import LoRAError
+
+    llm = LLM(str(minilm_path), dtype="float32", enable_lora=True, max_loras=2,
+              max_lora_rank=8)
+    engine = AsyncPoolingEngine(llm.engine)
+    engine.start()
+    try:
+        gone = llm.engine.loras.load("gone", str(adapters["a1"][0]))
+        llm.engine.loras.remove("gone")
+        llm.engine.loras.load("next", str(adapters["a2"][0]))
+
+        async def both():
+            return await asyncio.gather(engine.encode(TEXTS[:1], "embed", lora_request=gone),
+                                        engine.encode(TEXTS[:1], "embed"),
+                                        return_exceptions=True)
+
+        stale, base = asyncio.run(both())
+        assert isinstance(stale, LoRAError) and "not loaded" in str(stale), stale
+        assert F.cosine_similarity(base[0].outputs.data.float(),
+                                   adapters["base"][1][0], dim=0) >= 0.9999
+    finally:
+        engine.shutdown()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cenote.config.lora import LoRAError
 from cenote.engine.memory import HeapTrimmer
 from cenote.engine.model_thread import ModelThread
 from cenote.engine.pipeline import BatchOutcome, Picked, run_one_ahead
@@ -277,13 +278,14 @@ class EngineCore:
         outputs = (list(outcome) if not isinstance(outcome, Exception)
                    else self._run_one_by_one(batch, outcome))
         requests = {lane.owner: None for lane, _ in batch.members}
-        # The first input of each request that failed even when run alone.
-        failed: dict[CoreRequest, int] = {}
+        # The first input of each request that failed even when run alone (and the
+        # LoRAError it raised, when its adapter was unloaded while it was queued).
+        failed: dict[CoreRequest, tuple[int, LoRAError | None]] = {}
         for (lane, index), output in zip(batch.members, outputs, strict=True):
             if lane.owner.settled:
                 continue
-            if output is None:
-                failed.setdefault(lane.owner, index)
+            if output is None or isinstance(output, LoRAError):
+                failed.setdefault(lane.owner, (index, output))
                 continue
             lane.owner.results[index] = output
             lane.owner.remaining -= 1
@@ -307,19 +309,22 @@ class EngineCore:
                 logger.exception("The batch observer failed")
 
     def _run_one_by_one(self, batch: ScheduledBatch[CoreRequest], error: Exception
-                        ) -> list[torch.Tensor | None]:
+                        ) -> list[torch.Tensor | LoRAError | None]:
         """The outputs of a batch that raised as a whole (one poisonous input, out of
         memory), each member run again alone: ``None`` where an input fails by itself,
-        so only its request fails and every other request in the batch still succeeds.
+        so only its request fails and every other request in the batch still succeeds;
+        the LoRAError where its LoRA adapter is no longer loaded (the client's error).
         """
         seqs = [lane.owner.seqs[i] for lane, i in batch.members]
         if len(seqs) == 1:
+            if isinstance(error, LoRAError):
+                return [error]
             logger.error("The model failed on a sequence of %d tokens", seqs[0].cost,
                          exc_info=error)
             return [None]
         logger.error("A batch of %d sequences failed; running each alone", len(seqs),
                      exc_info=error)
-        outputs: list[torch.Tensor | None] = []
+        outputs: list[torch.Tensor | LoRAError | None] = []
         failed: set[CoreRequest] = set()
         for (lane, _), seq in zip(batch.members, seqs, strict=True):
             if lane.owner in failed or lane.owner.settled:  # spare the model
@@ -327,6 +332,9 @@ class EngineCore:
                 continue
             try:
                 (output,) = self.runner.execute([seq], batch.pooling_task)
+            except LoRAError as exc:  # its adapter was unloaded while it was queued
+                failed.add(lane.owner)
+                output = exc
             except Exception as exc:
                 logger.error("The model failed on a sequence of %d tokens alone: %s: %s",
                              seq.cost, type(exc).__name__, exc)
@@ -336,14 +344,17 @@ class EngineCore:
             outputs.append(output)
         return outputs
 
-    def _fail_requests(self, failed: dict[CoreRequest, int]) -> None:
-        """Fail each request (the value: the index of its input that failed)."""
+    def _fail_requests(self, failed: dict[CoreRequest, tuple[int, LoRAError | None]]
+                       ) -> None:
+        """Fail each request (the value: the index of its input that failed, and the
+        LoRAError it raised, if that was why)."""
         with self._cond:
             for request in failed:
                 self._queue.remove(request.lane)
-        for request, index in failed.items():
+        for request, (index, refusal) in failed.items():
             # The model's own message may hold internals; the client gets a plain one.
-            request.settle(BatchFailedError(
+            # A LoRAError is the client's: its adapter is not loaded (a 400).
+            request.settle(refusal if refusal is not None else BatchFailedError(
                 f"The model failed on input {index} of this request."))
 
     def _fail_waiting(self, exc: BaseException) -> None:

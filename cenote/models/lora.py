@@ -325,7 +325,9 @@ def adapter_groups(adapter_ids: Sequence[int], batch: PackedBatch,
         return None
     missing = [i for i in wanted if i not in loaded]
     if missing:
-        raise LoRAError(f"LoRA adapter id(s) {missing} are not loaded (unloaded while queued?).")
+        raise LoRAError(f"The LoRA adapter(s) this request asked for (id(s) {missing}) are not "
+                        "loaded: unloaded before the request ran. Send it again naming a "
+                        "loaded adapter (GET /v1/models lists them).")
     if any(a > b for a, b in zip(adapter_ids, adapter_ids[1:], strict=False)):
         raise ValueError("a batch's sequences must be sorted by adapter (see by_adapter)")
     cu = np.zeros(len(adapter_ids) + 1, dtype=np.int64)
