@@ -113,6 +113,13 @@ def test_the_eurobert_variant_is_refused_by_name(jina_v5, tmp_path):
     (path / "config.json").write_text(json.dumps(dict(config, is_decoder=False)))
     with pytest.raises(ValueError, match="EuroBERT"):
         LLM(str(path), dtype="float32")
+    import transformers  # a EuroBERT config under this architecture, no is_decoder: refused too
+
+    transformers.EuroBertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=96, architectures=["JinaEmbeddingsV5Model"]
+                                ).save_pretrained(path)
+    with pytest.raises(ValueError, match="model_type is 'eurobert', not 'qwen3'"):
+        LLM(str(path), dtype="float32")
 
 
 def test_server_picks_the_task_by_model_name(jina_v5, llm):
