@@ -120,8 +120,10 @@ STAND_INS: dict[str, StandIn] = {s.model_id: s for s in [
     _encoder("sentence-transformers/stsb-roberta-base-v2", "RobertaModel", "roberta",
              st_pooling="mean"),
     _decoder("Qwen/Qwen3-Embedding-0.6B", "Qwen3ForCausalLM", "qwen3", st_pooling="lasttoken"),
-    _decoder("Alibaba-NLP/gte-Qwen2-1.5B-instruct", "Qwen2Model", "qwen2",
-             st_pooling="lasttoken"),
+    # The real checkpoint is bidirectional: its config says is_causal false (vLLM runs it
+    # encoder_only, test_gte.py) under the Qwen2ForCausalLM name.
+    _decoder("Alibaba-NLP/gte-Qwen2-1.5B-instruct", "Qwen2ForCausalLM", "qwen2",
+             st_pooling="lasttoken", is_causal=False),
     _decoder("vllm-project/Qwen2-7B-Instruct-embed-base", "Qwen2Model", "qwen2",
              st_pooling="mean"),
     _decoder("vllm-project/e5-mistral-7b-instruct", "MistralModel", "mistral",
