@@ -75,3 +75,22 @@ def test_loading_the_processor_leaves_transformers_logging_as_it_was(e5v):
         assert logger.level == logging.WARNING
     finally:
         logger.setLevel(before)
+
+
+def test_a_record_costs_its_images_vision_tower_tokens(e5v):
+    from transformers import LlavaNextModel, LlavaNextProcessor
+
+    llm = LLM(str(e5v), dtype="float32")
+    images = [picture(70, 40, 0), picture(30, 60, 1)]  # different anyres grids
+    prompt = {"prompt": IMAGE_PROMPT.replace("<image>", "<image><image>"),
+              "multi_modal_data": {"image": images}}
+    (record,) = llm.engine.images.records([prompt], "embed", [None])
+    processor = LlavaNextProcessor.from_pretrained(e5v)
+    model = LlavaNextModel.from_pretrained(e5v, dtype=torch.float32).eval()
+    batch = processor(text=[prompt["prompt"]], images=images, return_tensors="pt")
+    with torch.no_grad():  # the tower's output: [real crops, tokens per crop, hidden]
+        tower = model.get_image_features(batch["pixel_values"], batch["image_sizes"])
+    crops, per_crop = tower.last_hidden_state.shape[:2]
+    # It was the image count (2): the rows of pixel_values.
+    assert record.multimodal.patches == crops * per_crop
+    assert record.cost == len(record.token_ids) + crops * per_crop

@@ -19,7 +19,7 @@ from cenote.params import PoolingParams
 class LlavaNextInputs:
     """The checkpoint's ``LlavaNextProcessor``: one ``<image>`` per image in a prompt."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, vision_config: Any = None) -> None:
         from transformers import LlavaNextProcessor
 
         try:
@@ -28,6 +28,23 @@ class LlavaNextInputs:
         except Exception as exc:
             raise ValueError(f"{path} has no usable LLaVA-NeXT processor: {exc}") from exc
         self.image_token = self.processor.image_token
+        # A CLIP tower also runs its class token on each crop.
+        self.class_tokens = int(getattr(vision_config, "model_type", "") == "clip_vision_model")
+
+    def tower_tokens(self, image_sizes: Any) -> int:
+        """The vision tower's tokens for images of ``image_sizes``: each image's anyres
+        crops (its base image included; padding crops are not run) x tokens per crop."""
+        from transformers.models.llava_next.modeling_llava_next import (
+            image_size_to_num_patches,
+        )
+
+        images = self.processor.image_processor
+        crop = images.crop_size
+        per_crop = (crop["height"] // self.processor.patch_size) * (
+            crop["width"] // self.processor.patch_size) + self.class_tokens
+        return sum(image_size_to_num_patches(size, images.image_grid_pinpoints,
+                                             crop["height"]) * per_crop
+                   for size in image_sizes.tolist())
 
     @property
     def min_image_pixels(self) -> int:
@@ -53,6 +70,7 @@ class LlavaNextInputs:
             batch = self.processor(text=[text], images=[as_image(i) for i in images],
                                    add_special_tokens=add_special_tokens, return_tensors="pt")
             mm = MultiModalData(pixel_values=batch["pixel_values"].float(),
-                                image_sizes=batch["image_sizes"])
+                                image_sizes=batch["image_sizes"],
+                                tower_tokens=self.tower_tokens(batch["image_sizes"]))
             out.append(SequenceInput(batch["input_ids"][0].tolist(), None, p, multimodal=mm))
         return out

@@ -24,10 +24,15 @@ class MultiModalData:
     second_per_grid_ts: torch.Tensor | None = None  # [videos] float32
     # LLaVA-NeXT: each image's (height, width), its pixels [images, crops, C, H, W].
     image_sizes: torch.Tensor | None = None  # [images, 2] long
+    # The vision tower's tokens where pixel_values' rows are not they (LLaVA-NeXT: its
+    # rows are images; the tower reads each image's crops x patches per crop).
+    tower_tokens: int | None = None
 
     @property
     def patches(self) -> int:
         """The vision tower's tokens: what the record costs a batch beside its text."""
+        if self.tower_tokens is not None:
+            return self.tower_tokens
         return sum(len(p) for p in (self.pixel_values, self.pixel_values_videos)
                    if p is not None)
 
@@ -37,4 +42,5 @@ class MultiModalData:
 
         return MultiModalData(moved(self.pixel_values), moved(self.image_grid_thw),
                               moved(self.pixel_values_videos), moved(self.video_grid_thw),
-                              self.second_per_grid_ts, moved(self.image_sizes))
+                              self.second_per_grid_ts, moved(self.image_sizes),
+                              self.tower_tokens)

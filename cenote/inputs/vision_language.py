@@ -359,7 +359,7 @@ def image_inputs(config: ModelConfig, tokenizer: Tokenizer
     if is_vision_language(config.hf_config):
         return vision_language_processor(config.path, config.hf_config, tokenizer)
     if is_llava_next(config.hf_config):
-        return LlavaNextInputs(config.path)
+        return LlavaNextInputs(config.path, config.hf_config.vision_config)
     if "image" in config.modalities:
         return ImageProcessor(config.path, config.hf_config.vision_config)
     return None
