@@ -169,6 +169,23 @@ def test_colpali_vectors_and_scores_match_transformers(colpali):
     assert scores == pytest.approx(expected, rel=1e-4)
 
 
+def test_a_colpali_page_costs_its_vision_tower_tokens(colpali):
+    """A page is charged to its batch as the SigLIP tower's patches, not as one row of
+    pixel_values (the image count)."""
+    from transformers import ColPaliForRetrieval, ColPaliProcessor
+
+    llm = LLM(str(colpali), dtype="float32")
+    (record,) = llm.engine.images.records([image_prompt(page(56, 84, 30))], "token_embed",
+                                          [None])
+    model = ColPaliForRetrieval.from_pretrained(colpali, dtype=torch.float32).eval()
+    pixels = ColPaliProcessor.from_pretrained(colpali).process_images(
+        images=[page(56, 84, 30)])["pixel_values"]
+    with torch.no_grad():
+        tower = model.vlm.vision_tower(pixels).last_hidden_state
+    assert record.multimodal.patches == tower.shape[0] * tower.shape[1]
+    assert record.cost == len(record.token_ids) + tower.shape[0] * tower.shape[1]
+
+
 def test_score_takes_vllm_content_documents(llm):
     """vLLM's offline ``{"content": [...]}`` documents: an image_url data: URL, image_pil,
     text parts; each scored as the same image or text given directly."""

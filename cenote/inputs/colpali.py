@@ -14,7 +14,6 @@ query form with ``embedding_mode="query"``. Images may be queries as well as doc
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from cenote.config.hf import architecture_of, is_visual_retriever
 from cenote.config.hub import read_json
 from cenote.exceptions import VLLMValidationError
-from cenote.inputs.images import as_image
+from cenote.inputs.images import as_image, quiet_transformers
 from cenote.inputs.multimodal import MultiModalData
 from cenote.inputs.prompts import SequenceInput, is_image_prompt
 from cenote.inputs.tokenizer import Tokenizer
@@ -169,8 +168,8 @@ class ColPaliInputs(VisualRetrievalInputs):
         from transformers import ColPaliProcessor
 
         self.tokenizer = tokenizer
-        logging.getLogger("transformers").setLevel(logging.ERROR)
-        self.processor = ColPaliProcessor.from_pretrained(path)
+        with quiet_transformers():
+            self.processor = ColPaliProcessor.from_pretrained(path)
         hf = self.processor.tokenizer
         self.query_prefix = hf.bos_token + self.processor.query_prefix
         self.query_suffix = self.processor.query_augmentation_token * _AUGMENTATION_TOKENS + "\n"
@@ -186,5 +185,8 @@ class ColPaliInputs(VisualRetrievalInputs):
             raise ValueError("ColPali's images are resized to one size; mm_processor_kwargs "
                              "do not apply.")
         out = self.processor.process_images(images=[as_image(image)])
+        # pixel_values' rows are images; the SigLIP tower reads image_seq_length patches each.
+        pixels = out["pixel_values"].float()
         return (out["input_ids"][0].tolist(),
-                MultiModalData(pixel_values=out["pixel_values"].float()))
+                MultiModalData(pixel_values=pixels,
+                               tower_tokens=len(pixels) * self.processor.image_seq_length))
