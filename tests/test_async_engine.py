@@ -199,7 +199,7 @@ def test_the_model_is_loaded_on_the_thread_that_runs_its_batches(minilm_bf16, mo
 
     threads = {}
 
-    def load(config):
+    def load(config, **kwargs):
         threads["load"] = threading.current_thread()
         return minilm_bf16.engine
 
