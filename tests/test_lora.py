@@ -327,3 +327,16 @@ def test_rows_mismatch_error_names_no_internal_file():
     message = str(caught.value)
     assert "computed 3 rows of a batch of 4" in message and "report" in message
     assert "/tmp" not in message and "notes" not in message
+
+
+def test_late_chunking_through_an_adapter_is_refused(minilm_lora, minilm_adapters):
+    from cenote import LateChunkingParams, PoolingParams, VLLMValidationError
+
+    requests, _, _ = minilm_adapters
+    params = PoolingParams(late_chunking_params=LateChunkingParams(chunk_size=4))
+    with pytest.raises(VLLMValidationError, match="Late chunking does not support LoRA"):
+        minilm_lora.encode(TEXTS[0], params, pooling_task="token_embed",
+                           lora_request=requests[0])
+    # The base model still chunks.
+    (base,) = minilm_lora.encode(TEXTS[0], params, pooling_task="token_embed")
+    assert base.outputs.data.shape[0] >= 1

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from cenote.config.lora import AdapterConfig, LoRAError, LoRAOptions, LoRARequest
+from cenote.exceptions import VLLMValidationError
 from cenote.inputs.prompts import SequenceInput
 
 
@@ -125,6 +126,12 @@ class LoRARegistry:
 
 def with_adapters(seqs: Sequence[SequenceInput], adapter_ids: Sequence[int]
                   ) -> list[SequenceInput]:
-    """``seqs`` with sequence i run through adapter ``adapter_ids[i]`` (0: the base)."""
+    """``seqs`` with sequence i run through adapter ``adapter_ids[i]`` (0: the base).
+    Late chunking runs on the base model only, as in vLLM."""
+    if any(i and seq.late_chunking is not None
+           for seq, i in zip(seqs, adapter_ids, strict=True)):
+        raise VLLMValidationError("Late chunking does not support LoRA adapters: send the "
+                                  "request without one (the base model's name).",
+                                  parameter="late_chunking_params")
     return [seq if i == seq.lora_id else replace(seq, lora_id=i)
             for seq, i in zip(seqs, adapter_ids, strict=True)]
