@@ -290,16 +290,9 @@ class EngineCore:
             lane.owner.results[index] = output
             lane.owner.remaining -= 1
         self._last_progress = time.monotonic()
-        if failed:
-            self._fail_requests(failed)
-        for request in requests:
-            if request.remaining == 0:
-                request.settle(request.results)
         seconds = time.perf_counter() - started
-        busy_until, self._rate_clock = self._rate_clock, time.monotonic()
-        self._recent_tokens = 0.95 * self._recent_tokens + batch.num_tokens
-        self._recent_seconds = 0.95 * self._recent_seconds + self._rate_clock - busy_until
-        self._heap.maybe_trim()
+        # The observer (metrics) sees the batch before its requests are answered, so a
+        # client that has its answer also finds the batch counted.
         if self.on_batch is not None:
             stats = BatchStats(batch.pooling_task, len(outputs), batch.num_tokens, seconds,
                                len(requests))
@@ -307,6 +300,15 @@ class EngineCore:
                 self.on_batch(stats)
             except Exception:  # metrics must never take the worker down
                 logger.exception("The batch observer failed")
+        if failed:
+            self._fail_requests(failed)
+        for request in requests:
+            if request.remaining == 0:
+                request.settle(request.results)
+        busy_until, self._rate_clock = self._rate_clock, time.monotonic()
+        self._recent_tokens = 0.95 * self._recent_tokens + batch.num_tokens
+        self._recent_seconds = 0.95 * self._recent_seconds + self._rate_clock - busy_until
+        self._heap.maybe_trim()
 
     def _run_one_by_one(self, batch: ScheduledBatch[CoreRequest], error: Exception
                         ) -> list[torch.Tensor | LoRAError | None]:
