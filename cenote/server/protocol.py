@@ -237,7 +237,16 @@ class EmbeddingResponse(APIModel):
     usage: UsageInfo
 
 
-class TokenEmbeddingResponseData(APIModel):
+class LateChunkedData(APIModel):
+    """An output row whose ``late_chunking`` field (vLLM's) is written only when chunked."""
+
+    @model_serializer(mode="wrap")
+    def _late_chunking_when_chunked(self, handler):
+        return {k: v for k, v in handler(self).items()
+                if k != "late_chunking" or v is not None}
+
+
+class TokenEmbeddingResponseData(LateChunkedData):
     """``/v1/embeddings`` on a token_embed server (vLLM's): per input, its token vectors
     (with late chunking, its chunk vectors and where each chunk lies)."""
 
@@ -245,11 +254,6 @@ class TokenEmbeddingResponseData(APIModel):
     object: Literal["embedding"] = "embedding"
     embedding: list[list[float]]
     late_chunking: LateChunkingMetadata | None = None
-
-    @model_serializer(mode="wrap")
-    def _late_chunking_when_chunked(self, handler):
-        return {k: v for k, v in handler(self).items()
-                if k != "late_chunking" or v is not None}
 
 
 class TokenEmbeddingResponse(APIModel):
@@ -261,17 +265,13 @@ class TokenEmbeddingResponse(APIModel):
     usage: UsageInfo
 
 
-class PoolingResponseData(APIModel):
+class PoolingResponseData(LateChunkedData):
+    """A ``/pooling`` row; with late chunking, the token and character range of each row."""
+
     index: int
     object: Literal["pooling"] = "pooling"
     data: list[list[float]] | list[float] | str
-    # With late chunking (vLLM's field): the token and character range of each row.
     late_chunking: LateChunkingMetadata | None = None
-
-    @model_serializer(mode="wrap")
-    def _late_chunking_when_chunked(self, handler):
-        return {k: v for k, v in handler(self).items()
-                if k != "late_chunking" or v is not None}
 
 
 class IOProcessorResponse(APIModel):
